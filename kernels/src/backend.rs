@@ -1,0 +1,1 @@
+//! The compute backend interface (in progress).

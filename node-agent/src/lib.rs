@@ -1,0 +1,3 @@
+//! kiln-agent: the data plane of Kiln.
+
+pub mod gguf;
