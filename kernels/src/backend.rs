@@ -1,1 +1,259 @@
-//! The compute backend interface (in progress).
+//! The compute backend interface.
+//!
+//! A model is written once against [`Backend`]: its weights and activations live in the backend's own
+//! buffers (host memory for the CPU, device memory for CUDA/HIP), and every op is launched on the
+//! backend's stream. The CPU backend runs each op to completion before returning; a GPU backend only
+//! enqueues work, which is why results come back through [`Backend::read`] (the synchronisation point)
+//! and never through a borrowed slice.
+//!
+//! Activations are f32 row-major matrices: a tensor holds `rows × dim` values and ops take the row
+//! count explicitly, so one buffer sized for the largest batch serves every smaller one.
+
+use crate::quant::{GgmlType, QuantError};
+use std::ops::Range;
+use std::sync::Arc;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Quant(#[from] QuantError),
+    #[error("{op}: {reason}")]
+    Shape { op: &'static str, reason: String },
+    #[error("out of {device} memory allocating {bytes} bytes")]
+    OutOfMemory { device: String, bytes: u64 },
+    #[error("{0}")]
+    Device(String),
+}
+
+pub type Result<T> = std::result::Result<T, BackendError>;
+
+pub(crate) fn shape_err(op: &'static str, reason: impl Into<String>) -> BackendError {
+    BackendError::Shape {
+        op,
+        reason: reason.into(),
+    }
+}
+
+/// Bytes owned elsewhere (a memory-mapped model file) that a weight views without copying.
+#[derive(Clone)]
+pub struct HostBytes {
+    owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    range: Range<usize>,
+}
+
+impl HostBytes {
+    /// `range` must lie inside `owner`; checked here so later accesses cannot fail.
+    pub fn new(owner: Arc<dyn AsRef<[u8]> + Send + Sync>, range: Range<usize>) -> Option<Self> {
+        let len = (*owner).as_ref().len();
+        (range.start <= range.end && range.end <= len).then_some(HostBytes { owner, range })
+    }
+
+    pub fn from_vec(v: Vec<u8>) -> Self {
+        let len = v.len();
+        HostBytes {
+            owner: Arc::new(v),
+            range: 0..len,
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &(*self.owner).as_ref()[self.range.clone()]
+    }
+}
+
+/// A weight as the model file stores it: `rows` rows of `cols` values in `ty` blocks (GGUF order:
+/// `cols` = ne0 is contiguous). Vectors (norm weights, biases) have `rows == 1`.
+#[derive(Clone)]
+pub struct WeightSource {
+    pub name: String,
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub bytes: HostBytes,
+}
+
+/// How rotary position embedding pairs the dimensions of a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs (2i, 2i+1): llama.
+    Normal,
+    /// Halves (i, i + n_rot/2): GPT-NeoX, Qwen, Gemma.
+    Neox,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct RopeParams {
+    pub n_heads: usize,
+    pub head_dim: usize,
+    /// Dimensions rotated at the start of each head (partial rotary when < head_dim).
+    pub n_rot: usize,
+    pub theta_base: f32,
+    /// Linear position scaling (1.0 = none).
+    pub freq_scale: f32,
+    pub style: RopeStyle,
+}
+
+/// Element type of the attention KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvType {
+    F32,
+    F16,
+    Q8_0,
+    Q4_0,
+}
+
+impl KvType {
+    pub fn ggml(self) -> GgmlType {
+        match self {
+            KvType::F32 => GgmlType::F32,
+            KvType::F16 => GgmlType::F16,
+            KvType::Q8_0 => GgmlType::Q8_0,
+            KvType::Q4_0 => GgmlType::Q4_0,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "f32" => KvType::F32,
+            "f16" => KvType::F16,
+            "q8_0" => KvType::Q8_0,
+            "q4_0" => KvType::Q4_0,
+            _ => return None,
+        })
+    }
+
+    /// Bytes of one cached row of `n` values (`n` a multiple of the block size for quantized types).
+    pub fn row_bytes(self, n: usize) -> Option<usize> {
+        self.ggml().bytes_for(n)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionParams {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Multiplies q·k before the softmax.
+    pub scale: f32,
+    /// Sliding window: a query at position p sees keys in (p - window, p]. `None` = full causal.
+    pub window: Option<usize>,
+    /// Attention logit soft-capping (Gemma 2): tanh(s / cap) · cap. `None` = off.
+    pub softcap: Option<f32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// silu(gate) · up — llama, qwen.
+    SwiGlu,
+    /// gelu_tanh(gate) · up — gemma.
+    GeGlu,
+}
+
+/// The operations a model needs. Every method validates its shapes and returns an error instead of
+/// panicking; buffers are the backend's own.
+pub trait Backend: Send + Sync {
+    /// An f32 activation buffer.
+    type Tensor: Send;
+    /// A weight (matrix or vector) held by the backend.
+    type Weight: Send + Sync;
+    /// One attention layer's K and V cache.
+    type KvCache: Send;
+
+    fn name(&self) -> String;
+
+    /// Takes a weight from the model file. The CPU backend keeps a zero-copy view.
+    fn load_weight(&self, src: WeightSource) -> Result<Self::Weight>;
+    /// Bytes the weight occupies on the device.
+    fn weight_bytes(&self, w: &Self::Weight) -> usize;
+
+    /// A zeroed buffer of `len` values.
+    fn tensor(&self, len: usize) -> Result<Self::Tensor>;
+    fn tensor_len(&self, t: &Self::Tensor) -> usize;
+    fn write(&self, t: &mut Self::Tensor, offset: usize, data: &[f32]) -> Result<()>;
+    /// Copies values out (a GPU backend waits for queued work first).
+    fn read(&self, t: &Self::Tensor, offset: usize, out: &mut [f32]) -> Result<()>;
+    /// Copies `n` values from `src[src_off..]` to `dst[dst_off..]`.
+    fn copy(
+        &self,
+        src: &Self::Tensor,
+        src_off: usize,
+        dst: &mut Self::Tensor,
+        dst_off: usize,
+        n: usize,
+    ) -> Result<()>;
+
+    /// out[i] = row `tokens[i]` of the embedding table, dequantized.
+    fn embed(&self, table: &Self::Weight, tokens: &[u32], out: &mut Self::Tensor) -> Result<()>;
+    /// out[r] = W · x[r] for `rows` rows of x (W: n_out × k; x rows of k; out rows of n_out).
+    fn matmul(
+        &self,
+        w: &Self::Weight,
+        x: &Self::Tensor,
+        rows: usize,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+    /// Per row of `dim` values: x / rms(x) · weight (weight optional).
+    fn rms_norm(
+        &self,
+        x: &Self::Tensor,
+        weight: Option<&Self::Weight>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+    /// In place, per row of `dim` values: x += bias.
+    fn add_bias(
+        &self,
+        x: &mut Self::Tensor,
+        bias: &Self::Weight,
+        rows: usize,
+        dim: usize,
+    ) -> Result<()>;
+    /// x[..n] += y[..n].
+    fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor, n: usize) -> Result<()>;
+    /// x[..n] *= s.
+    fn scale(&self, x: &mut Self::Tensor, s: f32, n: usize) -> Result<()>;
+    /// out[..n] = act(gate[..n]) · up[..n].
+    fn gated_activation(
+        &self,
+        act: Activation,
+        gate: &Self::Tensor,
+        up: &Self::Tensor,
+        n: usize,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+    /// Rotates `positions.len()` rows of `n_heads × head_dim` values in place.
+    fn rope(&self, x: &mut Self::Tensor, positions: &[u32], p: RopeParams) -> Result<()>;
+
+    fn kv_cache(
+        &self,
+        n_ctx: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        ty: KvType,
+    ) -> Result<Self::KvCache>;
+    /// Bytes the cache occupies.
+    fn kv_cache_bytes(&self, kv: &Self::KvCache) -> usize;
+    /// Stores `rows` rows of k and v at positions `start..start + rows`, then computes causal attention
+    /// for the `rows` query rows of q (query row i sits at position start + i) over positions
+    /// `0..start + rows` of the cache. `out` gets rows of `n_heads × head_dim`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        kv: &mut Self::KvCache,
+        start: usize,
+        rows: usize,
+        p: AttentionParams,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+
+    /// Waits for queued work (no-op on the CPU).
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}

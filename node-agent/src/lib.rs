@@ -1,3 +1,5 @@
 //! kiln-agent: the data plane of Kiln.
 
 pub mod gguf;
+pub mod engine;
+pub mod model;

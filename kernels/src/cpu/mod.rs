@@ -1,5 +1,10 @@
 //! CPU kernels: the reference implementation of every op and a real fallback backend.
 //! SIMD paths are chosen at run time (AVX2/FMA where the CPU has them, scalar otherwise).
 
+mod attention;
+pub mod backend;
 pub mod matmul;
+pub mod ops;
 pub mod pool;
+
+pub use backend::{CpuBackend, CpuKvCache, CpuWeight};

@@ -1,0 +1,154 @@
+//! Causal (optionally sliding-window) attention over a KV cache on the CPU, one task per query row and
+//! head. K and V rows are stored in the cache's type (f32, f16, q8_0, q4_0) and expanded per head as
+//! they are read, so the cache costs what its type says.
+
+use super::backend::CpuKvCache;
+use super::pool::ThreadPool;
+use crate::backend::{shape_err, AttentionParams, KvType, Result};
+use crate::quant::{dequantize_row, quantize_row};
+use half::f16;
+
+fn store_row(ty: KvType, src: &[f32], dst: &mut [u8]) -> Result<()> {
+    match ty {
+        KvType::F32 => {
+            for (d, s) in dst.chunks_exact_mut(4).zip(src) {
+                d.copy_from_slice(&s.to_le_bytes());
+            }
+        }
+        KvType::F16 => {
+            for (d, s) in dst.chunks_exact_mut(2).zip(src) {
+                d.copy_from_slice(&f16::from_f32(*s).to_le_bytes());
+            }
+        }
+        KvType::Q8_0 | KvType::Q4_0 => quantize_row(ty.ggml(), src, dst)?,
+    }
+    Ok(())
+}
+
+/// Expands `out.len()` values of a cached row starting at value `first` (a block boundary).
+fn load_values(kv: &CpuKvCache, row: &[u8], first: usize, out: &mut [f32]) {
+    let ty = kv.ty.ggml();
+    let start = ty.bytes_for(first).unwrap_or(0);
+    let len = ty.bytes_for(out.len()).unwrap_or(0);
+    // Lengths were validated when the cache was made; a failure here would be a Kiln bug, and the
+    // values stay zero rather than panicking in a worker thread.
+    let _ = dequantize_row(ty, &row[start..start + len], out);
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend(
+    pool: &ThreadPool,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    kv: &mut CpuKvCache,
+    start: usize,
+    rows: usize,
+    p: AttentionParams,
+    out: &mut [f32],
+) -> Result<()> {
+    let hd = p.head_dim;
+    if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 || p.n_kv_heads * hd != kv.width {
+        return Err(shape_err(
+            "attention",
+            format!(
+                "{} heads / {} kv heads × {hd} do not match the cache width {}",
+                p.n_heads, p.n_kv_heads, kv.width
+            ),
+        ));
+    }
+    let q_width = p.n_heads * hd;
+    if start + rows > kv.n_ctx {
+        return Err(shape_err(
+            "attention",
+            format!(
+                "positions {start}..{} exceed the context of {}",
+                start + rows,
+                kv.n_ctx
+            ),
+        ));
+    }
+    if q.len() < rows * q_width
+        || k.len() < rows * kv.width
+        || v.len() < rows * kv.width
+        || out.len() < rows * q_width
+    {
+        return Err(shape_err("attention", "buffers too small for the rows"));
+    }
+    for i in 0..rows {
+        let at = (start + i) * kv.row_bytes;
+        store_row(
+            kv.ty,
+            &k[i * kv.width..(i + 1) * kv.width],
+            &mut kv.k[at..at + kv.row_bytes],
+        )?;
+        store_row(
+            kv.ty,
+            &v[i * kv.width..(i + 1) * kv.width],
+            &mut kv.v[at..at + kv.row_bytes],
+        )?;
+    }
+
+    let group = p.n_heads / p.n_kv_heads;
+    let kv_ref: &CpuKvCache = kv;
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let task = |t: usize| {
+        let (i, h) = (t / p.n_heads, t % p.n_heads);
+        let pos = start + i;
+        let first = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let kvh = h / group;
+        let qh = &q[i * q_width + h * hd..i * q_width + (h + 1) * hd];
+        let mut scores = Vec::with_capacity(pos + 1 - first);
+        let mut row = vec![0f32; hd];
+        let mut max = f32::NEG_INFINITY;
+        for j in first..=pos {
+            let krow = &kv_ref.k[j * kv_ref.row_bytes..(j + 1) * kv_ref.row_bytes];
+            load_values(kv_ref, krow, kvh * hd, &mut row);
+            let mut s = dot(qh, &row) * p.scale;
+            if let Some(cap) = p.softcap {
+                s = (s / cap).tanh() * cap;
+            }
+            max = max.max(s);
+            scores.push(s);
+        }
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        let mut acc = vec![0f32; hd];
+        for (j, &w) in (first..=pos).zip(&scores) {
+            let vrow = &kv_ref.v[j * kv_ref.row_bytes..(j + 1) * kv_ref.row_bytes];
+            load_values(kv_ref, vrow, kvh * hd, &mut row);
+            for (a, &x) in acc.iter_mut().zip(&row) {
+                *a += w * x;
+            }
+        }
+        // SAFETY: task t writes only its own (row, head) slice of `out`; slices of distinct tasks are
+        // disjoint and `out` outlives the pool run.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(out_ptr.get().add(i * q_width + h * hd), hd)
+        };
+        for (d, a) in dst.iter_mut().zip(&acc) {
+            *d = a * inv;
+        }
+    };
+    pool.run(rows * p.n_heads, &task);
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used to hand disjoint output slices to pool tasks (see `attend`).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}

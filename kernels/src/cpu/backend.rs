@@ -1,0 +1,336 @@
+//! The CPU implementation of [`Backend`]: weights are zero-copy views of the mapped model file,
+//! activations are `Vec<f32>`, and the heavy ops run on a [`ThreadPool`].
+
+use super::attention::attend;
+use super::matmul::matmul;
+use super::ops;
+use super::pool::ThreadPool;
+use crate::backend::*;
+use crate::quant::{dequantize_row, GgmlType};
+
+pub struct CpuBackend {
+    pool: ThreadPool,
+}
+
+pub struct CpuWeight {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    bytes: HostBytes,
+    /// Vectors (norm weights, biases) are used on every token: keep them dequantized once.
+    dense: Option<Vec<f32>>,
+}
+
+impl CpuWeight {
+    pub fn bytes(&self) -> &[u8] {
+        self.bytes.as_slice()
+    }
+}
+
+pub struct CpuKvCache {
+    pub(crate) ty: KvType,
+    pub(crate) n_ctx: usize,
+    /// Values per cached position: n_kv_heads × head_dim.
+    pub(crate) width: usize,
+    pub(crate) row_bytes: usize,
+    pub(crate) k: Vec<u8>,
+    pub(crate) v: Vec<u8>,
+}
+
+impl CpuBackend {
+    pub fn new(n_threads: usize) -> Self {
+        CpuBackend {
+            pool: ThreadPool::new(n_threads.max(1)),
+        }
+    }
+
+    pub fn n_threads(&self) -> usize {
+        self.pool.n_threads()
+    }
+
+    pub fn pool(&self) -> &ThreadPool {
+        &self.pool
+    }
+}
+
+fn check_len(op: &'static str, what: &str, have: usize, need: usize) -> Result<()> {
+    if have < need {
+        return Err(shape_err(
+            op,
+            format!("{what} holds {have} values, needs {need}"),
+        ));
+    }
+    Ok(())
+}
+
+impl Backend for CpuBackend {
+    type Tensor = Vec<f32>;
+    type Weight = CpuWeight;
+    type KvCache = CpuKvCache;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", self.pool.n_threads())
+    }
+
+    fn load_weight(&self, src: WeightSource) -> Result<CpuWeight> {
+        let need = src
+            .rows
+            .checked_mul(src.ty.bytes_for(src.cols).ok_or_else(|| {
+                shape_err(
+                    "load_weight",
+                    format!("{}: row of {} is not block-aligned", src.name, src.cols),
+                )
+            })?)
+            .ok_or_else(|| shape_err("load_weight", "size overflows"))?;
+        if src.bytes.as_slice().len() != need {
+            return Err(shape_err(
+                "load_weight",
+                format!(
+                    "{}: {} bytes, expected {need}",
+                    src.name,
+                    src.bytes.as_slice().len()
+                ),
+            ));
+        }
+        let dense = if src.rows == 1 {
+            let mut v = vec![0f32; src.cols];
+            dequantize_row(src.ty, src.bytes.as_slice(), &mut v)?;
+            Some(v)
+        } else {
+            None
+        };
+        Ok(CpuWeight {
+            ty: src.ty,
+            rows: src.rows,
+            cols: src.cols,
+            bytes: src.bytes,
+            dense,
+        })
+    }
+
+    fn weight_bytes(&self, w: &CpuWeight) -> usize {
+        w.bytes.as_slice().len()
+    }
+
+    fn tensor(&self, len: usize) -> Result<Vec<f32>> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(len)
+            .map_err(|_| BackendError::OutOfMemory {
+                device: "host".into(),
+                bytes: (len as u64) * 4,
+            })?;
+        v.resize(len, 0.0);
+        Ok(v)
+    }
+
+    fn tensor_len(&self, t: &Vec<f32>) -> usize {
+        t.len()
+    }
+
+    fn write(&self, t: &mut Vec<f32>, offset: usize, data: &[f32]) -> Result<()> {
+        check_len("write", "tensor", t.len(), offset + data.len())?;
+        t[offset..offset + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn read(&self, t: &Vec<f32>, offset: usize, out: &mut [f32]) -> Result<()> {
+        check_len("read", "tensor", t.len(), offset + out.len())?;
+        out.copy_from_slice(&t[offset..offset + out.len()]);
+        Ok(())
+    }
+
+    fn copy(
+        &self,
+        src: &Vec<f32>,
+        src_off: usize,
+        dst: &mut Vec<f32>,
+        dst_off: usize,
+        n: usize,
+    ) -> Result<()> {
+        check_len("copy", "source", src.len(), src_off + n)?;
+        check_len("copy", "destination", dst.len(), dst_off + n)?;
+        dst[dst_off..dst_off + n].copy_from_slice(&src[src_off..src_off + n]);
+        Ok(())
+    }
+
+    fn embed(&self, table: &CpuWeight, tokens: &[u32], out: &mut Vec<f32>) -> Result<()> {
+        let dim = table.cols;
+        check_len("embed", "output", out.len(), tokens.len() * dim)?;
+        let row_bytes = table.ty.bytes_for(dim).unwrap_or(0);
+        for (i, &tok) in tokens.iter().enumerate() {
+            let tok = tok as usize;
+            if tok >= table.rows {
+                return Err(shape_err(
+                    "embed",
+                    format!("token id {tok} is outside the {}-row table", table.rows),
+                ));
+            }
+            let src = &table.bytes()[tok * row_bytes..(tok + 1) * row_bytes];
+            dequantize_row(table.ty, src, &mut out[i * dim..(i + 1) * dim])?;
+        }
+        Ok(())
+    }
+
+    fn matmul(&self, w: &CpuWeight, x: &Vec<f32>, rows: usize, out: &mut Vec<f32>) -> Result<()> {
+        check_len("matmul", "input", x.len(), rows * w.cols)?;
+        check_len("matmul", "output", out.len(), rows * w.rows)?;
+        matmul(
+            &self.pool,
+            w.ty,
+            w.bytes(),
+            w.rows,
+            w.cols,
+            &x[..rows * w.cols],
+            rows,
+            &mut out[..rows * w.rows],
+        )?;
+        Ok(())
+    }
+
+    fn rms_norm(
+        &self,
+        x: &Vec<f32>,
+        weight: Option<&CpuWeight>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        check_len("rms_norm", "input", x.len(), rows * dim)?;
+        check_len("rms_norm", "output", out.len(), rows * dim)?;
+        let w = match weight {
+            Some(w) => {
+                let d = w
+                    .dense
+                    .as_deref()
+                    .ok_or_else(|| shape_err("rms_norm", "weight is not a vector"))?;
+                check_len("rms_norm", "weight", d.len(), dim)?;
+                Some(&d[..dim])
+            }
+            None => None,
+        };
+        for r in 0..rows {
+            ops::rms_norm(
+                &x[r * dim..(r + 1) * dim],
+                w,
+                eps,
+                &mut out[r * dim..(r + 1) * dim],
+            );
+        }
+        Ok(())
+    }
+
+    fn add_bias(&self, x: &mut Vec<f32>, bias: &CpuWeight, rows: usize, dim: usize) -> Result<()> {
+        check_len("add_bias", "input", x.len(), rows * dim)?;
+        let b = bias
+            .dense
+            .as_deref()
+            .ok_or_else(|| shape_err("add_bias", "bias is not a vector"))?;
+        check_len("add_bias", "bias", b.len(), dim)?;
+        for row in x[..rows * dim].chunks_exact_mut(dim) {
+            ops::add_assign(row, &b[..dim]);
+        }
+        Ok(())
+    }
+
+    fn add_assign(&self, x: &mut Vec<f32>, y: &Vec<f32>, n: usize) -> Result<()> {
+        check_len("add_assign", "x", x.len(), n)?;
+        check_len("add_assign", "y", y.len(), n)?;
+        ops::add_assign(&mut x[..n], &y[..n]);
+        Ok(())
+    }
+
+    fn scale(&self, x: &mut Vec<f32>, s: f32, n: usize) -> Result<()> {
+        check_len("scale", "x", x.len(), n)?;
+        x[..n].iter_mut().for_each(|v| *v *= s);
+        Ok(())
+    }
+
+    fn gated_activation(
+        &self,
+        act: Activation,
+        gate: &Vec<f32>,
+        up: &Vec<f32>,
+        n: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        check_len("gated_activation", "gate", gate.len(), n)?;
+        check_len("gated_activation", "up", up.len(), n)?;
+        check_len("gated_activation", "output", out.len(), n)?;
+        match act {
+            Activation::SwiGlu => ops::swiglu(&gate[..n], &up[..n], &mut out[..n]),
+            Activation::GeGlu => ops::geglu(&gate[..n], &up[..n], &mut out[..n]),
+        }
+        Ok(())
+    }
+
+    fn rope(&self, x: &mut Vec<f32>, positions: &[u32], p: RopeParams) -> Result<()> {
+        let width = p.n_heads * p.head_dim;
+        check_len("rope", "input", x.len(), positions.len() * width)?;
+        if p.n_rot > p.head_dim || p.n_rot % 2 != 0 {
+            return Err(shape_err(
+                "rope",
+                format!("n_rot {} with head_dim {}", p.n_rot, p.head_dim),
+            ));
+        }
+        for (i, &pos) in positions.iter().enumerate() {
+            ops::rope_row(&mut x[i * width..(i + 1) * width], pos, &p);
+        }
+        Ok(())
+    }
+
+    fn kv_cache(
+        &self,
+        n_ctx: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        ty: KvType,
+    ) -> Result<CpuKvCache> {
+        let width = n_kv_heads * head_dim;
+        let row_bytes = ty.row_bytes(width).ok_or_else(|| {
+            shape_err(
+                "kv_cache",
+                format!("{width} values per position do not fit {ty:?} blocks"),
+            )
+        })?;
+        let bytes = n_ctx
+            .checked_mul(row_bytes)
+            .ok_or_else(|| shape_err("kv_cache", "size overflows"))?;
+        let alloc = || -> Result<Vec<u8>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(bytes)
+                .map_err(|_| BackendError::OutOfMemory {
+                    device: "host".into(),
+                    bytes: bytes as u64,
+                })?;
+            v.resize(bytes, 0);
+            Ok(v)
+        };
+        Ok(CpuKvCache {
+            ty,
+            n_ctx,
+            width,
+            row_bytes,
+            k: alloc()?,
+            v: alloc()?,
+        })
+    }
+
+    fn kv_cache_bytes(&self, kv: &CpuKvCache) -> usize {
+        kv.k.len() + kv.v.len()
+    }
+
+    fn attention(
+        &self,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        kv: &mut CpuKvCache,
+        start: usize,
+        rows: usize,
+        p: AttentionParams,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        attend(&self.pool, q, k, v, kv, start, rows, p, out)
+    }
+}

@@ -1,0 +1,122 @@
+//! Element-wise and per-row CPU ops. These are small next to the matmuls; they follow llama.cpp's
+//! arithmetic where it matters for matching its outputs (f64 sums in RMSNorm, RoPE angles by repeated
+//! multiplication in f32).
+
+use crate::backend::{RopeParams, RopeStyle};
+
+pub fn rms_norm(x: &[f32], weight: Option<&[f32]>, eps: f32, out: &mut [f32]) {
+    let sum: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    match weight {
+        Some(w) => {
+            for ((o, &v), &w) in out.iter_mut().zip(x).zip(w) {
+                *o = v * scale * w;
+            }
+        }
+        None => {
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o = v * scale;
+            }
+        }
+    }
+}
+
+pub fn add_assign(x: &mut [f32], y: &[f32]) {
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// GELU, tanh approximation (what Gemma's `gelu_pytorch_tanh` is).
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const COEF_A: f32 = 0.044715;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh())
+}
+
+pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = silu(g) * u;
+    }
+}
+
+pub fn geglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = gelu_tanh(g) * u;
+    }
+}
+
+/// Rotates one token's row of `n_heads × head_dim` values at position `pos`.
+pub fn rope_row(row: &mut [f32], pos: u32, p: &RopeParams) {
+    let theta_scale = p.theta_base.powf(-2.0 / p.n_rot as f32);
+    let half = p.n_rot / 2;
+    // The angle of pair i is pos·scale·theta_scale^i, computed by repeated multiplication as ggml does.
+    let mut cos_sin = [(0f32, 0f32); 256];
+    let mut theta = pos as f32;
+    for cs in cos_sin.iter_mut().take(half) {
+        let t = theta * p.freq_scale;
+        *cs = (t.cos(), t.sin());
+        theta *= theta_scale;
+    }
+    for head in row.chunks_exact_mut(p.head_dim).take(p.n_heads) {
+        for (i, &(c, s)) in cos_sin.iter().enumerate().take(half) {
+            let (a, b) = match p.style {
+                RopeStyle::Normal => (2 * i, 2 * i + 1),
+                RopeStyle::Neox => (i, i + half),
+            };
+            let (x0, x1) = (head[a], head[b]);
+            head[a] = x0 * c - x1 * s;
+            head[b] = x0 * s + x1 * c;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_unit_rms() {
+        let x = [3.0f32, -4.0, 0.0, 0.0];
+        let mut out = [0f32; 4];
+        rms_norm(&x, None, 0.0, &mut out);
+        let rms = (out.iter().map(|v| v * v).sum::<f32>() / 4.0).sqrt();
+        assert!((rms - 1.0).abs() < 1e-6);
+        assert!((out[0] - 1.2).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rope_preserves_norm_and_is_identity_at_zero() {
+        let p = RopeParams {
+            n_heads: 2,
+            head_dim: 8,
+            n_rot: 8,
+            theta_base: 10000.0,
+            freq_scale: 1.0,
+            style: RopeStyle::Neox,
+        };
+        let orig: Vec<f32> = (0..16).map(|i| i as f32 * 0.1 - 0.5).collect();
+        let mut r = orig.clone();
+        rope_row(&mut r, 0, &p);
+        assert_eq!(r, orig);
+        rope_row(&mut r, 17, &p);
+        let n0: f32 = orig.iter().map(|v| v * v).sum();
+        let n1: f32 = r.iter().map(|v| v * v).sum();
+        assert!((n0 - n1).abs() < 1e-4);
+        // Pair (0, 4) of head 0 rotated by 17 rad.
+        let (c, s) = (17f32.cos(), 17f32.sin());
+        assert!((r[0] - (orig[0] * c - orig[4] * s)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn activations() {
+        assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
+        assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
+        assert_eq!(gelu_tanh(0.0), 0.0);
+    }
+}

@@ -1,0 +1,269 @@
+//! Token sampling: repetition penalty, then top-k, top-p and min-p on the temperature-1 distribution,
+//! then temperature — llama.cpp's default chain — or plain argmax when the temperature is 0.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    /// 0 = greedy (argmax).
+    pub temperature: f32,
+    /// 0 = off.
+    pub top_k: usize,
+    /// 1 = off.
+    pub top_p: f32,
+    /// 0 = off.
+    pub min_p: f32,
+    /// 1 = off. Divides positive logits (multiplies negative ones) of recently seen tokens.
+    pub repeat_penalty: f32,
+    /// How many recent tokens the penalty looks at.
+    pub repeat_last_n: usize,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 0,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
+    }
+
+    /// Rejects values that have no meaning, with a message naming the parameter.
+    pub fn validate(&self) -> Result<(), String> {
+        let t = self.temperature;
+        if !t.is_finite() || !(0.0..=100.0).contains(&t) {
+            return Err(format!("temperature {t} must be between 0 and 100"));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!("top_p {} must be in (0, 1]", self.top_p));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return Err(format!("min_p {} must be in [0, 1]", self.min_p));
+        }
+        if !(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite()) {
+            return Err(format!(
+                "repeat_penalty {} must be a positive number",
+                self.repeat_penalty
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+}
+
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        // Ties go to the lower id, as llama.cpp's greedy sampler does.
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Self {
+        let rng = StdRng::seed_from_u64(params.seed);
+        Sampler { params, rng }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Picks the next token. `history` is every token so far (prompt included), for the penalty.
+    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        let p = &self.params;
+        if p.repeat_penalty != 1.0 && p.repeat_last_n > 0 {
+            let recent = &history[history.len().saturating_sub(p.repeat_last_n)..];
+            let mut seen = std::collections::HashSet::new();
+            for &t in recent {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    if seen.insert(t) {
+                        *l = if *l > 0.0 {
+                            *l / p.repeat_penalty
+                        } else {
+                            *l * p.repeat_penalty
+                        };
+                    }
+                }
+            }
+        }
+        if p.temperature <= 0.0 {
+            return argmax(logits);
+        }
+        // Candidates sorted by logit, then trimmed.
+        let mut cand: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.is_finite())
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
+        if cand.is_empty() {
+            return argmax(logits);
+        }
+        let k = if p.top_k == 0 {
+            cand.len()
+        } else {
+            p.top_k.min(cand.len())
+        };
+        if k < cand.len() {
+            cand.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+            cand.truncate(k);
+        }
+        cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+        let probs = softmax(cand.iter().map(|c| c.1));
+        if p.top_p < 1.0 {
+            let mut cum = 0.0;
+            let mut keep = cand.len();
+            for (i, &pr) in probs.iter().enumerate() {
+                cum += pr;
+                if cum >= p.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            cand.truncate(keep);
+        }
+        if p.min_p > 0.0 {
+            let threshold = cand[0].1 + p.min_p.ln();
+            cand.retain(|c| c.1 >= threshold);
+        }
+        let probs = softmax(cand.iter().map(|c| c.1 / p.temperature));
+        let r: f32 = self.rng.random();
+        let mut cum = 0.0;
+        for (c, pr) in cand.iter().zip(&probs) {
+            cum += pr;
+            if r < cum {
+                return c.0;
+            }
+        }
+        cand.last().map_or(0, |c| c.0)
+    }
+}
+
+fn softmax(logits: impl Iterator<Item = f32> + Clone) -> Vec<f32> {
+    let max = logits.clone().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.map(|l| (l - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_is_argmax() {
+        let mut s = Sampler::new(SamplingParams::greedy());
+        assert_eq!(s.sample(&mut [0.1, 3.0, 2.0], &[]), 1);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_at_any_temperature() {
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 5.0,
+            top_k: 1,
+            ..Default::default()
+        });
+        for _ in 0..50 {
+            assert_eq!(s.sample(&mut [0.1, 3.0, 2.9, -1.0], &[]), 1);
+        }
+    }
+
+    #[test]
+    fn seed_repeats_and_distribution_follows_probabilities() {
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 7,
+            ..Default::default()
+        };
+        let logits = [0.0f32, (3.0f32).ln()]; // p = 0.25, 0.75
+        let draw = |params: SamplingParams| {
+            let mut s = Sampler::new(params);
+            (0..4000)
+                .map(|_| s.sample(&mut logits.clone(), &[]))
+                .collect::<Vec<_>>()
+        };
+        let a = draw(params.clone());
+        assert_eq!(a, draw(params));
+        let ones = a.iter().filter(|&&t| t == 1).count() as f32 / a.len() as f32;
+        assert!((ones - 0.75).abs() < 0.03, "{ones}");
+    }
+
+    #[test]
+    fn min_p_and_top_p_cut_the_tail() {
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.5,
+            seed: 1,
+            ..Default::default()
+        });
+        // Token 2 has p/p_max = e^-3 < 0.5: never drawn.
+        for _ in 0..500 {
+            assert_ne!(s.sample(&mut [2.0, 1.9, -1.0], &[]), 2);
+        }
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.5,
+            min_p: 0.0,
+            seed: 1,
+            ..Default::default()
+        });
+        for _ in 0..500 {
+            assert_eq!(s.sample(&mut [3.0, 1.0, 0.5], &[]), 0);
+        }
+    }
+
+    #[test]
+    fn repetition_penalty_changes_the_argmax() {
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 0.0,
+            repeat_penalty: 2.0,
+            ..Default::default()
+        });
+        assert_eq!(s.sample(&mut [2.0, 1.5], &[0]), 1);
+    }
+
+    #[test]
+    fn validation_names_the_parameter() {
+        let bad = SamplingParams {
+            top_p: 0.0,
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("top_p"));
+        let bad = SamplingParams {
+            temperature: f32::NAN,
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("temperature"));
+        assert!(SamplingParams::default().validate().is_ok());
+    }
+}

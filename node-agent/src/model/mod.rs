@@ -1,0 +1,106 @@
+//! Model architectures, one file each (as llama.cpp lays them out). Dense transformers share the
+//! building blocks in [`transformer`]; each architecture file says how its hyperparameters and tensors
+//! are read and which features it uses.
+
+mod gemma3;
+mod llama;
+mod qwen2;
+mod qwen3;
+pub mod transformer;
+
+use crate::gguf::{GgufError, GgufFile};
+use kiln_kernels::backend::{Backend, BackendError, KvType};
+use std::sync::Arc;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("architecture `{0}` is not supported (supported: {SUPPORTED_ARCHS})")]
+    UnsupportedArch(String),
+    #[error("tensor `{name}`: {reason}")]
+    BadTensor { name: String, reason: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+pub const SUPPORTED_ARCHS: &str = "llama, qwen2, qwen3, gemma3";
+
+/// What callers need to know about a loaded model.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    pub arch: String,
+    pub n_vocab: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    /// Context length the model was trained for.
+    pub n_ctx_train: usize,
+}
+
+/// Which rows of a forward pass need logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token (prompt prefill, plain decoding).
+    Last,
+    /// Every token (speculative verification, perplexity).
+    All,
+}
+
+/// Per-layer state of one sequence. Attention layers keep K/V; recurrent layers (Qwen3.5's Gated
+/// DeltaNet) will keep their state here too, which is why this is per layer and not one KV tensor.
+pub enum LayerCache<B: Backend> {
+    Attention(B::KvCache),
+}
+
+/// Everything one sequence carries between forward passes.
+pub struct Cache<B: Backend> {
+    pub layers: Vec<LayerCache<B>>,
+    pub n_ctx: usize,
+    pub kv_type: KvType,
+}
+
+impl<B: Backend> Cache<B> {
+    pub fn bytes(&self, backend: &B) -> usize {
+        self.layers
+            .iter()
+            .map(|l| match l {
+                LayerCache::Attention(kv) => backend.kv_cache_bytes(kv),
+            })
+            .sum()
+    }
+}
+
+/// A model ready to run on backend `B`.
+pub trait Model<B: Backend>: Send + Sync {
+    fn info(&self) -> &ModelInfo;
+    fn new_cache(&self, n_ctx: usize, kv_type: KvType) -> Result<Cache<B>>;
+    /// Runs `tokens` at positions `start..start + tokens.len()`, extending `cache`, and returns the
+    /// logits of the requested rows (row-major, `n_vocab` each).
+    fn forward(
+        &self,
+        cache: &mut Cache<B>,
+        tokens: &[u32],
+        start: usize,
+        logits: Logits,
+    ) -> Result<Vec<f32>>;
+    /// Largest number of tokens one `forward` call accepts (longer prompts are fed in chunks).
+    fn max_batch(&self) -> usize;
+}
+
+/// Loads the model in `file` onto `backend`, choosing the architecture from `general.architecture`.
+pub fn load<B: Backend + 'static>(file: &GgufFile, backend: Arc<B>) -> Result<Box<dyn Model<B>>> {
+    let arch = file.architecture()?.to_string();
+    let spec = match arch.as_str() {
+        "llama" => llama::spec(file)?,
+        "qwen2" => qwen2::spec(file)?,
+        "qwen3" => qwen3::spec(file)?,
+        "gemma3" => gemma3::spec(file)?,
+        _ => return Err(ModelError::UnsupportedArch(arch)),
+    };
+    Ok(Box::new(transformer::Transformer::load(file, backend, spec)?))
+}
