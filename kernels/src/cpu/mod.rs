@@ -1,5 +1,6 @@
 //! CPU kernels: the reference implementation of every op and a real fallback backend.
 //! SIMD paths are chosen at run time (AVX2/FMA where the CPU has them, scalar otherwise).
 
+pub mod dot;
 pub mod matmul;
 pub mod pool;

@@ -149,7 +149,7 @@ pub(crate) fn dequantize_q4_1(src: &[u8], dst: &mut [f32]) {
 
 /// The five-bit values of a Q5 block (0..=31): low nibbles from `qs`, fifth bits from `qh`.
 #[inline(always)]
-fn q5_values(qh: &[u8], qs: &[u8]) -> [u8; QK] {
+pub(crate) fn q5_values(qh: &[u8], qs: &[u8]) -> [u8; QK] {
     let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
     let mut v = [0u8; QK];
     for (j, &q) in qs.iter().enumerate() {

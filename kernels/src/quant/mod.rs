@@ -12,6 +12,10 @@ pub use k_quants::*;
 pub use legacy::*;
 pub use row::{dequantize_row, quantize_row};
 
+pub(crate) use float::f16_at;
+pub(crate) use k_quants::{q6_k_values, scales_mins_k4};
+pub(crate) use legacy::q5_values;
+
 use thiserror::Error;
 
 /// GGML's type ids as stored in GGUF tensor infos.

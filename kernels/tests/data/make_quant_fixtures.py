@@ -3,10 +3,15 @@
 
 For every type: synthetic blocks (random bytes with sane f16 scales) and gguf-py's numpy dequantization of them.
 For types gguf-py can quantize (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): random floats and gguf-py's bytes.
+For Q4_K, Q5_K, Q6_K (gguf-py has no quantizer): ggml's own C reference quantizers, compiled from the llama.cpp
+source tree named by $LLAMA_CPP_DIR (kquant_ref.c is the harness); skipped with a warning when unset.
 Floats are stored as u32 bit patterns (hex) so the Rust test can compare exactly.
 """
 import json
+import os
 import pathlib
+import subprocess
+import tempfile
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
@@ -55,8 +60,34 @@ def synthetic_bytes(ty, block, size, scale_offsets):
     return bytes(raw), n_values
 
 
+def ggml_k_quants(src):
+    root = os.environ.get("LLAMA_CPP_DIR")
+    if not root:
+        print("LLAMA_CPP_DIR unset: no K-quant quantization fixtures")
+        return None
+    ggml = pathlib.Path(root) / "ggml"
+    exe = pathlib.Path(tempfile.mkdtemp()) / "kquant_ref"
+    here = pathlib.Path(__file__).parent
+    # No FMA contraction: the Rust port rounds every product separately, as C without -ffp-contract does.
+    subprocess.run(["gcc", "-O2", "-ffp-contract=off", f"-I{ggml}/include", f"-I{ggml}/src", str(here / "kquant_ref.c"),
+                    str(ggml / "src/ggml-quants.c"), "-lm", "-o", str(exe)], check=True)
+    raw = subprocess.run([str(exe), str(src.size)], input=src.tobytes(), capture_output=True, check=True).stdout
+    nb = src.size // 256
+    sizes = {"Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
+    out, off = {}, 0
+    for name, size in sizes.items():
+        out[name] = raw[off:off + nb * size].hex()
+        off += nb * size
+    return out
+
+
 def main():
     out = []
+    k_src = rng.normal(0, 1, 1024).astype(np.float32)
+    k_src[256:512] = 0.0  # an all-zero super-block
+    k_src[512:768] = rng.uniform(0, 2, 256).astype(np.float32)  # all positive: min clamps to 0
+    k_src[768:800] *= np.float32(1e-4)  # one tiny sub-block
+    k_bytes = ggml_k_quants(k_src)
     for ty, block, size, scale_offsets in TYPES:
         data, n = synthetic_bytes(ty, block, size, scale_offsets)
         deq = quants.dequantize(np.frombuffer(data, dtype=np.uint8).reshape(1, -1), ty).reshape(-1)
@@ -70,6 +101,9 @@ def main():
             q = quants.quantize(src.reshape(1, -1), ty).reshape(-1)
             entry["quantize_src"] = f32_hex(src)
             entry["quantize_bytes"] = q.tobytes().hex()
+        if k_bytes and ty.name in k_bytes:
+            entry["quantize_src"] = f32_hex(k_src)
+            entry["quantize_bytes"] = k_bytes[ty.name]
         out.append(entry)
     path = pathlib.Path(__file__).with_name("quant_fixtures.json")
     path.write_text(json.dumps(out, indent=0) + "\n")
