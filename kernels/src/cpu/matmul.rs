@@ -1,7 +1,188 @@
-//! (placeholder until the kernels branch lands)
+//! `y = x · Wᵀ` for quantized, f16, bf16 and f32 weights, threaded over output rows.
+//!
+//! Activations are quantized once per call to the weight type's activation format (Q8_0, Q8_1 or Q8_K, as
+//! llama.cpp does) into a scratch buffer owned by the calling thread (a thread-local reused across calls, so
+//! steady-state decoding allocates nothing). Float weights are dotted against the f32 activations directly.
+//!
+//! Each task owns a contiguous range of output rows. Inside it, weight rows are processed in small groups and
+//! every weight row is dotted against up to four activation rows per pass, so with several activation rows
+//! (prefill, speculative verification) each weight block is decoded once per four rows instead of once per row.
+
+use std::cell::RefCell;
+use std::ops::Range;
+
+use super::dot::{activation_type, dot_float_rows, dot_quant_rows, Simd};
 use super::pool::ThreadPool;
-use crate::quant::{GgmlType, QuantError};
+use crate::quant::{quantize_row_q8_0, quantize_row_q8_1, quantize_row_q8_k, GgmlType, QuantError};
+
+/// Weight rows per group: small enough that the group stays in L1 while every activation row passes over it.
+const WEIGHT_ROWS_PER_GROUP: usize = 8;
+/// Tasks per thread, so an unlucky (preempted) thread does not hold up the whole call.
+const TASKS_PER_THREAD: usize = 4;
+
+thread_local! {
+    static ACTIVATION_SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Computes `y[r*n_out + i] = Σ_j W[i][j]·x[r*k + j]` for `r < n_rows`, `i < n_out`, where `w` holds `n_out`
+/// rows of `k` values of type `ty` (`ty.bytes_for(k)` bytes each, GGUF layout). Uses the best SIMD kernels
+/// available (see [`Simd::detect`]).
 #[allow(clippy::too_many_arguments)]
-pub fn matmul(_pool: &ThreadPool, _ty: GgmlType, _w: &[u8], _n_out: usize, _k: usize, _x: &[f32], _n_rows: usize, _y: &mut [f32]) -> Result<(), QuantError> {
-    unimplemented!()
+pub fn matmul(
+    pool: &ThreadPool,
+    ty: GgmlType,
+    w: &[u8],
+    n_out: usize,
+    k: usize,
+    x: &[f32],
+    n_rows: usize,
+    y: &mut [f32],
+) -> Result<(), QuantError> {
+    matmul_with(Simd::detect(), pool, ty, w, n_out, k, x, n_rows, y)
+}
+
+/// [`matmul`] with an explicit kernel family (clamped to what the CPU supports), for tests and benchmarks.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_with(
+    simd: Simd,
+    pool: &ThreadPool,
+    ty: GgmlType,
+    w: &[u8],
+    n_out: usize,
+    k: usize,
+    x: &[f32],
+    n_rows: usize,
+    y: &mut [f32],
+) -> Result<(), QuantError> {
+    let act = activation_type(ty).ok_or(QuantError::Unsupported(ty))?;
+    let row_bytes = ty.bytes_for(k).ok_or(QuantError::NotBlockAligned { ty, n: k, block: ty.block_size() })?;
+    let want_w = n_out.checked_mul(row_bytes);
+    if want_w != Some(w.len()) {
+        let n = n_out.saturating_mul(k);
+        return Err(QuantError::WrongLength { ty, n, got: w.len(), want: want_w.unwrap_or(usize::MAX) });
+    }
+    let f32_len = |ty, n: Option<usize>, got: usize| match n {
+        Some(n) if n == got => Ok(()),
+        n => Err(QuantError::WrongLength { ty, n: n.unwrap_or(usize::MAX), got: 4 * got, want: n.map_or(usize::MAX, |n| 4 * n) }),
+    };
+    f32_len(GgmlType::F32, n_rows.checked_mul(k), x.len())?;
+    f32_len(GgmlType::F32, n_rows.checked_mul(n_out), y.len())?;
+    if n_rows == 0 || n_out == 0 {
+        return Ok(());
+    }
+    let simd = simd.or_supported();
+    if act == GgmlType::F32 {
+        let dot = FloatDot { simd, ty, k, w, row_bytes, x };
+        run_tiles(pool, &dot, n_out, n_rows, y);
+        return Ok(());
+    }
+    let act_bytes = act.bytes_for(k).expect("k is a multiple of the weight block, hence of the activation block");
+    // Taken out of the thread-local (not borrowed) so a nested call on this thread cannot hit a RefCell panic.
+    let mut xq = ACTIVATION_SCRATCH.with(|s| s.take());
+    xq.resize(n_rows * act_bytes, 0);
+    let quantize = match act {
+        GgmlType::Q8_0 => quantize_row_q8_0,
+        GgmlType::Q8_1 => quantize_row_q8_1,
+        _ => quantize_row_q8_k,
+    };
+    for (xr, qr) in x.chunks_exact(k.max(1)).zip(xq.chunks_exact_mut(act_bytes.max(1))) {
+        quantize(xr, qr)?;
+    }
+    let dot = QuantDot { simd, ty, k, w, row_bytes, xq: &xq, act_bytes };
+    run_tiles(pool, &dot, n_out, n_rows, y);
+    ACTIVATION_SCRATCH.with(|s| s.replace(xq));
+    Ok(())
+}
+
+/// One weight row against `R` activation rows.
+trait RowDot: Sync {
+    fn dot<const R: usize>(&self, weight_row: usize, rows: [usize; R]) -> [f32; R];
+}
+
+struct QuantDot<'a> {
+    simd: Simd,
+    ty: GgmlType,
+    k: usize,
+    w: &'a [u8],
+    row_bytes: usize,
+    xq: &'a [u8],
+    act_bytes: usize,
+}
+
+impl RowDot for QuantDot<'_> {
+    #[inline(always)]
+    fn dot<const R: usize>(&self, i: usize, rows: [usize; R]) -> [f32; R] {
+        let w = &self.w[i * self.row_bytes..(i + 1) * self.row_bytes];
+        let x = rows.map(|r| &self.xq[r * self.act_bytes..(r + 1) * self.act_bytes]);
+        dot_quant_rows(self.simd, self.ty, self.k, w, x)
+    }
+}
+
+struct FloatDot<'a> {
+    simd: Simd,
+    ty: GgmlType,
+    k: usize,
+    w: &'a [u8],
+    row_bytes: usize,
+    x: &'a [f32],
+}
+
+impl RowDot for FloatDot<'_> {
+    #[inline(always)]
+    fn dot<const R: usize>(&self, i: usize, rows: [usize; R]) -> [f32; R] {
+        let w = &self.w[i * self.row_bytes..(i + 1) * self.row_bytes];
+        dot_float_rows(self.simd, self.ty, w, rows.map(|r| &self.x[r * self.k..(r + 1) * self.k]))
+    }
+}
+
+/// The output buffer, written by tasks at disjoint indices.
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint elements (each owns a distinct range of output rows) and `run` joins them all
+// before the borrow of `y` ends.
+unsafe impl Sync for OutPtr {}
+
+fn run_tiles<D: RowDot>(pool: &ThreadPool, dot: &D, n_out: usize, n_rows: usize, y: &mut [f32]) {
+    let rows_per_task = n_out.div_ceil(pool.n_threads() * TASKS_PER_THREAD).max(1);
+    let n_tasks = n_out.div_ceil(rows_per_task);
+    let out = OutPtr(y.as_mut_ptr());
+    let out = &out;
+    pool.run(n_tasks, &|t| {
+        let rows = t * rows_per_task..((t + 1) * rows_per_task).min(n_out);
+        compute_rows(dot, rows, n_rows, |r, i, v| {
+            debug_assert!(i < n_out && r < n_rows);
+            // SAFETY: i is inside this task's row range, so no other task writes index r*n_out + i, which is
+            // in bounds of y (length n_rows*n_out, checked by matmul).
+            unsafe { *out.0.add(r * n_out + i) = v };
+        });
+    });
+}
+
+fn compute_rows<D: RowDot>(dot: &D, weight_rows: Range<usize>, n_rows: usize, mut store: impl FnMut(usize, usize, f32)) {
+    let mut group_start = weight_rows.start;
+    while group_start < weight_rows.end {
+        let group = group_start..(group_start + WEIGHT_ROWS_PER_GROUP).min(weight_rows.end);
+        let mut r = 0;
+        while r + 4 <= n_rows {
+            for i in group.clone() {
+                let v = dot.dot(i, [r, r + 1, r + 2, r + 3]);
+                (0..4).for_each(|j| store(r + j, i, v[j]));
+            }
+            r += 4;
+        }
+        for i in group.clone() {
+            match n_rows - r {
+                1 => store(r, i, dot.dot(i, [r])[0]),
+                2 => {
+                    let v = dot.dot(i, [r, r + 1]);
+                    (0..2).for_each(|j| store(r + j, i, v[j]));
+                }
+                3 => {
+                    let v = dot.dot(i, [r, r + 1, r + 2]);
+                    (0..3).for_each(|j| store(r + j, i, v[j]));
+                }
+                _ => {}
+            }
+        }
+        group_start = group.end;
+    }
 }

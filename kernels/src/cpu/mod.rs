@@ -3,6 +3,7 @@
 
 mod attention;
 pub mod backend;
+pub mod dot;
 pub mod matmul;
 pub mod ops;
 pub mod pool;

@@ -6,10 +6,15 @@
 mod float;
 mod k_quants;
 mod legacy;
+mod row;
 
-pub use float::*;
 pub use k_quants::*;
 pub use legacy::*;
+pub use row::{dequantize_row, quantize_row};
+
+pub(crate) use float::f16_at;
+pub(crate) use k_quants::{q6_k_values, scales_mins_k4};
+pub(crate) use legacy::q5_values;
 
 use thiserror::Error;
 
@@ -43,9 +48,18 @@ pub enum QuantError {
     #[error("tensor type {0} is not supported")]
     Unsupported(GgmlType),
     #[error("{ty}: {n} values are not a whole number of {block}-value blocks")]
-    NotBlockAligned { ty: GgmlType, n: usize, block: usize },
+    NotBlockAligned {
+        ty: GgmlType,
+        n: usize,
+        block: usize,
+    },
     #[error("{ty}: {got} bytes of data for {n} values, expected {want}")]
-    WrongLength { ty: GgmlType, n: usize, got: usize, want: usize },
+    WrongLength {
+        ty: GgmlType,
+        n: usize,
+        got: usize,
+        want: usize,
+    },
 }
 
 impl std::fmt::Display for GgmlType {
