@@ -1,1 +1,32 @@
-fn main() {}
+//! kiln-agent: Kiln's node agent.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "kiln-agent", version, about = "Kiln's node agent: runs GGUF models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt.
+    Generate(cli::generate::GenerateArgs),
+    /// Measure prompt-processing and generation speed.
+    Bench(cli::bench::BenchArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => cli::generate::run(a),
+        Command::Bench(a) => cli::bench::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("kiln-agent: {e:#}");
+        std::process::exit(1);
+    }
+}

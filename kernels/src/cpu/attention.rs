@@ -1,8 +1,13 @@
 //! Causal (optionally sliding-window) attention over a KV cache on the CPU, one task per query row and
 //! head. K and V rows are stored in the cache's type (f32, f16, q8_0, q4_0) and expanded per head as
 //! they are read, so the cache costs what its type says.
+//!
+//! With an f16 cache the arithmetic follows ggml's (non-flash) CPU path, which converts the f32 operand
+//! of each f16 product to f16: q is rounded to f16 before q·k, and the normalised softmax weights are
+//! rounded to f16 before they weight V. Matching that keeps greedy outputs identical to llama.cpp's.
 
 use super::backend::CpuKvCache;
+use super::dot::{dot_f16_f32, dot_f32};
 use super::pool::ThreadPool;
 use crate::backend::{shape_err, AttentionParams, KvType, Result};
 use crate::quant::{dequantize_row, quantize_row};
@@ -35,8 +40,18 @@ fn load_values(kv: &CpuKvCache, row: &[u8], first: usize, out: &mut [f32]) {
     let _ = dequantize_row(ty, &row[start..start + len], out);
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+fn round_f16(x: f32) -> f32 {
+    f16::from_f32(x).to_f32()
+}
+
+/// The f16 values of one head in a cached row of an f16 cache.
+fn f16_head(row: &[u8], first: usize, n: usize) -> &[f16] {
+    // Rows start at multiples of 2 bytes inside an 8-byte-aligned buffer (see `AlignedBytes`).
+    bytemuck_f16(&row[first * 2..(first + n) * 2])
+}
+
+fn bytemuck_f16(b: &[u8]) -> &[f16] {
+    bytemuck::cast_slice(b)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -84,49 +99,66 @@ pub(crate) fn attend(
         store_row(
             kv.ty,
             &k[i * kv.width..(i + 1) * kv.width],
-            &mut kv.k[at..at + kv.row_bytes],
+            &mut kv.k.as_bytes_mut()[at..at + kv.row_bytes],
         )?;
         store_row(
             kv.ty,
             &v[i * kv.width..(i + 1) * kv.width],
-            &mut kv.v[at..at + kv.row_bytes],
+            &mut kv.v.as_bytes_mut()[at..at + kv.row_bytes],
         )?;
     }
 
     let group = p.n_heads / p.n_kv_heads;
     let kv_ref: &CpuKvCache = kv;
     let out_ptr = SendPtr(out.as_mut_ptr());
+    let is_f16 = kv_ref.ty == KvType::F16;
     let task = |t: usize| {
         let (i, h) = (t / p.n_heads, t % p.n_heads);
         let pos = start + i;
         let first = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
         let kvh = h / group;
-        let qh = &q[i * q_width + h * hd..i * q_width + (h + 1) * hd];
+        let mut qh = q[i * q_width + h * hd..i * q_width + (h + 1) * hd].to_vec();
+        if is_f16 {
+            qh.iter_mut().for_each(|x| *x = round_f16(*x));
+        }
         let mut scores = Vec::with_capacity(pos + 1 - first);
         let mut row = vec![0f32; hd];
         let mut max = f32::NEG_INFINITY;
         for j in first..=pos {
-            let krow = &kv_ref.k[j * kv_ref.row_bytes..(j + 1) * kv_ref.row_bytes];
-            load_values(kv_ref, krow, kvh * hd, &mut row);
-            let mut s = dot(qh, &row) * p.scale;
+            let krow = &kv_ref.k.as_bytes()[j * kv_ref.row_bytes..(j + 1) * kv_ref.row_bytes];
+            let dot = if is_f16 {
+                dot_f16_f32(f16_head(krow, kvh * hd, hd), &qh)
+            } else {
+                load_values(kv_ref, krow, kvh * hd, &mut row);
+                dot_f32(&qh, &row)
+            };
+            let mut s = dot * p.scale;
             if let Some(cap) = p.softcap {
                 s = (s / cap).tanh() * cap;
             }
             max = max.max(s);
             scores.push(s);
         }
-        let mut sum = 0f32;
+        let mut sum = 0f64;
         for s in scores.iter_mut() {
             *s = (*s - max).exp();
-            sum += *s;
+            sum += *s as f64;
         }
-        let inv = 1.0 / sum;
+        let inv = (1.0 / sum) as f32;
         let mut acc = vec![0f32; hd];
         for (j, &w) in (first..=pos).zip(&scores) {
-            let vrow = &kv_ref.v[j * kv_ref.row_bytes..(j + 1) * kv_ref.row_bytes];
-            load_values(kv_ref, vrow, kvh * hd, &mut row);
-            for (a, &x) in acc.iter_mut().zip(&row) {
-                *a += w * x;
+            let vrow = &kv_ref.v.as_bytes()[j * kv_ref.row_bytes..(j + 1) * kv_ref.row_bytes];
+            if is_f16 {
+                let w = round_f16(w * inv);
+                for (a, &x) in acc.iter_mut().zip(f16_head(vrow, kvh * hd, hd)) {
+                    *a += w * x.to_f32();
+                }
+            } else {
+                load_values(kv_ref, vrow, kvh * hd, &mut row);
+                let w = w * inv;
+                for (a, &x) in acc.iter_mut().zip(&row) {
+                    *a += w * x;
+                }
             }
         }
         // SAFETY: task t writes only its own (row, head) slice of `out`; slices of distinct tasks are
@@ -134,9 +166,7 @@ pub(crate) fn attend(
         let dst = unsafe {
             std::slice::from_raw_parts_mut(out_ptr.get().add(i * q_width + h * hd), hd)
         };
-        for (d, a) in dst.iter_mut().zip(&acc) {
-            *d = a * inv;
-        }
+        dst.copy_from_slice(&acc);
     };
     pool.run(rows * p.n_heads, &task);
     Ok(())

@@ -33,8 +33,37 @@ pub struct CpuKvCache {
     /// Values per cached position: n_kv_heads × head_dim.
     pub(crate) width: usize,
     pub(crate) row_bytes: usize,
-    pub(crate) k: Vec<u8>,
-    pub(crate) v: Vec<u8>,
+    pub(crate) k: AlignedBytes,
+    pub(crate) v: AlignedBytes,
+}
+
+/// A zeroed byte buffer with 8-byte alignment, so f16 (and f32) views of it are always aligned.
+pub(crate) struct AlignedBytes {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl AlignedBytes {
+    fn zeroed(len: usize) -> Result<Self> {
+        let n = len.div_ceil(8);
+        let mut words = Vec::new();
+        words
+            .try_reserve_exact(n)
+            .map_err(|_| BackendError::OutOfMemory {
+                device: "host".into(),
+                bytes: len as u64,
+            })?;
+        words.resize(n, 0);
+        Ok(AlignedBytes { words, len })
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice(&self.words)[..self.len]
+    }
+
+    pub(crate) fn as_bytes_mut(&mut self) -> &mut [u8] {
+        &mut bytemuck::cast_slice_mut(&mut self.words)[..self.len]
+    }
 }
 
 impl CpuBackend {
@@ -296,28 +325,18 @@ impl Backend for CpuBackend {
         let bytes = n_ctx
             .checked_mul(row_bytes)
             .ok_or_else(|| shape_err("kv_cache", "size overflows"))?;
-        let alloc = || -> Result<Vec<u8>> {
-            let mut v = Vec::new();
-            v.try_reserve_exact(bytes)
-                .map_err(|_| BackendError::OutOfMemory {
-                    device: "host".into(),
-                    bytes: bytes as u64,
-                })?;
-            v.resize(bytes, 0);
-            Ok(v)
-        };
         Ok(CpuKvCache {
             ty,
             n_ctx,
             width,
             row_bytes,
-            k: alloc()?,
-            v: alloc()?,
+            k: AlignedBytes::zeroed(bytes)?,
+            v: AlignedBytes::zeroed(bytes)?,
         })
     }
 
     fn kv_cache_bytes(&self, kv: &CpuKvCache) -> usize {
-        kv.k.len() + kv.v.len()
+        kv.k.len + kv.v.len
     }
 
     fn attention(
