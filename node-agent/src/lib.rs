@@ -1,3 +1,4 @@
 //! kiln-agent: the data plane of Kiln.
 
 pub mod gguf;
+pub mod tokenizer;
