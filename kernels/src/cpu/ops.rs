@@ -3,6 +3,8 @@
 //! multiplication in f32).
 
 use crate::backend::{RopeParams, RopeStyle};
+use half::f16;
+use std::sync::OnceLock;
 
 pub fn rms_norm(x: &[f32], weight: Option<&[f32]>, eps: f32, out: &mut [f32]) {
     let sum: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
@@ -45,9 +47,28 @@ pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
+/// GELU as ggml's CPU backend computes it: through a table over every f16 input (x rounded to f16,
+/// the result rounded to f16), exact passthrough beyond ±10. Following it keeps Gemma's outputs equal
+/// to llama.cpp's; the table also makes GELU a lookup.
+fn gelu_table() -> &'static [f16] {
+    static TABLE: OnceLock<Vec<f16>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| f16::from_f32(gelu_tanh(f16::from_bits(bits).to_f32())))
+            .collect()
+    })
+}
+
 pub fn geglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    let table = gelu_table();
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-        *o = gelu_tanh(g) * u;
+        *o = if g <= -10.0 {
+            0.0
+        } else if g >= 10.0 {
+            g * u
+        } else {
+            table[f16::from_f32(g).to_bits() as usize].to_f32() * u
+        };
     }
 }
 
