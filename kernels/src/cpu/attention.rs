@@ -2,9 +2,11 @@
 //! head. K and V rows are stored in the cache's type (f32, f16, q8_0, q4_0) and expanded per head as
 //! they are read, so the cache costs what its type says.
 //!
-//! With an f16 cache the arithmetic follows ggml's (non-flash) CPU path, which converts the f32 operand
-//! of each f16 product to f16: q is rounded to f16 before q·k, and the normalised softmax weights are
-//! rounded to f16 before they weight V. Matching that keeps greedy outputs identical to llama.cpp's.
+//! Each (row, head) is one pass over the keys with an online softmax, the way ggml's CPU flash-attention
+//! kernel (llama.cpp's default) computes it, including its precision choices: q is converted to the K
+//! cache's dot type (f16 for an f16 cache), and with an f16 V cache the weighted sum of V accumulates in
+//! f16. Following them keeps greedy outputs equal to llama.cpp's wherever the model is not at a
+//! numerical tie.
 
 use super::backend::CpuKvCache;
 use super::dot::{dot_f16_f32, dot_f32};
@@ -38,6 +40,50 @@ fn load_values(kv: &CpuKvCache, row: &[u8], first: usize, out: &mut [f32]) {
     // Lengths were validated when the cache was made; a failure here would be a Kiln bug, and the
     // values stay zero rather than panicking in a worker thread.
     let _ = dequantize_row(ty, &row[start..start + len], out);
+}
+
+/// Replaces `x` by its q8_0 quantize-dequantize image (head sizes are multiples of 32).
+fn q8_0_round_trip(x: &mut [f32]) {
+    let ty = crate::quant::GgmlType::Q8_0;
+    let mut blocks = vec![0u8; ty.bytes_for(x.len()).unwrap_or(0)];
+    if quantize_row(ty, x, &mut blocks).is_ok() {
+        let _ = dequantize_row(ty, &blocks, x);
+    }
+}
+
+/// q·k for an f16 cache, summed in the order of ggml's 512-bit `ggml_vec_dot_f16` (4 accumulators of
+/// 16 lanes per 64 values, then a fold of the accumulators and a tree over the lanes). The products of
+/// two f16 values are exact in f32, so this order is the only thing that decides the rounding — and a
+/// last-bit difference here can flip an f16 rounding further on.
+fn dot_f16_ggml_order(k: &[f16], q: &[f32]) -> f32 {
+    let n = k.len();
+    let body = n - n % 64;
+    let mut acc = [[0f32; 16]; 4];
+    for c in (0..body).step_by(64) {
+        for (a, accum) in acc.iter_mut().enumerate() {
+            for (l, v) in accum.iter_mut().enumerate() {
+                let i = c + 16 * a + l;
+                *v = k[i].to_f32().mul_add(q[i], *v);
+            }
+        }
+    }
+    let mut lanes = [0f32; 16];
+    for l in 0..16 {
+        lanes[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+    }
+    let mut a8 = [0f32; 8];
+    for i in 0..8 {
+        a8[i] = lanes[i] + lanes[i + 8];
+    }
+    let mut a4 = [0f32; 4];
+    for i in 0..4 {
+        a4[i] = a8[i] + a8[i + 4];
+    }
+    let mut sum = ((a4[0] + a4[2]) + (a4[1] + a4[3])) as f64;
+    for i in body..n {
+        sum += (k[i].to_f32() * q[i]) as f64;
+    }
+    sum as f32
 }
 
 fn round_f16(x: f32) -> f32 {
@@ -118,16 +164,21 @@ pub(crate) fn attend(
         let first = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
         let kvh = h / group;
         let mut qh = q[i * q_width + h * hd..i * q_width + (h + 1) * hd].to_vec();
-        if is_f16 {
-            qh.iter_mut().for_each(|x| *x = round_f16(*x));
+        match kv_ref.ty {
+            KvType::F32 => {}
+            KvType::F16 => qh.iter_mut().for_each(|x| *x = round_f16(*x)),
+            // A quantized K cache is dotted against q quantized to q8_0, as ggml does.
+            KvType::Q8_0 | KvType::Q4_0 => q8_0_round_trip(&mut qh),
         }
-        let mut scores = Vec::with_capacity(pos + 1 - first);
         let mut row = vec![0f32; hd];
-        let mut max = f32::NEG_INFINITY;
+        let mut acc = vec![0f32; hd];
+        let mut acc16 = vec![f16::ZERO; hd];
+        let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
         for j in first..=pos {
-            let krow = &kv_ref.k.as_bytes()[j * kv_ref.row_bytes..(j + 1) * kv_ref.row_bytes];
+            let at = j * kv_ref.row_bytes..(j + 1) * kv_ref.row_bytes;
+            let krow = &kv_ref.k.as_bytes()[at.clone()];
             let dot = if is_f16 {
-                dot_f16_f32(f16_head(krow, kvh * hd, hd), &qh)
+                dot_f16_ggml_order(f16_head(krow, kvh * hd, hd), &qh)
             } else {
                 load_values(kv_ref, krow, kvh * hd, &mut row);
                 dot_f32(&qh, &row)
@@ -136,37 +187,49 @@ pub(crate) fn attend(
             if let Some(cap) = p.softcap {
                 s = (s / cap).tanh() * cap;
             }
-            max = max.max(s);
-            scores.push(s);
-        }
-        let mut sum = 0f64;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s as f64;
-        }
-        let inv = (1.0 / sum) as f32;
-        let mut acc = vec![0f32; hd];
-        for (j, &w) in (first..=pos).zip(&scores) {
-            let vrow = &kv_ref.v.as_bytes()[j * kv_ref.row_bytes..(j + 1) * kv_ref.row_bytes];
+            // Online softmax: rescale what was accumulated when a new maximum appears.
+            let (mut rescale, mut weight) = (1.0f32, 1.0f32);
+            if s > max {
+                rescale = (max - s).exp();
+                max = s;
+            } else {
+                weight = (s - max).exp();
+            }
+            let vrow = &kv_ref.v.as_bytes()[at];
             if is_f16 {
-                let w = round_f16(w * inv);
-                for (a, &x) in acc.iter_mut().zip(f16_head(vrow, kvh * hd, hd)) {
-                    *a += w * x.to_f32();
+                if rescale != 1.0 {
+                    acc16
+                        .iter_mut()
+                        .for_each(|a| *a = f16::from_f32(a.to_f32() * rescale));
+                }
+                for (a, &x) in acc16.iter_mut().zip(f16_head(vrow, kvh * hd, hd)) {
+                    *a = f16::from_f32(x.to_f32().mul_add(weight, a.to_f32()));
                 }
             } else {
+                if rescale != 1.0 {
+                    acc.iter_mut().for_each(|a| *a *= rescale);
+                }
                 load_values(kv_ref, vrow, kvh * hd, &mut row);
-                let w = w * inv;
                 for (a, &x) in acc.iter_mut().zip(&row) {
-                    *a += w * x;
+                    *a += x * weight;
                 }
             }
+            sum = sum * rescale + weight;
         }
+        if is_f16 {
+            for (a, x) in acc.iter_mut().zip(&acc16) {
+                *a = x.to_f32();
+            }
+        }
+        let inv = 1.0 / sum;
         // SAFETY: task t writes only its own (row, head) slice of `out`; slices of distinct tasks are
         // disjoint and `out` outlives the pool run.
         let dst = unsafe {
             std::slice::from_raw_parts_mut(out_ptr.get().add(i * q_width + h * hd), hd)
         };
-        dst.copy_from_slice(&acc);
+        for (d, a) in dst.iter_mut().zip(&acc) {
+            *d = a * inv;
+        }
     };
     pool.run(rows * p.n_heads, &task);
     Ok(())
