@@ -9,7 +9,7 @@
 //! numerical tie.
 
 use super::backend::CpuKvCache;
-use super::dot::{dot_f16_f32, dot_f32};
+use super::dot::dot_f32;
 use super::pool::ThreadPool;
 use crate::backend::{shape_err, AttentionParams, KvType, Result};
 use crate::quant::{dequantize_row, quantize_row};
@@ -214,7 +214,7 @@ pub(crate) fn attend(
                     *a += x * weight;
                 }
             }
-            sum = sum * rescale + weight;
+            sum = sum.mul_add(rescale, weight);
         }
         if is_f16 {
             for (a, x) in acc.iter_mut().zip(&acc16) {
