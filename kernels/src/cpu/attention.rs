@@ -214,7 +214,7 @@ pub(crate) fn attend(
                     *a += x * weight;
                 }
             }
-            sum = sum.mul_add(rescale, weight);
+            sum = sum * rescale + weight;
         }
         if is_f16 {
             for (a, x) in acc.iter_mut().zip(&acc16) {
