@@ -126,9 +126,9 @@ def main() -> int:
     print(f"- Kiln commit: {meta.get('kiln_commit', '?')}; measured {meta.get('date_utc', '?')}; load average "
           f"before {meta.get('loadavg_before', '?')}, after {meta.get('loadavg_after', '?')} (1/5/15 min)")
     print(f"- {reps} interleaved repetitions per engine and model; prompt {n_prompt} tokens, generation {n_gen} "
-          f"tokens; tok/s are medians, peak RSS is the max over repetitions, CPU % is the share of CPU time each "
-          f"process got over its whole run (/usr/bin/time -v; {int(threads) * 100}% = all {threads} threads busy "
-          f"the whole time, much less means the machine was shared)\n")
+          f"tokens; tok/s are medians, peak RSS is the max over repetitions, CPU % is the CPU time each process "
+          f"got over its whole run, load included (/usr/bin/time -v): close to {int(threads) * 100}% when its "
+          f"{threads} thread(s) had the cores to themselves, far below means the machine was shared\n")
 
     hdr = ["model", "threads"]
     if not llama_only:
