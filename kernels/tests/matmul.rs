@@ -121,7 +121,7 @@ fn random_weights(ty: GgmlType, n_out: usize, k: usize, seed: u64) -> Vec<u8> {
 #[test]
 fn matmul_matches_reference_for_every_type_shape_and_path() {
     let pools = [ThreadPool::new(1), ThreadPool::new(3)];
-    let paths: Vec<Simd> = [Simd::Scalar, Simd::Avx2]
+    let paths: Vec<Simd> = [Simd::Scalar, Simd::Avx2, Simd::Avx512Vnni]
         .into_iter()
         .filter(|s| s.is_supported())
         .collect();
@@ -165,13 +165,18 @@ fn simd_and_scalar_agree_closely() {
         let x = values(5, n_rows * k);
         let (mut a, mut b) = (vec![0.0; n_out * n_rows], vec![0.0; n_out * n_rows]);
         matmul_with(Simd::Scalar, &pool, ty, &w, n_out, k, &x, n_rows, &mut a).unwrap();
-        matmul_with(Simd::Avx2, &pool, ty, &w, n_out, k, &x, n_rows, &mut b).unwrap();
         let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-        for (i, (p, q)) in a.iter().zip(&b).enumerate() {
-            assert!(
-                (p - q).abs() <= 1e-5 * scale,
-                "{ty} output {i}: scalar {p} vs simd {q}"
-            );
+        for simd in [Simd::Avx2, Simd::Avx512Vnni] {
+            if !simd.is_supported() {
+                continue;
+            }
+            matmul_with(simd, &pool, ty, &w, n_out, k, &x, n_rows, &mut b).unwrap();
+            for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+                assert!(
+                    (p - q).abs() <= 1e-5 * scale,
+                    "{ty} output {i}: scalar {p} vs {simd:?} {q}"
+                );
+            }
         }
     }
 }

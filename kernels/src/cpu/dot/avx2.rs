@@ -2,7 +2,10 @@
 //! block into registers once and reusing it for all `R` rows (the prefill tile). Integer arithmetic is exact,
 //! so results differ from the scalar path only by f32 summation order.
 //!
-//! Safety contract of every `pub(super)` function: the CPU supports avx2, fma and f16c, and the pointers are
+//! The `_vnni` variants of the 32-value block kernels replace maddubs+madd by AVX512-VNNI's `vpdpbusd`.
+//!
+//! Safety contract of every `pub(super)` function: the CPU supports avx2, fma and f16c (and for `_vnni`
+//! avx512f/bw/vl/vnni), and the pointers are
 //! valid for `nb` blocks of the weight type (for `w`) and of the matching activation type (for each `x[r]`).
 
 use std::arch::x86_64::*;
@@ -79,44 +82,41 @@ unsafe fn f16x2(p: *const u8) -> __m128 {
     _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()))
 }
 
-/// Runs `step(b, slot)` for blocks `0..nb`, alternating two accumulator slots so consecutive blocks do not
-/// wait on each other's FMA latency.
-#[inline(always)]
-fn for_blocks_two_slots(nb: usize, mut step: impl FnMut(usize, usize)) {
-    let mut b = 0;
-    while b + 2 <= nb {
-        step(b, 0);
-        step(b + 1, 1);
-        b += 2;
-    }
-    if b < nb {
-        step(b, 0);
-    }
-}
-
+#[allow(clippy::needless_range_loop)] // `slot` must stay a constant index after unrolling
 /// Symmetric 32-value weight blocks (decoded to signed bytes) × Q8_0 activations.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
+///
+/// Always inlined (no target features of its own) so each entry point compiles it with its own feature set and
+/// byte-product instruction `mul` (maddubs+madd on AVX2, `vpdpbusd` with AVX512-VNNI).
+#[inline(always)]
 unsafe fn dot_signed<const R: usize>(
     nb: usize,
     w: *const u8,
     w_block: usize,
     x: [*const u8; R],
     decode: impl Fn(*const u8) -> __m256i,
+    mul: impl Fn(__m256i, __m256i) -> __m256i,
 ) -> [f32; R] {
     let mut acc = [[_mm256_setzero_ps(); R]; 2];
-    for_blocks_two_slots(nb, |b, slot| {
-        let wb = w.add(b * w_block);
-        let q = decode(wb);
-        let (abs_q, dw) = (_mm256_abs_epi8(q), f16x2(wb));
-        for r in 0..R {
-            let xb = x[r].add(b * 34);
-            // |w|·(x·sign(w)) = w·x with an unsigned first operand, as maddubs needs.
-            let p = dot_u8_i8(abs_q, _mm256_sign_epi8(load(xb.add(2)), q));
-            let d = _mm256_broadcastss_ps(_mm_mul_ss(dw, f16x2(xb)));
-            acc[slot][r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[slot][r]);
+    // Consecutive blocks go to alternating accumulator slots so they do not wait on each other's FMA latency.
+    // (A plain nested loop, not a closure: a closure here would be compiled without the caller's features.)
+    for pair in 0..nb.div_ceil(2) {
+        for slot in 0..2 {
+            let b = 2 * pair + slot;
+            if b >= nb {
+                break;
+            }
+            let wb = w.add(b * w_block);
+            let q = decode(wb);
+            let (abs_q, dw) = (_mm256_abs_epi8(q), f16x2(wb));
+            for r in 0..R {
+                let xb = x[r].add(b * 34);
+                // |w|·(x·sign(w)) = w·x with an unsigned first operand, as maddubs needs.
+                let p = mul(abs_q, _mm256_sign_epi8(load(xb.add(2)), q));
+                let d = _mm256_broadcastss_ps(_mm_mul_ss(dw, f16x2(xb)));
+                acc[slot][r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[slot][r]);
+            }
         }
-    });
+    }
     let mut out = [0.0; R];
     for r in 0..R {
         out[r] = hsum(_mm256_add_ps(acc[0][r], acc[1][r]));
@@ -124,36 +124,46 @@ unsafe fn dot_signed<const R: usize>(
     out
 }
 
+#[allow(clippy::needless_range_loop)] // `slot` must stay a constant index after unrolling
 /// Weight blocks `d·q + m` (decoded to unsigned bytes) × Q8_1 activations.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
+///
+/// Always inlined (no target features of its own) so each entry point compiles it with its own feature set and
+/// byte-product instruction `mul` (maddubs+madd on AVX2, `vpdpbusd` with AVX512-VNNI).
+#[inline(always)]
 unsafe fn dot_unsigned<const R: usize>(
     nb: usize,
     w: *const u8,
     w_block: usize,
     x: [*const u8; R],
     decode: impl Fn(*const u8) -> __m256i,
+    mul: impl Fn(__m256i, __m256i) -> __m256i,
 ) -> [f32; R] {
     let mut acc = [[_mm256_setzero_ps(); R]; 2];
     // Lane 1 accumulates m_w·s_x.
     let mut mins = [[_mm_setzero_ps(); R]; 2];
-    for_blocks_two_slots(nb, |b, slot| {
-        let wb = w.add(b * w_block);
-        let q = decode(wb);
-        let dm = f16x2(wb);
-        for r in 0..R {
-            let xb = x[r].add(b * 36);
-            let p = dot_u8_i8(q, load(xb.add(4)));
-            // [d_w·d_x, m_w·s_x]
-            let scales = _mm_mul_ps(dm, f16x2(xb));
-            acc[slot][r] = _mm256_fmadd_ps(
-                _mm256_broadcastss_ps(scales),
-                _mm256_cvtepi32_ps(p),
-                acc[slot][r],
-            );
-            mins[slot][r] = _mm_add_ps(mins[slot][r], scales);
+    for pair in 0..nb.div_ceil(2) {
+        for slot in 0..2 {
+            let b = 2 * pair + slot;
+            if b >= nb {
+                break;
+            }
+            let wb = w.add(b * w_block);
+            let q = decode(wb);
+            let dm = f16x2(wb);
+            for r in 0..R {
+                let xb = x[r].add(b * 36);
+                let p = mul(q, load(xb.add(4)));
+                // [d_w·d_x, m_w·s_x]
+                let scales = _mm_mul_ps(dm, f16x2(xb));
+                acc[slot][r] = _mm256_fmadd_ps(
+                    _mm256_broadcastss_ps(scales),
+                    _mm256_cvtepi32_ps(p),
+                    acc[slot][r],
+                );
+                mins[slot][r] = _mm_add_ps(mins[slot][r], scales);
+            }
         }
-    });
+    }
     let mut out = [0.0; R];
     for r in 0..R {
         let m = _mm_add_ps(mins[0][r], mins[1][r]);
@@ -168,9 +178,30 @@ pub(super) unsafe fn dot_q4_0<const R: usize>(
     w: *const u8,
     x: [*const u8; R],
 ) -> [f32; R] {
-    dot_signed(nb, w, 18, x, |b| {
-        _mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8))
-    })
+    dot_signed(
+        nb,
+        w,
+        18,
+        x,
+        |b| _mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8)),
+        |u, s| dot_u8_i8(u, s),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn dot_q4_0_vnni<const R: usize>(
+    nb: usize,
+    w: *const u8,
+    x: [*const u8; R],
+) -> [f32; R] {
+    dot_signed(
+        nb,
+        w,
+        18,
+        x,
+        |b| _mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8)),
+        |u, s| _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s),
+    )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -180,12 +211,40 @@ pub(super) unsafe fn dot_q5_0<const R: usize>(
     x: [*const u8; R],
 ) -> [f32; R] {
     // q - 16 = nibble when the fifth bit is set, nibble | 0xF0 (as i8) when it is clear.
-    dot_signed(nb, w, 22, x, |b| {
-        _mm256_or_si256(
-            nibbles(b.add(6)),
-            _mm256_andnot_si256(bits_to_bytes(b.add(2)), _mm256_set1_epi8(-16)),
-        )
-    })
+    dot_signed(
+        nb,
+        w,
+        22,
+        x,
+        |b| {
+            _mm256_or_si256(
+                nibbles(b.add(6)),
+                _mm256_andnot_si256(bits_to_bytes(b.add(2)), _mm256_set1_epi8(-16)),
+            )
+        },
+        |u, s| dot_u8_i8(u, s),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn dot_q5_0_vnni<const R: usize>(
+    nb: usize,
+    w: *const u8,
+    x: [*const u8; R],
+) -> [f32; R] {
+    dot_signed(
+        nb,
+        w,
+        22,
+        x,
+        |b| {
+            _mm256_or_si256(
+                nibbles(b.add(6)),
+                _mm256_andnot_si256(bits_to_bytes(b.add(2)), _mm256_set1_epi8(-16)),
+            )
+        },
+        |u, s| _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s),
+    )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -194,7 +253,23 @@ pub(super) unsafe fn dot_q8_0<const R: usize>(
     w: *const u8,
     x: [*const u8; R],
 ) -> [f32; R] {
-    dot_signed(nb, w, 34, x, |b| load(b.add(2)))
+    dot_signed(nb, w, 34, x, |b| load(b.add(2)), |u, s| dot_u8_i8(u, s))
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn dot_q8_0_vnni<const R: usize>(
+    nb: usize,
+    w: *const u8,
+    x: [*const u8; R],
+) -> [f32; R] {
+    dot_signed(
+        nb,
+        w,
+        34,
+        x,
+        |b| load(b.add(2)),
+        |u, s| _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s),
+    )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -203,7 +278,23 @@ pub(super) unsafe fn dot_q4_1<const R: usize>(
     w: *const u8,
     x: [*const u8; R],
 ) -> [f32; R] {
-    dot_unsigned(nb, w, 20, x, |b| nibbles(b.add(4)))
+    dot_unsigned(nb, w, 20, x, |b| nibbles(b.add(4)), |u, s| dot_u8_i8(u, s))
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn dot_q4_1_vnni<const R: usize>(
+    nb: usize,
+    w: *const u8,
+    x: [*const u8; R],
+) -> [f32; R] {
+    dot_unsigned(
+        nb,
+        w,
+        20,
+        x,
+        |b| nibbles(b.add(4)),
+        |u, s| _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s),
+    )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -212,12 +303,40 @@ pub(super) unsafe fn dot_q5_1<const R: usize>(
     w: *const u8,
     x: [*const u8; R],
 ) -> [f32; R] {
-    dot_unsigned(nb, w, 24, x, |b| {
-        _mm256_or_si256(
-            nibbles(b.add(8)),
-            _mm256_and_si256(bits_to_bytes(b.add(4)), _mm256_set1_epi8(0x10)),
-        )
-    })
+    dot_unsigned(
+        nb,
+        w,
+        24,
+        x,
+        |b| {
+            _mm256_or_si256(
+                nibbles(b.add(8)),
+                _mm256_and_si256(bits_to_bytes(b.add(4)), _mm256_set1_epi8(0x10)),
+            )
+        },
+        |u, s| dot_u8_i8(u, s),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn dot_q5_1_vnni<const R: usize>(
+    nb: usize,
+    w: *const u8,
+    x: [*const u8; R],
+) -> [f32; R] {
+    dot_unsigned(
+        nb,
+        w,
+        24,
+        x,
+        |b| {
+            _mm256_or_si256(
+                nibbles(b.add(8)),
+                _mm256_and_si256(bits_to_bytes(b.add(4)), _mm256_set1_epi8(0x10)),
+            )
+        },
+        |u, s| _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s),
+    )
 }
 
 /// Offsets inside a Q8_K block.
