@@ -55,15 +55,29 @@ pub fn matmul_with(
     y: &mut [f32],
 ) -> Result<(), QuantError> {
     let act = activation_type(ty).ok_or(QuantError::Unsupported(ty))?;
-    let row_bytes = ty.bytes_for(k).ok_or(QuantError::NotBlockAligned { ty, n: k, block: ty.block_size() })?;
+    let row_bytes = ty.bytes_for(k).ok_or(QuantError::NotBlockAligned {
+        ty,
+        n: k,
+        block: ty.block_size(),
+    })?;
     let want_w = n_out.checked_mul(row_bytes);
     if want_w != Some(w.len()) {
         let n = n_out.saturating_mul(k);
-        return Err(QuantError::WrongLength { ty, n, got: w.len(), want: want_w.unwrap_or(usize::MAX) });
+        return Err(QuantError::WrongLength {
+            ty,
+            n,
+            got: w.len(),
+            want: want_w.unwrap_or(usize::MAX),
+        });
     }
     let f32_len = |ty, n: Option<usize>, got: usize| match n {
         Some(n) if n == got => Ok(()),
-        n => Err(QuantError::WrongLength { ty, n: n.unwrap_or(usize::MAX), got: 4 * got, want: n.map_or(usize::MAX, |n| 4 * n) }),
+        n => Err(QuantError::WrongLength {
+            ty,
+            n: n.unwrap_or(usize::MAX),
+            got: 4 * got,
+            want: n.map_or(usize::MAX, |n| 4 * n),
+        }),
     };
     f32_len(GgmlType::F32, n_rows.checked_mul(k), x.len())?;
     f32_len(GgmlType::F32, n_rows.checked_mul(n_out), y.len())?;
@@ -72,11 +86,20 @@ pub fn matmul_with(
     }
     let simd = simd.or_supported();
     if act == GgmlType::F32 {
-        let dot = FloatDot { simd, ty, k, w, row_bytes, x };
+        let dot = FloatDot {
+            simd,
+            ty,
+            k,
+            w,
+            row_bytes,
+            x,
+        };
         run_tiles(pool, &dot, n_out, n_rows, y);
         return Ok(());
     }
-    let act_bytes = act.bytes_for(k).expect("k is a multiple of the weight block, hence of the activation block");
+    let act_bytes = act
+        .bytes_for(k)
+        .expect("k is a multiple of the weight block, hence of the activation block");
     // Taken out of the thread-local (not borrowed) so a nested call on this thread cannot hit a RefCell panic.
     let mut xq = ACTIVATION_SCRATCH.with(|s| s.take());
     xq.resize(n_rows * act_bytes, 0);
@@ -85,10 +108,21 @@ pub fn matmul_with(
         GgmlType::Q8_1 => quantize_row_q8_1,
         _ => quantize_row_q8_k,
     };
-    for (xr, qr) in x.chunks_exact(k.max(1)).zip(xq.chunks_exact_mut(act_bytes.max(1))) {
+    for (xr, qr) in x
+        .chunks_exact(k.max(1))
+        .zip(xq.chunks_exact_mut(act_bytes.max(1)))
+    {
         quantize(xr, qr)?;
     }
-    let dot = QuantDot { simd, ty, k, w, row_bytes, xq: &xq, act_bytes };
+    let dot = QuantDot {
+        simd,
+        ty,
+        k,
+        w,
+        row_bytes,
+        xq: &xq,
+        act_bytes,
+    };
     run_tiles(pool, &dot, n_out, n_rows, y);
     ACTIVATION_SCRATCH.with(|s| s.replace(xq));
     Ok(())
@@ -131,7 +165,12 @@ impl RowDot for FloatDot<'_> {
     #[inline(always)]
     fn dot<const R: usize>(&self, i: usize, rows: [usize; R]) -> [f32; R] {
         let w = &self.w[i * self.row_bytes..(i + 1) * self.row_bytes];
-        dot_float_rows(self.simd, self.ty, w, rows.map(|r| &self.x[r * self.k..(r + 1) * self.k]))
+        dot_float_rows(
+            self.simd,
+            self.ty,
+            w,
+            rows.map(|r| &self.x[r * self.k..(r + 1) * self.k]),
+        )
     }
 }
 
@@ -157,7 +196,12 @@ fn run_tiles<D: RowDot>(pool: &ThreadPool, dot: &D, n_out: usize, n_rows: usize,
     });
 }
 
-fn compute_rows<D: RowDot>(dot: &D, weight_rows: Range<usize>, n_rows: usize, mut store: impl FnMut(usize, usize, f32)) {
+fn compute_rows<D: RowDot>(
+    dot: &D,
+    weight_rows: Range<usize>,
+    n_rows: usize,
+    mut store: impl FnMut(usize, usize, f32),
+) {
     let mut group_start = weight_rows.start;
     while group_start < weight_rows.end {
         let group = group_start..(group_start + WEIGHT_ROWS_PER_GROUP).min(weight_rows.end);

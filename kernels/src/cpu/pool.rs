@@ -54,7 +54,11 @@ impl Shared {
                 return;
             }
             let job = self.job.load(Acquire) as *const Task<'static>;
-            if self.counter.compare_exchange_weak(c, c + 1, AcqRel, Relaxed).is_err() {
+            if self
+                .counter
+                .compare_exchange_weak(c, c + 1, AcqRel, Relaxed)
+                .is_err()
+            {
                 continue;
             }
             // SAFETY: the claim succeeded, so generation `gen` still had unclaimed tasks; its `run` is waiting for
@@ -62,7 +66,10 @@ impl Shared {
             // synchronises with its publication) is alive.
             let task: Task<'_> = unsafe { *job };
             if let Err(payload) = catch_unwind(AssertUnwindSafe(|| task(index))) {
-                self.panic.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(payload);
+                self.panic
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(payload);
             }
             self.done.fetch_add(1, Release);
         }
@@ -78,7 +85,7 @@ impl Shared {
                 return gen;
             }
             spins = spins.wrapping_add(1);
-            if spins % 64 == 0 && start.elapsed() > SPIN_BEFORE_PARK {
+            if spins & 63 == 0 && start.elapsed() > SPIN_BEFORE_PARK {
                 break;
             }
             std::hint::spin_loop();
@@ -152,7 +159,11 @@ impl ThreadPool {
                     .expect("spawning a kiln worker thread")
             })
             .collect();
-        ThreadPool { shared, workers, busy: AtomicBool::new(false) }
+        ThreadPool {
+            shared,
+            workers,
+            busy: AtomicBool::new(false),
+        }
     }
 
     pub fn n_threads(&self) -> usize {
@@ -166,7 +177,11 @@ impl ThreadPool {
         if n_tasks <= 1 || self.workers.is_empty() || n_tasks > u32::MAX as usize {
             return inline(f);
         }
-        if self.busy.compare_exchange(false, true, Acquire, Relaxed).is_err() {
+        if self
+            .busy
+            .compare_exchange(false, true, Acquire, Relaxed)
+            .is_err()
+        {
             return inline(f);
         }
         let _busy = BusyGuard(&self.busy);
@@ -174,7 +189,9 @@ impl ThreadPool {
         let task: Task<'_> = f;
         shared.done.store(0, Relaxed);
         shared.n_tasks.store(n_tasks, Release);
-        shared.job.store(&task as *const Task<'_> as *mut (), Release);
+        shared
+            .job
+            .store(&task as *const Task<'_> as *mut (), Release);
         let gen = shared.publish();
         shared.work(gen);
         let mut spins = 0u32;
@@ -187,7 +204,11 @@ impl ThreadPool {
                 std::thread::yield_now();
             }
         }
-        let payload = shared.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let payload = shared
+            .panic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(payload) = payload {
             resume_unwind(payload);
         }

@@ -2,7 +2,10 @@
 //! block into registers once and reusing it for all `R` rows (the prefill tile). Integer arithmetic is exact,
 //! so results differ from the scalar path only by f32 summation order.
 //!
-//! Safety contract of every `pub(super)` function: the CPU supports avx2, fma and f16c, and the pointers are
+//! The `_vnni` variants of the 32-value block kernels replace maddubs+madd by AVX512-VNNI's `vpdpbusd`.
+//!
+//! Safety contract of every `pub(super)` function: the CPU supports avx2, fma and f16c (and for `_vnni`
+//! avx512f/bw/vl/vnni), and the pointers are
 //! valid for `nb` blocks of the weight type (for `w`) and of the matching activation type (for each `x[r]`).
 
 use std::arch::x86_64::*;
@@ -41,7 +44,10 @@ unsafe fn load(p: *const u8) -> __m256i {
 #[inline]
 unsafe fn nibbles(p: *const u8) -> __m256i {
     let q = _mm_loadu_si128(p.cast());
-    _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(q), q), _mm256_set1_epi8(0x0F))
+    _mm256_and_si256(
+        _mm256_set_m128i(_mm_srli_epi16::<4>(q), q),
+        _mm256_set1_epi8(0x0F),
+    )
 }
 
 /// 32 bits (little-endian u32 at `p`) → 32 bytes, 0xFF where the bit is set.
@@ -50,7 +56,12 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
 unsafe fn bits_to_bytes(p: *const u8) -> __m256i {
     let word = p.cast::<u32>().read_unaligned() as i32;
     // Byte i takes source byte i / 8, then ORing every bit except bit i % 8 leaves all-ones iff that bit is set.
-    let spread = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    let spread = _mm256_set_epi64x(
+        0x0303030303030303,
+        0x0202020202020202,
+        0x0101010101010101,
+        0,
+    );
     let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(word), spread);
     let others = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
     _mm256_cmpeq_epi8(_mm256_or_si256(bytes, others), _mm256_set1_epi64x(-1))
@@ -63,93 +74,269 @@ unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
 }
 
-/// Symmetric 32-value weight blocks (decoded to signed bytes) × Q8_0 activations.
+/// The two f16 values at `p` (a block's leading scale pair, or a scale and whatever follows) as f32 lanes 0, 1.
+/// A full 32-bit load keeps the conversion free of false dependencies on older registers.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
+unsafe fn f16x2(p: *const u8) -> __m128 {
+    _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()))
+}
+
+#[allow(clippy::needless_range_loop)] // `slot` must stay a constant index after unrolling
+/// Symmetric 32-value weight blocks (decoded to signed bytes) × Q8_0 activations.
+///
+/// Always inlined (no target features of its own) so each entry point compiles it with its own feature set and
+/// byte-product instruction `mul` (maddubs+madd on AVX2, `vpdpbusd` with AVX512-VNNI).
+#[inline(always)]
 unsafe fn dot_signed<const R: usize>(
     nb: usize,
     w: *const u8,
     w_block: usize,
     x: [*const u8; R],
     decode: impl Fn(*const u8) -> __m256i,
+    mul: impl Fn(__m256i, __m256i) -> __m256i,
 ) -> [f32; R] {
-    let mut acc = [_mm256_setzero_ps(); R];
-    for b in 0..nb {
-        let wb = w.add(b * w_block);
-        let q = decode(wb);
-        let (abs_q, dw) = (_mm256_abs_epi8(q), f16_at(wb));
-        for r in 0..R {
-            let xb = x[r].add(b * 34);
-            // |w|·(x·sign(w)) = w·x with an unsigned first operand, as maddubs needs.
-            let p = dot_u8_i8(abs_q, _mm256_sign_epi8(load(xb.add(2)), q));
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * f16_at(xb)), _mm256_cvtepi32_ps(p), acc[r]);
+    let mut acc = [[_mm256_setzero_ps(); R]; 2];
+    // Consecutive blocks go to alternating accumulator slots so they do not wait on each other's FMA latency.
+    // (A plain nested loop, not a closure: a closure here would be compiled without the caller's features.)
+    for pair in 0..nb.div_ceil(2) {
+        for slot in 0..2 {
+            let b = 2 * pair + slot;
+            if b >= nb {
+                break;
+            }
+            let wb = w.add(b * w_block);
+            let q = decode(wb);
+            let (abs_q, dw) = (_mm256_abs_epi8(q), f16x2(wb));
+            for r in 0..R {
+                let xb = x[r].add(b * 34);
+                // |w|·(x·sign(w)) = w·x with an unsigned first operand, as maddubs needs.
+                let p = mul(abs_q, _mm256_sign_epi8(load(xb.add(2)), q));
+                let d = _mm256_broadcastss_ps(_mm_mul_ss(dw, f16x2(xb)));
+                acc[slot][r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[slot][r]);
+            }
         }
     }
     let mut out = [0.0; R];
     for r in 0..R {
-        out[r] = hsum(acc[r]);
+        out[r] = hsum(_mm256_add_ps(acc[0][r], acc[1][r]));
     }
     out
 }
 
+#[allow(clippy::needless_range_loop)] // `slot` must stay a constant index after unrolling
 /// Weight blocks `d·q + m` (decoded to unsigned bytes) × Q8_1 activations.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
+///
+/// Always inlined (no target features of its own) so each entry point compiles it with its own feature set and
+/// byte-product instruction `mul` (maddubs+madd on AVX2, `vpdpbusd` with AVX512-VNNI).
+#[inline(always)]
 unsafe fn dot_unsigned<const R: usize>(
     nb: usize,
     w: *const u8,
     w_block: usize,
     x: [*const u8; R],
     decode: impl Fn(*const u8) -> __m256i,
+    mul: impl Fn(__m256i, __m256i) -> __m256i,
 ) -> [f32; R] {
-    let mut acc = [_mm256_setzero_ps(); R];
-    let mut sum_min = [0.0f32; R];
-    for b in 0..nb {
-        let wb = w.add(b * w_block);
-        let q = decode(wb);
-        let (dw, mw) = (f16_at(wb), f16_at(wb.add(2)));
-        for r in 0..R {
-            let xb = x[r].add(b * 36);
-            let p = dot_u8_i8(q, load(xb.add(4)));
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * f16_at(xb)), _mm256_cvtepi32_ps(p), acc[r]);
-            sum_min[r] += mw * f16_at(xb.add(2));
+    let mut acc = [[_mm256_setzero_ps(); R]; 2];
+    // Lane 1 accumulates m_w·s_x.
+    let mut mins = [[_mm_setzero_ps(); R]; 2];
+    for pair in 0..nb.div_ceil(2) {
+        for slot in 0..2 {
+            let b = 2 * pair + slot;
+            if b >= nb {
+                break;
+            }
+            let wb = w.add(b * w_block);
+            let q = decode(wb);
+            let dm = f16x2(wb);
+            for r in 0..R {
+                let xb = x[r].add(b * 36);
+                let p = mul(q, load(xb.add(4)));
+                // [d_w·d_x, m_w·s_x]
+                let scales = _mm_mul_ps(dm, f16x2(xb));
+                acc[slot][r] = _mm256_fmadd_ps(
+                    _mm256_broadcastss_ps(scales),
+                    _mm256_cvtepi32_ps(p),
+                    acc[slot][r],
+                );
+                mins[slot][r] = _mm_add_ps(mins[slot][r], scales);
+            }
         }
     }
     let mut out = [0.0; R];
     for r in 0..R {
-        out[r] = hsum(acc[r]) + sum_min[r];
+        let m = _mm_add_ps(mins[0][r], mins[1][r]);
+        out[r] = hsum(_mm256_add_ps(acc[0][r], acc[1][r])) + _mm_cvtss_f32(_mm_movehdup_ps(m));
     }
     out
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q4_0<const R: usize>(nb: usize, w: *const u8, x: [*const u8; R]) -> [f32; R] {
-    dot_signed(nb, w, 18, x, |b| _mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8)))
+pub(super) unsafe fn dot_q4_0<const R: usize>(
+    nb: usize,
+    w: *const u8,
+    x: [*const u8; R],
+) -> [f32; R] {
+    dot_signed(
+        nb,
+        w,
+        18,
+        x,
+        |b| _mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8)),
+        |u, s| dot_u8_i8(u, s),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn dot_q4_0_vnni<const R: usize>(
+    nb: usize,
+    w: *const u8,
+    x: [*const u8; R],
+) -> [f32; R] {
+    dot_signed(
+        nb,
+        w,
+        18,
+        x,
+        |b| _mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8)),
+        |u, s| _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s),
+    )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q5_0<const R: usize>(nb: usize, w: *const u8, x: [*const u8; R]) -> [f32; R] {
+pub(super) unsafe fn dot_q5_0<const R: usize>(
+    nb: usize,
+    w: *const u8,
+    x: [*const u8; R],
+) -> [f32; R] {
     // q - 16 = nibble when the fifth bit is set, nibble | 0xF0 (as i8) when it is clear.
-    dot_signed(nb, w, 22, x, |b| {
-        _mm256_or_si256(nibbles(b.add(6)), _mm256_andnot_si256(bits_to_bytes(b.add(2)), _mm256_set1_epi8(-16)))
-    })
+    dot_signed(
+        nb,
+        w,
+        22,
+        x,
+        |b| {
+            _mm256_or_si256(
+                nibbles(b.add(6)),
+                _mm256_andnot_si256(bits_to_bytes(b.add(2)), _mm256_set1_epi8(-16)),
+            )
+        },
+        |u, s| dot_u8_i8(u, s),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn dot_q5_0_vnni<const R: usize>(
+    nb: usize,
+    w: *const u8,
+    x: [*const u8; R],
+) -> [f32; R] {
+    dot_signed(
+        nb,
+        w,
+        22,
+        x,
+        |b| {
+            _mm256_or_si256(
+                nibbles(b.add(6)),
+                _mm256_andnot_si256(bits_to_bytes(b.add(2)), _mm256_set1_epi8(-16)),
+            )
+        },
+        |u, s| _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s),
+    )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q8_0<const R: usize>(nb: usize, w: *const u8, x: [*const u8; R]) -> [f32; R] {
-    dot_signed(nb, w, 34, x, |b| load(b.add(2)))
+pub(super) unsafe fn dot_q8_0<const R: usize>(
+    nb: usize,
+    w: *const u8,
+    x: [*const u8; R],
+) -> [f32; R] {
+    dot_signed(nb, w, 34, x, |b| load(b.add(2)), |u, s| dot_u8_i8(u, s))
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn dot_q8_0_vnni<const R: usize>(
+    nb: usize,
+    w: *const u8,
+    x: [*const u8; R],
+) -> [f32; R] {
+    dot_signed(
+        nb,
+        w,
+        34,
+        x,
+        |b| load(b.add(2)),
+        |u, s| _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s),
+    )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q4_1<const R: usize>(nb: usize, w: *const u8, x: [*const u8; R]) -> [f32; R] {
-    dot_unsigned(nb, w, 20, x, |b| nibbles(b.add(4)))
+pub(super) unsafe fn dot_q4_1<const R: usize>(
+    nb: usize,
+    w: *const u8,
+    x: [*const u8; R],
+) -> [f32; R] {
+    dot_unsigned(nb, w, 20, x, |b| nibbles(b.add(4)), |u, s| dot_u8_i8(u, s))
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn dot_q4_1_vnni<const R: usize>(
+    nb: usize,
+    w: *const u8,
+    x: [*const u8; R],
+) -> [f32; R] {
+    dot_unsigned(
+        nb,
+        w,
+        20,
+        x,
+        |b| nibbles(b.add(4)),
+        |u, s| _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s),
+    )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q5_1<const R: usize>(nb: usize, w: *const u8, x: [*const u8; R]) -> [f32; R] {
-    dot_unsigned(nb, w, 24, x, |b| {
-        _mm256_or_si256(nibbles(b.add(8)), _mm256_and_si256(bits_to_bytes(b.add(4)), _mm256_set1_epi8(0x10)))
-    })
+pub(super) unsafe fn dot_q5_1<const R: usize>(
+    nb: usize,
+    w: *const u8,
+    x: [*const u8; R],
+) -> [f32; R] {
+    dot_unsigned(
+        nb,
+        w,
+        24,
+        x,
+        |b| {
+            _mm256_or_si256(
+                nibbles(b.add(8)),
+                _mm256_and_si256(bits_to_bytes(b.add(4)), _mm256_set1_epi8(0x10)),
+            )
+        },
+        |u, s| dot_u8_i8(u, s),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn dot_q5_1_vnni<const R: usize>(
+    nb: usize,
+    w: *const u8,
+    x: [*const u8; R],
+) -> [f32; R] {
+    dot_unsigned(
+        nb,
+        w,
+        24,
+        x,
+        |b| {
+            _mm256_or_si256(
+                nibbles(b.add(8)),
+                _mm256_and_si256(bits_to_bytes(b.add(4)), _mm256_set1_epi8(0x10)),
+            )
+        },
+        |u, s| _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s),
+    )
 }
 
 /// Offsets inside a Q8_K block.
@@ -178,7 +365,10 @@ unsafe fn dot_k4<const R: usize>(
         let mut sumi = [_mm256_setzero_si256(); R];
         for i in 0..4 {
             let (lo, hi) = levels(wb, i);
-            let (s_lo, s_hi) = (_mm256_set1_epi16(sc[2 * i] as i16), _mm256_set1_epi16(sc[2 * i + 1] as i16));
+            let (s_lo, s_hi) = (
+                _mm256_set1_epi16(sc[2 * i] as i16),
+                _mm256_set1_epi16(sc[2 * i + 1] as i16),
+            );
             for r in 0..R {
                 let xq = x[r].add(b * Q8K_SIZE + Q8K_QS + 64 * i);
                 let p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load(xq)), s_lo);
@@ -191,7 +381,11 @@ unsafe fn dot_k4<const R: usize>(
             let dy = f32_at(xb);
             let min_sums = _mm256_madd_epi16(load(xb.add(Q8K_BSUMS)), mins);
             acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * dy), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
-            acc[r] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * dy), _mm256_cvtepi32_ps(min_sums), acc[r]);
+            acc[r] = _mm256_fnmadd_ps(
+                _mm256_set1_ps(dmin * dy),
+                _mm256_cvtepi32_ps(min_sums),
+                acc[r],
+            );
         }
     }
     let mut out = [0.0; R];
@@ -202,32 +396,53 @@ unsafe fn dot_k4<const R: usize>(
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q4_k<const R: usize>(nb: usize, w: *const u8, x: [*const u8; R]) -> [f32; R] {
+pub(super) unsafe fn dot_q4_k<const R: usize>(
+    nb: usize,
+    w: *const u8,
+    x: [*const u8; R],
+) -> [f32; R] {
     dot_k4(nb, w, 144, x, |wb, i| {
         let q = load(wb.add(16 + 32 * i));
         let mask = _mm256_set1_epi8(0x0F);
-        (_mm256_and_si256(q, mask), _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask))
+        (
+            _mm256_and_si256(q, mask),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask),
+        )
     })
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q5_k<const R: usize>(nb: usize, w: *const u8, x: [*const u8; R]) -> [f32; R] {
+pub(super) unsafe fn dot_q5_k<const R: usize>(
+    nb: usize,
+    w: *const u8,
+    x: [*const u8; R],
+) -> [f32; R] {
     dot_k4(nb, w, 176, x, |wb, i| {
         let q = load(wb.add(48 + 32 * i));
         let qh = load(wb.add(16));
         let (mask, one) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(1));
         // Fifth bits of sub-blocks 2i and 2i + 1 are bits 2i and 2i + 1 of each qh byte.
         let h_lo = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * i as i32)), one);
-        let h_hi = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * i as i32 + 1)), one);
+        let h_hi = _mm256_and_si256(
+            _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * i as i32 + 1)),
+            one,
+        );
         (
             _mm256_or_si256(_mm256_and_si256(q, mask), _mm256_slli_epi16::<4>(h_lo)),
-            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(q), mask), _mm256_slli_epi16::<4>(h_hi)),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask),
+                _mm256_slli_epi16::<4>(h_hi),
+            ),
         )
     })
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q6_k<const R: usize>(nb: usize, w: *const u8, x: [*const u8; R]) -> [f32; R] {
+pub(super) unsafe fn dot_q6_k<const R: usize>(
+    nb: usize,
+    w: *const u8,
+    x: [*const u8; R],
+) -> [f32; R] {
     let mut acc = [_mm256_setzero_ps(); R];
     let (low4, low2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
     for b in 0..nb {
@@ -237,10 +452,17 @@ pub(super) unsafe fn dot_q6_k<const R: usize>(nb: usize, w: *const u8, x: [*cons
         let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc.as_ptr().cast()));
         let mut sumi = [_mm256_setzero_si256(); R];
         for h in 0..2 {
-            let (ql0, ql1, qh) = (load(wb.add(64 * h)), load(wb.add(64 * h + 32)), load(wb.add(128 + 32 * h)));
+            let (ql0, ql1, qh) = (
+                load(wb.add(64 * h)),
+                load(wb.add(64 * h + 32)),
+                load(wb.add(128 + 32 * h)),
+            );
             // Unsigned levels 0..63 (the -32 offset is applied through the bsums below), 32 values each.
             let v = [
-                _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_slli_epi16::<4>(_mm256_and_si256(qh, low2))),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql0, low4),
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(qh, low2)),
+                ),
                 _mm256_or_si256(
                     _mm256_and_si256(ql1, low4),
                     _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<2>(qh), low2)),
@@ -261,7 +483,8 @@ pub(super) unsafe fn dot_q6_k<const R: usize>(nb: usize, w: *const u8, x: [*cons
             for r in 0..R {
                 let xq = x[r].add(b * Q8K_SIZE + Q8K_QS + 128 * h);
                 for k in 0..4 {
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(v[k], load(xq.add(32 * k))), s[k]);
+                    let p =
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(v[k], load(xq.add(32 * k))), s[k]);
                     sumi[r] = _mm256_add_epi32(sumi[r], p);
                 }
             }
@@ -269,9 +492,14 @@ pub(super) unsafe fn dot_q6_k<const R: usize>(nb: usize, w: *const u8, x: [*cons
         for r in 0..R {
             let xb = x[r].add(b * Q8K_SIZE);
             // Σ sc·(q - 32)·x = Σ sc·q·x - 32·Σ sc·bsum.
-            let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(load(xb.add(Q8K_BSUMS)), scales16));
+            let offset =
+                _mm256_slli_epi32::<5>(_mm256_madd_epi16(load(xb.add(Q8K_BSUMS)), scales16));
             let total = _mm256_sub_epi32(sumi[r], offset);
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * f32_at(xb)), _mm256_cvtepi32_ps(total), acc[r]);
+            acc[r] = _mm256_fmadd_ps(
+                _mm256_set1_ps(d * f32_at(xb)),
+                _mm256_cvtepi32_ps(total),
+                acc[r],
+            );
         }
     }
     let mut out = [0.0; R];

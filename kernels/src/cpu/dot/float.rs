@@ -16,7 +16,12 @@ fn weight_at(ty: GgmlType, w: &[u8], i: usize) -> f32 {
 }
 
 /// Σ_i W[i]·x_r[i] for one float weight row and `R` f32 activation rows, weights converted to f32.
-pub(crate) fn dot_float_rows<const R: usize>(simd: Simd, ty: GgmlType, w: &[u8], x: [&[f32]; R]) -> [f32; R] {
+pub(crate) fn dot_float_rows<const R: usize>(
+    simd: Simd,
+    ty: GgmlType,
+    w: &[u8],
+    x: [&[f32]; R],
+) -> [f32; R] {
     let k = x[0].len();
     assert!(x.iter().all(|r| r.len() == k) && w.len() == k * ty.type_size());
     #[cfg(target_arch = "x86_64")]
@@ -28,8 +33,8 @@ pub(crate) fn dot_float_rows<const R: usize>(simd: Simd, ty: GgmlType, w: &[u8],
     let mut acc = [0.0f32; R];
     for i in 0..k {
         let wi = weight_at(ty, w, i);
-        for r in 0..R {
-            acc[r] += wi * x[r][i];
+        for (a, xr) in acc.iter_mut().zip(&x) {
+            *a += wi * xr[i];
         }
     }
     acc
@@ -94,7 +99,9 @@ mod avx2 {
             GgmlType::F32 => _mm256_loadu_ps(p.cast()),
             GgmlType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
             // bf16 is the high half of an f32.
-            _ => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())))),
+            _ => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+                _mm_loadu_si128(p.cast()),
+            ))),
         }
     }
 
@@ -136,7 +143,10 @@ mod avx2 {
         let mut i = 0;
         while i + 8 <= n {
             let yp = y.as_mut_ptr().add(i);
-            _mm256_storeu_ps(yp, _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(yp)));
+            _mm256_storeu_ps(
+                yp,
+                _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(yp)),
+            );
             i += 8;
         }
         for j in i..n {

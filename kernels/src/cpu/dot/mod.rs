@@ -12,8 +12,8 @@ use std::sync::OnceLock;
 
 use crate::quant::GgmlType;
 
-pub use float::{axpy_f16, axpy_f32, dot_f16_f32, dot_f32};
 pub(crate) use float::dot_float_rows;
+pub use float::{axpy_f16, axpy_f32, dot_f16_f32, dot_f32};
 
 /// Which kernel family runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -21,6 +21,8 @@ pub enum Simd {
     Scalar,
     /// AVX2 + FMA + F16C.
     Avx2,
+    /// AVX2 kernels plus AVX512-VNNI (`vpdpbusd`, 256-bit) for the 32-value block types.
+    Avx512Vnni,
 }
 
 impl Simd {
@@ -31,7 +33,10 @@ impl Simd {
             if std::env::var("KILN_NO_SIMD").is_ok_and(|v| v == "1") {
                 return Simd::Scalar;
             }
-            [Simd::Avx2].into_iter().rev().find(|s| s.is_supported()).unwrap_or(Simd::Scalar)
+            [Simd::Avx512Vnni, Simd::Avx2]
+                .into_iter()
+                .find(|s| s.is_supported())
+                .unwrap_or(Simd::Scalar)
         })
     }
 
@@ -41,7 +46,17 @@ impl Simd {
             Simd::Scalar => true,
             #[cfg(target_arch = "x86_64")]
             Simd::Avx2 => {
-                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512Vnni => {
+                Simd::Avx2.is_supported()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
             }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
@@ -50,7 +65,10 @@ impl Simd {
 
     /// `self` if supported, else the best supported family below it.
     pub fn or_supported(self) -> Simd {
-        [Simd::Avx2, Simd::Scalar].into_iter().find(|s| *s <= self && s.is_supported()).unwrap_or(Simd::Scalar)
+        [Simd::Avx512Vnni, Simd::Avx2, Simd::Scalar]
+            .into_iter()
+            .find(|s| *s <= self && s.is_supported())
+            .unwrap_or(Simd::Scalar)
     }
 }
 
@@ -68,14 +86,33 @@ pub fn activation_type(ty: GgmlType) -> Option<GgmlType> {
 
 /// Dots one quantized weight row (`k` values of `ty`) against `R` activation rows already quantized to
 /// `activation_type(ty)`. `simd` must be supported (see [`Simd::or_supported`]).
-pub(crate) fn dot_quant_rows<const R: usize>(simd: Simd, ty: GgmlType, k: usize, w: &[u8], x: [&[u8]; R]) -> [f32; R] {
+pub(crate) fn dot_quant_rows<const R: usize>(
+    simd: Simd,
+    ty: GgmlType,
+    k: usize,
+    w: &[u8],
+    x: [&[u8]; R],
+) -> [f32; R] {
     let act = activation_type(ty).expect("quantized weight type");
-    assert!(w.len() == ty.bytes_for(k).unwrap_or(usize::MAX) && x.iter().all(|r| Some(r.len()) == act.bytes_for(k)));
+    assert!(
+        w.len() == ty.bytes_for(k).unwrap_or(usize::MAX)
+            && x.iter().all(|r| Some(r.len()) == act.bytes_for(k))
+    );
     #[cfg(target_arch = "x86_64")]
-    if simd == Simd::Avx2 {
+    if simd >= Simd::Avx2 {
         let (nb, w, x) = (k / ty.block_size(), w.as_ptr(), x.map(|r| r.as_ptr()));
-        // SAFETY: Avx2 is only selected when supported; the lengths were checked above.
+        // SAFETY: callers pass supported families only; the lengths were checked above.
         unsafe {
+            if simd == Simd::Avx512Vnni {
+                match ty {
+                    GgmlType::Q4_0 => return avx2::dot_q4_0_vnni(nb, w, x),
+                    GgmlType::Q4_1 => return avx2::dot_q4_1_vnni(nb, w, x),
+                    GgmlType::Q5_0 => return avx2::dot_q5_0_vnni(nb, w, x),
+                    GgmlType::Q5_1 => return avx2::dot_q5_1_vnni(nb, w, x),
+                    GgmlType::Q8_0 => return avx2::dot_q8_0_vnni(nb, w, x),
+                    _ => {} // K-quants: the AVX2 kernels (their scale multiply already merges the pairs)
+                }
+            }
             return match ty {
                 GgmlType::Q4_0 => avx2::dot_q4_0(nb, w, x),
                 GgmlType::Q4_1 => avx2::dot_q4_1(nb, w, x),

@@ -7,8 +7,12 @@ use crate::quant::{f16_at, q5_values, q6_k_values, scales_mins_k4, GgmlType, QK_
 pub(crate) fn dot_quant(ty: GgmlType, w: &[u8], x: &[u8]) -> f32 {
     match ty {
         GgmlType::Q4_0 => dot_legacy(w, 18, x, 34, |b| nibbles(&b[2..]).map(|q| q as i32 - 8)),
-        GgmlType::Q5_0 => dot_legacy(w, 22, x, 34, |b| q5_values(&b[2..6], &b[6..]).map(|q| q as i32 - 16)),
-        GgmlType::Q8_0 => dot_legacy(w, 34, x, 34, |b| std::array::from_fn(|j| b[2 + j] as i8 as i32)),
+        GgmlType::Q5_0 => dot_legacy(w, 22, x, 34, |b| {
+            q5_values(&b[2..6], &b[6..]).map(|q| q as i32 - 16)
+        }),
+        GgmlType::Q8_0 => dot_legacy(w, 34, x, 34, |b| {
+            std::array::from_fn(|j| b[2 + j] as i8 as i32)
+        }),
         GgmlType::Q4_1 => dot_with_min(w, 20, x, |b| nibbles(&b[4..])),
         GgmlType::Q5_1 => dot_with_min(w, 24, x, |b| q5_values(&b[4..8], &b[8..])),
         GgmlType::Q4_K => dot_q4_k(w, x),
@@ -27,10 +31,20 @@ fn q8_values(block: &[u8]) -> impl Iterator<Item = i32> + '_ {
 }
 
 /// Symmetric weights × Q8_0: Σ_blocks d_w·d_x·Σ q_w·q_x.
-fn dot_legacy(w: &[u8], w_block: usize, x: &[u8], x_block: usize, values: impl Fn(&[u8]) -> [i32; 32]) -> f32 {
+fn dot_legacy(
+    w: &[u8],
+    w_block: usize,
+    x: &[u8],
+    x_block: usize,
+    values: impl Fn(&[u8]) -> [i32; 32],
+) -> f32 {
     let mut sum = 0.0f32;
     for (wb, xb) in w.chunks_exact(w_block).zip(x.chunks_exact(x_block)) {
-        let sumi: i32 = values(wb).iter().zip(q8_values(&xb[2..])).map(|(a, b)| a * b).sum();
+        let sumi: i32 = values(wb)
+            .iter()
+            .zip(q8_values(&xb[2..]))
+            .map(|(a, b)| a * b)
+            .sum();
         sum += sumi as f32 * (f16_at(wb, 0) * f16_at(xb, 0));
     }
     sum
@@ -40,7 +54,11 @@ fn dot_legacy(w: &[u8], w_block: usize, x: &[u8], x_block: usize, values: impl F
 fn dot_with_min(w: &[u8], w_block: usize, x: &[u8], values: impl Fn(&[u8]) -> [u8; 32]) -> f32 {
     let (mut sum, mut sum_min) = (0.0f32, 0.0f32);
     for (wb, xb) in w.chunks_exact(w_block).zip(x.chunks_exact(36)) {
-        let sumi: i32 = values(wb).iter().zip(q8_values(&xb[4..])).map(|(&a, b)| a as i32 * b).sum();
+        let sumi: i32 = values(wb)
+            .iter()
+            .zip(q8_values(&xb[4..]))
+            .map(|(&a, b)| a as i32 * b)
+            .sum();
         sum += sumi as f32 * (f16_at(wb, 0) * f16_at(xb, 0));
         sum_min += f16_at(wb, 2) * f16_at(xb, 2);
     }
@@ -64,8 +82,11 @@ fn dot_k4(w: &[u8], w_block: usize, x: &[u8], levels: impl Fn(&[u8]) -> [u8; QK_
         let mut sumi = 0i32;
         let mut summ = 0i32;
         for j in 0..8 {
-            let s: i32 =
-                q[32 * j..32 * j + 32].iter().zip(q8_values(&xb[4 + 32 * j..36 + 32 * j])).map(|(&a, b)| a as i32 * b).sum();
+            let s: i32 = q[32 * j..32 * j + 32]
+                .iter()
+                .zip(q8_values(&xb[4 + 32 * j..36 + 32 * j]))
+                .map(|(&a, b)| a as i32 * b)
+                .sum();
             sumi += sc[j] as i32 * s;
             summ += m[j] as i32 * (q8k_bsum(xb, 2 * j) + q8k_bsum(xb, 2 * j + 1));
         }
@@ -108,8 +129,11 @@ fn dot_q6_k(w: &[u8], x: &[u8]) -> f32 {
         let q = q6_k_values(wb);
         let mut sumi = 0i32;
         for j in 0..16 {
-            let s: i32 =
-                q[16 * j..16 * j + 16].iter().zip(q8_values(&xb[4 + 16 * j..20 + 16 * j])).map(|(&a, b)| a as i32 * b).sum();
+            let s: i32 = q[16 * j..16 * j + 16]
+                .iter()
+                .zip(q8_values(&xb[4 + 16 * j..20 + 16 * j]))
+                .map(|(&a, b)| a as i32 * b)
+                .sum();
             sumi += wb[192 + j] as i8 as i32 * s;
         }
         sum += f16_at(wb, 208) * q8k_d(xb) * sumi as f32;
