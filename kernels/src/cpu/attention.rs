@@ -8,6 +8,7 @@
 //! f16. Following them keeps greedy outputs equal to llama.cpp's wherever the model is not at a
 //! numerical tie.
 
+use super::attention_f16;
 use super::backend::CpuKvCache;
 use super::dot::dot_f32;
 use super::pool::ThreadPool;
@@ -49,41 +50,6 @@ fn q8_0_round_trip(x: &mut [f32]) {
     if quantize_row(ty, x, &mut blocks).is_ok() {
         let _ = dequantize_row(ty, &blocks, x);
     }
-}
-
-/// q·k for an f16 cache, summed in the order of ggml's 512-bit `ggml_vec_dot_f16` (4 accumulators of
-/// 16 lanes per 64 values, then a fold of the accumulators and a tree over the lanes). The products of
-/// two f16 values are exact in f32, so this order is the only thing that decides the rounding — and a
-/// last-bit difference here can flip an f16 rounding further on.
-fn dot_f16_ggml_order(k: &[f16], q: &[f32]) -> f32 {
-    let n = k.len();
-    let body = n - n % 64;
-    let mut acc = [[0f32; 16]; 4];
-    for c in (0..body).step_by(64) {
-        for (a, accum) in acc.iter_mut().enumerate() {
-            for (l, v) in accum.iter_mut().enumerate() {
-                let i = c + 16 * a + l;
-                *v = k[i].to_f32().mul_add(q[i], *v);
-            }
-        }
-    }
-    let mut lanes = [0f32; 16];
-    for l in 0..16 {
-        lanes[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
-    }
-    let mut a8 = [0f32; 8];
-    for i in 0..8 {
-        a8[i] = lanes[i] + lanes[i + 8];
-    }
-    let mut a4 = [0f32; 4];
-    for i in 0..4 {
-        a4[i] = a8[i] + a8[i + 4];
-    }
-    let mut sum = ((a4[0] + a4[2]) + (a4[1] + a4[3])) as f64;
-    for i in body..n {
-        sum += (k[i].to_f32() * q[i]) as f64;
-    }
-    sum as f32
 }
 
 fn round_f16(x: f32) -> f32 {
@@ -178,7 +144,7 @@ pub(crate) fn attend(
             let at = j * kv_ref.row_bytes..(j + 1) * kv_ref.row_bytes;
             let krow = &kv_ref.k.as_bytes()[at.clone()];
             let dot = if is_f16 {
-                dot_f16_ggml_order(f16_head(krow, kvh * hd, hd), &qh)
+                attention_f16::kq_dot(f16_head(krow, kvh * hd, hd), &qh)
             } else {
                 load_values(kv_ref, krow, kvh * hd, &mut row);
                 dot_f32(&qh, &row)
@@ -198,13 +164,9 @@ pub(crate) fn attend(
             let vrow = &kv_ref.v.as_bytes()[at];
             if is_f16 {
                 if rescale != 1.0 {
-                    acc16
-                        .iter_mut()
-                        .for_each(|a| *a = f16::from_f32(a.to_f32() * rescale));
+                    attention_f16::scale(&mut acc16, rescale);
                 }
-                for (a, &x) in acc16.iter_mut().zip(f16_head(vrow, kvh * hd, hd)) {
-                    *a = f16::from_f32(x.to_f32().mul_add(weight, a.to_f32()));
-                }
+                attention_f16::mad(&mut acc16, f16_head(vrow, kvh * hd, hd), weight);
             } else {
                 if rescale != 1.0 {
                     acc.iter_mut().for_each(|a| *a *= rescale);

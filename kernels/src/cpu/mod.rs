@@ -2,6 +2,7 @@
 //! SIMD paths are chosen at run time (AVX2/FMA where the CPU has them, scalar otherwise).
 
 mod attention;
+mod attention_f16;
 pub mod backend;
 pub mod dot;
 pub mod matmul;

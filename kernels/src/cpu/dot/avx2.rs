@@ -82,7 +82,7 @@ unsafe fn f16x2(p: *const u8) -> __m128 {
     _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()))
 }
 
-#[allow(clippy::needless_range_loop)] // `slot` must stay a constant index after unrolling
+#[allow(clippy::needless_range_loop)]
 /// Symmetric 32-value weight blocks (decoded to signed bytes) × Q8_0 activations.
 ///
 /// Always inlined (no target features of its own) so each entry point compiles it with its own feature set and
@@ -96,15 +96,11 @@ unsafe fn dot_signed<const R: usize>(
     decode: impl Fn(*const u8) -> __m256i,
     mul: impl Fn(__m256i, __m256i) -> __m256i,
 ) -> [f32; R] {
-    let mut acc = [[_mm256_setzero_ps(); R]; 2];
-    // Consecutive blocks go to alternating accumulator slots so they do not wait on each other's FMA latency.
-    // (A plain nested loop, not a closure: a closure here would be compiled without the caller's features.)
-    for pair in 0..nb.div_ceil(2) {
-        for slot in 0..2 {
-            let b = 2 * pair + slot;
-            if b >= nb {
-                break;
-            }
+    // One accumulator, blocks in order: the float sum then rounds exactly as llama.cpp's AVX2 kernel does
+    // (two interleaved accumulators hide FMA latency but change the low bits of every logit).
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..nb {
+        {
             let wb = w.add(b * w_block);
             let q = decode(wb);
             let (abs_q, dw) = (_mm256_abs_epi8(q), f16x2(wb));
@@ -113,18 +109,18 @@ unsafe fn dot_signed<const R: usize>(
                 // |w|·(x·sign(w)) = w·x with an unsigned first operand, as maddubs needs.
                 let p = mul(abs_q, _mm256_sign_epi8(load(xb.add(2)), q));
                 let d = _mm256_broadcastss_ps(_mm_mul_ss(dw, f16x2(xb)));
-                acc[slot][r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[slot][r]);
+                acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r]);
             }
         }
     }
     let mut out = [0.0; R];
     for r in 0..R {
-        out[r] = hsum(_mm256_add_ps(acc[0][r], acc[1][r]));
+        out[r] = hsum(acc[r]);
     }
     out
 }
 
-#[allow(clippy::needless_range_loop)] // `slot` must stay a constant index after unrolling
+#[allow(clippy::needless_range_loop)]
 /// Weight blocks `d·q + m` (decoded to unsigned bytes) × Q8_1 activations.
 ///
 /// Always inlined (no target features of its own) so each entry point compiles it with its own feature set and
@@ -138,15 +134,11 @@ unsafe fn dot_unsigned<const R: usize>(
     decode: impl Fn(*const u8) -> __m256i,
     mul: impl Fn(__m256i, __m256i) -> __m256i,
 ) -> [f32; R] {
-    let mut acc = [[_mm256_setzero_ps(); R]; 2];
-    // Lane 1 accumulates m_w·s_x.
-    let mut mins = [[_mm_setzero_ps(); R]; 2];
-    for pair in 0..nb.div_ceil(2) {
-        for slot in 0..2 {
-            let b = 2 * pair + slot;
-            if b >= nb {
-                break;
-            }
+    // One accumulator, blocks in order, as in `dot_signed`. Lane 1 of `mins` accumulates m_w·s_x.
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut mins = [_mm_setzero_ps(); R];
+    for b in 0..nb {
+        {
             let wb = w.add(b * w_block);
             let q = decode(wb);
             let dm = f16x2(wb);
@@ -155,19 +147,18 @@ unsafe fn dot_unsigned<const R: usize>(
                 let p = mul(q, load(xb.add(4)));
                 // [d_w·d_x, m_w·s_x]
                 let scales = _mm_mul_ps(dm, f16x2(xb));
-                acc[slot][r] = _mm256_fmadd_ps(
+                acc[r] = _mm256_fmadd_ps(
                     _mm256_broadcastss_ps(scales),
                     _mm256_cvtepi32_ps(p),
-                    acc[slot][r],
+                    acc[r],
                 );
-                mins[slot][r] = _mm_add_ps(mins[slot][r], scales);
+                mins[r] = _mm_add_ps(mins[r], scales);
             }
         }
     }
     let mut out = [0.0; R];
     for r in 0..R {
-        let m = _mm_add_ps(mins[0][r], mins[1][r]);
-        out[r] = hsum(_mm256_add_ps(acc[0][r], acc[1][r])) + _mm_cvtss_f32(_mm_movehdup_ps(m));
+        out[r] = hsum(acc[r]) + _mm_cvtss_f32(_mm_movehdup_ps(mins[r]));
     }
     out
 }
