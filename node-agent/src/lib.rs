@@ -1,4 +1,5 @@
 //! kiln-agent: the data plane of Kiln.
 
+pub mod chat;
 pub mod gguf;
 pub mod tokenizer;
