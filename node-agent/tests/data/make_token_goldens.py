@@ -4,7 +4,8 @@
 The reference is llama.cpp itself, through the `llama-cpp-python` bindings built by bench/build-llama-cpp.sh
 (the vocabulary only is loaded). For every text and each (add_special, parse_special) pair the file holds
 llama_tokenize's ids, and llama_detokenize(ids, remove_special=False, unparse_special=True) of them; per model
-it holds the special ids, the end-of-generation set and a checksum of every token's piece.
+it holds the special ids, the end-of-generation set and a checksum of every token's piece. 150 random strings
+over a mixed pool (without add_special) follow the hand-picked texts.
 
 The BPE pre-tokenizers of models not fetched here (qwen2, qwen35, llama3, gpt-2, default) are checked on
 SmolLM2's vocabulary with `tokenizer.ggml.pre` rewritten: llama.cpp loads such a copy (metadata only, written
@@ -20,6 +21,7 @@ Models are read from $KILN_MODELS (default ~/.cache/kiln/models), fetched by scr
 import ctypes
 import json
 import os
+import random
 import struct
 import sys
 import tempfile
@@ -72,6 +74,25 @@ TEXTS = [
 ]
 
 
+# Random strings over a pool that mixes scripts, digits, combining marks, emoji, odd whitespace and special-token
+# spellings: a differential check beyond the hand-picked texts. The texts are stored in the goldens, so the
+# generator's exact output does not need to be reproducible.
+POOL = list(
+    "aeiouxyzAEZ0123456789 .,;:!?'\"-_/\\()[]{}<>|@#$%^&*+=~`"
+    "éüñçßøÅ\u0301\u0308\u0303"
+    "中文字汉语日本語ひらがなカタ한국어"
+    "مرحباБукваαβγ"
+    "नमस्तेदुिं"
+    "😀🦀👍🏽\u200d\ufe0f"
+    "\t\n\r\u3000\u00a0\u2009"
+) + ["<|im_start|>", "<|im_end|>", "<start_of_turn>", "<end_of_turn>", "<think>", "  ", "\n\n", "'s", "'LL", "123", "Hello", " the"]
+
+
+def random_texts(n, seed):
+    rng = random.Random(seed)
+    return ["".join(rng.choice(POOL) for _ in range(rng.randint(1, 40))) for _ in range(n)]
+
+
 def tokenize(vocab, text, add_special, parse_special):
     data = text.encode("utf-8")
     cap = len(data) + 8
@@ -115,7 +136,7 @@ def optional(token):
     return None if token == llama_cpp.LLAMA_TOKEN_NULL else token
 
 
-def golden(path, texts=TEXTS):
+def golden(path, texts=TEXTS, random_count=150):
     llama_cpp.llama_backend_init()
     params = llama_cpp.llama_model_default_params()
     params.vocab_only = True
@@ -138,6 +159,18 @@ def golden(path, texts=TEXTS):
                         "decoded": detokenize(vocab, ids).decode("utf-8", errors="replace"),
                     }
                 )
+    for text in random_texts(random_count, seed=20240229):
+        for parse_special in (False, True):
+            ids = tokenize(vocab, text, False, parse_special)
+            cases.append(
+                {
+                    "text": text,
+                    "add_special": False,
+                    "parse_special": parse_special,
+                    "ids": ids,
+                    "decoded": detokenize(vocab, ids).decode("utf-8", errors="replace"),
+                }
+            )
     result = {
         "model": os.path.basename(path),
         "reference": f"llama.cpp via llama-cpp-python {llama_cpp.__version__} (vocab_only)",
