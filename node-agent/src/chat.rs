@@ -352,8 +352,20 @@ mod py {
         }
     }
 
+    /// Deeper nesting than JSON input can have (serde_json stops at 128) means a structure that contains
+    /// itself, which a template can build with a namespace; it is cut off instead of overflowing the stack.
+    const MAX_DEPTH: usize = 200;
+
     /// Python's `repr(value)` for the types JSON and templates produce.
     pub fn repr(value: &Value) -> String {
+        repr_at(value, 0)
+    }
+
+    fn repr_at(value: &Value, depth: usize) -> String {
+        if depth > MAX_DEPTH {
+            return "...".into();
+        }
+        let repr = |v: &Value| repr_at(v, depth + 1);
         match value.kind() {
             ValueKind::Undefined | ValueKind::None => "None".into(),
             ValueKind::Bool => if value.is_true() { "True" } else { "False" }.into(),
@@ -527,6 +539,12 @@ mod py {
         style: &JsonStyle,
         depth: usize,
     ) -> Result<(), Error> {
+        if depth > MAX_DEPTH {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                "tojson: value nests too deeply (does it contain itself?)",
+            ));
+        }
         match value.kind() {
             ValueKind::None => out.push_str("null"),
             ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
@@ -709,6 +727,22 @@ mod tests {
         assert!(matches!(e, ChatError::Render(_)), "{e}");
         let e = render("{{ messages[0] + 1 }}", json!([{"content": "x"}])).unwrap_err();
         assert!(matches!(e, ChatError::Render(_)), "{e}");
+    }
+
+    #[test]
+    fn self_containing_values_do_not_overflow_the_stack() {
+        let source = "{% set ns = namespace(a=1) %}{% set ns.me = ns %}";
+        let out = render(&format!("{source}{{{{ ns }}}}"), json!([])).unwrap();
+        assert!(out.contains("..."), "{out}");
+        let e = render(&format!("{source}{{{{ ns | tojson }}}}"), json!([])).unwrap_err();
+        assert!(matches!(e, ChatError::Render(_)), "{e}");
+    }
+
+    #[test]
+    fn templates_can_be_shared_across_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<ChatTemplate>();
+        shareable::<Tokenizer>();
     }
 
     #[test]
