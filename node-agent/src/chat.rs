@@ -33,6 +33,9 @@ pub struct ChatTemplate {
     source: String,
     bos: String,
     eos: String,
+    /// The tokenizer adds BOS / EOS itself, so a rendered leading BOS / trailing EOS text is dropped.
+    tokenizer_adds_bos: bool,
+    tokenizer_adds_eos: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -118,7 +121,19 @@ impl ChatTemplate {
             source: source.to_string(),
             bos: bos.to_string(),
             eos: eos.to_string(),
+            tokenizer_adds_bos: false,
+            tokenizer_adds_eos: false,
         })
+    }
+
+    /// Declares that the prompt will be tokenized with `add_special = true` by a tokenizer that adds BOS / EOS
+    /// (`Tokenizer::adds_bos` / `adds_eos`). As llama.cpp does, `render` then drops a BOS text the template put
+    /// at the start (Llama 3's and Gemma's templates begin with `{{ bos_token }}`) and an EOS text at the end,
+    /// so the prompt does not get them twice.
+    pub fn with_tokenizer_adding(mut self, adds_bos: bool, adds_eos: bool) -> ChatTemplate {
+        self.tokenizer_adds_bos = adds_bos;
+        self.tokenizer_adds_eos = adds_eos;
+        self
     }
 
     /// The template in the GGUF's `tokenizer.chat_template`, or `None` when the file has none.
@@ -166,9 +181,12 @@ impl ChatTemplate {
         .expect("the built-in templates compile")
     }
 
-    /// The model's own template, else [`ChatTemplate::fallback`].
+    /// The model's own template, else [`ChatTemplate::fallback`], set up for prompts that `tokenizer` encodes
+    /// with `add_special = true` (see [`ChatTemplate::with_tokenizer_adding`]).
     pub fn for_model(file: &GgufFile, tokenizer: &Tokenizer) -> Result<ChatTemplate, ChatError> {
-        ChatTemplate::from_gguf(file).unwrap_or_else(|| Ok(ChatTemplate::fallback(tokenizer)))
+        let template = ChatTemplate::from_gguf(file)
+            .unwrap_or_else(|| Ok(ChatTemplate::fallback(tokenizer)))?;
+        Ok(template.with_tokenizer_adding(tokenizer.adds_bos(), tokenizer.adds_eos()))
     }
 
     pub fn source(&self) -> &str {
@@ -206,10 +224,17 @@ impl ChatTemplate {
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| ChatError::Render(describe(&e)))?;
-        template.render(ctx).map_err(|e| match raised_message(&e) {
+        let mut prompt = template.render(ctx).map_err(|e| match raised_message(&e) {
             Some(message) => ChatError::Rejected(message),
             None => ChatError::Render(describe(&e)),
-        })
+        })?;
+        if self.tokenizer_adds_bos && !self.bos.is_empty() && prompt.starts_with(&self.bos) {
+            prompt.drain(..self.bos.len());
+        }
+        if self.tokenizer_adds_eos && !self.eos.is_empty() && prompt.ends_with(&self.eos) {
+            prompt.truncate(prompt.len() - self.eos.len());
+        }
+        Ok(prompt)
     }
 }
 
@@ -727,6 +752,25 @@ mod tests {
         assert!(matches!(e, ChatError::Render(_)), "{e}");
         let e = render("{{ messages[0] + 1 }}", json!([{"content": "x"}])).unwrap_err();
         assert!(matches!(e, ChatError::Render(_)), "{e}");
+    }
+
+    #[test]
+    fn bos_and_eos_the_tokenizer_adds_are_not_rendered_twice() {
+        let source = "{{ bos_token }}{{ messages[0].content }}{{ eos_token }}";
+        let messages = [json!({"content": "hi"})];
+        let no_extra = serde_json::Map::new();
+        let t = ChatTemplate::new(source, "<bos>", "<eos>").unwrap();
+        assert_eq!(
+            t.render(&messages, None, false, &no_extra).unwrap(),
+            "<bos>hi<eos>"
+        );
+        let t = t.with_tokenizer_adding(true, false);
+        assert_eq!(
+            t.render(&messages, None, false, &no_extra).unwrap(),
+            "hi<eos>"
+        );
+        let t = t.with_tokenizer_adding(true, true);
+        assert_eq!(t.render(&messages, None, false, &no_extra).unwrap(), "hi");
     }
 
     #[test]
