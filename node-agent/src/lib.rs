@@ -1,5 +1,6 @@
 //! kiln-agent: the data plane of Kiln.
 
+pub mod chat;
 pub mod engine;
 pub mod gguf;
 pub mod model;

@@ -300,6 +300,13 @@ impl Tokenizer {
         self.add_eos
     }
 
+    /// Whether decoding removes spaces before punctuation and in contractions (llama.cpp's
+    /// `clean_up_tokenization_spaces`, set by the pre type: on for llama3, gpt-2 and default, off for qwen2,
+    /// qwen35, smollm and SentencePiece). When on, `decode(encode(text))` can differ from `text`.
+    pub fn cleans_spaces(&self) -> bool {
+        self.clean_spaces
+    }
+
     /// The piece `decode` uses for `id`: empty for control tokens unless rendered, and without its leading
     /// space when it is the first piece of a space-prefixed text.
     fn piece_for_decode(&self, id: u32, options: DecodeOptions, first: bool) -> &[u8] {

@@ -278,3 +278,77 @@ fn detokenizer_streams_the_same_text_as_decode() {
     assert_eq!(streamed, t.decode(&ids));
     assert_eq!(streamed, "a, b! I'm ok'x. é€😀 word", "gpt-2 cleans spaces");
 }
+
+/// The BPE pre-tokenizers of model families Kiln has no small model of, checked on SmolLM2's real vocabulary
+/// with `tokenizer.ggml.pre` rewritten, against llama.cpp loading the same rewrite
+/// (`tests/data/make_token_goldens.py`). Skips when the model file is missing.
+#[test]
+fn bpe_pre_types_match_llama_cpp_on_smollm2_vocabulary() {
+    let models = std::env::var_os("KILN_MODELS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/kiln/models")
+        });
+    let path = models.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        println!("SKIP: {} is missing", path.display());
+        return;
+    }
+    let gguf = crate::gguf::GgufFile::open(&path).expect("model opens");
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    for pre in ["qwen2", "qwen35", "llama-bpe", "gpt-2", "default"] {
+        let golden_path = data.join(format!("tokens-smollm2-pre-{pre}.json"));
+        let golden: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&golden_path).expect("golden exists"))
+                .expect("golden parses");
+        let mut meta = gguf.metadata.clone();
+        meta.entries
+            .insert("tokenizer.ggml.pre".into(), Value::String(pre.into()));
+        let tok = Tokenizer::from_metadata(&meta).expect("tokenizer loads");
+        let as_ids = |v: &serde_json::Value| -> Vec<u32> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect()
+        };
+        assert_eq!(
+            tok.eog_ids(),
+            as_ids(&golden["eog"]).as_slice(),
+            "{pre}: eog"
+        );
+        assert_eq!(
+            tok.adds_bos(),
+            golden["add_bos"].as_bool().unwrap(),
+            "{pre}: add_bos"
+        );
+        let mut failures = Vec::new();
+        let cases = golden["cases"].as_array().unwrap();
+        for case in cases {
+            let text = case["text"].as_str().unwrap();
+            let add_special = case["add_special"].as_bool().unwrap();
+            let parse_special = case["parse_special"].as_bool().unwrap();
+            let want = as_ids(&case["ids"]);
+            let got = tok.encode(text, add_special, parse_special);
+            if got != want {
+                failures.push(format!(
+                    "encode({text:?}, {add_special}, {parse_special})\n  llama.cpp {want:?}\n  kiln      {got:?}"
+                ));
+            }
+            let decoded = tok.decode(&want);
+            if decoded != case["decoded"].as_str().unwrap() {
+                failures.push(format!(
+                    "decode({want:?})\n  llama.cpp {:?}\n  kiln      {decoded:?}",
+                    case["decoded"]
+                ));
+            }
+        }
+        println!(
+            "pre {pre}: {} of {} cases match llama.cpp",
+            cases.len() - failures.len(),
+            cases.len()
+        );
+        assert!(failures.is_empty(), "pre {pre}:\n{}", failures.join("\n"));
+    }
+}

@@ -308,7 +308,8 @@ impl Vocab {
     /// Fills ids the metadata left unset from well-known token texts, and makes the chosen tokens control
     /// tokens (conversion scripts sometimes mark them normal).
     fn detect_special_by_text(&mut self) {
-        let lists: [(&[&str], fn(&mut SpecialIds) -> &mut Option<u32>); 8] = [
+        type Slot = fn(&mut SpecialIds) -> &mut Option<u32>;
+        let lists: [(&[&str], Slot); 8] = [
             (EOT_TEXTS, |s| &mut s.eot),
             (EOM_TEXTS, |s| &mut s.eom),
             (FIM_PRE_TEXTS, |s| &mut s.fim_pre),
