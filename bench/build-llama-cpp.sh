@@ -15,11 +15,7 @@ jobs=${JOBS:-$(nproc)}
 if [ ! -f "$prefix/.done" ]; then
   mkdir -p "$root/src"
   python3 -m pip install --quiet cmake ninja scikit-build-core >&2
-  if [ ! -d "$src" ]; then
-    python3 -m pip download --quiet --no-deps --no-build-isolation --no-binary llama-cpp-python \
-      -d "$root/src" "llama-cpp-python==$VER" >&2
-    tar -xzf "$root/src/llama_cpp_python-$VER.tar.gz" -C "$root/src"
-  fi
+  "$(dirname "$0")/../scripts/fetch-llama-cpp-src.sh" >/dev/null
   cmake -S "$src/vendor/llama.cpp" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \

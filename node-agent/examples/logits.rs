@@ -39,6 +39,9 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|&i| (i, logits[i]))
         .collect();
-    println!("{}", serde_json::json!({ "n_vocab": logits.len(), "top": top }));
+    println!(
+        "{}",
+        serde_json::json!({ "n_vocab": logits.len(), "top": top })
+    );
     Ok(())
 }

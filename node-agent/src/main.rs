@@ -5,7 +5,11 @@ mod cli;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "kiln-agent", version, about = "Kiln's node agent: runs GGUF models")]
+#[command(
+    name = "kiln-agent",
+    version,
+    about = "Kiln's node agent: runs GGUF models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

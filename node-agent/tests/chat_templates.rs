@@ -3,7 +3,7 @@
 //! its GGUF and Qwen3 / Qwen3.5 from llama.cpp's source tree. Plus the built-in fallbacks.
 //!
 //! SmolLM2 and Gemma need `$KILN_MODELS` (default `~/.cache/kiln/models`); the Qwen templates need llama.cpp's
-//! source (`$KILN_LLAMA_CPP_SRC`, default the llama-cpp-python 0.3.36 sdist under `~/.cache/kiln`). Whatever is
+//! source (`$KILN_LLAMA_CPP_SRC`, default the llama-cpp-python 0.3.36 sdist that `scripts/fetch-llama-cpp-src.sh` unpacks under `~/.cache/kiln`). Whatever is
 //! missing is skipped with a printed reason.
 
 use kiln_agent::chat::{ChatError, ChatTemplate};
@@ -36,7 +36,9 @@ fn llama_cpp_templates() -> Option<PathBuf> {
     let candidates = match std::env::var_os("KILN_LLAMA_CPP_SRC") {
         Some(dir) => vec![PathBuf::from(dir)],
         None => vec![
-            home().join(".cache/kiln/dl/sdist/llama_cpp_python-0.3.36/vendor/llama.cpp"),
+            home().join(
+                ".cache/kiln/llama-cpp-python-0.3.36/src/llama_cpp_python-0.3.36/vendor/llama.cpp",
+            ),
             home().join(
                 ".cache/kiln/llama-cpp-python-0.3.36/src/llama_cpp_python-0.3.36/vendor/llama.cpp",
             ),

@@ -39,9 +39,11 @@ fn golden(name: &str) -> Value {
 
 /// The model file, or `None` (with the reason printed) when it is absent and not required.
 fn model(file: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("KILN_MODELS").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kiln/models")
-    });
+    let dir = std::env::var_os("KILN_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kiln/models")
+        });
     let path = dir.join(file);
     if path.exists() {
         return Some(path);
@@ -71,7 +73,10 @@ fn load(file: &PathBuf) -> (Engine<CpuBackend>, Tokenizer) {
     let gguf = GgufFile::open(file).unwrap();
     let backend = Arc::new(CpuBackend::new(2));
     let model = kiln_agent::model::load(&gguf, backend.clone()).unwrap();
-    (Engine::new(backend, model), Tokenizer::from_gguf(&gguf).unwrap())
+    (
+        Engine::new(backend, model),
+        Tokenizer::from_gguf(&gguf).unwrap(),
+    )
 }
 
 fn check_tokens((name, file): (&str, &str)) {
@@ -120,12 +125,23 @@ fn check_greedy((name, file): (&str, &str)) {
             .map(|m| m.as_f64().unwrap())
             .collect();
         if let Some(text) = case["prompt"].as_str() {
-            assert_eq!(tok.encode(text, true, true), prompt, "{name}/{id} prompt ids");
+            assert_eq!(
+                tok.encode(text, true, true),
+                prompt,
+                "{name}/{id} prompt ids"
+            );
         }
         let mut seq = engine.new_sequence(512, KvType::F16).unwrap();
         let mut sampler = Sampler::new(SamplingParams::greedy());
         let (got, _) = engine
-            .generate(&mut seq, &prompt, want.len(), &mut sampler, &|t| tok.is_eog(t), &mut |_| true)
+            .generate(
+                &mut seq,
+                &prompt,
+                want.len(),
+                &mut sampler,
+                &|t| tok.is_eog(t),
+                &mut |_| true,
+            )
             .unwrap();
         let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
         if same < want.len() {
@@ -214,15 +230,24 @@ fn check_logits((name, file): (&str, &str), max_abs: f32, mean_within_llama_spre
         eprintln!(
             "{name}/{id}: |Δlogit| max {max:.4} mean {mean:.4} (llama.cpp FA on vs off: max {fa_max:.4} mean {fa_mean:.4})"
         );
-        assert!(max <= max_abs, "{name}/{id}: max |Δlogit| {max} > {max_abs}");
+        assert!(
+            max <= max_abs,
+            "{name}/{id}: max |Δlogit| {max} > {max_abs}"
+        );
         if mean_within_llama_spread {
-            assert!(mean < fa_mean, "{name}/{id}: mean |Δlogit| {mean} ≥ llama.cpp's own {fa_mean}");
+            assert!(
+                mean < fa_mean,
+                "{name}/{id}: mean |Δlogit| {mean} ≥ llama.cpp's own {fa_mean}"
+            );
         }
         let mut order: Vec<usize> = (0..got.len()).collect();
         order.sort_by(|&a, &b| got[b].total_cmp(&got[a]));
         let top25: Vec<u32> = order[..25].iter().map(|&i| i as u32).collect();
         for t in ids(&case["top20_ids"]) {
-            assert!(top25.contains(&t), "{name}/{id}: llama.cpp's top token {t} not in Kiln's top 25");
+            assert!(
+                top25.contains(&t),
+                "{name}/{id}: llama.cpp's top token {t} not in Kiln's top 25"
+            );
         }
         assert_eq!(order[0] as u64, case["argmax"].as_u64().unwrap());
     }

@@ -2,10 +2,19 @@
 
 use super::ModelArgs;
 use anyhow::{Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
+use kiln_agent::chat::ChatTemplate;
 use kiln_agent::engine::sampling::{Sampler, SamplingParams};
-use serde_json::json;
+use kiln_agent::tokenizer::{DecodeOptions, Tokenizer};
+use serde_json::{json, Map, Value};
 use std::io::Write;
+
+/// Whether the chat template opens a thinking block (models that have one, e.g. Qwen3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Reasoning {
+    Off,
+    On,
+}
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -34,9 +43,41 @@ pub struct GenerateArgs {
     /// RNG seed (default: random).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// System message (with --chat).
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+    /// Thinking in the chat template: `off` renders the template's no-thinking form
+    /// (`enable_thinking=false`), so no hidden chain of thought is generated.
+    #[arg(long, value_enum, default_value = "off")]
+    pub reasoning: Reasoning,
     /// Print one JSON object (text, token ids, speeds) instead of streaming text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The prompt as text, rendered through the chat template when asked.
+fn prompt_text(args: &GenerateArgs, ld: &super::Loaded, tok: &Tokenizer) -> Result<String> {
+    let text = args.prompt.clone().unwrap_or_default();
+    if !args.chat {
+        return Ok(text);
+    }
+    let template = ChatTemplate::for_model(&ld.file, tok).context("reading the chat template")?;
+    let mut messages = Vec::new();
+    if let Some(system) = &args.system {
+        messages.push(json!({"role": "system", "content": system}));
+    }
+    messages.push(json!({"role": "user", "content": text}));
+    let mut extra = Map::new();
+    extra.insert(
+        "enable_thinking".into(),
+        Value::Bool(args.reasoning == Reasoning::On),
+    );
+    template
+        .render(&messages, None, true, &extra)
+        .context("rendering the chat template")
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
@@ -52,45 +93,72 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     sampling.validate().map_err(anyhow::Error::msg)?;
     let ld = args.model.load()?;
     let engine = &ld.engine;
+    let tok = Tokenizer::from_gguf(&ld.file).context("reading the tokenizer")?;
     let prompt: Vec<u32> = match &args.token_ids {
         Some(ids) => ids.clone(),
-        None => anyhow::bail!("text prompts need the tokenizer"),
+        // Chat templates write their own special tokens, so they are parsed as such.
+        None => tok.encode(&prompt_text(&args, &ld, &tok)?, true, true),
     };
+    if prompt.is_empty() {
+        anyhow::bail!("the prompt is empty");
+    }
     let n_vocab = engine.model.info().n_vocab;
     if let Some(bad) = prompt.iter().find(|&&t| t as usize >= n_vocab) {
         anyhow::bail!("token id {bad} is outside the vocabulary of {n_vocab}");
+    }
+    if prompt.len() >= ld.n_ctx {
+        anyhow::bail!(
+            "the prompt has {} tokens but the context holds {} (raise --ctx)",
+            prompt.len(),
+            ld.n_ctx
+        );
     }
     let mut seq = engine
         .new_sequence(ld.n_ctx, args.model.kv_type)
         .context("allocating the KV cache")?;
     let mut sampler = Sampler::new(sampling);
+    // End-of-generation tokens end the answer; they are not printed.
+    let mut detok = tok.detokenizer(DecodeOptions {
+        render_special: false,
+        strip_space_prefix: false,
+    });
+    let mut text = String::new();
     let stdout = std::io::stdout();
     let (tokens, stats) = engine.generate(
         &mut seq,
         &prompt,
         args.max_tokens,
         &mut sampler,
-        &|_| false,
+        &|t| tok.is_eog(t),
         &mut |t| {
+            if tok.is_eog(t) {
+                return true;
+            }
+            let piece = detok.push(t);
             if !args.json {
                 let mut out = stdout.lock();
-                let _ = write!(out, "{t} ");
+                let _ = out.write_all(piece.as_bytes());
                 let _ = out.flush();
             }
+            text.push_str(&piece);
             true
         },
     )?;
+    let tail = detok.finish();
+    text.push_str(&tail);
     if args.json {
         let out = json!({
+            "text": text,
             "tokens": tokens,
             "prompt_tokens": stats.prompt_tokens,
             "prefill_tok_s": stats.prefill_tok_s,
             "decode_tok_s": stats.decode_tok_s,
+            "finish_reason": stats.finish_reason,
             "stats": stats,
         });
         println!("{out}");
     } else {
-        println!();
+        println!("{tail}");
     }
     Ok(())
 }

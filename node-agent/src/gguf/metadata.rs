@@ -127,7 +127,8 @@ impl Metadata {
 
     pub fn get_u64(&self, key: &str) -> Result<u64, GgufError> {
         let v = self.get(key).ok_or_else(|| missing(key))?;
-        v.as_u64().ok_or_else(|| wrong(key, "non-negative integer", v))
+        v.as_u64()
+            .ok_or_else(|| wrong(key, "non-negative integer", v))
     }
 
     pub fn opt_u64(&self, key: &str) -> Result<Option<u64>, GgufError> {
@@ -218,10 +219,7 @@ impl Metadata {
     pub fn get_i64_array(&self, key: &str) -> Result<Vec<i64>, GgufError> {
         self.get_array(key)?
             .iter()
-            .map(|v| {
-                v.as_i64()
-                    .ok_or_else(|| wrong(key, "array of integers", v))
-            })
+            .map(|v| v.as_i64().ok_or_else(|| wrong(key, "array of integers", v)))
             .collect()
     }
 }

@@ -42,7 +42,11 @@ pub enum GgufError {
 }
 
 impl GgufError {
-    pub(crate) fn malformed(offset: u64, field: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn malformed(
+        offset: u64,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
         GgufError::Malformed {
             offset,
             field: field.into(),

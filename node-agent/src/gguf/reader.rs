@@ -264,7 +264,11 @@ pub(super) fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
             ));
         }
         if !names.insert(name.clone()) {
-            return Err(GgufError::malformed(at, field("name"), "duplicate tensor name"));
+            return Err(GgufError::malformed(
+                at,
+                field("name"),
+                "duplicate tensor name",
+            ));
         }
         raws.push(Raw {
             at,

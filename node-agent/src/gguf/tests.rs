@@ -53,7 +53,7 @@ impl Builder {
         self
     }
     fn tensor_f32(mut self, name: &str, dims: &[u64], values: &[f32]) -> Self {
-        while self.data.len() % 32 != 0 {
+        while !self.data.len().is_multiple_of(32) {
             self.data.push(0);
         }
         Self::str_bytes(&mut self.infos, name);
@@ -76,7 +76,7 @@ impl Builder {
         out.extend(self.n_kv.to_le_bytes());
         out.extend(&self.kv);
         out.extend(&self.infos);
-        while out.len() % 32 != 0 {
+        while !out.len().is_multiple_of(32) {
             out.push(0);
         }
         out.extend(&self.data);
@@ -222,10 +222,7 @@ fn tensor_past_end_and_bad_dims() {
 
 #[test]
 fn duplicate_keys_and_names() {
-    let b = Builder::new()
-        .kv_u32("a", 1)
-        .kv_u32("a", 2)
-        .build();
+    let b = Builder::new().kv_u32("a", 1).kv_u32("a", 2).build();
     assert!(err_of(&b).contains("duplicate key"));
     let b = Builder::new()
         .tensor_f32("t", &[1], &[1.])

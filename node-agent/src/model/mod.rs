@@ -102,5 +102,7 @@ pub fn load<B: Backend + 'static>(file: &GgufFile, backend: Arc<B>) -> Result<Bo
         "gemma3" => gemma3::spec(file)?,
         _ => return Err(ModelError::UnsupportedArch(arch)),
     };
-    Ok(Box::new(transformer::Transformer::load(file, backend, spec)?))
+    Ok(Box::new(transformer::Transformer::load(
+        file, backend, spec,
+    )?))
 }

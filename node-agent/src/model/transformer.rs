@@ -415,7 +415,14 @@ impl<B: Backend> Transformer<B> {
             Logits::All => (0, n),
         };
         be.copy(&sc.x, first * d, &mut sc.o, 0, rows * d)?;
-        be.rms_norm(&sc.o, Some(&self.output_norm), rows, d, s.rms_eps, &mut sc.h)?;
+        be.rms_norm(
+            &sc.o,
+            Some(&self.output_norm),
+            rows,
+            d,
+            s.rms_eps,
+            &mut sc.h,
+        )?;
         let head = self.output.as_ref().unwrap_or(&self.tok_embd);
         let nv = self.info.n_vocab;
         be.matmul(head, &sc.h, rows, &mut sc.logits)?;

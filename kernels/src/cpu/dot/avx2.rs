@@ -147,11 +147,8 @@ unsafe fn dot_unsigned<const R: usize>(
                 let p = mul(q, load(xb.add(4)));
                 // [d_w·d_x, m_w·s_x]
                 let scales = _mm_mul_ps(dm, f16x2(xb));
-                acc[r] = _mm256_fmadd_ps(
-                    _mm256_broadcastss_ps(scales),
-                    _mm256_cvtepi32_ps(p),
-                    acc[r],
-                );
+                acc[r] =
+                    _mm256_fmadd_ps(_mm256_broadcastss_ps(scales), _mm256_cvtepi32_ps(p), acc[r]);
                 mins[r] = _mm_add_ps(mins[r], scales);
             }
         }

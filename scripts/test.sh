@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Every test Kiln has, on a fresh machine: fetches what the tests need (the real models, llama.cpp's source
+# for the upstream chat templates) into ~/.cache/kiln, checks formatting and lints, then runs the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export KILN_CACHE=${KILN_CACHE:-$HOME/.cache/kiln}
+step() { printf '\n== %s\n' "$*"; }
+
+step "fetch test assets"
+scripts/fetch-models.sh all
+KILN_LLAMA_CPP_SRC=$(scripts/fetch-llama-cpp-src.sh)
+export KILN_LLAMA_CPP_SRC
+# The models are part of the suite here: a missing one is a failure, not a skip.
+export KILN_REQUIRE_MODELS=1
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "cargo test"
+cargo test --workspace --release
