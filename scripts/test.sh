@@ -20,4 +20,4 @@ step "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "cargo test"
-cargo test --workspace --release
+cargo test --workspace --no-fail-fast
