@@ -312,3 +312,34 @@ fn gated_delta_net_chunked_equals_recurrent() {
         );
     }
 }
+
+/// The Qwen3.6-27B Q4_K_M plan (no data written): tensor count, the Q4_K_M type mix, and the size.
+#[test]
+fn synth_27b_q4_k_m_plan() {
+    use kiln_agent::synth::{Qwen35Shape, Synth};
+    use kiln_kernels::quant::GgmlType;
+    let s = Synth::qwen35(&Qwen35Shape::preset("qwen3.6-27b").unwrap(), "q4_k_m", 0).unwrap();
+    let t = &s.writer.tensors;
+    let ty = |name: &str| t.iter().find(|x| x.name == name).unwrap().ty;
+    let dims = |name: &str| t.iter().find(|x| x.name == name).unwrap().dims.clone();
+    assert_eq!(t.len(), 866);
+    assert_eq!(ty("output.weight"), GgmlType::Q6_K);
+    assert_eq!(ty("token_embd.weight"), GgmlType::Q4_K);
+    assert_eq!(dims("token_embd.weight"), vec![5120, 248_320]);
+    assert_eq!(ty("blk.0.attn_qkv.weight"), GgmlType::Q5_K);
+    assert_eq!(dims("blk.0.attn_qkv.weight"), vec![5120, 10240]);
+    assert_eq!(ty("blk.0.ssm_conv1d.weight"), GgmlType::F32);
+    assert_eq!(dims("blk.0.ssm_conv1d.weight"), vec![4, 10240]);
+    assert_eq!(ty("blk.0.ssm_a"), GgmlType::F32);
+    assert_eq!(dims("blk.3.attn_q.weight"), vec![5120, 12288]);
+    assert_eq!(dims("blk.64.nextn.eh_proj.weight"), vec![10240, 5120]);
+    // ffn_down: use_more_bits(layer, 65 blocks incl. MTP); attn_v: use_more_bits(k, 17 attention blocks).
+    assert_eq!(ty("blk.0.ffn_down.weight"), GgmlType::Q6_K);
+    assert_eq!(ty("blk.8.ffn_down.weight"), GgmlType::Q4_K);
+    assert_eq!(ty("blk.10.ffn_down.weight"), GgmlType::Q6_K);
+    assert_eq!(ty("blk.64.ffn_down.weight"), GgmlType::Q6_K);
+    assert_eq!(ty("blk.3.attn_v.weight"), GgmlType::Q6_K);
+    assert_eq!(ty("blk.11.attn_v.weight"), GgmlType::Q4_K);
+    let bytes = s.writer.data_bytes().unwrap();
+    assert_eq!(bytes, 16_789_889_024);
+}
