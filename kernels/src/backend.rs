@@ -150,6 +150,21 @@ pub enum Activation {
     GeGlu,
 }
 
+/// Shapes of the gated delta rule ([`Backend::gated_delta_net`]).
+#[derive(Clone, Copy, Debug)]
+pub struct DeltaNetParams {
+    /// Q/K heads; V-head h reads Q/K head `h % n_k_heads` (the tiled order llama.cpp's converter writes).
+    pub n_k_heads: usize,
+    pub n_v_heads: usize,
+    pub head_k_dim: usize,
+    pub head_v_dim: usize,
+    /// Multiplies each output (Qwen3.5: 1/√head_k_dim, i.e. q scaled by it).
+    pub scale: f32,
+    /// Tokens per chunk of the chunked (prefill) form; `None` = token by token. Both compute the same
+    /// recurrence; they differ only in rounding.
+    pub chunk: Option<usize>,
+}
+
 /// The operations a model needs. Every method validates its shapes and returns an error instead of
 /// panicking; buffers are the backend's own.
 pub trait Backend: Send + Sync {
@@ -249,6 +264,75 @@ pub trait Backend: Send + Sync {
         start: usize,
         rows: usize,
         p: AttentionParams,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+
+    /// 2-D copy: `rows` rows of `width` values, row r read at `src_off + r·src_stride` and written at
+    /// `dst_off + r·dst_stride` (splits interleaved heads, slices fused projections).
+    #[allow(clippy::too_many_arguments)]
+    fn copy_rows(
+        &self,
+        src: &Self::Tensor,
+        src_off: usize,
+        src_stride: usize,
+        dst: &mut Self::Tensor,
+        dst_off: usize,
+        dst_stride: usize,
+        width: usize,
+        rows: usize,
+    ) -> Result<()>;
+    /// x[..n] *= sigmoid(gate[..n]).
+    fn sigmoid_mul(&self, x: &mut Self::Tensor, gate: &Self::Tensor, n: usize) -> Result<()>;
+    /// Per row of `dim` values: RMSNorm(x)·weight ⊙ silu(z).
+    #[allow(clippy::too_many_arguments)]
+    fn rms_norm_gated(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Weight,
+        z: &Self::Tensor,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+    /// In place, per row of `dim` values: x / √(Σx² + eps).
+    fn l2_norm(&self, x: &mut Self::Tensor, rows: usize, dim: usize, eps: f32) -> Result<()>;
+    /// Causal depthwise conv1d then SiLU over `rows` tokens of `weight.rows` channels (`x`, `out`: rows
+    /// × channels). `weight` holds `kernel` taps per channel, oldest first; `state` holds the
+    /// previous `kernel − 1` inputs of each channel (channel-major) and is advanced past the new rows.
+    fn conv1d_silu(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Weight,
+        state: &mut Self::Tensor,
+        rows: usize,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+    /// The gates of a Gated DeltaNet, in place over `rows` rows of `n_heads`:
+    /// alpha ← softplus(alpha + dt_bias)·a (the log-decay g ≤ 0), beta ← sigmoid(beta).
+    fn delta_net_gates(
+        &self,
+        alpha: &mut Self::Tensor,
+        beta: &mut Self::Tensor,
+        dt_bias: &Self::Weight,
+        a: &Self::Weight,
+        rows: usize,
+    ) -> Result<()>;
+    /// The gated delta rule over `rows` tokens, per V-head with an f32 state S (head_k_dim × head_v_dim,
+    /// stored as `state[(h·dv + j)·dk + i] = S[i][j]`): S ← e^g·S; δ = β(v − Sᵀk); S ← S + k⊗δ;
+    /// o = scale·Sᵀq. q, k: rows of n_k_heads × dk; v, out: rows of n_v_heads × dv; g, beta: rows of
+    /// n_v_heads.
+    #[allow(clippy::too_many_arguments)]
+    fn gated_delta_net(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        g: &Self::Tensor,
+        beta: &Self::Tensor,
+        state: &mut Self::Tensor,
+        rows: usize,
+        p: DeltaNetParams,
         out: &mut Self::Tensor,
     ) -> Result<()>;
 

@@ -21,6 +21,8 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// Measure prompt-processing and generation speed.
     Bench(cli::bench::BenchArgs),
+    /// Write a synthetic model (random weights in a real architecture's layout).
+    Synth(cli::synth::SynthArgs),
 }
 
 fn main() {
@@ -28,6 +30,7 @@ fn main() {
     let result = match cli.command {
         Command::Generate(a) => cli::generate::run(a),
         Command::Bench(a) => cli::bench::run(a),
+        Command::Synth(a) => cli::synth::run(a),
     };
     if let Err(e) = result {
         eprintln!("kiln-agent: {e:#}");

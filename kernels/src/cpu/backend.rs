@@ -5,6 +5,7 @@ use super::attention::attend;
 use super::matmul::matmul;
 use super::ops;
 use super::pool::ThreadPool;
+use super::recurrent;
 use crate::backend::*;
 use crate::quant::{dequantize_row, GgmlType};
 
@@ -352,4 +353,196 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         attend(&self.pool, q, k, v, kv, start, rows, p, out)
     }
+
+    fn copy_rows(
+        &self,
+        src: &Vec<f32>,
+        src_off: usize,
+        src_stride: usize,
+        dst: &mut Vec<f32>,
+        dst_off: usize,
+        dst_stride: usize,
+        width: usize,
+        rows: usize,
+    ) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        check_len(
+            "copy_rows",
+            "source",
+            src.len(),
+            src_off + (rows - 1) * src_stride + width,
+        )?;
+        check_len(
+            "copy_rows",
+            "destination",
+            dst.len(),
+            dst_off + (rows - 1) * dst_stride + width,
+        )?;
+        for r in 0..rows {
+            let (a, b) = (src_off + r * src_stride, dst_off + r * dst_stride);
+            dst[b..b + width].copy_from_slice(&src[a..a + width]);
+        }
+        Ok(())
+    }
+
+    fn sigmoid_mul(&self, x: &mut Vec<f32>, gate: &Vec<f32>, n: usize) -> Result<()> {
+        check_len("sigmoid_mul", "x", x.len(), n)?;
+        check_len("sigmoid_mul", "gate", gate.len(), n)?;
+        for (x, &g) in x[..n].iter_mut().zip(&gate[..n]) {
+            *x *= ops::sigmoid(g);
+        }
+        Ok(())
+    }
+
+    fn rms_norm_gated(
+        &self,
+        x: &Vec<f32>,
+        weight: &CpuWeight,
+        z: &Vec<f32>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        check_len("rms_norm_gated", "input", x.len(), rows * dim)?;
+        check_len("rms_norm_gated", "gate", z.len(), rows * dim)?;
+        check_len("rms_norm_gated", "output", out.len(), rows * dim)?;
+        let w = dense(weight, "rms_norm_gated", dim)?;
+        for r in 0..rows {
+            let o = &mut out[r * dim..(r + 1) * dim];
+            ops::rms_norm(&x[r * dim..(r + 1) * dim], Some(w), eps, o);
+            for (o, &z) in o.iter_mut().zip(&z[r * dim..(r + 1) * dim]) {
+                *o *= ops::silu(z);
+            }
+        }
+        Ok(())
+    }
+
+    fn l2_norm(&self, x: &mut Vec<f32>, rows: usize, dim: usize, eps: f32) -> Result<()> {
+        check_len("l2_norm", "x", x.len(), rows * dim)?;
+        if dim == 0 {
+            return Ok(());
+        }
+        for row in x[..rows * dim].chunks_exact_mut(dim) {
+            recurrent::l2_norm_row(row, eps);
+        }
+        Ok(())
+    }
+
+    fn conv1d_silu(
+        &self,
+        x: &Vec<f32>,
+        weight: &CpuWeight,
+        state: &mut Vec<f32>,
+        rows: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let (channels, kernel) = (weight.rows, weight.cols);
+        if kernel < 2 {
+            return Err(shape_err("conv1d_silu", format!("kernel of {kernel} taps")));
+        }
+        if weight.ty != GgmlType::F32 {
+            return Err(shape_err(
+                "conv1d_silu",
+                format!("weight type {} (F32 expected)", weight.ty),
+            ));
+        }
+        check_len("conv1d_silu", "input", x.len(), rows * channels)?;
+        check_len("conv1d_silu", "output", out.len(), rows * channels)?;
+        if state.len() != channels * (kernel - 1) {
+            return Err(shape_err(
+                "conv1d_silu",
+                format!(
+                    "state of {} values, expected {}",
+                    state.len(),
+                    channels * (kernel - 1)
+                ),
+            ));
+        }
+        let w: &[f32] = bytemuck::try_cast_slice(weight.bytes())
+            .map_err(|_| shape_err("conv1d_silu", "weight is not 4-byte aligned"))?;
+        recurrent::conv1d_silu(
+            &self.pool,
+            &x[..rows * channels],
+            w,
+            state,
+            rows,
+            channels,
+            kernel,
+            &mut out[..rows * channels],
+        );
+        Ok(())
+    }
+
+    fn delta_net_gates(
+        &self,
+        alpha: &mut Vec<f32>,
+        beta: &mut Vec<f32>,
+        dt_bias: &CpuWeight,
+        a: &CpuWeight,
+        rows: usize,
+    ) -> Result<()> {
+        let n = dt_bias.cols;
+        let dt = dense(dt_bias, "delta_net_gates", n)?;
+        let a = dense(a, "delta_net_gates", n)?;
+        check_len("delta_net_gates", "alpha", alpha.len(), rows * n)?;
+        check_len("delta_net_gates", "beta", beta.len(), rows * n)?;
+        for r in 0..rows {
+            for h in 0..n {
+                let i = r * n + h;
+                alpha[i] = ops::softplus(alpha[i] + dt[h]) * a[h];
+                beta[i] = ops::sigmoid(beta[i]);
+            }
+        }
+        Ok(())
+    }
+
+    fn gated_delta_net(
+        &self,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        g: &Vec<f32>,
+        beta: &Vec<f32>,
+        state: &mut Vec<f32>,
+        rows: usize,
+        p: DeltaNetParams,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let op = "gated_delta_net";
+        if p.n_k_heads == 0 || !p.n_v_heads.is_multiple_of(p.n_k_heads) {
+            return Err(shape_err(
+                op,
+                format!("{} V-heads over {} K-heads", p.n_v_heads, p.n_k_heads),
+            ));
+        }
+        let (qk_w, v_w) = (p.n_k_heads * p.head_k_dim, p.n_v_heads * p.head_v_dim);
+        check_len(op, "q", q.len(), rows * qk_w)?;
+        check_len(op, "k", k.len(), rows * qk_w)?;
+        check_len(op, "v", v.len(), rows * v_w)?;
+        check_len(op, "g", g.len(), rows * p.n_v_heads)?;
+        check_len(op, "beta", beta.len(), rows * p.n_v_heads)?;
+        check_len(op, "output", out.len(), rows * v_w)?;
+        let need = p.n_v_heads * p.head_v_dim * p.head_k_dim;
+        if state.len() != need {
+            return Err(shape_err(
+                op,
+                format!("state of {} values, expected {need}", state.len()),
+            ));
+        }
+        recurrent::gated_delta_net(&self.pool, q, k, v, g, beta, state, rows, &p, out);
+        Ok(())
+    }
+}
+
+/// The dequantized values of a vector weight, checked to hold at least `dim`.
+fn dense<'a>(w: &'a CpuWeight, op: &'static str, dim: usize) -> Result<&'a [f32]> {
+    let d = w
+        .dense
+        .as_deref()
+        .ok_or_else(|| shape_err(op, "weight is not a vector"))?;
+    check_len(op, "weight", d.len(), dim)?;
+    Ok(&d[..dim])
 }

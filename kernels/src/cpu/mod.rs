@@ -8,5 +8,6 @@ pub mod dot;
 pub mod matmul;
 pub mod ops;
 pub mod pool;
+pub mod recurrent;
 
 pub use backend::{CpuBackend, CpuKvCache, CpuWeight};

@@ -57,13 +57,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut tg = Vec::new();
     for _ in 0..reps {
         if args.prompt_tokens > 0 {
-            seq.tokens.clear();
+            engine.reset(&mut seq)?;
             let t = Instant::now();
             engine.prefill(&mut seq, &prompt)?;
             pp.push(args.prompt_tokens as f64 / t.elapsed().as_secs_f64());
         }
         if args.gen_tokens > 0 {
-            seq.tokens.clear();
+            engine.reset(&mut seq)?;
             let mut token = prompt[0];
             let t = Instant::now();
             for _ in 0..args.gen_tokens {

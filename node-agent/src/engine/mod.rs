@@ -74,7 +74,9 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Makes `seq` hold `tokens`, computing only what its cache does not already have: the longest
-    /// common prefix is kept (attention caches are simply overwritten past it). Returns the logits of
+    /// common prefix is kept (attention caches are simply overwritten past it). A model with recurrent
+    /// layers keeps its cache only when `tokens` strictly extends the cached tokens, and otherwise
+    /// starts over (recurrent-state checkpoints will lift this). Returns the logits of
     /// the last token and how many tokens were reused. At least the last token is always recomputed,
     /// since its logits are needed.
     pub fn prefill(&self, seq: &mut Sequence<B>, tokens: &[u32]) -> Result<(Vec<f32>, usize)> {
@@ -95,6 +97,14 @@ impl<B: Backend> Engine<B> {
             .take_while(|(a, b)| a == b)
             .count()
             .min(tokens.len() - 1);
+        // A recurrent state exists only at the end of what it has seen: it can be kept for an exact
+        // extension of the cached tokens, never cut back to a shorter prefix.
+        let common = if seq.cache.has_recurrent() && common < seq.tokens.len() {
+            seq.cache.reset(&self.backend)?;
+            0
+        } else {
+            common
+        };
         seq.tokens.truncate(common);
         let mut logits = Vec::new();
         for chunk in tokens[common..].chunks(self.model.max_batch()) {
@@ -105,6 +115,12 @@ impl<B: Backend> Engine<B> {
             seq.tokens.extend_from_slice(chunk);
         }
         Ok((logits, common))
+    }
+
+    /// Empties `seq` (its recurrent states back to zero) so it can hold a new sequence.
+    pub fn reset(&self, seq: &mut Sequence<B>) -> Result<()> {
+        seq.tokens.clear();
+        seq.cache.reset(&self.backend)
     }
 
     /// Appends one token and returns the logits for the next position.

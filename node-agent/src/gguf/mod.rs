@@ -6,6 +6,7 @@
 
 mod metadata;
 mod reader;
+pub mod writer;
 
 pub use metadata::{Metadata, Value};
 

@@ -6,6 +6,7 @@ mod gemma3;
 mod llama;
 mod qwen2;
 mod qwen3;
+pub mod qwen35;
 pub mod transformer;
 
 use crate::gguf::{GgufError, GgufFile};
@@ -29,7 +30,7 @@ pub enum ModelError {
 
 pub type Result<T> = std::result::Result<T, ModelError>;
 
-pub const SUPPORTED_ARCHS: &str = "llama, qwen2, qwen3, gemma3";
+pub const SUPPORTED_ARCHS: &str = "llama, qwen2, qwen3, qwen35, gemma3";
 
 /// What callers need to know about a loaded model.
 #[derive(Clone, Debug)]
@@ -52,9 +53,19 @@ pub enum Logits {
 }
 
 /// Per-layer state of one sequence. Attention layers keep K/V; recurrent layers (Qwen3.5's Gated
-/// DeltaNet) will keep their state here too, which is why this is per layer and not one KV tensor.
+/// DeltaNet) keep a fixed-size state that summarises every token seen so far.
 pub enum LayerCache<B: Backend> {
     Attention(B::KvCache),
+    Recurrent(RecurrentState<B>),
+}
+
+/// The state of one recurrent layer after the sequence's last token. Unlike a KV cache it cannot be
+/// truncated: it is valid only at exactly the position it was advanced to.
+pub struct RecurrentState<B: Backend> {
+    /// The last `kernel − 1` conv inputs of every channel (channel-major).
+    pub conv: B::Tensor,
+    /// The delta-rule state of every V-head (`n_v_heads × head_v_dim × head_k_dim`, f32).
+    pub ssm: B::Tensor,
 }
 
 /// Everything one sequence carries between forward passes.
@@ -70,8 +81,30 @@ impl<B: Backend> Cache<B> {
             .iter()
             .map(|l| match l {
                 LayerCache::Attention(kv) => backend.kv_cache_bytes(kv),
+                LayerCache::Recurrent(r) => {
+                    4 * (backend.tensor_len(&r.conv) + backend.tensor_len(&r.ssm))
+                }
             })
             .sum()
+    }
+
+    /// Whether any layer keeps recurrent state (which a shorter prefix cannot be cut back to).
+    pub fn has_recurrent(&self) -> bool {
+        self.layers
+            .iter()
+            .any(|l| matches!(l, LayerCache::Recurrent(_)))
+    }
+
+    /// Zeroes every recurrent state (the start of a new sequence). Attention caches need nothing: they
+    /// are overwritten from position 0.
+    pub fn reset(&mut self, backend: &B) -> Result<()> {
+        for l in &mut self.layers {
+            if let LayerCache::Recurrent(r) = l {
+                r.conv = backend.tensor(backend.tensor_len(&r.conv))?;
+                r.ssm = backend.tensor(backend.tensor_len(&r.ssm))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -100,6 +133,7 @@ pub fn load<B: Backend + 'static>(file: &GgufFile, backend: Arc<B>) -> Result<Bo
         "qwen2" => qwen2::spec(file)?,
         "qwen3" => qwen3::spec(file)?,
         "gemma3" => gemma3::spec(file)?,
+        "qwen35" => return Ok(Box::new(qwen35::Qwen35::load(file, backend)?)),
         _ => return Err(ModelError::UnsupportedArch(arch)),
     };
     Ok(Box::new(transformer::Transformer::load(

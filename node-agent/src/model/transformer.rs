@@ -173,16 +173,16 @@ pub struct Transformer<B: Backend> {
 }
 
 /// Most tokens one forward pass takes (llama.cpp's default micro-batch).
-const MAX_BATCH: usize = 512;
+pub(crate) const MAX_BATCH: usize = 512;
 
-struct Loader<'a, B: Backend> {
-    file: &'a GgufFile,
-    backend: &'a B,
+pub(crate) struct Loader<'a, B: Backend> {
+    pub(crate) file: &'a GgufFile,
+    pub(crate) backend: &'a B,
 }
 
 impl<B: Backend> Loader<'_, B> {
     /// Loads `name`, checking it is `rows × cols` (a vector when `rows == 1`).
-    fn load(&self, name: &str, rows: usize, cols: usize) -> Result<B::Weight> {
+    pub(crate) fn load(&self, name: &str, rows: usize, cols: usize) -> Result<B::Weight> {
         let t = self.file.require_tensor(name)?;
         self.check(t, rows, cols)?;
         let start = t.offset as usize;
@@ -202,7 +202,7 @@ impl<B: Backend> Loader<'_, B> {
         })?)
     }
 
-    fn opt(&self, name: &str, rows: usize, cols: usize) -> Result<Option<B::Weight>> {
+    pub(crate) fn opt(&self, name: &str, rows: usize, cols: usize) -> Result<Option<B::Weight>> {
         match self.file.tensor(name) {
             Some(_) => self.load(name, rows, cols).map(Some),
             None => Ok(None),
@@ -347,7 +347,11 @@ impl<B: Backend> Transformer<B> {
             be.scale(&mut sc.x, scale, n * d)?;
         }
         for (il, layer) in self.layers.iter().enumerate() {
-            let LayerCache::Attention(kv) = &mut cache.layers[il];
+            let LayerCache::Attention(kv) = &mut cache.layers[il] else {
+                return Err(ModelError::Invalid(
+                    "cache was made for another model".into(),
+                ));
+            };
             be.rms_norm(&sc.x, Some(&layer.attn_norm), n, d, s.rms_eps, &mut sc.h)?;
             be.matmul(&layer.wq, &sc.h, n, &mut sc.q)?;
             be.matmul(&layer.wk, &sc.h, n, &mut sc.k)?;

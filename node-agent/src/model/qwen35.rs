@@ -1,0 +1,647 @@
+//! `qwen35` (Qwen3.5 / Qwen3.6): a hybrid of Gated DeltaNet (linear attention with a recurrent state) and
+//! gated full attention, plus an MTP (multi-token prediction) block stored as the last `blk.*`.
+//!
+//! Layer i is full attention iff (i + 1) % `full_attention_interval` == 0 (or as
+//! `attention.recurrent_layers` says); the others are Gated DeltaNet. Every layer is
+//! x += mixer(RMSNorm(x)·attn_norm); x += FFN(RMSNorm(x)·post_attention_norm), with a SwiGLU FFN.
+//!
+//! What llama.cpp's converter already did to the tensors (so this file does not): norm weights are stored
+//! as w + 1 (plain x·w here) except the DeltaNet output norm; `ssm_a` = −exp(A_log); the V heads are in
+//! tiled order, so V-head h reads Q/K head h % n_k_heads.
+//!
+//! - Gated attention: `attn_q` yields, per head, head_dim query values then head_dim gate values; q and k
+//!   get a per-head RMSNorm; RoPE (IMROPE, which with a text position in every component is plain NeoX
+//!   RoPE) rotates the first `rope.dimension_count` dims; the output is multiplied by sigmoid(gate).
+//! - Gated DeltaNet: `attn_qkv` → causal conv (kernel `ssm.conv_kernel`) + SiLU over the q|k|v channels;
+//!   q, k L2-normalised per head; β = sigmoid(`ssm_beta`·x); g = softplus(`ssm_alpha`·x + dt_bias)·ssm_a;
+//!   the delta rule with q scaled by 1/√d_k; RMSNorm(o)·ssm_norm ⊙ silu(`attn_gate`·x); `ssm_out`.
+
+use super::transformer::{Loader, MAX_BATCH, MAX_DIM, MAX_LAYERS};
+use super::{Cache, LayerCache, Logits, Model, ModelError, ModelInfo, RecurrentState, Result};
+use crate::gguf::{GgufFile, Value};
+use kiln_kernels::backend::{
+    Activation, AttentionParams, Backend, DeltaNetParams, KvType, RopeParams, RopeStyle,
+};
+use std::sync::{Arc, Mutex};
+
+/// Tokens per chunk of the chunked delta rule used for prefill.
+pub const DELTA_NET_CHUNK: usize = 64;
+
+#[derive(Clone, Debug)]
+pub struct Hparams {
+    pub n_embd: usize,
+    /// Main-model layers (block_count − nextn_predict_layers).
+    pub n_layer: usize,
+    /// MTP blocks stored after the main layers.
+    pub n_nextn: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_ff: usize,
+    pub n_ctx_train: usize,
+    pub rms_eps: f32,
+    pub rope_base: f32,
+    pub n_rot: usize,
+    pub conv_kernel: usize,
+    pub n_k_heads: usize,
+    pub n_v_heads: usize,
+    pub head_k_dim: usize,
+    pub head_v_dim: usize,
+    /// Per main layer: Gated DeltaNet (true) or full attention (false).
+    pub recurrent: Vec<bool>,
+}
+
+impl Hparams {
+    pub fn read(file: &GgufFile) -> Result<Self> {
+        let m = &file.metadata;
+        let key = |k: &str| format!("qwen35.{k}");
+        let n_embd = m.get_dim(&key("embedding_length"), MAX_DIM)?;
+        let block_count = m.get_dim(&key("block_count"), MAX_LAYERS)?;
+        let n_nextn = m
+            .opt_dim(&key("nextn_predict_layers"), MAX_LAYERS)?
+            .unwrap_or(0);
+        if n_nextn >= block_count {
+            return Err(ModelError::Invalid(format!(
+                "{n_nextn} MTP layers of {block_count} blocks"
+            )));
+        }
+        let n_layer = block_count - n_nextn;
+        let n_head = m.get_dim(&key("attention.head_count"), MAX_DIM)?;
+        let n_head_kv = m.get_dim(&key("attention.head_count_kv"), MAX_DIM)?;
+        let head_dim = m.get_dim(&key("attention.key_length"), MAX_DIM)?;
+        let v_len = m
+            .opt_dim(&key("attention.value_length"), MAX_DIM)?
+            .unwrap_or(head_dim);
+        if v_len != head_dim || n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
+            return Err(ModelError::Invalid(format!(
+                "attention: {n_head} heads, {n_head_kv} KV heads, key {head_dim}, value {v_len}"
+            )));
+        }
+        let n_rot = m.get_dim(&key("rope.dimension_count"), MAX_DIM)?;
+        if n_rot > head_dim || n_rot % 2 != 0 || n_rot > 512 {
+            return Err(ModelError::Invalid(format!(
+                "rope dimension {n_rot} with head size {head_dim}"
+            )));
+        }
+        let conv_kernel = m.get_dim(&key("ssm.conv_kernel"), 64)?;
+        let d_state = m.get_dim(&key("ssm.state_size"), 4096)?;
+        let n_k_heads = m.get_dim(&key("ssm.group_count"), MAX_DIM)?;
+        let n_v_heads = m.get_dim(&key("ssm.time_step_rank"), MAX_DIM)?;
+        let d_inner = m.get_dim(&key("ssm.inner_size"), MAX_DIM)?;
+        if conv_kernel < 2
+            || n_k_heads == 0
+            || n_v_heads == 0
+            || n_v_heads % n_k_heads != 0
+            || d_inner % n_v_heads != 0
+        {
+            return Err(ModelError::Invalid(format!(
+                "delta net: conv {conv_kernel}, {n_k_heads} K-heads, {n_v_heads} V-heads, inner {d_inner}"
+            )));
+        }
+        let recurrent = match m.opt_array(&key("attention.recurrent_layers"))? {
+            Some(a) => {
+                let v: Vec<bool> = a
+                    .iter()
+                    .map(|v| match v {
+                        Value::Bool(b) => Ok(*b),
+                        _ => Err(ModelError::Invalid(
+                            "attention.recurrent_layers is not a bool array".into(),
+                        )),
+                    })
+                    .collect::<Result<_>>()?;
+                if v.len() < n_layer {
+                    return Err(ModelError::Invalid(format!(
+                        "attention.recurrent_layers has {} entries for {n_layer} layers",
+                        v.len()
+                    )));
+                }
+                v[..n_layer].to_vec()
+            }
+            None => {
+                let interval = m
+                    .opt_dim(&key("full_attention_interval"), MAX_LAYERS)?
+                    .unwrap_or(4)
+                    .max(1);
+                (0..n_layer).map(|i| (i + 1) % interval != 0).collect()
+            }
+        };
+        Ok(Hparams {
+            n_embd,
+            n_layer,
+            n_nextn,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_ff: m.get_dim(&key("feed_forward_length"), MAX_DIM)?,
+            n_ctx_train: m.get_dim(&key("context_length"), 1 << 24)?,
+            rms_eps: m.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
+            rope_base: m.opt_f32(&key("rope.freq_base"))?.unwrap_or(10000.0),
+            n_rot,
+            conv_kernel,
+            n_k_heads,
+            n_v_heads,
+            head_k_dim: d_state,
+            head_v_dim: d_inner / n_v_heads,
+            recurrent,
+        })
+    }
+
+    fn key_dim(&self) -> usize {
+        self.n_k_heads * self.head_k_dim
+    }
+    fn value_dim(&self) -> usize {
+        self.n_v_heads * self.head_v_dim
+    }
+    /// Channels of the DeltaNet convolution: q | k | v.
+    pub fn conv_dim(&self) -> usize {
+        2 * self.key_dim() + self.value_dim()
+    }
+    fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+    fn kv_dim(&self) -> usize {
+        self.n_head_kv * self.head_dim
+    }
+}
+
+/// Gated full attention.
+pub struct AttnWeights<B: Backend> {
+    /// Per head: head_dim query values, then head_dim gate values.
+    pub wq: B::Weight,
+    pub wk: B::Weight,
+    pub wv: B::Weight,
+    pub wo: B::Weight,
+    pub q_norm: B::Weight,
+    pub k_norm: B::Weight,
+}
+
+/// Gated DeltaNet.
+pub struct DeltaNetWeights<B: Backend> {
+    pub wqkv: B::Weight,
+    /// z, the output gate.
+    pub wgate: B::Weight,
+    pub conv: B::Weight,
+    pub dt_bias: B::Weight,
+    pub a: B::Weight,
+    pub beta: B::Weight,
+    pub alpha: B::Weight,
+    pub norm: B::Weight,
+    pub out: B::Weight,
+}
+
+pub enum Mixer<B: Backend> {
+    Attention(AttnWeights<B>),
+    DeltaNet(DeltaNetWeights<B>),
+}
+
+pub struct Ffn<B: Backend> {
+    pub gate: B::Weight,
+    pub up: B::Weight,
+    pub down: B::Weight,
+}
+
+pub struct Layer<B: Backend> {
+    pub attn_norm: B::Weight,
+    pub post_norm: B::Weight,
+    pub mixer: Mixer<B>,
+    pub ffn: Ffn<B>,
+}
+
+/// The MTP block (`blk.<n_layer>`): loaded (zero-copy) so the speculative decoder can use it; the main
+/// forward pass does not run it.
+pub struct MtpBlock<B: Backend> {
+    pub layer: Layer<B>,
+    pub eh_proj: B::Weight,
+    pub enorm: B::Weight,
+    pub hnorm: B::Weight,
+    pub shared_head_norm: Option<B::Weight>,
+    pub embed_tokens: Option<B::Weight>,
+    pub shared_head_head: Option<B::Weight>,
+}
+
+struct Scratch<B: Backend> {
+    rows: usize,
+    x: B::Tensor,
+    h: B::Tensor,
+    o: B::Tensor,
+    /// attn_q output (q|gate interleaved) or attn_qkv output.
+    wide: B::Tensor,
+    /// Conv output.
+    conv: B::Tensor,
+    q: B::Tensor,
+    k: B::Tensor,
+    v: B::Tensor,
+    /// Attention gate or DeltaNet z.
+    gate: B::Tensor,
+    /// Mixer output before the output projection.
+    att: B::Tensor,
+    tmp: B::Tensor,
+    alpha: B::Tensor,
+    beta: B::Tensor,
+    ff_gate: B::Tensor,
+    ff_up: B::Tensor,
+    logits: B::Tensor,
+}
+
+pub struct Qwen35<B: Backend> {
+    pub hp: Hparams,
+    info: ModelInfo,
+    backend: Arc<B>,
+    tok_embd: B::Weight,
+    output: Option<B::Weight>,
+    pub output_norm: B::Weight,
+    layers: Vec<Layer<B>>,
+    pub mtp: Option<MtpBlock<B>>,
+    /// Chunk size of the delta rule for multi-token passes (`None`: token by token).
+    chunk: Option<usize>,
+    scratch: Mutex<Option<Scratch<B>>>,
+}
+
+fn load_ffn<B: Backend>(ld: &Loader<B>, hp: &Hparams, il: usize) -> Result<Ffn<B>> {
+    let n = |s: &str| format!("blk.{il}.{s}.weight");
+    Ok(Ffn {
+        gate: ld.load(&n("ffn_gate"), hp.n_ff, hp.n_embd)?,
+        up: ld.load(&n("ffn_up"), hp.n_ff, hp.n_embd)?,
+        down: ld.load(&n("ffn_down"), hp.n_embd, hp.n_ff)?,
+    })
+}
+
+fn load_attn<B: Backend>(ld: &Loader<B>, hp: &Hparams, il: usize) -> Result<AttnWeights<B>> {
+    let n = |s: &str| format!("blk.{il}.{s}.weight");
+    let d = hp.n_embd;
+    Ok(AttnWeights {
+        wq: ld.load(&n("attn_q"), 2 * hp.q_dim(), d)?,
+        wk: ld.load(&n("attn_k"), hp.kv_dim(), d)?,
+        wv: ld.load(&n("attn_v"), hp.kv_dim(), d)?,
+        wo: ld.load(&n("attn_output"), d, hp.q_dim())?,
+        q_norm: ld.load(&n("attn_q_norm"), 1, hp.head_dim)?,
+        k_norm: ld.load(&n("attn_k_norm"), 1, hp.head_dim)?,
+    })
+}
+
+fn load_delta_net<B: Backend>(
+    ld: &Loader<B>,
+    hp: &Hparams,
+    il: usize,
+) -> Result<DeltaNetWeights<B>> {
+    let n = |s: &str| format!("blk.{il}.{s}.weight");
+    let d = hp.n_embd;
+    let conv_name = n("ssm_conv1d");
+    let conv = ld.file.require_tensor(&conv_name)?;
+    if conv.ty != kiln_kernels::quant::GgmlType::F32 {
+        return Err(ModelError::BadTensor {
+            name: conv_name,
+            reason: format!("type {} (only F32 is supported)", conv.ty),
+        });
+    }
+    Ok(DeltaNetWeights {
+        wqkv: ld.load(&n("attn_qkv"), hp.conv_dim(), d)?,
+        wgate: ld.load(&n("attn_gate"), hp.value_dim(), d)?,
+        conv: ld.load(&conv_name, hp.conv_dim(), hp.conv_kernel)?,
+        dt_bias: ld.load(&format!("blk.{il}.ssm_dt.bias"), 1, hp.n_v_heads)?,
+        a: ld.load(&format!("blk.{il}.ssm_a"), 1, hp.n_v_heads)?,
+        beta: ld.load(&n("ssm_beta"), hp.n_v_heads, d)?,
+        alpha: ld.load(&n("ssm_alpha"), hp.n_v_heads, d)?,
+        norm: ld.load(&n("ssm_norm"), 1, hp.head_v_dim)?,
+        out: ld.load(&n("ssm_out"), d, hp.value_dim())?,
+    })
+}
+
+impl<B: Backend> Qwen35<B> {
+    pub fn load(file: &GgufFile, backend: Arc<B>) -> Result<Self> {
+        let hp = Hparams::read(file)?;
+        let ld = Loader {
+            file,
+            backend: &*backend,
+        };
+        let tok = file.require_tensor("token_embd.weight")?;
+        let n_vocab = tok.rows_cols().0;
+        if n_vocab == 0 || n_vocab as u64 > 1 << 24 {
+            return Err(ModelError::Invalid(format!("vocabulary of {n_vocab}")));
+        }
+        let d = hp.n_embd;
+        let tok_embd = ld.load("token_embd.weight", n_vocab, d)?;
+        let output = ld.opt("output.weight", n_vocab, d)?;
+        let output_norm = ld.load("output_norm.weight", 1, d)?;
+        let mut layers = Vec::with_capacity(hp.n_layer);
+        for il in 0..hp.n_layer {
+            let n = |s: &str| format!("blk.{il}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: ld.load(&n("attn_norm"), 1, d)?,
+                post_norm: ld.load(&n("post_attention_norm"), 1, d)?,
+                mixer: if hp.recurrent[il] {
+                    Mixer::DeltaNet(load_delta_net(&ld, &hp, il)?)
+                } else {
+                    Mixer::Attention(load_attn(&ld, &hp, il)?)
+                },
+                ffn: load_ffn(&ld, &hp, il)?,
+            });
+        }
+        // The first MTP block, when the file has one (its tensors are optional for the main model).
+        let il = hp.n_layer;
+        let mtp = if hp.n_nextn > 0
+            && file
+                .tensor(&format!("blk.{il}.nextn.eh_proj.weight"))
+                .is_some()
+        {
+            let n = |s: &str| format!("blk.{il}.{s}.weight");
+            Some(MtpBlock {
+                layer: Layer {
+                    attn_norm: ld.load(&n("attn_norm"), 1, d)?,
+                    post_norm: ld.load(&n("post_attention_norm"), 1, d)?,
+                    mixer: Mixer::Attention(load_attn(&ld, &hp, il)?),
+                    ffn: load_ffn(&ld, &hp, il)?,
+                },
+                eh_proj: ld.load(&n("nextn.eh_proj"), d, 2 * d)?,
+                enorm: ld.load(&n("nextn.enorm"), 1, d)?,
+                hnorm: ld.load(&n("nextn.hnorm"), 1, d)?,
+                shared_head_norm: ld.opt(&n("nextn.shared_head_norm"), 1, d)?,
+                embed_tokens: ld.opt(&n("nextn.embed_tokens"), n_vocab, d)?,
+                shared_head_head: ld.opt(&n("nextn.shared_head_head"), n_vocab, d)?,
+            })
+        } else {
+            None
+        };
+        let info = ModelInfo {
+            arch: "qwen35".into(),
+            n_vocab,
+            n_embd: d,
+            n_layer: hp.n_layer,
+            n_ctx_train: hp.n_ctx_train,
+        };
+        Ok(Qwen35 {
+            hp,
+            info,
+            backend,
+            tok_embd,
+            output,
+            output_norm,
+            layers,
+            mtp,
+            chunk: Some(DELTA_NET_CHUNK),
+            scratch: Mutex::new(None),
+        })
+    }
+
+    /// Sets the delta-rule chunk size for multi-token passes (`None`: token by token, the reference).
+    pub fn set_delta_net_chunk(&mut self, chunk: Option<usize>) {
+        self.chunk = chunk;
+    }
+
+    fn scratch(&self, rows: usize) -> Result<Scratch<B>> {
+        let hp = &self.hp;
+        let be = &*self.backend;
+        let t = |w: usize| be.tensor(rows * w);
+        let qw = hp.q_dim().max(hp.key_dim());
+        Ok(Scratch {
+            rows,
+            x: t(hp.n_embd)?,
+            h: t(hp.n_embd)?,
+            o: t(hp.n_embd)?,
+            wide: t((2 * hp.q_dim()).max(hp.conv_dim()))?,
+            conv: t(hp.conv_dim())?,
+            q: t(qw)?,
+            k: t(hp.kv_dim().max(hp.key_dim()))?,
+            v: t(hp.kv_dim().max(hp.value_dim()))?,
+            gate: t(hp.q_dim().max(hp.value_dim()))?,
+            att: t(hp.q_dim().max(hp.value_dim()))?,
+            tmp: t(qw.max(hp.value_dim()).max(hp.n_ff))?,
+            alpha: t(hp.n_v_heads)?,
+            beta: t(hp.n_v_heads)?,
+            ff_gate: t(hp.n_ff)?,
+            ff_up: t(hp.n_ff)?,
+            logits: t(self.info.n_vocab)?,
+        })
+    }
+
+    fn attention(
+        &self,
+        w: &AttnWeights<B>,
+        sc: &mut Scratch<B>,
+        kv: &mut B::KvCache,
+        positions: &[u32],
+        start: usize,
+    ) -> Result<()> {
+        let (hp, be) = (&self.hp, &*self.backend);
+        let (n, hd) = (positions.len(), hp.head_dim);
+        be.matmul(&w.wq, &sc.h, n, &mut sc.wide)?;
+        // Per head: [q (hd) | gate (hd)].
+        be.copy_rows(&sc.wide, 0, 2 * hd, &mut sc.tmp, 0, hd, hd, n * hp.n_head)?;
+        be.copy_rows(&sc.wide, hd, 2 * hd, &mut sc.gate, 0, hd, hd, n * hp.n_head)?;
+        be.matmul(&w.wk, &sc.h, n, &mut sc.wide)?;
+        be.matmul(&w.wv, &sc.h, n, &mut sc.v)?;
+        be.rms_norm(
+            &sc.tmp,
+            Some(&w.q_norm),
+            n * hp.n_head,
+            hd,
+            hp.rms_eps,
+            &mut sc.q,
+        )?;
+        be.rms_norm(
+            &sc.wide,
+            Some(&w.k_norm),
+            n * hp.n_head_kv,
+            hd,
+            hp.rms_eps,
+            &mut sc.k,
+        )?;
+        let rope = |heads| RopeParams {
+            n_heads: heads,
+            head_dim: hd,
+            n_rot: hp.n_rot,
+            theta_base: hp.rope_base,
+            freq_scale: 1.0,
+            style: RopeStyle::Neox,
+        };
+        be.rope(&mut sc.q, positions, rope(hp.n_head))?;
+        be.rope(&mut sc.k, positions, rope(hp.n_head_kv))?;
+        let params = AttentionParams {
+            n_heads: hp.n_head,
+            n_kv_heads: hp.n_head_kv,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            window: None,
+            softcap: None,
+        };
+        be.attention(&sc.q, &sc.k, &sc.v, kv, start, n, params, &mut sc.att)?;
+        be.sigmoid_mul(&mut sc.att, &sc.gate, n * hp.q_dim())?;
+        be.matmul(&w.wo, &sc.att, n, &mut sc.o)?;
+        Ok(())
+    }
+
+    fn delta_net(
+        &self,
+        w: &DeltaNetWeights<B>,
+        sc: &mut Scratch<B>,
+        st: &mut RecurrentState<B>,
+        n: usize,
+    ) -> Result<()> {
+        let (hp, be) = (&self.hp, &*self.backend);
+        let (kd, vd, cd) = (hp.key_dim(), hp.value_dim(), hp.conv_dim());
+        be.matmul(&w.wqkv, &sc.h, n, &mut sc.wide)?;
+        be.matmul(&w.wgate, &sc.h, n, &mut sc.gate)?;
+        be.matmul(&w.beta, &sc.h, n, &mut sc.beta)?;
+        be.matmul(&w.alpha, &sc.h, n, &mut sc.alpha)?;
+        be.delta_net_gates(&mut sc.alpha, &mut sc.beta, &w.dt_bias, &w.a, n)?;
+        be.conv1d_silu(&sc.wide, &w.conv, &mut st.conv, n, &mut sc.conv)?;
+        be.copy_rows(&sc.conv, 0, cd, &mut sc.q, 0, kd, kd, n)?;
+        be.copy_rows(&sc.conv, kd, cd, &mut sc.k, 0, kd, kd, n)?;
+        be.copy_rows(&sc.conv, 2 * kd, cd, &mut sc.v, 0, vd, vd, n)?;
+        be.l2_norm(&mut sc.q, n * hp.n_k_heads, hp.head_k_dim, hp.rms_eps)?;
+        be.l2_norm(&mut sc.k, n * hp.n_k_heads, hp.head_k_dim, hp.rms_eps)?;
+        let p = DeltaNetParams {
+            n_k_heads: hp.n_k_heads,
+            n_v_heads: hp.n_v_heads,
+            head_k_dim: hp.head_k_dim,
+            head_v_dim: hp.head_v_dim,
+            scale: 1.0 / (hp.head_k_dim as f32).sqrt(),
+            chunk: if n > 1 { self.chunk } else { None },
+        };
+        be.gated_delta_net(
+            &sc.q,
+            &sc.k,
+            &sc.v,
+            &sc.alpha,
+            &sc.beta,
+            &mut st.ssm,
+            n,
+            p,
+            &mut sc.att,
+        )?;
+        be.rms_norm_gated(
+            &sc.att,
+            &w.norm,
+            &sc.gate,
+            n * hp.n_v_heads,
+            hp.head_v_dim,
+            hp.rms_eps,
+            &mut sc.tmp,
+        )?;
+        be.matmul(&w.out, &sc.tmp, n, &mut sc.o)?;
+        Ok(())
+    }
+
+    fn run(
+        &self,
+        sc: &mut Scratch<B>,
+        cache: &mut Cache<B>,
+        tokens: &[u32],
+        start: usize,
+        want: Logits,
+    ) -> Result<Vec<f32>> {
+        let (hp, be) = (&self.hp, &*self.backend);
+        let n = tokens.len();
+        let d = hp.n_embd;
+        let positions: Vec<u32> = (start..start + n).map(|p| p as u32).collect();
+        be.embed(&self.tok_embd, tokens, &mut sc.x)?;
+        for (il, layer) in self.layers.iter().enumerate() {
+            be.rms_norm(&sc.x, Some(&layer.attn_norm), n, d, hp.rms_eps, &mut sc.h)?;
+            match (&layer.mixer, &mut cache.layers[il]) {
+                (Mixer::Attention(w), LayerCache::Attention(kv)) => {
+                    self.attention(w, sc, kv, &positions, start)?
+                }
+                (Mixer::DeltaNet(w), LayerCache::Recurrent(st)) => self.delta_net(w, sc, st, n)?,
+                _ => {
+                    return Err(ModelError::Invalid(
+                        "cache was made for another model".into(),
+                    ))
+                }
+            }
+            be.add_assign(&mut sc.x, &sc.o, n * d)?;
+            be.rms_norm(&sc.x, Some(&layer.post_norm), n, d, hp.rms_eps, &mut sc.h)?;
+            be.matmul(&layer.ffn.gate, &sc.h, n, &mut sc.ff_gate)?;
+            be.matmul(&layer.ffn.up, &sc.h, n, &mut sc.ff_up)?;
+            be.gated_activation(
+                Activation::SwiGlu,
+                &sc.ff_gate,
+                &sc.ff_up,
+                n * hp.n_ff,
+                &mut sc.tmp,
+            )?;
+            be.matmul(&layer.ffn.down, &sc.tmp, n, &mut sc.o)?;
+            be.add_assign(&mut sc.x, &sc.o, n * d)?;
+        }
+        let (first, rows) = match want {
+            Logits::Last => (n - 1, 1),
+            Logits::All => (0, n),
+        };
+        be.copy(&sc.x, first * d, &mut sc.o, 0, rows * d)?;
+        be.rms_norm(
+            &sc.o,
+            Some(&self.output_norm),
+            rows,
+            d,
+            hp.rms_eps,
+            &mut sc.h,
+        )?;
+        let head = self.output.as_ref().unwrap_or(&self.tok_embd);
+        be.matmul(head, &sc.h, rows, &mut sc.logits)?;
+        let mut out = vec![0f32; rows * self.info.n_vocab];
+        be.read(&sc.logits, 0, &mut out)?;
+        Ok(out)
+    }
+}
+
+impl<B: Backend> Model<B> for Qwen35<B> {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn new_cache(&self, n_ctx: usize, kv_type: KvType) -> Result<Cache<B>> {
+        let (hp, be) = (&self.hp, &*self.backend);
+        let mut layers = Vec::with_capacity(hp.n_layer);
+        for &rec in &hp.recurrent {
+            layers.push(if rec {
+                LayerCache::Recurrent(RecurrentState {
+                    conv: be.tensor((hp.conv_kernel - 1) * hp.conv_dim())?,
+                    ssm: be.tensor(hp.n_v_heads * hp.head_v_dim * hp.head_k_dim)?,
+                })
+            } else {
+                LayerCache::Attention(be.kv_cache(n_ctx, hp.n_head_kv, hp.head_dim, kv_type)?)
+            });
+        }
+        Ok(Cache {
+            layers,
+            n_ctx,
+            kv_type,
+        })
+    }
+
+    fn forward(
+        &self,
+        cache: &mut Cache<B>,
+        tokens: &[u32],
+        start: usize,
+        logits: Logits,
+    ) -> Result<Vec<f32>> {
+        if tokens.is_empty() || tokens.len() > MAX_BATCH {
+            return Err(ModelError::Invalid(format!(
+                "a forward pass takes 1..={MAX_BATCH} tokens, got {}",
+                tokens.len()
+            )));
+        }
+        if start + tokens.len() > cache.n_ctx {
+            return Err(ModelError::Invalid(format!(
+                "positions up to {} exceed the context size {}",
+                start + tokens.len(),
+                cache.n_ctx
+            )));
+        }
+        if cache.layers.len() != self.layers.len() {
+            return Err(ModelError::Invalid(
+                "cache was made for another model".into(),
+            ));
+        }
+        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.as_ref().is_none_or(|sc| sc.rows < tokens.len()) {
+            *guard = Some(self.scratch(tokens.len().next_power_of_two().min(MAX_BATCH))?);
+        }
+        let sc = guard.as_mut().expect("scratch was just made");
+        self.run(sc, cache, tokens, start, logits)
+    }
+
+    fn max_batch(&self) -> usize {
+        MAX_BATCH
+    }
+}
