@@ -79,7 +79,8 @@ pub(crate) fn attend(
     out: &mut [f32],
 ) -> Result<()> {
     let hd = p.head_dim;
-    if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 || p.n_kv_heads * hd != kv.width {
+    if p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) || p.n_kv_heads * hd != kv.width
+    {
         return Err(shape_err(
             "attention",
             format!(
@@ -186,9 +187,8 @@ pub(crate) fn attend(
         let inv = 1.0 / sum;
         // SAFETY: task t writes only its own (row, head) slice of `out`; slices of distinct tasks are
         // disjoint and `out` outlives the pool run.
-        let dst = unsafe {
-            std::slice::from_raw_parts_mut(out_ptr.get().add(i * q_width + h * hd), hd)
-        };
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(i * q_width + h * hd), hd) };
         for (d, a) in dst.iter_mut().zip(&acc) {
             *d = a * inv;
         }

@@ -102,7 +102,10 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn store8(p: *mut f16, v: __m256) {
-        _mm_storeu_si128(p as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
+        _mm_storeu_si128(
+            p as *mut __m128i,
+            _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v),
+        );
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -133,7 +136,10 @@ mod avx2 {
         let wv = _mm256_set1_ps(w);
         let (ap, vp) = (acc.as_mut_ptr(), v.as_ptr());
         for i in (0..n).step_by(8) {
-            store8(ap.add(i), _mm256_fmadd_ps(load8(vp.add(i)), wv, load8(ap.add(i))));
+            store8(
+                ap.add(i),
+                _mm256_fmadd_ps(load8(vp.add(i)), wv, load8(ap.add(i))),
+            );
         }
         scalar::mad(&mut acc[n..], &v[n..], w);
     }
@@ -170,7 +176,11 @@ mod tests {
         for n in [32, 64, 100, 128, 256] {
             let (k, q) = data(n, n as u32);
             assert_eq!(kq_dot(&k, &q).to_bits(), scalar::kq_dot(&k, &q).to_bits());
-            let exact: f64 = k.iter().zip(&q).map(|(a, b)| a.to_f32() as f64 * *b as f64).sum();
+            let exact: f64 = k
+                .iter()
+                .zip(&q)
+                .map(|(a, b)| a.to_f32() as f64 * *b as f64)
+                .sum();
             assert!((kq_dot(&k, &q) as f64 - exact).abs() < 1e-4 * n as f64);
             let (mut a1, _) = data(n, 7);
             let (v, _) = data(n, 9);

@@ -296,7 +296,7 @@ impl Backend for CpuBackend {
     fn rope(&self, x: &mut Vec<f32>, positions: &[u32], p: RopeParams) -> Result<()> {
         let width = p.n_heads * p.head_dim;
         check_len("rope", "input", x.len(), positions.len() * width)?;
-        if p.n_rot > p.head_dim || p.n_rot % 2 != 0 {
+        if p.n_rot > p.head_dim || !p.n_rot.is_multiple_of(2) {
             return Err(shape_err(
                 "rope",
                 format!("n_rot {} with head_dim {}", p.n_rot, p.head_dim),
