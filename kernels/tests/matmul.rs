@@ -129,7 +129,7 @@ fn matmul_matches_reference_for_every_type_shape_and_path() {
         let k = if ty.block_size() == 1 { 45 } else { 512 };
         for (case, &n_out) in [1usize, 7, 33, 257].iter().enumerate() {
             let w = random_weights(ty, n_out, k, 100 * case as u64);
-            for n_rows in [1usize, 2, 3, 4, 5, 8, 33] {
+            for n_rows in [1usize, 2, 3, 4, 5, 8, 20, 33] {
                 let mut x = values(7 + n_rows as u64, n_rows * k);
                 x[3] = 0.0;
                 if n_rows > 1 {

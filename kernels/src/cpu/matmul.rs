@@ -114,6 +114,12 @@ pub fn matmul_with(
     {
         quantize(xr, qr)?;
     }
+    #[cfg(target_arch = "x86_64")]
+    if simd == Simd::Avx512Vnni && n_rows >= super::gemm::MIN_ROWS && super::gemm::supports(ty) {
+        super::gemm::matmul_q8(pool, ty, w, n_out, k, &xq, act_bytes, n_rows, y);
+        ACTIVATION_SCRATCH.with(|s| s.replace(xq));
+        return Ok(());
+    }
     let dot = QuantDot {
         simd,
         ty,

@@ -5,6 +5,8 @@ mod attention;
 mod attention_f16;
 pub mod backend;
 pub mod dot;
+#[cfg(target_arch = "x86_64")]
+mod gemm;
 pub mod matmul;
 pub mod ops;
 pub mod pool;

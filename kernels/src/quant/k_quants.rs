@@ -95,6 +95,17 @@ pub fn quantize_row_q8_k(x: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
             want,
         });
     }
+    #[cfg(target_arch = "x86_64")]
+    if super::simd_quantizers() {
+        // SAFETY: AVX2/FMA/F16C are present; the lengths were checked above.
+        unsafe { super::simd::quantize_q8_k(x, dst) };
+        return Ok(());
+    }
+    quantize_row_q8_k_scalar(x, dst);
+    Ok(())
+}
+
+pub(crate) fn quantize_row_q8_k_scalar(x: &[f32], dst: &mut [u8]) {
     for (xb, yb) in x.chunks_exact(QK_K).zip(dst.chunks_exact_mut(292)) {
         let (mut amax, mut max) = (0.0f32, 0.0f32);
         for &v in xb {
@@ -119,7 +130,6 @@ pub fn quantize_row_q8_k(x: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
         }
         d.copy_from_slice(&(1.0 / iscale).to_le_bytes());
     }
-    Ok(())
 }
 
 pub(crate) fn dequantize_q4_k(src: &[u8], dst: &mut [f32]) {

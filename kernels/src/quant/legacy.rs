@@ -109,22 +109,42 @@ fn quantize_q8_block(x: &[f32], qs: &mut [u8]) -> (f32, i32) {
 /// Quantizes activations to Q8_0 blocks (34 bytes per 32 values) into `dst`.
 pub fn quantize_row_q8_0(x: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
     check_activation(GgmlType::Q8_0, x, dst)?;
+    #[cfg(target_arch = "x86_64")]
+    if super::simd_quantizers() {
+        // SAFETY: AVX2/FMA/F16C are present; the lengths were checked above.
+        unsafe { super::simd::quantize_q8::<false>(x, dst) };
+        return Ok(());
+    }
+    quantize_row_q8_0_scalar(x, dst);
+    Ok(())
+}
+
+pub(crate) fn quantize_row_q8_0_scalar(x: &[f32], dst: &mut [u8]) {
     for (xb, yb) in x.chunks_exact(QK).zip(dst.chunks_exact_mut(34)) {
         let (d, _) = quantize_q8_block(xb, &mut yb[2..]);
         put_f16(yb, 0, d);
     }
-    Ok(())
 }
 
 /// Quantizes activations to Q8_1 blocks (36 bytes per 32 values) into `dst`.
 pub fn quantize_row_q8_1(x: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
     check_activation(GgmlType::Q8_1, x, dst)?;
+    #[cfg(target_arch = "x86_64")]
+    if super::simd_quantizers() {
+        // SAFETY: AVX2/FMA/F16C are present; the lengths were checked above.
+        unsafe { super::simd::quantize_q8::<true>(x, dst) };
+        return Ok(());
+    }
+    quantize_row_q8_1_scalar(x, dst);
+    Ok(())
+}
+
+pub(crate) fn quantize_row_q8_1_scalar(x: &[f32], dst: &mut [u8]) {
     for (xb, yb) in x.chunks_exact(QK).zip(dst.chunks_exact_mut(36)) {
         let (d, sum) = quantize_q8_block(xb, &mut yb[4..]);
         put_f16(yb, 0, d);
         put_f16(yb, 2, d * sum as f32);
     }
-    Ok(())
 }
 
 pub(crate) fn dequantize_q4_0(src: &[u8], dst: &mut [f32]) {

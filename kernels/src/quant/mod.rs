@@ -7,6 +7,8 @@ mod float;
 mod k_quants;
 mod legacy;
 mod row;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 
 pub use k_quants::*;
 pub use legacy::*;
@@ -17,6 +19,19 @@ pub(crate) use k_quants::{q6_k_values, scales_mins_k4};
 pub(crate) use legacy::q5_values;
 
 use thiserror::Error;
+
+/// Whether the activation quantizers may use their AVX2 versions (same bytes as the scalar code).
+#[inline]
+pub(crate) fn simd_quantizers() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::cpu::dot::Simd::detect() >= crate::cpu::dot::Simd::Avx2
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 
 /// GGML's type ids as stored in GGUF tensor infos.
 #[allow(non_camel_case_types)]

@@ -8,6 +8,7 @@
 //! avx512f/bw/vl/vnni), and the pointers are
 //! valid for `nb` blocks of the weight type (for `w`) and of the matching activation type (for each `x[r]`).
 
+use std::arch::asm;
 use std::arch::x86_64::*;
 
 use crate::quant::scales_mins_k4;
@@ -15,8 +16,27 @@ use crate::quant::scales_mins_k4;
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn f16_at(p: *const u8) -> f32 {
-    let bits = p.cast::<u16>().read_unaligned();
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    _mm_cvtss_f32(f16_lane0(p))
+}
+
+/// The f16 at `p` as f32 in lane 0 (other lanes zero). In asm because from
+/// intrinsics LLVM sees that only lane 0 is used, narrows the load to a `vpinsrw` into whatever register it
+/// likes (often an accumulator), and that false dependency chains every block of a dot product onto the
+/// previous block's FMA. `vmovd` writes the whole register.
+#[inline(always)]
+unsafe fn f16_lane0(p: *const u8) -> __m128 {
+    let out: __m128;
+    // Reads the 2 bytes at `p` only.
+    asm!(
+        "movzx {t:e}, word ptr [{p}]",
+        "vmovd {o}, {t:e}",
+        "vcvtph2ps {o}, {o}",
+        p = in(reg) p,
+        t = out(reg) _,
+        o = out(xmm_reg) out,
+        options(pure, readonly, nostack, preserves_flags),
+    );
+    out
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -103,12 +123,12 @@ unsafe fn dot_signed<const R: usize>(
         {
             let wb = w.add(b * w_block);
             let q = decode(wb);
-            let (abs_q, dw) = (_mm256_abs_epi8(q), f16x2(wb));
+            let (abs_q, dw) = (_mm256_abs_epi8(q), f16_lane0(wb));
             for r in 0..R {
                 let xb = x[r].add(b * 34);
                 // |w|·(x·sign(w)) = w·x with an unsigned first operand, as maddubs needs.
                 let p = mul(abs_q, _mm256_sign_epi8(load(xb.add(2)), q));
-                let d = _mm256_broadcastss_ps(_mm_mul_ss(dw, f16x2(xb)));
+                let d = _mm256_broadcastss_ps(_mm_mul_ss(dw, f16_lane0(xb)));
                 acc[r] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r]);
             }
         }
