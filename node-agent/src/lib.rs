@@ -4,4 +4,5 @@ pub mod chat;
 pub mod engine;
 pub mod gguf;
 pub mod model;
+pub mod server;
 pub mod tokenizer;

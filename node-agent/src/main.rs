@@ -21,6 +21,8 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// Measure prompt-processing and generation speed.
     Bench(cli::bench::BenchArgs),
+    /// Serve the OpenAI-compatible HTTP API.
+    Serve(cli::serve::ServeArgs),
 }
 
 fn main() {
@@ -28,6 +30,7 @@ fn main() {
     let result = match cli.command {
         Command::Generate(a) => cli::generate::run(a),
         Command::Bench(a) => cli::bench::run(a),
+        Command::Serve(a) => cli::serve::run(a),
     };
     if let Err(e) = result {
         eprintln!("kiln-agent: {e:#}");

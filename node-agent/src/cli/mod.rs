@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod generate;
+pub mod serve;
 
 use anyhow::{Context, Result};
 use clap::Args;
