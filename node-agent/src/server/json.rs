@@ -45,9 +45,15 @@ enum Num {
 enum Scalar {
     None,
     /// Inside a string; `esc`: 0 plain, 1 after `\`, 2..=5 hex digits of `\u` still due.
-    Str { key: bool, esc: u8 },
+    Str {
+        key: bool,
+        esc: u8,
+    },
     Num(Num),
-    Lit { word: &'static [u8], at: u8 },
+    Lit {
+        word: &'static [u8],
+        at: u8,
+    },
 }
 
 /// Most nesting accepted. Whitespace between tokens is one space at a most: compact JSON, so a small
@@ -334,7 +340,14 @@ mod tests {
 
     #[test]
     fn valid_prefixes_are_not_done() {
-        for s in ["{", r#"{"a"#, r#"{"a": [1, "#, r#"{"a": tr"#, r#"{"a": 12"#, r#"{"a": "\u00"#] {
+        for s in [
+            "{",
+            r#"{"a"#,
+            r#"{"a": [1, "#,
+            r#"{"a": tr"#,
+            r#"{"a": 12"#,
+            r#"{"a": "\u00"#,
+        ] {
             assert_eq!(ok(s), (true, false), "{s}");
         }
     }
@@ -342,8 +355,19 @@ mod tests {
     #[test]
     fn invalid_text_is_rejected() {
         for s in [
-            "[1]", "x", "{a", r#"{"a" 1}"#, r#"{"a": 01}"#, r#"{"a": tru }"#, "{,}", r#"{"a": 1,}"#,
-            r#"{"a": "\q"}"#, "{\"a\": \"\n\"}", "{} x", r#"{"a": 1.}"#, r#"{"a": -}"#,
+            "[1]",
+            "x",
+            "{a",
+            r#"{"a" 1}"#,
+            r#"{"a": 01}"#,
+            r#"{"a": tru }"#,
+            "{,}",
+            r#"{"a": 1,}"#,
+            r#"{"a": "\q"}"#,
+            "{\"a\": \"\n\"}",
+            "{} x",
+            r#"{"a": 1.}"#,
+            r#"{"a": -}"#,
         ] {
             assert!(!ok(s).0, "{s}");
         }

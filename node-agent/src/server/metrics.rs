@@ -88,7 +88,10 @@ impl Metrics {
             slots_busy: reg!(IntGauge::new("kiln_slots_busy", "Slots serving a request")),
             slots_total: reg!(IntGauge::new("kiln_slots_total", "Slots (--parallel)")),
             requests: reg!(IntCounterVec::new(
-                Opts::new("kiln_requests_total", "HTTP requests by endpoint and status"),
+                Opts::new(
+                    "kiln_requests_total",
+                    "HTTP requests by endpoint and status"
+                ),
                 &["endpoint", "status"]
             )),
             context_size: reg!(IntGaugeVec::new(

@@ -92,12 +92,16 @@ pub fn model_id(cfg: &ServeConfig) -> String {
 
 /// Loads the model, tokenizer and chat template, and starts the engine thread.
 pub fn load(cfg: &ServeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Core> {
-    let file = GgufFile::open(&cfg.model).with_context(|| format!("loading {}", cfg.model.display()))?;
+    let file =
+        GgufFile::open(&cfg.model).with_context(|| format!("loading {}", cfg.model.display()))?;
     let backend = Arc::new(CpuBackend::new(cfg.threads.clamp(1, 1024)));
     let model = crate::model::load(&file, backend.clone())
         .with_context(|| format!("loading {}", cfg.model.display()))?;
     let info = model.info().clone();
-    let requested = cfg.ctx.unwrap_or_else(|| info.n_ctx_train.min(4096)).max(16);
+    let requested = cfg
+        .ctx
+        .unwrap_or_else(|| info.n_ctx_train.min(4096))
+        .max(16);
     let n_ctx = requested;
     let tok = Arc::new(Tokenizer::from_gguf(&file).context("reading the tokenizer")?);
     let template = ChatTemplate::for_model(&file, &tok).context("reading the chat template")?;
@@ -171,7 +175,10 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     });
-    tracing::info!("listening on http://{addr} (model `{}` loading)", state.model_id);
+    tracing::info!(
+        "listening on http://{addr} (model `{}` loading)",
+        state.model_id
+    );
 
     let st = state.clone();
     let load_cfg = cfg.clone();

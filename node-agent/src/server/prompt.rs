@@ -131,21 +131,23 @@ pub fn build_chat(
             "auto" => Choice::Auto,
             "none" => Choice::None,
             "required" => Choice::Required,
-            other => {
-                return Err(ApiError::param(
-                    "tool_choice",
-                    format!("`tool_choice` must be auto, none, required or a named function, got `{other}`"),
-                ))
-            }
+            other => return Err(ApiError::param(
+                "tool_choice",
+                format!(
+                    "`tool_choice` must be auto, none, required or a named function, got `{other}`"
+                ),
+            )),
         },
-        Some(v) => match v.get("function").and_then(|f| f.get("name")).and_then(Value::as_str) {
+        Some(v) => match v
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str)
+        {
             Some(name) => Choice::Named(name.to_string()),
-            None => {
-                return Err(ApiError::param(
-                    "tool_choice",
-                    "a named `tool_choice` is {\"type\": \"function\", \"function\": {\"name\": ...}}",
-                ))
-            }
+            None => return Err(ApiError::param(
+                "tool_choice",
+                "a named `tool_choice` is {\"type\": \"function\", \"function\": {\"name\": ...}}",
+            )),
         },
     };
     if matches!(choice, Choice::Required | Choice::Named(_)) && tools.is_empty() {
@@ -175,13 +177,18 @@ pub fn build_chat(
     let mut messages: Vec<Value> = Vec::with_capacity(raw.len());
     for (i, m) in raw.iter().enumerate() {
         let Some(obj) = m.as_object() else {
-            return Err(ApiError::param(&format!("messages[{i}]"), "each message must be an object"));
+            return Err(ApiError::param(
+                &format!("messages[{i}]"),
+                "each message must be an object",
+            ));
         };
         let role = obj.get("role").and_then(Value::as_str).unwrap_or("");
         if !ROLES.contains(&role) {
             return Err(ApiError::param(
                 &format!("messages[{i}].role"),
-                format!("`role` must be one of system, developer, user, assistant, tool; got `{role}`"),
+                format!(
+                    "`role` must be one of system, developer, user, assistant, tool; got `{role}`"
+                ),
             ));
         }
         let role = if role == "developer" { "system" } else { role };
@@ -191,7 +198,10 @@ pub fn build_chat(
         out.insert("content".into(), json!(content));
         if let Some(calls) = obj.get("tool_calls").filter(|c| !c.is_null()) {
             let Some(calls) = calls.as_array() else {
-                return Err(ApiError::param(&format!("messages[{i}].tool_calls"), "`tool_calls` must be an array"));
+                return Err(ApiError::param(
+                    &format!("messages[{i}].tool_calls"),
+                    "`tool_calls` must be an array",
+                ));
             };
             let mut norm = Vec::new();
             for (j, c) in calls.iter().enumerate() {
@@ -242,7 +252,10 @@ pub fn build_chat(
                 }
             }
             if role == "tool" {
-                let text = format!("<tool_response>\n{}\n</tool_response>", m["content"].as_str().unwrap_or(""));
+                let text = format!(
+                    "<tool_response>\n{}\n</tool_response>",
+                    m["content"].as_str().unwrap_or("")
+                );
                 m["role"] = json!("user");
                 m["content"] = json!(text);
             }
@@ -262,12 +275,22 @@ pub fn build_chat(
     let thinking = thinking(req, default_thinking)?;
     let mut extra = req.chat_template_kwargs.clone().unwrap_or_default();
     extra.insert("enable_thinking".into(), Value::Bool(thinking));
-    let tools_arg = if use_tools && native_tools { Some(tools.as_slice()) } else { None };
+    let tools_arg = if use_tools && native_tools {
+        Some(tools.as_slice())
+    } else {
+        None
+    };
     let mut prompt = template
         .render(&messages, tools_arg, true, &extra)
         .map_err(|e| match e {
-            ChatError::Rejected(m) => ApiError::param("messages", format!("the chat template refused the conversation: {m}")),
-            other => ApiError::param("messages", format!("the chat template could not render the conversation: {other}")),
+            ChatError::Rejected(m) => ApiError::param(
+                "messages",
+                format!("the chat template refused the conversation: {m}"),
+            ),
+            other => ApiError::param(
+                "messages",
+                format!("the chat template could not render the conversation: {other}"),
+            ),
         })?;
     let thinking_open = prompt.trim_end().ends_with("<think>");
 
@@ -287,7 +310,7 @@ pub fn build_chat(
     let output = match &choice {
         Choice::Required | Choice::Named(_) => {
             let prefix = match &choice {
-                Choice::Named(n) => format!("{{\"name\": {}, \"arguments\": ", json!(n)),
+                Choice::Named(n) => format!("{{\"name\": {}, \"arguments\": {{", json!(n)),
                 _ => "{\"name\": \"".to_string(),
             };
             Output::Tool { prefix }

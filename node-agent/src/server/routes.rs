@@ -54,14 +54,14 @@ pub fn router(state: Arc<AppState>, cfg: &ServeConfig) -> anyhow::Result<Router>
     if let Some(origin) = &cfg.cors_origin {
         use tower_http::cors::{Any, CorsLayer};
         let cors = CorsLayer::new().allow_methods(Any).allow_headers(Any);
-        let cors = if origin == "*" {
-            cors.allow_origin(Any)
-        } else {
-            cors.allow_origin(
-                HeaderValue::from_str(origin)
-                    .map_err(|_| anyhow::anyhow!("--cors-origin `{origin}` is not a valid origin"))?,
-            )
-        };
+        let cors =
+            if origin == "*" {
+                cors.allow_origin(Any)
+            } else {
+                cors.allow_origin(HeaderValue::from_str(origin).map_err(|_| {
+                    anyhow::anyhow!("--cors-origin `{origin}` is not a valid origin")
+                })?)
+            };
         app = app.layer(cors);
     }
     Ok(app)
@@ -89,7 +89,10 @@ async fn auth(State(st): St, req: Request, next: Next) -> Response {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .unwrap_or("");
         let ok: bool = given.as_bytes().ct_eq(key.as_bytes()).into();
@@ -204,7 +207,9 @@ fn parse_body<T: serde::de::DeserializeOwned>(
         }
     })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid("The request body is empty; send a JSON object."));
+        return Err(ApiError::invalid(
+            "The request body is empty; send a JSON object.",
+        ));
     }
     serde_json::from_slice(&bytes).map_err(|e| {
         let what = if e.is_data() {
@@ -338,7 +343,7 @@ impl Shaper {
         }
     }
 
-    fn to_json(&mut self, deltas: Vec<Delta>) -> Vec<Value> {
+    fn chunks_json(&mut self, deltas: Vec<Delta>) -> Vec<Value> {
         deltas
             .iter()
             .map(|d| sse::delta_json(d, &mut self.tool_index))
@@ -377,7 +382,10 @@ async fn chat(State(st): St, body: Result<Bytes, BytesRejection>) -> Result<Resp
     check_model(&st, &req.model)?;
     let core = core(&st)?;
     if req.logprobs == Some(true) {
-        return Err(ApiError::param("logprobs", "`logprobs` is not supported yet"));
+        return Err(ApiError::param(
+            "logprobs",
+            "`logprobs` is not supported yet",
+        ));
     }
     let gen = req.sampling.validate()?;
     let plan = build_chat(&core.template, &req, st.reasoning)?;
@@ -419,17 +427,22 @@ async fn chat(State(st): St, body: Result<Bytes, BytesRejection>) -> Result<Resp
         )),
         StreamEv::Text(t) => {
             let deltas = shaper.push(&t);
-            for d in shaper.to_json(deltas) {
+            for d in shaper.chunks_json(deltas) {
                 out.push(sse::chat_chunk(&meta, d, None, include_usage));
             }
         }
         StreamEv::Done(s) => {
             let deltas = shaper.finish();
-            for d in shaper.to_json(deltas) {
+            for d in shaper.chunks_json(deltas) {
                 out.push(sse::chat_chunk(&meta, d, None, include_usage));
             }
             let finish = sse::finish_reason(s.finish, shaper.tool_index > 0);
-            out.push(sse::chat_chunk(&meta, json!({}), Some(finish), include_usage));
+            out.push(sse::chat_chunk(
+                &meta,
+                json!({}),
+                Some(finish),
+                include_usage,
+            ));
             if include_usage {
                 out.push(sse::usage_chunk(&meta, "chat.completion.chunk", &s));
             }
@@ -564,7 +577,10 @@ async fn completions(
         return Err(ApiError::param("echo", "`echo` is not supported"));
     }
     if req.logprobs.as_ref().is_some_and(|l| !l.is_null()) {
-        return Err(ApiError::param("logprobs", "`logprobs` is not supported yet"));
+        return Err(ApiError::param(
+            "logprobs",
+            "`logprobs` is not supported yet",
+        ));
     }
     if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::param("suffix", "`suffix` is not supported"));
@@ -613,7 +629,10 @@ struct TokenizeRequest {
 }
 
 /// llama-server's `/tokenize`: `{"content", "add_special"?, "parse_special"?}` → `{"tokens": [...]}`.
-async fn tokenize(State(st): St, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn tokenize(
+    State(st): St,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let req: TokenizeRequest = parse_body(body)?;
     let core = core(&st)?;
     let tokens = core.tok.encode(

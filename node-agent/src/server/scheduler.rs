@@ -43,7 +43,10 @@ pub enum Event {
     /// Generated text, stop strings already removed.
     Text(String),
     Done(Summary),
-    Error { message: String, timeout: bool },
+    Error {
+        message: String,
+        timeout: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -388,7 +391,13 @@ impl<B: Backend> EngineLoop<B> {
         let slot = &mut self.slots[i];
         let n_ctx = slot.seq.n_ctx();
         let a = slot.active.as_mut().expect("active slot");
-        let token = sample(&mut a.sampler, logits, &slot.seq.tokens, &self.tok, &a.job.json);
+        let token = sample(
+            &mut a.sampler,
+            logits,
+            &slot.seq.tokens,
+            &self.tok,
+            &a.job.json,
+        );
         if a.generated == 0 {
             self.metrics
                 .ttft

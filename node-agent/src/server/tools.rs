@@ -191,7 +191,11 @@ impl OutputParser {
                             };
                         }
                         None => {
-                            let hold = if eof { 0 } else { partial_tag(&self.buf, &tags) };
+                            let hold = if eof {
+                                0
+                            } else {
+                                partial_tag(&self.buf, &tags)
+                            };
                             let cut = self.buf.len() - hold;
                             // Whitespace alone may still precede a tag: keep it back.
                             let chunk = self.buf[..cut].to_string();
@@ -219,7 +223,11 @@ impl OutputParser {
                         } else {
                             partial_tag(&self.buf, &[THINK_CLOSE])
                         };
-                        let cut = self.buf.len() - hold;
+                        let mut cut = self.buf.len() - hold;
+                        if !eof {
+                            // Whitespace may be the end of the block: wait for what follows.
+                            cut = self.buf[..cut].trim_end().len();
+                        }
                         let text = self.buf[..cut].to_string();
                         self.emit(out, Mode::Think, &text);
                         self.buf.drain(..cut);
@@ -402,7 +410,12 @@ mod tests {
     #[test]
     fn think_block_goes_to_reasoning() {
         for n in [1, 2, 5, 64] {
-            let c = parse("<think>\nstep 1\n</think>\n\nThe answer is 4.", n, false, false);
+            let c = parse(
+                "<think>\nstep 1\n</think>\n\nThe answer is 4.",
+                n,
+                false,
+                false,
+            );
             assert_eq!(c.reasoning, "step 1");
             assert_eq!(c.content, "The answer is 4.");
         }

@@ -153,7 +153,11 @@ impl Sampling {
         };
         // top_p = 0 means "only the best token" to OpenAI users; the sampler wants (0, 1].
         let params = SamplingParams {
-            top_p: if params.top_p <= 0.0 { 1e-6 } else { params.top_p },
+            top_p: if params.top_p <= 0.0 {
+                1e-6
+            } else {
+                params.top_p
+            },
             ..params
         };
         params.validate().map_err(ApiError::invalid)?;
@@ -229,8 +233,10 @@ mod tests {
         let g = sampling(serde_json::json!({})).unwrap();
         assert_eq!(g.params.temperature, 0.8);
         assert_eq!(g.max_tokens, None);
-        let g = sampling(serde_json::json!({"temperature": 0, "max_tokens": 5, "stop": "x", "seed": 3}))
-            .unwrap();
+        let g = sampling(
+            serde_json::json!({"temperature": 0, "max_tokens": 5, "stop": "x", "seed": 3}),
+        )
+        .unwrap();
         assert_eq!(g.params.temperature, 0.0);
         assert_eq!(g.params.seed, 3);
         assert_eq!(g.max_tokens, Some(5));
@@ -248,11 +254,17 @@ mod tests {
             (serde_json::json!({"top_k": -3}), "top_k"),
             (serde_json::json!({"min_p": 2}), "min_p"),
             (serde_json::json!({"max_tokens": 0}), "max_tokens"),
-            (serde_json::json!({"max_completion_tokens": -5}), "max_completion_tokens"),
+            (
+                serde_json::json!({"max_completion_tokens": -5}),
+                "max_completion_tokens",
+            ),
             (serde_json::json!({"stop": 5}), "stop"),
             (serde_json::json!({"stop": ["a", 1]}), "stop"),
             (serde_json::json!({"n": 3}), "n"),
-            (serde_json::json!({"presence_penalty": 9}), "presence_penalty"),
+            (
+                serde_json::json!({"presence_penalty": 9}),
+                "presence_penalty",
+            ),
         ] {
             let e = sampling(body.clone()).unwrap_err();
             assert_eq!(e.status, 400, "{body}");
