@@ -131,12 +131,14 @@ pub fn build_chat(
             "auto" => Choice::Auto,
             "none" => Choice::None,
             "required" => Choice::Required,
-            other => return Err(ApiError::param(
-                "tool_choice",
-                format!(
+            other => {
+                return Err(ApiError::param(
+                    "tool_choice",
+                    format!(
                     "`tool_choice` must be auto, none, required or a named function, got `{other}`"
                 ),
-            )),
+                ))
+            }
         },
         Some(v) => match v
             .get("function")
