@@ -21,3 +21,8 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "cargo test"
 cargo test --workspace --no-fail-fast
+
+step "API tests (real server, real model, the official openai client)"
+python3 -m pip install --quiet openai pytest httpx prometheus_client
+cargo build --release -p kiln-agent --quiet
+KILN_AGENT_BIN="${CARGO_TARGET_DIR:-target}/release/kiln-agent" python3 -m pytest tests/api -q

@@ -4,5 +4,6 @@ pub mod chat;
 pub mod engine;
 pub mod gguf;
 pub mod model;
+pub mod server;
 pub mod synth;
 pub mod tokenizer;

@@ -23,6 +23,8 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Write a synthetic model (random weights in a real architecture's layout).
     Synth(cli::synth::SynthArgs),
+    /// Serve the OpenAI-compatible HTTP API.
+    Serve(cli::serve::ServeArgs),
 }
 
 fn main() {
@@ -31,6 +33,7 @@ fn main() {
         Command::Generate(a) => cli::generate::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::Synth(a) => cli::synth::run(a),
+        Command::Serve(a) => cli::serve::run(a),
     };
     if let Err(e) = result {
         eprintln!("kiln-agent: {e:#}");

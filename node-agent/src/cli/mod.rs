@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod generate;
+pub mod serve;
 pub mod synth;
 
 use anyhow::{Context, Result};

@@ -1,0 +1,90 @@
+//! `kiln-agent serve`: the OpenAI-compatible HTTP server (see `kiln_agent::server`).
+
+use super::generate::Reasoning;
+use super::ModelArgs;
+use anyhow::Result;
+use clap::Args;
+use kiln_agent::server::{self, ServeConfig};
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1", env = "KILN_HOST")]
+    pub host: String,
+    /// Port to listen on (0: any free port).
+    #[arg(long, default_value_t = 8080, env = "KILN_PORT")]
+    pub port: u16,
+    /// Slots: requests generated at the same time, each with its own KV cache of --ctx tokens.
+    #[arg(long, default_value_t = 1)]
+    pub parallel: usize,
+    /// Requests that may wait for a slot; more are refused with 503 and Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub queue: usize,
+    /// Require `Authorization: Bearer KEY` on the API (health and metrics stay open).
+    #[arg(long, env = "KILN_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Default for thinking in the chat template; requests override it with
+    /// `chat_template_kwargs.enable_thinking` or `reasoning_effort`.
+    #[arg(long, value_enum, default_value = "off")]
+    pub reasoning: Reasoning,
+    /// Most seconds one request may take, queueing included.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_s: u64,
+    /// Allow browsers from this origin (`*` for any). No CORS headers without it.
+    #[arg(long)]
+    pub cors_origin: Option<String>,
+    /// Model id reported by /v1/models (default: the file name without .gguf).
+    #[arg(long)]
+    pub alias: Option<String>,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Seconds in-flight requests may run after SIGTERM/SIGINT before the server exits.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_grace_s: u64,
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if args.model.device != "cpu" {
+        anyhow::bail!(
+            "device `{}` is not available in this build (supported: cpu)",
+            args.model.device
+        );
+    }
+    if args.parallel == 0 || args.parallel > 256 {
+        anyhow::bail!("--parallel must be between 1 and 256");
+    }
+    let cfg = ServeConfig {
+        model: args.model.model.clone(),
+        alias: args.alias,
+        threads: args.model.threads.unwrap_or_else(super::default_threads),
+        ctx: args.model.ctx,
+        kv_type: args.model.kv_type,
+        host: args.host,
+        port: args.port,
+        parallel: args.parallel,
+        queue: args.queue.max(1),
+        api_key: args.api_key,
+        reasoning: args.reasoning == Reasoning::On,
+        timeout: Duration::from_secs(args.timeout_s.max(1)),
+        cors_origin: args.cors_origin,
+        body_limit: args.max_body_bytes.max(1024),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_s),
+    };
+    // The engine has its own thread; the runtime only does I/O.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(server::run(cfg))
+}

@@ -1,0 +1,237 @@
+//! `kiln-agent serve`: the OpenAI-compatible HTTP server (axum on tokio; the engine on its own thread).
+//!
+//! One concern per file: `routes` (handlers, router, auth, health), `types` (request types and
+//! validation), `prompt` (chat request → prompt text), `sse` (response and stream chunk bodies), `tools`
+//! (reasoning and tool-call parsing), `stop` (stop strings), `json` (JSON-constrained sampling),
+//! `scheduler` (slots, queue, the engine thread), `metrics` (Prometheus), `error` (OpenAI errors).
+
+pub mod error;
+pub mod json;
+pub mod metrics;
+pub mod prompt;
+pub mod routes;
+pub mod scheduler;
+pub mod sse;
+pub mod stop;
+pub mod tools;
+pub mod types;
+
+use crate::chat::ChatTemplate;
+use crate::engine::Engine;
+use crate::gguf::GgufFile;
+use crate::model::ModelInfo;
+use crate::tokenizer::Tokenizer;
+use anyhow::Context;
+use kiln_kernels::backend::KvType;
+use kiln_kernels::cpu::CpuBackend;
+use metrics::Metrics;
+use scheduler::{Scheduler, SchedulerConfig};
+use std::future::IntoFuture;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub model: PathBuf,
+    /// The id `/v1/models` reports and requests may name (default: the file name without `.gguf`).
+    pub alias: Option<String>,
+    pub threads: usize,
+    /// Requested context per slot (default: the model's training context, at most 4096).
+    pub ctx: Option<usize>,
+    pub kv_type: KvType,
+    pub host: String,
+    pub port: u16,
+    pub parallel: usize,
+    pub queue: usize,
+    pub api_key: Option<String>,
+    pub reasoning: bool,
+    pub timeout: Duration,
+    pub cors_origin: Option<String>,
+    pub body_limit: usize,
+    /// How long in-flight requests may run after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+}
+
+/// What exists once the model is loaded.
+pub struct Core {
+    pub sched: Scheduler,
+    pub tok: Arc<Tokenizer>,
+    pub template: ChatTemplate,
+    pub info: ModelInfo,
+    pub n_ctx: usize,
+}
+
+pub struct AppState {
+    pub core: OnceLock<Core>,
+    pub model_id: String,
+    pub api_key: Option<String>,
+    pub reasoning: bool,
+    pub timeout: Duration,
+    pub metrics: Arc<Metrics>,
+    pub shutting_down: AtomicBool,
+    pub created: u64,
+}
+
+impl AppState {
+    pub fn ready(&self) -> bool {
+        self.core.get().is_some_and(|c| c.sched.ready())
+            && !self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+pub fn model_id(cfg: &ServeConfig) -> String {
+    cfg.alias.clone().unwrap_or_else(|| {
+        cfg.model
+            .file_name()
+            .map(|f| f.to_string_lossy().trim_end_matches(".gguf").to_string())
+            .unwrap_or_else(|| "model".into())
+    })
+}
+
+/// Loads the model, tokenizer and chat template, and starts the engine thread.
+pub fn load(cfg: &ServeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Core> {
+    let file =
+        GgufFile::open(&cfg.model).with_context(|| format!("loading {}", cfg.model.display()))?;
+    let backend = Arc::new(CpuBackend::new(cfg.threads.clamp(1, 1024)));
+    let model = crate::model::load(&file, backend.clone())
+        .with_context(|| format!("loading {}", cfg.model.display()))?;
+    let info = model.info().clone();
+    let requested = cfg
+        .ctx
+        .unwrap_or_else(|| info.n_ctx_train.min(4096))
+        .max(16);
+    let n_ctx = requested;
+    let tok = Arc::new(Tokenizer::from_gguf(&file).context("reading the tokenizer")?);
+    let template = ChatTemplate::for_model(&file, &tok).context("reading the chat template")?;
+    metrics
+        .context_size
+        .with_label_values(&["requested"])
+        .set(requested as i64);
+    metrics
+        .context_size
+        .with_label_values(&["effective"])
+        .set(n_ctx as i64);
+    let sched = Scheduler::start(
+        Engine::new(backend, model),
+        tok.clone(),
+        SchedulerConfig {
+            parallel: cfg.parallel,
+            n_ctx,
+            kv_type: cfg.kv_type,
+            queue: cfg.queue,
+        },
+        metrics,
+    )?;
+    Ok(Core {
+        sched,
+        tok,
+        template,
+        info,
+        n_ctx,
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Serves until SIGTERM/SIGINT: binds first (so `/health` answers 503 while loading), loads the model in
+/// the background, then on a signal stops accepting, lets in-flight requests finish for up to
+/// `shutdown_grace`, and returns.
+pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
+        .await
+        .with_context(|| format!("binding {}:{}", cfg.host, cfg.port))?;
+    let addr = listener.local_addr()?;
+    let metrics = Arc::new(Metrics::new());
+    let state = Arc::new(AppState {
+        core: OnceLock::new(),
+        model_id: model_id(&cfg),
+        api_key: cfg.api_key.clone().filter(|k| !k.is_empty()),
+        reasoning: cfg.reasoning,
+        timeout: cfg.timeout,
+        metrics: metrics.clone(),
+        shutting_down: AtomicBool::new(false),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    });
+    tracing::info!(
+        "listening on http://{addr} (model `{}` loading)",
+        state.model_id
+    );
+
+    let st = state.clone();
+    let load_cfg = cfg.clone();
+    tokio::spawn(async move {
+        let t0 = std::time::Instant::now();
+        match tokio::task::spawn_blocking(move || load(&load_cfg, metrics)).await {
+            Ok(Ok(core)) => {
+                tracing::info!(
+                    "model loaded in {:.1}s: {} slot(s) x {} tokens of context",
+                    t0.elapsed().as_secs_f64(),
+                    core.sched.parallel,
+                    core.n_ctx
+                );
+                let _ = st.core.set(core);
+            }
+            Ok(Err(e)) => {
+                tracing::error!("loading the model failed: {e:#}");
+                eprintln!("kiln-agent: {e:#}");
+                std::process::exit(1);
+            }
+            Err(e) => {
+                eprintln!("kiln-agent: the loader panicked: {e}");
+                std::process::exit(1);
+            }
+        }
+    });
+
+    let app = routes::router(state.clone(), &cfg)?;
+    let (sig_tx, sig_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = sig_tx.send(true);
+    });
+    let mut rx1 = sig_rx.clone();
+    let st = state.clone();
+    let graceful = async move {
+        let _ = rx1.wait_for(|v| *v).await;
+        st.shutting_down.store(true, Ordering::SeqCst);
+        tracing::info!("shutting down: no new requests, finishing those in flight");
+    };
+    let mut rx2 = sig_rx;
+    let grace = cfg.shutdown_grace;
+    let deadline = async move {
+        let _ = rx2.wait_for(|v| *v).await;
+        tokio::time::sleep(grace).await;
+    };
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(graceful)
+        .into_future();
+    tokio::select! {
+        r = server => r.context("serving")?,
+        _ = deadline => tracing::warn!("shutdown deadline of {grace:?} passed with requests still in flight"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
