@@ -153,6 +153,60 @@ fn matmul_matches_reference_for_every_type_shape_and_path() {
     }
 }
 
+/// Several activation rows give the same bits as one at a time, for every quantized type: the batched
+/// kernels keep the single-row kernels' float order (SmolLM2's prompt logits are bit-identical to llama.cpp's,
+/// and Gemma 3's greedy continuations move with any change of rounding).
+#[test]
+fn batched_matmul_is_bit_identical_to_single_rows() {
+    let pool = ThreadPool::new(2);
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ] {
+        for simd in [Simd::Avx2, Simd::Avx512Vnni] {
+            if !simd.is_supported() {
+                continue;
+            }
+            let (k, n_out) = (if ty.block_size() == 32 { 576 } else { 768 }, 43);
+            let w = random_weights(ty, n_out, k, 5);
+            for n_rows in [8usize, 17, 40] {
+                let mut x = values(11 + n_rows as u64, n_rows * k);
+                x[5 * k..6 * k].iter_mut().for_each(|v| *v *= 300.0);
+                let mut batched = vec![0.0; n_rows * n_out];
+                matmul_with(simd, &pool, ty, &w, n_out, k, &x, n_rows, &mut batched).unwrap();
+                for r in 0..n_rows {
+                    let mut single = vec![0.0; n_out];
+                    matmul_with(
+                        simd,
+                        &pool,
+                        ty,
+                        &w,
+                        n_out,
+                        k,
+                        &x[r * k..(r + 1) * k],
+                        1,
+                        &mut single,
+                    )
+                    .unwrap();
+                    for i in 0..n_out {
+                        assert_eq!(
+                            batched[r * n_out + i].to_bits(),
+                            single[i].to_bits(),
+                            "{ty} {simd:?} n_rows={n_rows} row {r} output {i}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn simd_and_scalar_agree_closely() {
     if !Simd::Avx2.is_supported() {

@@ -1,21 +1,24 @@
-//! Batched matmul for AVX512-VNNI (prefill): sixteen activation rows per 512-bit register.
+//! Batched matmul for AVX512-VNNI (prefill) of the 32-value block types (Q4_0, Q5_0, Q8_0 × Q8_0; Q4_1,
+//! Q5_1 × Q8_1): sixteen activation rows per 512-bit register, in exactly the float order of the single-row
+//! kernels (`dot_signed` / `dot_unsigned` in `dot/avx2.rs`, ggml's AVX2 order, which llama.cpp's tinyBLAS
+//! also keeps), so batched results are bit-identical to single-row ones. SmolLM2's prompt logits are
+//! bit-identical to llama.cpp's, and Gemma 3 is sensitive enough to rounding that a different order moves
+//! its greedy continuations.
 //!
-//! The single-row dot kernels keep one weight row and one activation row in the lanes of a register, so every
-//! 32-value block pays for its own scale multiply, int→float conversion and FMA (and the signed×signed trick)
-//! per pair of rows. Here an activation register instead holds four consecutive quantized values of sixteen
-//! different activation rows (one per 32-bit lane), and `vpdpbusd` with a broadcast weight dword adds
-//! `w[4c..4c+4]·x_l[4c..4c+4]` to lane `l`. Eight of them give each lane its whole 32-value block product, so the
-//! float work (convert, scale, FMA) is shared by sixteen rows, and no sign fix-up is needed:
+//! An activation register holds dword `j` of a block (values `4j..4j + 4`) for sixteen activation rows (one
+//! per 32-bit lane), and `vpdpbusd` with a broadcast weight dword gives each lane the exact integer product
+//! `P_j` of those four values. Then, as in ggml's eight-lane accumulator (one lane per register here):
 //!
-//! * activations are stored offset by 128 (`u8 = x + 128`, the unsigned operand), and the weights' block sum
-//!   times -128 initialises the integer accumulator, which leaves exactly `Σ w·x`;
-//! * weights are decoded once per call into signed bytes (`q - 8`, `q - 16`, `q`) with their f32 scale, and
-//!   reused for every sixteen-row activation tile.
+//! * each dword keeps its own accumulator, `A_j += (d_w·d_x)·P_j`, block after block;
+//! * at the end `((A_0 + A_4) + (A_2 + A_6)) + ((A_1 + A_5) + (A_3 + A_7))`, ggml's `hsum_float_8`;
+//! * with a min (Q4_1/Q5_1) the products `m_w·s_x`, rounded, are summed in block order and added last.
 //!
-//! Each output is `Σ_blocks (d_w·d_x)·Σ w·x` accumulated in one f32 in block order, with the same quantized
-//! activations as the single-row path, so results differ from it only by f32 rounding (ggml's kernels keep
-//! eight partial sums per row instead). Q4_1/Q5_1 are not handled: SmolLM2's prompt logits are bit-identical
-//! to llama.cpp's, whose batched Q4_1 path is the single-row kernel, and the golden tests hold them to that.
+//! Activations are stored offset by 128 (`u8 = x + 128`, the unsigned operand of `vpdpbusd`), and each
+//! dword's correction `-128·Σ` of its four weights initialises the integer accumulator. Weights are decoded
+//! once per call into signed bytes (`q - 8`, `q - 16`, `q`; the levels `q` for the types with a min), two
+//! rows at a time, and reused for every sixteen-row activation tile. Against the single-row kernels this
+//! shares the scale multiply across sixteen rows, drops the sign fix-up, and decodes each weight block once
+//! per call instead of once per four rows.
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -25,11 +28,27 @@ use crate::quant::GgmlType;
 
 /// Activation rows per tile (32-bit lanes of a zmm register).
 const LANES: usize = 16;
-/// Weight rows per micro-tile: eight accumulator chains keep `vpdpbusd` busy, and 8 activation registers +
-/// 8 integer + 8 float accumulators fit in the 32 zmm registers.
-const MR: usize = 8;
+/// Weight rows per micro-tile: 2 rows × 8 accumulators fill half the zmm registers.
+const ROWS: usize = 2;
 /// Tasks per thread, as in `matmul`.
 const TASKS_PER_THREAD: usize = 4;
+
+/// Fewest activation rows for which the batched path beats the single-row kernels (a tile is 16 rows).
+pub(crate) const MIN_ROWS: usize = 8;
+
+/// Weights, per 32-value block of `ROWS` rows: per row one line of 32 signed bytes and c[8] (i32, the
+/// correction of each dword), then one line with d[2] and m[2] (f32).
+const W_LINES: usize = ROWS + 1;
+
+/// Activations, per block of a tile: 8 lines of dwords (line `j`, lane `l`: values `4j..4j + 4` of row `l`,
+/// offset to unsigned), then d[16] and (Q8_1) s[16] (f32).
+const fn a_lines(min: bool) -> usize {
+    if min {
+        10
+    } else {
+        9
+    }
+}
 
 /// One 64-byte line; buffers are built from these so every zmm load is aligned.
 #[derive(Clone, Copy)]
@@ -43,21 +62,11 @@ thread_local! {
     static ACT_SCRATCH: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Whether [`matmul_q8`] handles weights of type `ty`.
+/// Whether [`matmul_batched`] handles weights of type `ty`.
 pub(crate) fn supports(ty: GgmlType) -> bool {
     use GgmlType::*;
-    matches!(ty, Q4_0 | Q5_0 | Q8_0)
+    matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0)
 }
-
-/// Fewest activation rows for which the batched path beats the single-row kernels (a tile is 16 rows).
-pub(crate) const MIN_ROWS: usize = 8;
-
-/// Lines per 32-value block of a decoded micro-tile of weights: 8 rows × 32 bytes, then d[8] (f32) and
-/// c[8] (i32, -128·Σw).
-const W_LINES: usize = 5;
-/// Lines per 32-value block of an activation tile: 8 lines of dwords (line `c`, lane `l`: values
-/// `4c..4c + 4` of row `l`, offset to unsigned), then d[16] (f32).
-const A_LINES: usize = 9;
 
 /// The output buffer, written by tasks at disjoint indices.
 struct OutPtr(*mut f32);
@@ -65,11 +74,11 @@ struct OutPtr(*mut f32);
 // all before the borrow of `y` ends.
 unsafe impl Sync for OutPtr {}
 
-/// `y = x · Wᵀ` from activations already quantized to Q8_0 (`xq`: `n_rows` rows of `act_bytes`). The CPU
-/// must support [`Simd::Avx512Vnni`](super::dot::Simd) and `ty` must satisfy [`supports`]; lengths are the
-/// caller's (checked) ones.
+/// `y = x · Wᵀ` from activations already quantized to `activation_type(ty)` (`xq`: `n_rows` rows of
+/// `act_bytes`). The CPU must support [`Simd::Avx512Vnni`](super::dot::Simd) and `ty` must satisfy
+/// [`supports`]; lengths are the caller's (checked) ones.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul_q8(
+pub(crate) fn matmul_batched(
     pool: &ThreadPool,
     ty: GgmlType,
     w: &[u8],
@@ -81,19 +90,39 @@ pub(crate) fn matmul_q8(
     y: &mut [f32],
 ) {
     assert!(supports(ty) && k.is_multiple_of(32));
+    if matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
+        run::<true>(pool, ty, w, n_out, k, xq, act_bytes, n_rows, y)
+    } else {
+        run::<false>(pool, ty, w, n_out, k, xq, act_bytes, n_rows, y)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run<const MIN: bool>(
+    pool: &ThreadPool,
+    ty: GgmlType,
+    w: &[u8],
+    n_out: usize,
+    k: usize,
+    xq: &[u8],
+    act_bytes: usize,
+    n_rows: usize,
+    y: &mut [f32],
+) {
     let nb = k / 32;
     let row_bytes = ty.bytes_for(k).expect("checked by matmul");
     assert!(
         w.len() == n_out * row_bytes && xq.len() == n_rows * act_bytes && y.len() == n_rows * n_out
     );
     let n_tiles = n_rows.div_ceil(LANES);
-    let tile_lines = nb * A_LINES;
+    let tile_lines = nb * a_lines(MIN);
     let mut packed = ACT_SCRATCH.with(|s| s.take());
     packed.clear();
     packed.resize(n_tiles * tile_lines, ZERO_LINE);
-    pack_activations(nb, xq, act_bytes, n_rows, &mut packed);
+    // SAFETY: the caller guarantees AVX512-VNNI; `packed` has the size `pack` expects.
+    unsafe { pack::<MIN>(nb, xq, act_bytes, n_rows, &mut packed) };
 
-    let n_groups = n_out.div_ceil(MR);
+    let n_groups = n_out.div_ceil(ROWS);
     let groups_per_task = n_groups
         .div_ceil(pool.n_threads() * TASKS_PER_THREAD)
         .max(1);
@@ -107,10 +136,10 @@ pub(crate) fn matmul_q8(
             wbuf.clear();
             wbuf.resize(nb * W_LINES, ZERO_LINE);
             for g in groups {
-                let rows = g * MR..((g + 1) * MR).min(n_out);
+                let rows = g * ROWS..((g + 1) * ROWS).min(n_out);
                 let wg = &w[rows.start * row_bytes..rows.end * row_bytes];
                 // SAFETY: the CPU supports AVX512-VNNI (caller's contract); `wbuf` holds `nb` blocks.
-                unsafe { decode_group(ty, wg, row_bytes, nb, &mut wbuf) };
+                unsafe { decode(ty, wg, row_bytes, nb, &mut wbuf) };
                 for tile in 0..n_tiles {
                     let a = &packed_ref[tile * tile_lines..(tile + 1) * tile_lines];
                     let lanes = (n_rows - tile * LANES).min(LANES);
@@ -118,9 +147,9 @@ pub(crate) fn matmul_q8(
                     // tile*16..tile*16 + lanes (< n_rows) and columns `rows` (< n_out), which only this task
                     // writes.
                     unsafe {
-                        let acc = tile_kernel(nb, wbuf.as_ptr(), a.as_ptr());
+                        let acc = kernel::<MIN>(nb, wbuf.as_ptr(), a.as_ptr());
                         let dst = out.0.add(tile * LANES * n_out + rows.start);
-                        store_transposed(&acc, dst, n_out, lanes, rows.len());
+                        store(&acc[..rows.len()], dst, n_out, lanes);
                     }
                 }
             }
@@ -129,52 +158,136 @@ pub(crate) fn matmul_q8(
     ACT_SCRATCH.with(|s| s.replace(packed));
 }
 
-/// Transposes Q8_0 activation rows (d f16, 32 qs per block) into tiles of `A_LINES` lines per block.
-/// Missing rows of the last tile stay zero.
-fn pack_activations(nb: usize, xq: &[u8], act_bytes: usize, n_rows: usize, packed: &mut [Line]) {
-    let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
-    for r in 0..n_rows {
-        let (tile, lane) = (r / LANES, r % LANES);
-        let row = &xq[r * act_bytes..(r + 1) * act_bytes];
-        for (b, src) in row.chunks_exact(34).enumerate() {
-            let lines = &mut packed[(tile * nb + b) * A_LINES..(tile * nb + b + 1) * A_LINES];
-            for c in 0..8 {
-                let v =
-                    u32::from_le_bytes(src[2 + 4 * c..6 + 4 * c].try_into().unwrap()) ^ 0x8080_8080;
-                lines[c].0[4 * lane..4 * lane + 4].copy_from_slice(&v.to_le_bytes());
-            }
-            lines[8].0[4 * lane..4 * lane + 4].copy_from_slice(&f16(src).to_le_bytes());
+/// Writes lane `l` of `acc[i]` to `dst[l * stride + i]` for `l < lanes`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn store(acc: &[__m512], dst: *mut f32, stride: usize, lanes: usize) {
+    let mut v = [[0f32; LANES]; ROWS];
+    for (v, &a) in v.iter_mut().zip(acc) {
+        _mm512_storeu_ps(v.as_mut_ptr(), a);
+    }
+    for l in 0..lanes {
+        for (i, v) in v[..acc.len()].iter().enumerate() {
+            *dst.add(l * stride + i) = v[l];
         }
     }
 }
 
-/// Decodes up to `MR` weight rows (`w`: whole rows of `row_bytes`) into `out` (`nb` blocks of `W_LINES`
-/// lines); rows past the end are zero.
+/// Decodes up to `ROWS` weight rows (`w`: whole rows of `row_bytes`) into `out` (`nb` blocks of `W_LINES`
+/// lines); missing rows decode to zero weights.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn decode_group(ty: GgmlType, w: &[u8], row_bytes: usize, nb: usize, out: &mut [Line]) {
+unsafe fn decode(ty: GgmlType, w: &[u8], row_bytes: usize, nb: usize, out: &mut [Line]) {
     let n = w.len() / row_bytes;
     let (w, out) = (w.as_ptr(), out.as_mut_ptr());
     match ty {
-        GgmlType::Q4_0 => decode_rows(w, n, row_bytes, 18, nb, out, |p| {
+        GgmlType::Q4_0 => decode_rows::<false>(w, n, row_bytes, 18, nb, out, |p| {
             _mm256_sub_epi8(nibbles(p.add(2)), _mm256_set1_epi8(8))
         }),
         // q - 16 = nibble when the fifth bit is set, nibble | 0xF0 (as i8) when it is clear.
-        GgmlType::Q5_0 => decode_rows(w, n, row_bytes, 22, nb, out, |p| {
+        GgmlType::Q5_0 => decode_rows::<false>(w, n, row_bytes, 22, nb, out, |p| {
             _mm256_or_si256(
                 nibbles(p.add(6)),
                 _mm256_andnot_si256(bits_to_bytes(p.add(2)), _mm256_set1_epi8(-16)),
             )
         }),
-        GgmlType::Q8_0 => decode_rows(w, n, row_bytes, 34, nb, out, |p| {
+        GgmlType::Q8_0 => decode_rows::<false>(w, n, row_bytes, 34, nb, out, |p| {
             _mm256_loadu_si256(p.add(2).cast())
         }),
-        _ => unreachable!("{ty} is not a symmetric 32-value block type"),
+        GgmlType::Q4_1 => decode_rows::<true>(w, n, row_bytes, 20, nb, out, |p| nibbles(p.add(4))),
+        GgmlType::Q5_1 => decode_rows::<true>(w, n, row_bytes, 24, nb, out, |p| {
+            _mm256_or_si256(
+                nibbles(p.add(8)),
+                _mm256_and_si256(bits_to_bytes(p.add(4)), _mm256_set1_epi8(0x10)),
+            )
+        }),
+        _ => unreachable!("{ty} is not a 32-value block type"),
     }
 }
 
-/// [`decode_group`] for one type: `values` turns a block (f16 scale first) into 32 signed bytes.
+/// Transposes quantized activation rows (Q8_0, or Q8_1 with `MIN`) into tiles of `a_lines(MIN)` lines per
+/// block (zeroed beforehand; missing rows of the last tile stay zero).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn pack<const MIN: bool>(
+    nb: usize,
+    xq: &[u8],
+    act_bytes: usize,
+    n_rows: usize,
+    packed: &mut [Line],
+) {
+    let (al, block, qs) = (
+        a_lines(MIN),
+        if MIN { 36 } else { 34 },
+        if MIN { 4 } else { 2 },
+    );
+    for r in 0..n_rows {
+        let (tile, lane) = (r / LANES, r % LANES);
+        let row = xq.as_ptr().add(r * act_bytes);
+        for b in 0..nb {
+            let src = row.add(b * block);
+            let lines = packed.as_mut_ptr().add((tile * nb + b) * al);
+            let put = |line: usize, v: u32| lines.add(line).cast::<u32>().add(lane).write(v);
+            for j in 0..8 {
+                put(
+                    j,
+                    src.add(qs + 4 * j).cast::<u32>().read_unaligned() ^ 0x8080_8080,
+                );
+            }
+            // The f16 scale (and Q8_1's sum) as f32.
+            let ds = _mm_cvtph_ps(_mm_cvtsi32_si128(src.cast::<i32>().read_unaligned()));
+            put(8, _mm_extract_ps::<0>(ds) as u32);
+            if MIN {
+                put(9, _mm_extract_ps::<1>(ds) as u32);
+            }
+        }
+    }
+}
+
+/// `ROWS` decoded weight rows × one tile over `nb` blocks: lane `l` of `out[i]` is the output of weight row
+/// `i` for activation row `l` of the tile.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn kernel<const MIN: bool>(nb: usize, w: *const Line, a: *const Line) -> [__m512; ROWS] {
+    let a_lines = a_lines(MIN);
+    let mut acc = [[_mm512_setzero_ps(); 8]; ROWS];
+    let mut mins = [_mm512_setzero_ps(); ROWS];
+    for b in 0..nb {
+        let (wb, ab) = (w.add(b * W_LINES), a.add(b * a_lines));
+        let scales = wb.add(ROWS).cast::<f32>();
+        let dx = _mm512_load_ps(ab.add(8).cast());
+        let dd: [__m512; ROWS] =
+            std::array::from_fn(|i| _mm512_mul_ps(_mm512_set1_ps(*scales.add(i)), dx));
+        if MIN {
+            let sx = _mm512_load_ps(ab.add(9).cast());
+            for (i, m) in mins.iter_mut().enumerate() {
+                *m = _mm512_add_ps(*m, _mm512_mul_ps(_mm512_set1_ps(*scales.add(2 + i)), sx));
+            }
+        }
+        for j in 0..8 {
+            let x = _mm512_load_si512(ab.add(j).cast());
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let wr = wb.add(i).cast::<i32>();
+                let p = _mm512_dpbusd_epi32(
+                    _mm512_set1_epi32(*wr.add(8 + j)),
+                    x,
+                    _mm512_set1_epi32(*wr.add(j)),
+                );
+                acc[j] = _mm512_fmadd_ps(dd[i], _mm512_cvtepi32_ps(p), acc[j]);
+            }
+        }
+    }
+    let mut out = [_mm512_setzero_ps(); ROWS];
+    for (o, (a, &m)) in out.iter_mut().zip(acc.iter().zip(&mins)) {
+        let sum = _mm512_add_ps(
+            _mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6])),
+            _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7])),
+        );
+        *o = if MIN { _mm512_add_ps(sum, m) } else { sum };
+    }
+    out
+}
+
+/// [`decode`] for one type: `values` turns a block (f16 scale first, then with `MIN` the f16 min)
+/// into 32 signed bytes.
 #[inline(always)]
-unsafe fn decode_rows(
+unsafe fn decode_rows<const MIN: bool>(
     w: *const u8,
     n: usize,
     row_bytes: usize,
@@ -183,40 +296,32 @@ unsafe fn decode_rows(
     out: *mut Line,
     values: impl Fn(*const u8) -> __m256i,
 ) {
+    let ones = _mm256_set1_epi8(1);
     for b in 0..nb {
-        let dst = out.add(b * W_LINES).cast::<u8>();
-        let mut d = _mm_setzero_si128();
-        for i in 0..MR {
-            let q = if i < n {
+        let dst = out.add(b * (ROWS + 1)).cast::<u8>();
+        let scales = dst.add(64 * ROWS).cast::<f32>();
+        for i in 0..ROWS {
+            let (q, dm) = if i < n {
                 let p = w.add(i * row_bytes + b * block);
-                d = _mm_insert_epi16::<0>(
-                    _mm_bslli_si128::<2>(d),
-                    p.cast::<i16>().read_unaligned() as i32,
-                );
-                values(p)
+                (
+                    values(p),
+                    _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned())),
+                )
             } else {
-                d = _mm_bslli_si128::<2>(d);
-                _mm256_setzero_si256()
+                (_mm256_setzero_si256(), _mm_setzero_ps())
             };
-            // Σ(w + 128) over the block from the unsigned view, then c = -128·Σw.
-            let sad = _mm256_sad_epu8(
-                _mm256_xor_si256(q, _mm256_set1_epi8(-128)),
-                _mm256_setzero_si256(),
+            // -128 × the sum of each dword's four signed bytes.
+            let sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, q);
+            _mm256_store_si256(dst.add(64 * i).cast(), q);
+            _mm256_store_si256(
+                dst.add(64 * i + 32).cast(),
+                _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<7>(sums)),
             );
-            let s = _mm_add_epi64(
-                _mm256_castsi256_si128(sad),
-                _mm256_extracti128_si256::<1>(sad),
-            );
-            let sum = _mm_cvtsi128_si32(_mm_add_epi64(s, _mm_unpackhi_epi64(s, s))) - 32 * 128;
-            _mm256_store_si256(dst.add(32 * i).cast(), q);
-            dst.add(288 + 4 * i).cast::<i32>().write(-128 * sum);
+            scales.add(i).write(_mm_cvtss_f32(dm));
+            if MIN {
+                scales.add(2 + i).write(_mm_cvtss_f32(_mm_movehdup_ps(dm)));
+            }
         }
-        // The f16 scales were shifted in from the top, so row i's is in word 7 - i: reverse, then convert.
-        let rev = _mm_set_epi8(1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
-        _mm256_store_ps(
-            dst.add(256).cast(),
-            _mm256_cvtph_ps(_mm_shuffle_epi8(d, rev)),
-        );
     }
 }
 
@@ -245,83 +350,4 @@ unsafe fn bits_to_bytes(p: *const u8) -> __m256i {
     let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(word), spread);
     let others = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
     _mm256_cmpeq_epi8(_mm256_or_si256(bytes, others), _mm256_set1_epi64x(-1))
-}
-
-/// One micro-tile: `MR` decoded weight rows × one 16-row activation tile, over `nb` blocks. Returns the
-/// sixteen outputs (lane `l`: activation row `l`) of each weight row.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile_kernel(nb: usize, w: *const Line, a: *const Line) -> [__m512; MR] {
-    let mut acc = [_mm512_setzero_ps(); MR];
-    for b in 0..nb {
-        let wb = w.add(b * W_LINES).cast::<i32>();
-        let ab = a.add(b * A_LINES);
-        let x: [__m512i; 8] = std::array::from_fn(|c| _mm512_load_si512(ab.add(c).cast()));
-        let dx = _mm512_load_ps(ab.add(8).cast());
-        for (i, acc) in acc.iter_mut().enumerate() {
-            let mut s = _mm512_set1_epi32(*wb.add(72 + i));
-            for (c, &xc) in x.iter().enumerate() {
-                s = _mm512_dpbusd_epi32(s, xc, _mm512_set1_epi32(*wb.add(8 * i + c)));
-            }
-            let dd = _mm512_mul_ps(dx, _mm512_set1_ps(*wb.add(64 + i).cast::<f32>()));
-            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), dd, *acc);
-        }
-    }
-    acc
-}
-
-/// Writes `acc[i]` lane `l` to `dst[l * stride + i]` for `l < lanes`, `i < n` (an 8×16 → 16×8 transpose).
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn store_transposed(
-    acc: &[__m512; MR],
-    dst: *mut f32,
-    stride: usize,
-    lanes: usize,
-    n: usize,
-) {
-    let mask = ((1u32 << n) - 1) as u8;
-    for half in 0..2 {
-        let r: [__m256; MR] = std::array::from_fn(|i| {
-            if half == 0 {
-                _mm512_castps512_ps256(acc[i])
-            } else {
-                _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[i])))
-            }
-        });
-        let t: [__m256; MR] = std::array::from_fn(|j| {
-            let (a, b) = (r[2 * (j / 2)], r[2 * (j / 2) + 1]);
-            if j % 2 == 0 {
-                _mm256_unpacklo_ps(a, b)
-            } else {
-                _mm256_unpackhi_ps(a, b)
-            }
-        });
-        // u[4g + m]: rows 4g..4g + 4 of columns m and m + 4 (one per 128-bit half).
-        let u: [__m256; MR] = std::array::from_fn(|j| {
-            let (g, m) = (j / 4, j % 4);
-            let (a, b) = (t[4 * g + m / 2], t[4 * g + 2 + m / 2]);
-            if m % 2 == 0 {
-                _mm256_shuffle_ps::<0x44>(a, b)
-            } else {
-                _mm256_shuffle_ps::<0xEE>(a, b)
-            }
-        });
-        for l in 0..8 {
-            let lane = 8 * half + l;
-            if lane >= lanes {
-                return;
-            }
-            let (lo, hi) = (u[l % 4], u[4 + l % 4]);
-            let col = if l < 4 {
-                _mm256_permute2f128_ps::<0x20>(lo, hi)
-            } else {
-                _mm256_permute2f128_ps::<0x31>(lo, hi)
-            };
-            let p = dst.add(lane * stride);
-            if n == MR {
-                _mm256_storeu_ps(p, col);
-            } else {
-                _mm256_mask_storeu_ps(p, mask, col);
-            }
-        }
-    }
 }

@@ -5,8 +5,10 @@
 //! steady-state decoding allocates nothing). Float weights are dotted against the f32 activations directly.
 //!
 //! Each task owns a contiguous range of output rows. Inside it, weight rows are processed in small groups and
-//! every weight row is dotted against up to four activation rows per pass, so with several activation rows
-//! (prefill, speculative verification) each weight block is decoded once per four rows instead of once per row.
+//! every weight row is dotted against up to eight activation rows per pass, so with several activation rows
+//! (prefill, speculative verification) each weight block is decoded once per eight rows instead of once per
+//! row. With AVX512-VNNI and at least eight rows, the 32-value block types take the batched kernels of
+//! [`gemm`](super::gemm) instead (same results, bit for bit).
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -116,7 +118,7 @@ pub fn matmul_with(
     }
     #[cfg(target_arch = "x86_64")]
     if simd == Simd::Avx512Vnni && n_rows >= super::gemm::MIN_ROWS && super::gemm::supports(ty) {
-        super::gemm::matmul_q8(pool, ty, w, n_out, k, &xq, act_bytes, n_rows, y);
+        super::gemm::matmul_batched(pool, ty, w, n_out, k, &xq, act_bytes, n_rows, y);
         ACTIVATION_SCRATCH.with(|s| s.replace(xq));
         return Ok(());
     }
@@ -212,6 +214,13 @@ fn compute_rows<D: RowDot>(
     while group_start < weight_rows.end {
         let group = group_start..(group_start + WEIGHT_ROWS_PER_GROUP).min(weight_rows.end);
         let mut r = 0;
+        while r + 8 <= n_rows {
+            for i in group.clone() {
+                let v = dot.dot(i, [r, r + 1, r + 2, r + 3, r + 4, r + 5, r + 6, r + 7]);
+                (0..8).for_each(|j| store(r + j, i, v[j]));
+            }
+            r += 8;
+        }
         while r + 4 <= n_rows {
             for i in group.clone() {
                 let v = dot.dot(i, [r, r + 1, r + 2, r + 3]);

@@ -352,15 +352,29 @@ const Q8K_QS: usize = 4;
 const Q8K_BSUMS: usize = 260;
 const Q8K_SIZE: usize = 292;
 
+/// `acc + madd(p, s)` (AVX2) or the same by AVX512-VNNI's `vpdpwssd`: the scaled sums of the K-quant kernels.
+#[inline(always)]
+unsafe fn madd_acc_avx2(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
+    _mm256_add_epi32(acc, _mm256_madd_epi16(p, s))
+}
+
+#[inline(always)]
+unsafe fn madd_acc_vnni(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpwssd_epi32(acc, p, s)
+}
+
 /// Q4_K/Q5_K × Q8_K. `levels(wb, i)` yields sub-blocks `2i` and `2i + 1` of a super-block as unsigned bytes.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
+///
+/// Always inlined (no target features of its own) so each entry point compiles it with its own feature set
+/// and `madd_acc` (integer sums are exact either way, so both give the same bits).
+#[inline(always)]
 unsafe fn dot_k4<const R: usize>(
     nb: usize,
     w: *const u8,
     w_block: usize,
     x: [*const u8; R],
     levels: impl Fn(*const u8, usize) -> (__m256i, __m256i),
+    madd_acc: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
 ) -> [f32; R] {
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..nb {
@@ -379,9 +393,9 @@ unsafe fn dot_k4<const R: usize>(
             );
             for r in 0..R {
                 let xq = x[r].add(b * Q8K_SIZE + Q8K_QS + 64 * i);
-                let p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load(xq)), s_lo);
-                let p_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load(xq.add(32))), s_hi);
-                sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(p_lo, p_hi));
+                let p_lo = _mm256_maddubs_epi16(lo, load(xq));
+                let p_hi = _mm256_maddubs_epi16(hi, load(xq.add(32)));
+                sumi[r] = madd_acc(madd_acc(sumi[r], p_lo, s_lo), p_hi, s_hi);
             }
         }
         for r in 0..R {
@@ -403,20 +417,68 @@ unsafe fn dot_k4<const R: usize>(
     out
 }
 
+/// Sub-blocks `2i`, `2i + 1` of a Q4_K super-block.
+#[inline(always)]
+unsafe fn levels_q4_k(wb: *const u8, i: usize) -> (__m256i, __m256i) {
+    let q = load(wb.add(16 + 32 * i));
+    let mask = _mm256_set1_epi8(0x0F);
+    (
+        _mm256_and_si256(q, mask),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask),
+    )
+}
+
+/// Sub-blocks `2i`, `2i + 1` of a Q5_K super-block.
+#[inline(always)]
+unsafe fn levels_q5_k(wb: *const u8, i: usize) -> (__m256i, __m256i) {
+    let q = load(wb.add(48 + 32 * i));
+    let qh = load(wb.add(16));
+    let (mask, one) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(1));
+    // Fifth bits of sub-blocks 2i and 2i + 1 are bits 2i and 2i + 1 of each qh byte.
+    let h_lo = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * i as i32)), one);
+    let h_hi = _mm256_and_si256(
+        _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * i as i32 + 1)),
+        one,
+    );
+    (
+        _mm256_or_si256(_mm256_and_si256(q, mask), _mm256_slli_epi16::<4>(h_lo)),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask),
+            _mm256_slli_epi16::<4>(h_hi),
+        ),
+    )
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_q4_k<const R: usize>(
     nb: usize,
     w: *const u8,
     x: [*const u8; R],
 ) -> [f32; R] {
-    dot_k4(nb, w, 144, x, |wb, i| {
-        let q = load(wb.add(16 + 32 * i));
-        let mask = _mm256_set1_epi8(0x0F);
-        (
-            _mm256_and_si256(q, mask),
-            _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask),
-        )
-    })
+    dot_k4(
+        nb,
+        w,
+        144,
+        x,
+        |wb, i| levels_q4_k(wb, i),
+        |a, p, s| madd_acc_avx2(a, p, s),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn dot_q4_k_vnni<const R: usize>(
+    nb: usize,
+    w: *const u8,
+    x: [*const u8; R],
+) -> [f32; R] {
+    dot_k4(
+        nb,
+        w,
+        144,
+        x,
+        |wb, i| levels_q4_k(wb, i),
+        |a, p, s| madd_acc_vnni(a, p, s),
+    )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -425,24 +487,30 @@ pub(super) unsafe fn dot_q5_k<const R: usize>(
     w: *const u8,
     x: [*const u8; R],
 ) -> [f32; R] {
-    dot_k4(nb, w, 176, x, |wb, i| {
-        let q = load(wb.add(48 + 32 * i));
-        let qh = load(wb.add(16));
-        let (mask, one) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(1));
-        // Fifth bits of sub-blocks 2i and 2i + 1 are bits 2i and 2i + 1 of each qh byte.
-        let h_lo = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * i as i32)), one);
-        let h_hi = _mm256_and_si256(
-            _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * i as i32 + 1)),
-            one,
-        );
-        (
-            _mm256_or_si256(_mm256_and_si256(q, mask), _mm256_slli_epi16::<4>(h_lo)),
-            _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask),
-                _mm256_slli_epi16::<4>(h_hi),
-            ),
-        )
-    })
+    dot_k4(
+        nb,
+        w,
+        176,
+        x,
+        |wb, i| levels_q5_k(wb, i),
+        |a, p, s| madd_acc_avx2(a, p, s),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn dot_q5_k_vnni<const R: usize>(
+    nb: usize,
+    w: *const u8,
+    x: [*const u8; R],
+) -> [f32; R] {
+    dot_k4(
+        nb,
+        w,
+        176,
+        x,
+        |wb, i| levels_q5_k(wb, i),
+        |a, p, s| madd_acc_vnni(a, p, s),
+    )
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -450,6 +518,26 @@ pub(super) unsafe fn dot_q6_k<const R: usize>(
     nb: usize,
     w: *const u8,
     x: [*const u8; R],
+) -> [f32; R] {
+    dot_k6(nb, w, x, |a, p, s| madd_acc_avx2(a, p, s))
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn dot_q6_k_vnni<const R: usize>(
+    nb: usize,
+    w: *const u8,
+    x: [*const u8; R],
+) -> [f32; R] {
+    dot_k6(nb, w, x, |a, p, s| madd_acc_vnni(a, p, s))
+}
+
+/// Q6_K × Q8_K, in ggml's AVX2 order (always inlined, as `dot_k4`).
+#[inline(always)]
+unsafe fn dot_k6<const R: usize>(
+    nb: usize,
+    w: *const u8,
+    x: [*const u8; R],
+    madd_acc: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
 ) -> [f32; R] {
     let mut acc = [_mm256_setzero_ps(); R];
     let (low4, low2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
@@ -491,9 +579,8 @@ pub(super) unsafe fn dot_q6_k<const R: usize>(
             for r in 0..R {
                 let xq = x[r].add(b * Q8K_SIZE + Q8K_QS + 128 * h);
                 for k in 0..4 {
-                    let p =
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(v[k], load(xq.add(32 * k))), s[k]);
-                    sumi[r] = _mm256_add_epi32(sumi[r], p);
+                    let p = _mm256_maddubs_epi16(v[k], load(xq.add(32 * k)));
+                    sumi[r] = madd_acc(sumi[r], p, s[k]);
                 }
             }
         }

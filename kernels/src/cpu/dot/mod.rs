@@ -21,7 +21,7 @@ pub enum Simd {
     Scalar,
     /// AVX2 + FMA + F16C.
     Avx2,
-    /// AVX2 kernels plus AVX512-VNNI (`vpdpbusd`, 256-bit) for the 32-value block types.
+    /// AVX2 kernels plus AVX512-VNNI (`vpdpbusd`/`vpdpwssd`, 256-bit), and the batched 512-bit matmul.
     Avx512Vnni,
 }
 
@@ -110,7 +110,11 @@ pub(crate) fn dot_quant_rows<const R: usize>(
                     GgmlType::Q5_0 => return avx2::dot_q5_0_vnni(nb, w, x),
                     GgmlType::Q5_1 => return avx2::dot_q5_1_vnni(nb, w, x),
                     GgmlType::Q8_0 => return avx2::dot_q8_0_vnni(nb, w, x),
-                    _ => {} // K-quants: the AVX2 kernels (their scale multiply already merges the pairs)
+                    // vpdpwssd merges the K-quants' scale multiply and accumulate.
+                    GgmlType::Q4_K => return avx2::dot_q4_k_vnni(nb, w, x),
+                    GgmlType::Q5_K => return avx2::dot_q5_k_vnni(nb, w, x),
+                    GgmlType::Q6_K => return avx2::dot_q6_k_vnni(nb, w, x),
+                    _ => {}
                 }
             }
             return match ty {
