@@ -13,6 +13,44 @@ pub struct CpuBackend {
     pool: ThreadPool,
 }
 
+/// Runs `f` on chunks of `0..n` of at least `min_chunk` items, two per thread, across the pool; a single
+/// chunk (decoding: one row) runs inline. Every item is processed exactly as a serial loop would, so
+/// results do not depend on the split.
+fn par_chunks(
+    pool: &ThreadPool,
+    n: usize,
+    min_chunk: usize,
+    f: &(dyn Fn(std::ops::Range<usize>) + Sync),
+) {
+    let n_chunks = (n / min_chunk.max(1)).clamp(1, 2 * pool.n_threads());
+    let per = n.div_ceil(n_chunks).max(1);
+    pool.run(n.div_ceil(per), &|t| f(t * per..((t + 1) * per).min(n)));
+}
+
+/// A mutable buffer shared by `par_chunks` tasks that write disjoint ranges of it.
+struct SharedMut(*mut f32, usize);
+// SAFETY: only handed to tasks that write disjoint ranges (see `slice`), joined before the borrow ends.
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    fn new(v: &mut [f32]) -> Self {
+        SharedMut(v.as_mut_ptr(), v.len())
+    }
+
+    /// # Safety
+    /// No two live slices may overlap.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, r: std::ops::Range<usize>) -> &mut [f32] {
+        assert!(r.start <= r.end && r.end <= self.1);
+        std::slice::from_raw_parts_mut(self.0.add(r.start), r.end - r.start)
+    }
+}
+
+/// Rows per task at least (a task costs a few microseconds of wake-up and sync).
+const MIN_ROWS_PER_TASK: usize = 4;
+/// Elements per task at least, for element-wise ops.
+const MIN_ELEMS_PER_TASK: usize = 16 * 1024;
+
 pub struct CpuWeight {
     pub ty: GgmlType,
     pub rows: usize,
@@ -239,14 +277,14 @@ impl Backend for CpuBackend {
             }
             None => None,
         };
-        for r in 0..rows {
-            ops::rms_norm(
-                &x[r * dim..(r + 1) * dim],
-                w,
-                eps,
-                &mut out[r * dim..(r + 1) * dim],
-            );
-        }
+        let shared = SharedMut::new(&mut out[..rows * dim]);
+        par_chunks(&self.pool, rows, MIN_ROWS_PER_TASK, &|rs| {
+            for r in rs {
+                // SAFETY: each row belongs to exactly one chunk.
+                let o = unsafe { shared.slice(r * dim..(r + 1) * dim) };
+                ops::rms_norm(&x[r * dim..(r + 1) * dim], w, eps, o);
+            }
+        });
         Ok(())
     }
 
@@ -287,10 +325,15 @@ impl Backend for CpuBackend {
         check_len("gated_activation", "gate", gate.len(), n)?;
         check_len("gated_activation", "up", up.len(), n)?;
         check_len("gated_activation", "output", out.len(), n)?;
-        match act {
-            Activation::SwiGlu => ops::swiglu(&gate[..n], &up[..n], &mut out[..n]),
-            Activation::GeGlu => ops::geglu(&gate[..n], &up[..n], &mut out[..n]),
-        }
+        let shared = SharedMut::new(&mut out[..n]);
+        par_chunks(&self.pool, n, MIN_ELEMS_PER_TASK, &|r| {
+            // SAFETY: the chunks are disjoint.
+            let o = unsafe { shared.slice(r.clone()) };
+            match act {
+                Activation::SwiGlu => ops::swiglu(&gate[r.clone()], &up[r], o),
+                Activation::GeGlu => ops::geglu(&gate[r.clone()], &up[r], o),
+            }
+        });
         Ok(())
     }
 
@@ -303,9 +346,17 @@ impl Backend for CpuBackend {
                 format!("n_rot {} with head_dim {}", p.n_rot, p.head_dim),
             ));
         }
-        for (i, &pos) in positions.iter().enumerate() {
-            ops::rope_row(&mut x[i * width..(i + 1) * width], pos, &p);
-        }
+        let shared = SharedMut::new(&mut x[..positions.len() * width]);
+        par_chunks(&self.pool, positions.len(), MIN_ROWS_PER_TASK, &|rs| {
+            for i in rs {
+                // SAFETY: each row belongs to exactly one chunk.
+                ops::rope_row(
+                    unsafe { shared.slice(i * width..(i + 1) * width) },
+                    positions[i],
+                    &p,
+                );
+            }
+        });
         Ok(())
     }
 

@@ -68,6 +68,11 @@ pub(crate) fn supports(ty: GgmlType) -> bool {
     matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0)
 }
 
+/// The packed activations, written by tasks at disjoint tiles.
+struct LinePtr(*mut Line);
+// SAFETY: tasks write disjoint tiles and `pool.run` joins them before the buffer is read.
+unsafe impl Sync for LinePtr {}
+
 /// The output buffer, written by tasks at disjoint indices.
 struct OutPtr(*mut f32);
 // SAFETY: tasks write disjoint elements (each owns a distinct range of weight rows) and `pool.run` joins them
@@ -119,8 +124,22 @@ fn run<const MIN: bool>(
     let mut packed = ACT_SCRATCH.with(|s| s.take());
     packed.clear();
     packed.resize(n_tiles * tile_lines, ZERO_LINE);
-    // SAFETY: the caller guarantees AVX512-VNNI; `packed` has the size `pack` expects.
-    unsafe { pack::<MIN>(nb, xq, act_bytes, n_rows, &mut packed) };
+    let pack_ptr = LinePtr(packed.as_mut_ptr());
+    let pack_ptr = &pack_ptr;
+    pool.run(n_tiles, &|tile| {
+        let rows = tile * LANES..((tile + 1) * LANES).min(n_rows);
+        // SAFETY: the caller guarantees AVX512-VNNI; each task packs its own tile's lines.
+        unsafe {
+            let lines =
+                std::slice::from_raw_parts_mut(pack_ptr.0.add(tile * tile_lines), tile_lines);
+            pack::<MIN>(
+                nb,
+                &xq[rows.start * act_bytes..rows.end * act_bytes],
+                act_bytes,
+                lines,
+            )
+        }
+    });
 
     let n_groups = n_out.div_ceil(ROWS);
     let groups_per_task = n_groups
@@ -203,16 +222,11 @@ unsafe fn decode(ty: GgmlType, w: &[u8], row_bytes: usize, nb: usize, out: &mut 
     }
 }
 
-/// Transposes quantized activation rows (Q8_0, or Q8_1 with `MIN`) into tiles of `a_lines(MIN)` lines per
-/// block (zeroed beforehand; missing rows of the last tile stay zero).
+/// Transposes up to 16 quantized activation rows (Q8_0, or Q8_1 with `MIN`) into one tile of `a_lines(MIN)`
+/// lines per block (zeroed beforehand; missing rows stay zero).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn pack<const MIN: bool>(
-    nb: usize,
-    xq: &[u8],
-    act_bytes: usize,
-    n_rows: usize,
-    packed: &mut [Line],
-) {
+unsafe fn pack<const MIN: bool>(nb: usize, xq: &[u8], act_bytes: usize, packed: &mut [Line]) {
+    let n_rows = xq.len() / act_bytes;
     let (al, block, qs) = (
         a_lines(MIN),
         if MIN { 36 } else { 34 },

@@ -110,11 +110,28 @@ pub fn matmul_with(
         GgmlType::Q8_1 => quantize_row_q8_1,
         _ => quantize_row_q8_k,
     };
-    for (xr, qr) in x
-        .chunks_exact(k.max(1))
-        .zip(xq.chunks_exact_mut(act_bytes.max(1)))
-    {
-        quantize(xr, qr)?;
+    // The first row serially (it reports any length error), the rest across the pool for prefill.
+    quantize(&x[..k], &mut xq[..act_bytes])?;
+    if n_rows > 1 && k > 0 {
+        let rows_per_task = (n_rows - 1).div_ceil(2 * pool.n_threads()).max(4);
+        let q_ptr = QuantPtr(xq.as_mut_ptr());
+        let q_ptr = &q_ptr;
+        pool.run((n_rows - 1).div_ceil(rows_per_task), &|t| {
+            let rows = 1 + t * rows_per_task..(1 + (t + 1) * rows_per_task).min(n_rows);
+            // SAFETY: tasks own disjoint row ranges of `xq` (n_rows * act_bytes bytes).
+            let qs = unsafe {
+                std::slice::from_raw_parts_mut(
+                    q_ptr.0.add(rows.start * act_bytes),
+                    rows.len() * act_bytes,
+                )
+            };
+            for (xr, qr) in x[rows.start * k..rows.end * k]
+                .chunks_exact(k)
+                .zip(qs.chunks_exact_mut(act_bytes))
+            {
+                quantize(xr, qr).expect("lengths as for the first row");
+            }
+        });
     }
     #[cfg(target_arch = "x86_64")]
     if simd == Simd::Avx512Vnni && n_rows >= super::gemm::MIN_ROWS && super::gemm::supports(ty) {
@@ -181,6 +198,11 @@ impl RowDot for FloatDot<'_> {
         )
     }
 }
+
+/// The activation scratch, written by tasks at disjoint rows.
+struct QuantPtr(*mut u8);
+// SAFETY: tasks write disjoint rows and `pool.run` joins them before the buffer is used again.
+unsafe impl Sync for QuantPtr {}
 
 /// The output buffer, written by tasks at disjoint indices.
 struct OutPtr(*mut f32);

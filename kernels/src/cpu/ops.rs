@@ -62,19 +62,32 @@ pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
 
 /// GELU as ggml's CPU backend computes it: through a table over every f16 input (x rounded to f16,
 /// the result rounded to f16), exact passthrough beyond ±10. Following it keeps Gemma's outputs equal
-/// to llama.cpp's; the table also makes GELU a lookup.
+/// to llama.cpp's; the table also makes GELU a lookup. One zero entry past the end lets the AVX2 version
+/// gather 32 bits at the last index.
 fn gelu_table() -> &'static [f16] {
     static TABLE: OnceLock<Vec<f16>> = OnceLock::new();
     TABLE.get_or_init(|| {
         (0..=u16::MAX)
             .map(|bits| f16::from_f32(gelu_tanh(f16::from_bits(bits).to_f32())))
+            .chain([f16::ZERO])
             .collect()
     })
 }
 
 pub fn geglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
     let table = gelu_table();
-    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+    let n = out.len().min(gate.len()).min(up.len());
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if super::dot::Simd::detect() >= super::dot::Simd::Avx2 {
+        // SAFETY: AVX2/FMA/F16C are present; the table has 65537 entries.
+        done = unsafe { geglu_avx2(table, &gate[..n], &up[..n], &mut out[..n]) };
+    }
+    for ((o, &g), &u) in out[done..n]
+        .iter_mut()
+        .zip(&gate[done..n])
+        .zip(&up[done..n])
+    {
         *o = if g <= -10.0 {
             0.0
         } else if g >= 10.0 {
@@ -83,6 +96,42 @@ pub fn geglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
             table[f16::from_f32(g).to_bits() as usize].to_f32() * u
         };
     }
+}
+
+/// [`geglu`] eight values at a time, with the same roundings (F16C converts to nearest even, as
+/// `f16::from_f32` does). Returns how many values it did (a multiple of 8).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn geglu_avx2(table: &[f16], gate: &[f32], up: &[f32], out: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let n = out.len() / 8 * 8;
+    let base = table.as_ptr().cast::<i32>();
+    for i in (0..n).step_by(8) {
+        let (g, u) = (
+            _mm256_loadu_ps(gate.as_ptr().add(i)),
+            _mm256_loadu_ps(up.as_ptr().add(i)),
+        );
+        let idx = _mm256_cvtepu16_epi32(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(g));
+        // 32 bits at table + 2·idx; the low half is the entry.
+        let t = _mm256_and_si256(
+            _mm256_i32gather_epi32::<2>(base, idx),
+            _mm256_set1_epi32(0xFFFF),
+        );
+        let t = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi32(t, t));
+        let mut r = _mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(t)), u);
+        r = _mm256_blendv_ps(
+            r,
+            _mm256_setzero_ps(),
+            _mm256_cmp_ps::<_CMP_LE_OQ>(g, _mm256_set1_ps(-10.0)),
+        );
+        r = _mm256_blendv_ps(
+            r,
+            _mm256_mul_ps(g, u),
+            _mm256_cmp_ps::<_CMP_GE_OQ>(g, _mm256_set1_ps(10.0)),
+        );
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
+    }
+    n
 }
 
 /// Rotates one token's row of `n_heads × head_dim` values at position `pos`.
@@ -145,6 +194,30 @@ mod tests {
         // Pair (0, 4) of head 0 rotated by 17 rad.
         let (c, s) = (17f32.cos(), 17f32.sin());
         assert!((r[0] - (orig[0] * c - orig[4] * s)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn geglu_simd_matches_scalar_bits() {
+        let table = gelu_table();
+        let gate: Vec<f32> = (0..4099)
+            .map(|i| ((i * 7919) % 4001) as f32 / 150.0 - 13.3)
+            .chain([-10.0, 10.0, -0.0, 0.0, 65504.0, -1e-8, 9.999, -9.999])
+            .collect();
+        let up: Vec<f32> = (0..gate.len())
+            .map(|i| (i % 17) as f32 * 0.37 - 3.0)
+            .collect();
+        let mut out = vec![0f32; gate.len()];
+        geglu(&gate, &up, &mut out);
+        for ((&g, &u), &o) in gate.iter().zip(&up).zip(&out) {
+            let want = if g <= -10.0 {
+                0.0
+            } else if g >= 10.0 {
+                g * u
+            } else {
+                table[f16::from_f32(g).to_bits() as usize].to_f32() * u
+            };
+            assert_eq!(o.to_bits(), want.to_bits(), "gelu({g}) * {u}");
+        }
     }
 
     #[test]
