@@ -79,3 +79,32 @@ fn nested_and_concurrent_runs_complete() {
     });
     assert_eq!(n.into_inner(), 32 + 3 * 200 * 10);
 }
+
+/// Back-to-back runs whose task counts alternate small and large: a worker that finishes the last task of
+/// one run and looks for more while the next run is being published must not claim a task of either.
+#[test]
+fn late_workers_never_run_a_task_twice() {
+    let pool = ThreadPool::new(2);
+    let runs = std::env::var("KILN_POOL_STRESS_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000);
+    for run in 0..runs {
+        let n_tasks = if run % 2 == 0 {
+            1 + run % 3
+        } else {
+            24 + run % 17
+        };
+        let counts: Vec<AtomicUsize> = (0..n_tasks).map(|_| AtomicUsize::new(0)).collect();
+        pool.run(n_tasks, &|i| {
+            counts[i].fetch_add(1, Ordering::Relaxed);
+        });
+        for (i, c) in counts.iter().enumerate() {
+            assert_eq!(
+                c.load(Ordering::Relaxed),
+                1,
+                "run {run}: task {i} of {n_tasks}"
+            );
+        }
+    }
+}

@@ -15,6 +15,7 @@ use super::pool::ThreadPool;
 use crate::backend::{shape_err, AttentionParams, KvType, Result};
 use crate::quant::{dequantize_row, quantize_row};
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 fn store_row(ty: KvType, src: &[f32], dst: &mut [u8]) -> Result<()> {
     match ty {
@@ -69,10 +70,6 @@ fn q8_0_round_trip(x: &mut [f32]) {
     if quantize_row(ty, x, &mut blocks).is_ok() {
         let _ = dequantize_row(ty, &blocks, x);
     }
-}
-
-fn round_f16(x: f32) -> f32 {
-    f16::from_f32(x).to_f32()
 }
 
 /// The f16 values of one head in a cached row of an f16 cache.
@@ -149,71 +146,92 @@ pub(crate) fn attend(
         let pos = start + i;
         let first = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
         let kvh = h / group;
-        let mut qh = q[i * q_width + h * hd..i * q_width + (h + 1) * hd].to_vec();
-        match kv_ref.ty {
-            KvType::F32 => {}
-            KvType::F16 => qh.iter_mut().for_each(|x| *x = round_f16(*x)),
-            // A quantized K cache is dotted against q quantized to q8_0, as ggml does.
-            KvType::Q8_0 | KvType::Q4_0 => q8_0_round_trip(&mut qh),
-        }
-        let mut row = vec![0f32; hd];
-        let mut acc = vec![0f32; hd];
-        let mut acc16 = vec![f16::ZERO; hd];
-        let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
-        for j in first..=pos {
-            let at = j * kv_ref.row_bytes..(j + 1) * kv_ref.row_bytes;
-            let krow = &kv_ref.k.as_bytes()[at.clone()];
-            let dot = if is_f16 {
-                attention_f16::kq_dot(f16_head(krow, kvh * hd, hd), &qh)
-            } else {
-                load_values(kv_ref, krow, kvh * hd, &mut row);
-                dot_f32(&qh, &row)
-            };
-            let mut s = dot * p.scale;
-            if let Some(cap) = p.softcap {
-                s = (s / cap).tanh() * cap;
+        SCRATCH.with(|scratch| {
+            let (qh, row, acc, acc16) = &mut *scratch.borrow_mut();
+            qh.clear();
+            qh.extend_from_slice(&q[i * q_width + h * hd..i * q_width + (h + 1) * hd]);
+            row.clear();
+            row.resize(hd, 0.0);
+            acc.clear();
+            acc.resize(hd, 0.0);
+            acc16.clear();
+            acc16.resize(hd, f16::ZERO);
+            match kv_ref.ty {
+                KvType::F32 => {}
+                KvType::F16 => {
+                    // q rounded to f16 (the K cache's dot type), through the accumulator's buffer.
+                    acc16.convert_from_f32_slice(qh);
+                    acc16.convert_to_f32_slice(qh);
+                    acc16.fill(f16::ZERO);
+                }
+                // A quantized K cache is dotted against q quantized to q8_0, as ggml does.
+                KvType::Q8_0 | KvType::Q4_0 => q8_0_round_trip(qh),
             }
-            // Online softmax: rescale what was accumulated when a new maximum appears.
-            let (mut rescale, mut weight) = (1.0f32, 1.0f32);
-            if s > max {
-                rescale = (max - s).exp();
-                max = s;
-            } else {
-                weight = (s - max).exp();
+            let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
+            for j in first..=pos {
+                let at = j * kv_ref.row_bytes..(j + 1) * kv_ref.row_bytes;
+                let krow = &kv_ref.k.as_bytes()[at.clone()];
+                let dot = if is_f16 {
+                    attention_f16::kq_dot(f16_head(krow, kvh * hd, hd), qh)
+                } else {
+                    load_values(kv_ref, krow, kvh * hd, row);
+                    dot_f32(qh, row)
+                };
+                let mut s = dot * p.scale;
+                if let Some(cap) = p.softcap {
+                    s = (s / cap).tanh() * cap;
+                }
+                // Online softmax: rescale what was accumulated when a new maximum appears.
+                let (mut rescale, mut weight) = (1.0f32, 1.0f32);
+                if s > max {
+                    rescale = (max - s).exp();
+                    max = s;
+                } else {
+                    weight = (s - max).exp();
+                }
+                let vrow = &kv_ref.v.as_bytes()[at];
+                if is_f16 {
+                    if rescale != 1.0 {
+                        attention_f16::scale(acc16, rescale);
+                    }
+                    attention_f16::mad(acc16, f16_head(vrow, kvh * hd, hd), weight);
+                } else {
+                    if rescale != 1.0 {
+                        acc.iter_mut().for_each(|a| *a *= rescale);
+                    }
+                    load_values(kv_ref, vrow, kvh * hd, row);
+                    for (a, &x) in acc.iter_mut().zip(row.iter()) {
+                        *a += x * weight;
+                    }
+                }
+                sum = sum * rescale + weight;
             }
-            let vrow = &kv_ref.v.as_bytes()[at];
             if is_f16 {
-                if rescale != 1.0 {
-                    attention_f16::scale(&mut acc16, rescale);
-                }
-                attention_f16::mad(&mut acc16, f16_head(vrow, kvh * hd, hd), weight);
-            } else {
-                if rescale != 1.0 {
-                    acc.iter_mut().for_each(|a| *a *= rescale);
-                }
-                load_values(kv_ref, vrow, kvh * hd, &mut row);
-                for (a, &x) in acc.iter_mut().zip(&row) {
-                    *a += x * weight;
-                }
+                acc16.convert_to_f32_slice(acc);
             }
-            sum = sum * rescale + weight;
-        }
-        if is_f16 {
-            for (a, x) in acc.iter_mut().zip(&acc16) {
-                *a = x.to_f32();
+            let inv = 1.0 / sum;
+            // SAFETY: task t writes only its own (row, head) slice of `out`; slices of distinct tasks are
+            // disjoint and `out` outlives the pool run.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(out_ptr.get().add(i * q_width + h * hd), hd)
+            };
+            for (d, a) in dst.iter_mut().zip(acc.iter()) {
+                *d = a * inv;
             }
-        }
-        let inv = 1.0 / sum;
-        // SAFETY: task t writes only its own (row, head) slice of `out`; slices of distinct tasks are
-        // disjoint and `out` outlives the pool run.
-        let dst =
-            unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(i * q_width + h * hd), hd) };
-        for (d, a) in dst.iter_mut().zip(&acc) {
-            *d = a * inv;
-        }
+        });
     };
     pool.run(rows * p.n_heads, &task);
     Ok(())
+}
+
+type Scratch = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f16>);
+
+thread_local! {
+    /// Per-thread buffers of an attention task (q of the head, an expanded K/V row, the accumulators), so
+    /// the tens of thousands of tasks of a prefill allocate nothing.
+    static SCRATCH: std::cell::RefCell<Scratch> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new(), Vec::new()))
+    };
 }
 
 #[derive(Clone, Copy)]

@@ -122,12 +122,21 @@ mod avx2 {
                 }
             }
         }
-        let mut lanes = [[0f32; 16]; 4];
-        for (a, pair) in acc.iter().enumerate() {
-            _mm256_storeu_ps(lanes[a].as_mut_ptr(), pair[0]);
-            _mm256_storeu_ps(lanes[a].as_mut_ptr().add(8), pair[1]);
+        // `reduce`'s folds in registers: lanes (0+2)+(1+3), then 16 → 8 → 4 lanes, then (0+2)+(1+3).
+        let half = |h: usize| {
+            _mm256_add_ps(
+                _mm256_add_ps(acc[0][h], acc[2][h]),
+                _mm256_add_ps(acc[1][h], acc[3][h]),
+            )
+        };
+        let a8 = _mm256_add_ps(half(0), half(1));
+        let a4 = _mm_add_ps(_mm256_castps256_ps128(a8), _mm256_extractf128_ps::<1>(a8));
+        let a2 = _mm_add_ps(a4, _mm_movehl_ps(a4, a4));
+        let mut sum = _mm_cvtss_f32(_mm_add_ss(a2, _mm_movehdup_ps(a2))) as f64;
+        for (k, q) in k[body..].iter().zip(&q[body..]) {
+            sum += (k.to_f32() * q) as f64;
         }
-        reduce(&lanes, &k[body..], &q[body..])
+        sum as f32
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

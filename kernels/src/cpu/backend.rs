@@ -279,8 +279,15 @@ impl Backend for CpuBackend {
         };
         let shared = SharedMut::new(&mut out[..rows * dim]);
         par_chunks(&self.pool, rows, MIN_ROWS_PER_TASK, &|rs| {
-            for r in rs {
+            let mut r = rs.start;
+            while r + 4 <= rs.end {
                 // SAFETY: each row belongs to exactly one chunk.
+                let o = unsafe { shared.slice(r * dim..(r + 4) * dim) };
+                ops::rms_norm4(&x[r * dim..(r + 4) * dim], dim, w, eps, o);
+                r += 4;
+            }
+            for r in r..rs.end {
+                // SAFETY: as above.
                 let o = unsafe { shared.slice(r * dim..(r + 1) * dim) };
                 ops::rms_norm(&x[r * dim..(r + 1) * dim], w, eps, o);
             }

@@ -177,9 +177,41 @@ fn run<const MIN: bool>(
     ACT_SCRATCH.with(|s| s.replace(packed));
 }
 
-/// Writes lane `l` of `acc[i]` to `dst[l * stride + i]` for `l < lanes`.
+/// Writes lane `l` of `acc[i]` to `dst[l * stride + i]` for `l < lanes` (`acc.len()` is 1 or 2).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn store(acc: &[__m512], dst: *mut f32, stride: usize, lanes: usize) {
+    if acc.len() == 2 && lanes == LANES {
+        // Pairs (acc0[l], acc1[l]): unpacklo gives lanes 4k, 4k + 1 in 128-bit chunk k, unpackhi 4k + 2, 4k + 3.
+        let (lo, hi) = (
+            _mm512_unpacklo_ps(acc[0], acc[1]),
+            _mm512_unpackhi_ps(acc[0], acc[1]),
+        );
+        let put = |l: usize, v: __m128, high: bool| {
+            let p = dst.add(l * stride).cast::<f64>();
+            if high {
+                _mm_storeh_pd(p, _mm_castps_pd(v))
+            } else {
+                _mm_storel_pd(p, _mm_castps_pd(v))
+            }
+        };
+        macro_rules! chunk {
+            ($k:literal) => {{
+                let (l, h) = (
+                    _mm512_extractf32x4_ps::<$k>(lo),
+                    _mm512_extractf32x4_ps::<$k>(hi),
+                );
+                put(4 * $k, l, false);
+                put(4 * $k + 1, l, true);
+                put(4 * $k + 2, h, false);
+                put(4 * $k + 3, h, true);
+            }};
+        }
+        chunk!(0);
+        chunk!(1);
+        chunk!(2);
+        chunk!(3);
+        return;
+    }
     let mut v = [[0f32; LANES]; ROWS];
     for (v, &a) in v.iter_mut().zip(acc) {
         _mm512_storeu_ps(v.as_mut_ptr(), a);

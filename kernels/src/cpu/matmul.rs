@@ -13,7 +13,9 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
-use super::dot::{activation_type, dot_float_rows, dot_quant_rows, Simd};
+use super::dot::{
+    activation_type, dot_float_rows, dot_prepared_rows, dot_quant_rows, prepare_row, Chunk32, Simd,
+};
 use super::pool::ThreadPool;
 use crate::quant::{quantize_row_q8_0, quantize_row_q8_1, quantize_row_q8_k, GgmlType, QuantError};
 
@@ -139,6 +141,23 @@ pub fn matmul_with(
         ACTIVATION_SCRATCH.with(|s| s.replace(xq));
         return Ok(());
     }
+    if n_rows >= 8 {
+        if let Some(chunks) = super::dot::prepared_chunks(simd, ty, k) {
+            let dot = PreparedDot {
+                simd,
+                ty,
+                k,
+                w,
+                row_bytes,
+                xq: &xq,
+                act_bytes,
+                chunks,
+            };
+            run_prepared(pool, &dot, n_out, n_rows, y);
+            ACTIVATION_SCRATCH.with(|s| s.replace(xq));
+            return Ok(());
+        }
+    }
     let dot = QuantDot {
         simd,
         ty,
@@ -174,6 +193,86 @@ impl RowDot for QuantDot<'_> {
         let w = &self.w[i * self.row_bytes..(i + 1) * self.row_bytes];
         let x = rows.map(|r| &self.xq[r * self.act_bytes..(r + 1) * self.act_bytes]);
         dot_quant_rows(self.simd, self.ty, self.k, w, x)
+    }
+}
+
+/// K-quant weights against many activation rows: each weight row is decoded once per call
+/// ([`prepare_row`]) into a per-thread buffer and dotted from there.
+struct PreparedDot<'a> {
+    simd: Simd,
+    ty: GgmlType,
+    k: usize,
+    w: &'a [u8],
+    row_bytes: usize,
+    xq: &'a [u8],
+    act_bytes: usize,
+    chunks: usize,
+}
+
+thread_local! {
+    static PREPARED_SCRATCH: RefCell<Vec<Chunk32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn run_prepared(pool: &ThreadPool, dot: &PreparedDot, n_out: usize, n_rows: usize, y: &mut [f32]) {
+    let rows_per_task = n_out.div_ceil(pool.n_threads() * TASKS_PER_THREAD).max(1);
+    let n_tasks = n_out.div_ceil(rows_per_task);
+    let out = OutPtr(y.as_mut_ptr());
+    let out = &out;
+    pool.run(n_tasks, &|t| {
+        let rows = t * rows_per_task..((t + 1) * rows_per_task).min(n_out);
+        PREPARED_SCRATCH.with(|s| {
+            let mut buf = s.borrow_mut();
+            buf.resize(WEIGHT_ROWS_PER_GROUP * dot.chunks, Chunk32([0; 32]));
+            let mut group_start = rows.start;
+            while group_start < rows.end {
+                let group = group_start..(group_start + WEIGHT_ROWS_PER_GROUP).min(rows.end);
+                for (g, i) in group.clone().enumerate() {
+                    let w = &dot.w[i * dot.row_bytes..(i + 1) * dot.row_bytes];
+                    prepare_row(
+                        dot.simd,
+                        dot.ty,
+                        dot.k,
+                        w,
+                        &mut buf[g * dot.chunks..(g + 1) * dot.chunks],
+                    );
+                }
+                let prepared = PreparedRows {
+                    dot,
+                    buf: &buf,
+                    first: group.start,
+                };
+                compute_rows(&prepared, group.clone(), n_rows, |r, i, v| {
+                    debug_assert!(i < n_out && r < n_rows);
+                    // SAFETY: i is inside this task's row range, so no other task writes index r*n_out + i,
+                    // which is in bounds of y (length n_rows*n_out, checked by matmul).
+                    unsafe { *out.0.add(r * n_out + i) = v };
+                });
+                group_start = group.end;
+            }
+        });
+    });
+}
+
+/// One group of prepared weight rows (`first..`), as a [`RowDot`].
+struct PreparedRows<'a> {
+    dot: &'a PreparedDot<'a>,
+    buf: &'a [Chunk32],
+    first: usize,
+}
+
+impl RowDot for PreparedRows<'_> {
+    #[inline(always)]
+    fn dot<const R: usize>(&self, i: usize, rows: [usize; R]) -> [f32; R] {
+        let d = self.dot;
+        let g = i - self.first;
+        let x = rows.map(|r| &d.xq[r * d.act_bytes..(r + 1) * d.act_bytes]);
+        dot_prepared_rows(
+            d.simd,
+            d.ty,
+            d.k,
+            &self.buf[g * d.chunks..(g + 1) * d.chunks],
+            x,
+        )
     }
 }
 

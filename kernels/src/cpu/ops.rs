@@ -8,6 +8,32 @@ use std::sync::OnceLock;
 
 pub fn rms_norm(x: &[f32], weight: Option<&[f32]>, eps: f32, out: &mut [f32]) {
     let sum: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    rms_norm_scaled(x, sum, weight, eps, out);
+}
+
+/// [`rms_norm`] of four rows of `dim` values at once (`x`, `out`: 4 × dim): the same sequential f64 sum per
+/// row, with the four sums interleaved so the additions overlap instead of waiting on each other.
+pub fn rms_norm4(x: &[f32], dim: usize, weight: Option<&[f32]>, eps: f32, out: &mut [f32]) {
+    let (x0, rest) = x[..4 * dim].split_at(dim);
+    let (x1, rest) = rest.split_at(dim);
+    let (x2, x3) = rest.split_at(dim);
+    let mut s = [0f64; 4];
+    for i in 0..dim {
+        s[0] += (x0[i] as f64) * (x0[i] as f64);
+        s[1] += (x1[i] as f64) * (x1[i] as f64);
+        s[2] += (x2[i] as f64) * (x2[i] as f64);
+        s[3] += (x3[i] as f64) * (x3[i] as f64);
+    }
+    for (r, (xr, o)) in x[..4 * dim]
+        .chunks_exact(dim)
+        .zip(out.chunks_exact_mut(dim))
+        .enumerate()
+    {
+        rms_norm_scaled(xr, s[r], weight, eps, o);
+    }
+}
+
+fn rms_norm_scaled(x: &[f32], sum: f64, weight: Option<&[f32]>, eps: f32, out: &mut [f32]) {
     let mean = (sum / x.len() as f64) as f32;
     let scale = 1.0 / (mean + eps).sqrt();
     match weight {
@@ -171,6 +197,28 @@ mod tests {
         let rms = (out.iter().map(|v| v * v).sum::<f32>() / 4.0).sqrt();
         assert!((rms - 1.0).abs() < 1e-6);
         assert!((out[0] - 1.2).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rms_norm4_matches_rms_norm_bits() {
+        let dim = 37;
+        let x: Vec<f32> = (0..4 * dim)
+            .map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0)
+            .collect();
+        let w: Vec<f32> = (0..dim).map(|i| 1.0 + i as f32 / 50.0).collect();
+        for weight in [None, Some(&w[..])] {
+            let (mut a, mut b) = (vec![0f32; 4 * dim], vec![0f32; 4 * dim]);
+            rms_norm4(&x, dim, weight, 1e-6, &mut a);
+            for r in 0..4 {
+                rms_norm(
+                    &x[r * dim..(r + 1) * dim],
+                    weight,
+                    1e-6,
+                    &mut b[r * dim..(r + 1) * dim],
+                );
+            }
+            assert_eq!(a, b);
+        }
     }
 
     #[test]

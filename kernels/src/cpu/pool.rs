@@ -5,6 +5,11 @@
 //! than most matmuls take), then park on a condvar. Tasks are claimed by compare-and-swap on the same word,
 //! so a worker that wakes late can never claim a task of a job that already finished: the job pointer it read
 //! is only dereferenced after a successful claim, and `run` does not return before every claimed task is done.
+//!
+//! Before it writes the new job's task count and pointer, `run` closes the old generation by storing the new
+//! one with the index `CLOSED`: otherwise a worker still looking for work in the finished job could read the
+//! new (larger) task count and job pointer and still win its compare-and-swap against the old generation's
+//! word, running a task of the new job twice or the finished job's closure after its frame is gone.
 
 use std::any::Any;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -18,6 +23,10 @@ use std::time::{Duration, Instant};
 const SPIN_BEFORE_PARK: Duration = Duration::from_micros(300);
 
 type Task<'a> = &'a (dyn Fn(usize) + Sync);
+
+/// Task index of a generation whose job is being written: nothing to claim yet (and `wait_for_job` keeps
+/// waiting).
+const CLOSED: u32 = u32::MAX;
 
 struct Shared {
     /// High 32 bits: job generation; low 32 bits: index of the next unclaimed task.
@@ -80,9 +89,9 @@ impl Shared {
         let start = Instant::now();
         let mut spins = 0u32;
         loop {
-            let gen = generation(self.counter.load(Acquire));
-            if gen != seen {
-                return gen;
+            let c = self.counter.load(Acquire);
+            if generation(c) != seen && c as u32 != CLOSED {
+                return generation(c);
             }
             spins = spins.wrapping_add(1);
             if spins & 63 == 0 && start.elapsed() > SPIN_BEFORE_PARK {
@@ -95,10 +104,10 @@ impl Shared {
         // we see its new generation here.
         self.sleepers.fetch_add(1, SeqCst);
         loop {
-            let gen = generation(self.counter.load(SeqCst));
-            if gen != seen {
+            let c = self.counter.load(SeqCst);
+            if generation(c) != seen && c as u32 != CLOSED {
                 self.sleepers.fetch_sub(1, SeqCst);
-                return gen;
+                return generation(c);
             }
             guard = self.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
         }
@@ -115,9 +124,17 @@ impl Shared {
         }
     }
 
-    /// Publishes a new generation (the job fields must already be stored) and wakes parked workers.
-    fn publish(&self) -> u32 {
+    /// Starts a new generation with nothing to claim, so no worker can still claim a task of the previous
+    /// one; the job fields may be written after this.
+    fn close(&self) -> u32 {
         let gen = generation(self.counter.load(Relaxed)).wrapping_add(1);
+        self.counter
+            .store((gen as u64) << 32 | CLOSED as u64, SeqCst);
+        gen
+    }
+
+    /// Opens generation `gen` (the job fields must already be stored) and wakes parked workers.
+    fn publish(&self, gen: u32) -> u32 {
         self.counter.store((gen as u64) << 32, SeqCst);
         if self.sleepers.load(SeqCst) > 0 {
             let _guard = self.park_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -174,7 +191,7 @@ impl ThreadPool {
     /// returns when all have finished. A panic in a task is re-raised here after the other tasks finish.
     pub fn run(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         let inline = |f: &(dyn Fn(usize) + Sync)| (0..n_tasks).for_each(f);
-        if n_tasks <= 1 || self.workers.is_empty() || n_tasks > u32::MAX as usize {
+        if n_tasks <= 1 || self.workers.is_empty() || n_tasks >= CLOSED as usize {
             return inline(f);
         }
         if self
@@ -187,12 +204,13 @@ impl ThreadPool {
         let _busy = BusyGuard(&self.busy);
         let shared = &*self.shared;
         let task: Task<'_> = f;
+        let gen = shared.close();
         shared.done.store(0, Relaxed);
         shared.n_tasks.store(n_tasks, Release);
         shared
             .job
             .store(&task as *const Task<'_> as *mut (), Release);
-        let gen = shared.publish();
+        shared.publish(gen);
         shared.work(gen);
         let mut spins = 0u32;
         while shared.done.load(Acquire) < n_tasks {
@@ -218,7 +236,8 @@ impl ThreadPool {
 impl Drop for ThreadPool {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Release);
-        self.shared.publish();
+        let gen = self.shared.close();
+        self.shared.publish(gen);
         for worker in self.workers.drain(..) {
             let _ = worker.join();
         }

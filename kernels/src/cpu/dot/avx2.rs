@@ -358,9 +358,110 @@ unsafe fn madd_acc_avx2(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
     _mm256_add_epi32(acc, _mm256_madd_epi16(p, s))
 }
 
+/// In asm: from the intrinsic LLVM emits `vpmaddwd` + `vpaddd` instead (twice the instructions here).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn madd_acc_vnni(mut acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
+    asm!(
+        "vpdpwssd {acc}, {p}, {s}",
+        acc = inout(ymm_reg) acc,
+        p = in(ymm_reg) p,
+        s = in(ymm_reg) s,
+        options(pure, nomem, nostack, preserves_flags),
+    );
+    acc
+}
+
+/// A Q4_K/Q5_K super-block decoded for the dot kernels: sub-blocks `2i` and `2i + 1` as unsigned bytes, the
+/// 6-bit scales, the mins paired for Q8_K's 16-value `bsums`, and the f32 super-block scales. The batched path
+/// stores these once per weight row ([`prepare_q4_k`]); the single-row path decodes them into registers.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+pub(super) struct K4Block {
+    levels: [[__m256i; 2]; 4],
+    mins: __m256i,
+    scales: [i16; 8],
+    d: f32,
+    dmin: f32,
+}
+
+/// (No closures inside: they would not inherit the callers' target features, and the intrinsics in them
+/// would become calls.)
 #[inline(always)]
-unsafe fn madd_acc_vnni(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
-    _mm256_dpwssd_epi32(acc, p, s)
+unsafe fn decode_k4(
+    wb: *const u8,
+    levels: impl Fn(*const u8, usize) -> (__m256i, __m256i),
+) -> K4Block {
+    let (sc, m) = scales_mins_k4(std::slice::from_raw_parts(wb.add(4), 12));
+    // bsums[i] covers values 16i..16i + 16, i.e. sub-block i / 2.
+    let mut m_pairs = [0u8; 16];
+    let mut scales = [0i16; 8];
+    let mut lv = [[_mm256_setzero_si256(); 2]; 4];
+    for i in 0..8 {
+        m_pairs[2 * i] = m[i];
+        m_pairs[2 * i + 1] = m[i];
+        scales[i] = sc[i] as i16;
+    }
+    for (i, l) in lv.iter_mut().enumerate() {
+        let (lo, hi) = levels(wb, i);
+        *l = [lo, hi];
+    }
+    K4Block {
+        levels: lv,
+        mins: _mm256_cvtepu8_epi16(_mm_loadu_si128(m_pairs.as_ptr().cast())),
+        scales,
+        d: f16_at(wb),
+        dmin: f16_at(wb.add(2)),
+    }
+}
+
+/// Adds super-block `b` (decoded in `k`) × the activation rows `x` to `acc`.
+#[inline(always)]
+unsafe fn apply_k4<const R: usize>(
+    k: &K4Block,
+    b: usize,
+    x: &[*const u8; R],
+    acc: &mut [__m256; R],
+    madd_acc: &impl Fn(__m256i, __m256i, __m256i) -> __m256i,
+) {
+    let mut sumi = [_mm256_setzero_si256(); R];
+    for i in 0..4 {
+        let [lo, hi] = k.levels[i];
+        let (s_lo, s_hi) = (
+            _mm256_set1_epi16(k.scales[2 * i]),
+            _mm256_set1_epi16(k.scales[2 * i + 1]),
+        );
+        for r in 0..R {
+            let xq = x[r].add(b * Q8K_SIZE + Q8K_QS + 64 * i);
+            let p_lo = _mm256_maddubs_epi16(lo, load(xq));
+            let p_hi = _mm256_maddubs_epi16(hi, load(xq.add(32)));
+            sumi[r] = madd_acc(madd_acc(sumi[r], p_lo, s_lo), p_hi, s_hi);
+        }
+    }
+    for r in 0..R {
+        let xb = x[r].add(b * Q8K_SIZE);
+        let dy = f32_at(xb);
+        let min_sums = _mm256_madd_epi16(load(xb.add(Q8K_BSUMS)), k.mins);
+        acc[r] = _mm256_fmadd_ps(
+            _mm256_set1_ps(k.d * dy),
+            _mm256_cvtepi32_ps(sumi[r]),
+            acc[r],
+        );
+        acc[r] = _mm256_fnmadd_ps(
+            _mm256_set1_ps(k.dmin * dy),
+            _mm256_cvtepi32_ps(min_sums),
+            acc[r],
+        );
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum_rows<const R: usize>(acc: &[__m256; R]) -> [f32; R] {
+    let mut out = [0.0; R];
+    for r in 0..R {
+        out[r] = hsum(acc[r]);
+    }
+    out
 }
 
 /// Q4_K/Q5_K × Q8_K. `levels(wb, i)` yields sub-blocks `2i` and `2i + 1` of a super-block as unsigned bytes.
@@ -378,43 +479,59 @@ unsafe fn dot_k4<const R: usize>(
 ) -> [f32; R] {
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..nb {
-        let wb = w.add(b * w_block);
-        let (sc, m) = scales_mins_k4(std::slice::from_raw_parts(wb.add(4), 12));
-        // bsums[i] covers values 16i..16i + 16, i.e. sub-block i / 2.
-        let m_pairs: [u8; 16] = std::array::from_fn(|i| m[i / 2]);
-        let mins = _mm256_cvtepu8_epi16(_mm_loadu_si128(m_pairs.as_ptr().cast()));
-        let (d, dmin) = (f16_at(wb), f16_at(wb.add(2)));
-        let mut sumi = [_mm256_setzero_si256(); R];
-        for i in 0..4 {
-            let (lo, hi) = levels(wb, i);
-            let (s_lo, s_hi) = (
-                _mm256_set1_epi16(sc[2 * i] as i16),
-                _mm256_set1_epi16(sc[2 * i + 1] as i16),
-            );
-            for r in 0..R {
-                let xq = x[r].add(b * Q8K_SIZE + Q8K_QS + 64 * i);
-                let p_lo = _mm256_maddubs_epi16(lo, load(xq));
-                let p_hi = _mm256_maddubs_epi16(hi, load(xq.add(32)));
-                sumi[r] = madd_acc(madd_acc(sumi[r], p_lo, s_lo), p_hi, s_hi);
-            }
-        }
-        for r in 0..R {
-            let xb = x[r].add(b * Q8K_SIZE);
-            let dy = f32_at(xb);
-            let min_sums = _mm256_madd_epi16(load(xb.add(Q8K_BSUMS)), mins);
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * dy), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
-            acc[r] = _mm256_fnmadd_ps(
-                _mm256_set1_ps(dmin * dy),
-                _mm256_cvtepi32_ps(min_sums),
-                acc[r],
-            );
-        }
+        let k = decode_k4(w.add(b * w_block), &levels);
+        apply_k4(&k, b, &x, &mut acc, &madd_acc);
     }
-    let mut out = [0.0; R];
-    for r in 0..R {
-        out[r] = hsum(acc[r]);
+    hsum_rows(&acc)
+}
+
+/// [`dot_k4`] over super-blocks decoded beforehand by [`prepare_q4_k`] / [`prepare_q5_k`].
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn dot_k4_prepared_vnni<const R: usize>(
+    nb: usize,
+    prep: *const K4Block,
+    x: [*const u8; R],
+) -> [f32; R] {
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..nb {
+        apply_k4(&*prep.add(b), b, &x, &mut acc, &|a, p, s| {
+            madd_acc_vnni(a, p, s)
+        });
     }
-    out
+    hsum_rows(&acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_k4_prepared<const R: usize>(
+    nb: usize,
+    prep: *const K4Block,
+    x: [*const u8; R],
+) -> [f32; R] {
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..nb {
+        apply_k4(&*prep.add(b), b, &x, &mut acc, &|a, p, s| {
+            madd_acc_avx2(a, p, s)
+        });
+    }
+    hsum_rows(&acc)
+}
+
+/// Decodes the `nb` super-blocks of one Q4_K row into `out`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn prepare_q4_k(nb: usize, w: *const u8, out: *mut K4Block) {
+    for b in 0..nb {
+        out.add(b)
+            .write(decode_k4(w.add(b * 144), |wb, i| levels_q4_k(wb, i)));
+    }
+}
+
+/// Decodes the `nb` super-blocks of one Q5_K row into `out`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn prepare_q5_k(nb: usize, w: *const u8, out: *mut K4Block) {
+    for b in 0..nb {
+        out.add(b)
+            .write(decode_k4(w.add(b * 176), |wb, i| levels_q5_k(wb, i)));
+    }
 }
 
 /// Sub-blocks `2i`, `2i + 1` of a Q4_K super-block.
@@ -531,6 +648,97 @@ pub(super) unsafe fn dot_q6_k_vnni<const R: usize>(
     dot_k6(nb, w, x, |a, p, s| madd_acc_vnni(a, p, s))
 }
 
+/// A Q6_K super-block decoded for the dot kernels: the unsigned levels (0..63) of each 32-value chunk, the
+/// scale pairs of each chunk (one per 16 values, one per 128-bit half), the 16 scales as i16 for the -32
+/// offset, and the f32 scale. Stored once per weight row by [`prepare_q6_k`] for the batched path.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+pub(super) struct K6Block {
+    v: [[__m256i; 4]; 2],
+    s: [[__m256i; 4]; 2],
+    scales16: __m256i,
+    d: f32,
+}
+
+/// (No closures inside, as in `decode_k4`.)
+#[inline(always)]
+unsafe fn decode_k6(wb: *const u8) -> K6Block {
+    let (low4, low2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
+    let sc = wb.add(192).cast::<i8>();
+    let mut v = [[_mm256_setzero_si256(); 4]; 2];
+    let mut s = [[_mm256_setzero_si256(); 4]; 2];
+    for h in 0..2 {
+        let (ql0, ql1, qh) = (
+            load(wb.add(64 * h)),
+            load(wb.add(64 * h + 32)),
+            load(wb.add(128 + 32 * h)),
+        );
+        // Unsigned levels 0..63 (the -32 offset is applied through the bsums), 32 values each.
+        v[h] = [
+            _mm256_or_si256(
+                _mm256_and_si256(ql0, low4),
+                _mm256_slli_epi16::<4>(_mm256_and_si256(qh, low2)),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(ql1, low4),
+                _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<2>(qh), low2)),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4),
+                _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<4>(qh), low2)),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
+                _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<6>(qh), low2)),
+            ),
+        ];
+        for (k, s) in s[h].iter_mut().enumerate() {
+            let (a, b) = (
+                *sc.add(8 * h + 2 * k) as i16,
+                *sc.add(8 * h + 2 * k + 1) as i16,
+            );
+            *s = _mm256_set_m128i(_mm_set1_epi16(b), _mm_set1_epi16(a));
+        }
+    }
+    K6Block {
+        v,
+        s,
+        scales16: _mm256_cvtepi8_epi16(_mm_loadu_si128(sc.cast())),
+        d: f16_at(wb.add(208)),
+    }
+}
+
+#[inline(always)]
+unsafe fn apply_k6<const R: usize>(
+    k: &K6Block,
+    b: usize,
+    x: &[*const u8; R],
+    acc: &mut [__m256; R],
+    madd_acc: &impl Fn(__m256i, __m256i, __m256i) -> __m256i,
+) {
+    let mut sumi = [_mm256_setzero_si256(); R];
+    for h in 0..2 {
+        for r in 0..R {
+            let xq = x[r].add(b * Q8K_SIZE + Q8K_QS + 128 * h);
+            for j in 0..4 {
+                let p = _mm256_maddubs_epi16(k.v[h][j], load(xq.add(32 * j)));
+                sumi[r] = madd_acc(sumi[r], p, k.s[h][j]);
+            }
+        }
+    }
+    for r in 0..R {
+        let xb = x[r].add(b * Q8K_SIZE);
+        // Σ sc·(q - 32)·x = Σ sc·q·x - 32·Σ sc·bsum.
+        let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(load(xb.add(Q8K_BSUMS)), k.scales16));
+        let total = _mm256_sub_epi32(sumi[r], offset);
+        acc[r] = _mm256_fmadd_ps(
+            _mm256_set1_ps(k.d * f32_at(xb)),
+            _mm256_cvtepi32_ps(total),
+            acc[r],
+        );
+    }
+}
+
 /// Q6_K × Q8_K, in ggml's AVX2 order (always inlined, as `dot_k4`).
 #[inline(always)]
 unsafe fn dot_k6<const R: usize>(
@@ -540,66 +748,48 @@ unsafe fn dot_k6<const R: usize>(
     madd_acc: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
 ) -> [f32; R] {
     let mut acc = [_mm256_setzero_ps(); R];
-    let (low4, low2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
     for b in 0..nb {
-        let wb = w.add(b * 210);
-        let d = f16_at(wb.add(208));
-        let sc = std::slice::from_raw_parts(wb.add(192).cast::<i8>(), 16);
-        let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc.as_ptr().cast()));
-        let mut sumi = [_mm256_setzero_si256(); R];
-        for h in 0..2 {
-            let (ql0, ql1, qh) = (
-                load(wb.add(64 * h)),
-                load(wb.add(64 * h + 32)),
-                load(wb.add(128 + 32 * h)),
-            );
-            // Unsigned levels 0..63 (the -32 offset is applied through the bsums below), 32 values each.
-            let v = [
-                _mm256_or_si256(
-                    _mm256_and_si256(ql0, low4),
-                    _mm256_slli_epi16::<4>(_mm256_and_si256(qh, low2)),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(ql1, low4),
-                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<2>(qh), low2)),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4),
-                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<4>(qh), low2)),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
-                    _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<6>(qh), low2)),
-                ),
-            ];
-            let s: [__m256i; 4] = std::array::from_fn(|k| {
-                let (a, b) = (sc[8 * h + 2 * k] as i16, sc[8 * h + 2 * k + 1] as i16);
-                _mm256_set_m128i(_mm_set1_epi16(b), _mm_set1_epi16(a))
-            });
-            for r in 0..R {
-                let xq = x[r].add(b * Q8K_SIZE + Q8K_QS + 128 * h);
-                for k in 0..4 {
-                    let p = _mm256_maddubs_epi16(v[k], load(xq.add(32 * k)));
-                    sumi[r] = madd_acc(sumi[r], p, s[k]);
-                }
-            }
-        }
-        for r in 0..R {
-            let xb = x[r].add(b * Q8K_SIZE);
-            // Σ sc·(q - 32)·x = Σ sc·q·x - 32·Σ sc·bsum.
-            let offset =
-                _mm256_slli_epi32::<5>(_mm256_madd_epi16(load(xb.add(Q8K_BSUMS)), scales16));
-            let total = _mm256_sub_epi32(sumi[r], offset);
-            acc[r] = _mm256_fmadd_ps(
-                _mm256_set1_ps(d * f32_at(xb)),
-                _mm256_cvtepi32_ps(total),
-                acc[r],
-            );
-        }
+        let k = decode_k6(w.add(b * 210));
+        apply_k6(&k, b, &x, &mut acc, &madd_acc);
     }
-    let mut out = [0.0; R];
-    for r in 0..R {
-        out[r] = hsum(acc[r]);
+    hsum_rows(&acc)
+}
+
+/// [`dot_k6`] over super-blocks decoded beforehand by [`prepare_q6_k`].
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn dot_k6_prepared_vnni<const R: usize>(
+    nb: usize,
+    prep: *const K6Block,
+    x: [*const u8; R],
+) -> [f32; R] {
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..nb {
+        apply_k6(&*prep.add(b), b, &x, &mut acc, &|a, p, s| {
+            madd_acc_vnni(a, p, s)
+        });
     }
-    out
+    hsum_rows(&acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_k6_prepared<const R: usize>(
+    nb: usize,
+    prep: *const K6Block,
+    x: [*const u8; R],
+) -> [f32; R] {
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..nb {
+        apply_k6(&*prep.add(b), b, &x, &mut acc, &|a, p, s| {
+            madd_acc_avx2(a, p, s)
+        });
+    }
+    hsum_rows(&acc)
+}
+
+/// Decodes the `nb` super-blocks of one Q6_K row into `out`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn prepare_q6_k(nb: usize, w: *const u8, out: *mut K6Block) {
+    for b in 0..nb {
+        out.add(b).write(decode_k6(w.add(b * 210)));
+    }
 }

@@ -133,3 +133,77 @@ pub(crate) fn dot_quant_rows<const R: usize>(
     let _ = simd;
     x.map(|x| scalar::dot_quant(ty, w, x))
 }
+
+/// A 32-byte aligned unit of the buffers that hold prepared (pre-decoded) weight rows.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+pub(crate) struct Chunk32(pub [u8; 32]);
+
+/// Size in [`Chunk32`]s of the prepared form of one row of `k` values of `ty` (see [`prepare_row`]), or
+/// `None` when `ty` has none on this path. Only the K-quants have one: decoding their super-blocks (levels,
+/// 6-bit scales, mins) costs about as much as the dot product against eight activation rows, so for prompts
+/// the matmul decodes each weight row once per call instead of once per eight rows.
+pub(crate) fn prepared_chunks(simd: Simd, ty: GgmlType, k: usize) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if simd >= Simd::Avx2 && k.is_multiple_of(crate::quant::QK_K) {
+        let block = match ty {
+            GgmlType::Q4_K | GgmlType::Q5_K => size_of::<avx2::K4Block>(),
+            GgmlType::Q6_K => size_of::<avx2::K6Block>(),
+            _ => return None,
+        };
+        return Some(k / crate::quant::QK_K * block / 32);
+    }
+    let _ = (simd, ty, k);
+    None
+}
+
+/// Decodes one weight row `w` (`k` values of `ty`) into `out` (`prepared_chunks` long, which must be
+/// `Some`).
+pub(crate) fn prepare_row(simd: Simd, ty: GgmlType, k: usize, w: &[u8], out: &mut [Chunk32]) {
+    let chunks = prepared_chunks(simd, ty, k).expect("a type with a prepared form");
+    assert!(out.len() == chunks && Some(w.len()) == ty.bytes_for(k));
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (nb, w) = (k / crate::quant::QK_K, w.as_ptr());
+        // SAFETY: AVX2 is present (prepared_chunks checked the family); `out` holds `nb` blocks (checked
+        // above) and is 32-byte aligned like the block types.
+        unsafe {
+            match ty {
+                GgmlType::Q4_K => avx2::prepare_q4_k(nb, w, out.as_mut_ptr().cast()),
+                GgmlType::Q5_K => avx2::prepare_q5_k(nb, w, out.as_mut_ptr().cast()),
+                _ => avx2::prepare_q6_k(nb, w, out.as_mut_ptr().cast()),
+            }
+        }
+    }
+}
+
+/// [`dot_quant_rows`] against a row prepared by [`prepare_row`]: the same operations, so the same bits.
+pub(crate) fn dot_prepared_rows<const R: usize>(
+    simd: Simd,
+    ty: GgmlType,
+    k: usize,
+    prep: &[Chunk32],
+    x: [&[u8]; R],
+) -> [f32; R] {
+    assert!(
+        Some(prep.len()) == prepared_chunks(simd, ty, k)
+            && x.iter()
+                .all(|r| Some(r.len()) == GgmlType::Q8_K.bytes_for(k))
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (nb, x) = (k / crate::quant::QK_K, x.map(|r| r.as_ptr()));
+        let p = prep.as_ptr();
+        // SAFETY: the lengths were checked above; the family is supported (prepared_chunks).
+        unsafe {
+            match (ty, simd == Simd::Avx512Vnni) {
+                (GgmlType::Q6_K, true) => avx2::dot_k6_prepared_vnni(nb, p.cast(), x),
+                (GgmlType::Q6_K, false) => avx2::dot_k6_prepared(nb, p.cast(), x),
+                (_, true) => avx2::dot_k4_prepared_vnni(nb, p.cast(), x),
+                (_, false) => avx2::dot_k4_prepared(nb, p.cast(), x),
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("no prepared form off x86_64")
+}
