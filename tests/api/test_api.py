@@ -264,23 +264,26 @@ def test_api_key_and_queue_full():
         # One slot, one queue place: a third concurrent request is refused with 503 + Retry-After.
         body = {"messages": [{"role": "user", "content": "Count from 1 to 1000, separated by commas."}],
                 "max_tokens": 300, "temperature": 0}
-        results = []
+        responses = []
 
         def call():
-            results.append(httpx.post(url, json=body, headers=s.headers(), timeout=120).status_code)
+            responses.append(httpx.post(url, json=body, headers=s.headers(), timeout=120))
 
-        threads = [threading.Thread(target=call) for _ in range(2)]
+        # More concurrent requests than one slot plus one queue place can hold, however fast the engine:
+        # every request is answered, each with 200 or with 503 + Retry-After, and some are refused.
+        threads = [threading.Thread(target=call) for _ in range(6)]
         for t in threads:
             t.start()
-        import time
-
-        time.sleep(1.0)
-        r = httpx.post(url, json=body, headers=s.headers(), timeout=60)
-        err(r, 503)
-        assert int(r.headers["retry-after"]) > 0
         for t in threads:
             t.join()
-        assert results == [200, 200]
+        codes = sorted(r.status_code for r in responses)
+        assert set(codes) <= {200, 503}, codes
+        assert codes.count(200) >= 2, codes
+        refused = [r for r in responses if r.status_code == 503]
+        assert refused, codes
+        for r in refused:
+            err(r, 503)
+            assert int(r.headers["retry-after"]) > 0
     finally:
         assert s.stop() == 0
 
