@@ -108,6 +108,36 @@ impl<B: Backend> Cache<B> {
     }
 }
 
+/// The checks every `Model::forward` makes before touching its buffers: a batch of 1..=`max_batch`
+/// tokens, positions inside the cache's context, and a cache made for a model of `n_layers` layers.
+pub(crate) fn check_forward<B: Backend>(
+    cache: &Cache<B>,
+    n_layers: usize,
+    tokens: &[u32],
+    start: usize,
+    max_batch: usize,
+) -> Result<()> {
+    if tokens.is_empty() || tokens.len() > max_batch {
+        return Err(ModelError::Invalid(format!(
+            "a forward pass takes 1..={max_batch} tokens, got {}",
+            tokens.len()
+        )));
+    }
+    if start + tokens.len() > cache.n_ctx {
+        return Err(ModelError::Invalid(format!(
+            "positions up to {} exceed the context size {}",
+            start + tokens.len(),
+            cache.n_ctx
+        )));
+    }
+    if cache.layers.len() != n_layers {
+        return Err(ModelError::Invalid(
+            "cache was made for another model".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A model ready to run on backend `B`.
 pub trait Model<B: Backend>: Send + Sync {
     fn info(&self) -> &ModelInfo;

@@ -467,24 +467,7 @@ impl<B: Backend> Model<B> for Transformer<B> {
         start: usize,
         logits: Logits,
     ) -> Result<Vec<f32>> {
-        if tokens.is_empty() || tokens.len() > MAX_BATCH {
-            return Err(ModelError::Invalid(format!(
-                "a forward pass takes 1..={MAX_BATCH} tokens, got {}",
-                tokens.len()
-            )));
-        }
-        if start + tokens.len() > cache.n_ctx {
-            return Err(ModelError::Invalid(format!(
-                "positions up to {} exceed the context size {}",
-                start + tokens.len(),
-                cache.n_ctx
-            )));
-        }
-        if cache.layers.len() != self.layers.len() {
-            return Err(ModelError::Invalid(
-                "cache was made for another model".into(),
-            ));
-        }
+        super::check_forward(cache, self.layers.len(), tokens, start, MAX_BATCH)?;
         let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         // Grow the scratch to the next power of two so a prompt's chunks and later decode steps reuse it.
         if guard.as_ref().is_none_or(|sc| sc.rows < tokens.len()) {
