@@ -5,7 +5,6 @@ use super::ModelArgs;
 use anyhow::Result;
 use clap::Args;
 use kiln_agent::engine::sampling::argmax;
-use kiln_kernels::backend::Backend;
 use serde_json::json;
 use std::time::Instant;
 
@@ -22,6 +21,10 @@ pub struct BenchArgs {
     /// Repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// Context already in the cache when generation is timed (prefilled first, not timed), like
+    /// llama-bench's `-d`: decode speed at depth.
+    #[arg(long, default_value_t = 0)]
+    pub depth: usize,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -34,13 +37,30 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let mut ld = args.model.load()?;
+    let model = args.model.clone();
+    model.run_on(Job(args))
+}
+
+struct Job(BenchArgs);
+
+impl super::OnBackend for Job {
+    fn run<B: kiln_kernels::backend::Backend + 'static>(self, ld: super::Loaded<B>) -> Result<()> {
+        bench(self.0, ld)
+    }
+}
+
+fn bench<B: kiln_kernels::backend::Backend + 'static>(
+    args: BenchArgs,
+    mut ld: super::Loaded<B>,
+) -> Result<()> {
     let engine = &ld.engine;
     let n_vocab = engine.model.info().n_vocab as u32;
-    ld.n_ctx = ld.n_ctx.max(args.prompt_tokens + args.gen_tokens + 1);
+    ld.n_ctx = ld
+        .n_ctx
+        .max(args.prompt_tokens.max(args.depth) + args.gen_tokens + 1);
     // Deterministic pseudo-random prompt tokens (llama-bench uses random tokens too).
     let mut s = 0x2545_f491_4f6c_dd1du64;
-    let prompt: Vec<u32> = (0..args.prompt_tokens.max(1))
+    let prompt: Vec<u32> = (0..args.prompt_tokens.max(args.depth).max(1))
         .map(|_| {
             s ^= s << 13;
             s ^= s >> 7;
@@ -59,11 +79,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         if args.prompt_tokens > 0 {
             engine.reset(&mut seq)?;
             let t = Instant::now();
-            engine.prefill(&mut seq, &prompt)?;
+            engine.prefill(&mut seq, &prompt[..args.prompt_tokens])?;
             pp.push(args.prompt_tokens as f64 / t.elapsed().as_secs_f64());
         }
         if args.gen_tokens > 0 {
             engine.reset(&mut seq)?;
+            if args.depth > 0 {
+                engine.prefill(&mut seq, &prompt[..args.depth])?;
+            }
             let mut token = prompt[0];
             let t = Instant::now();
             for _ in 0..args.gen_tokens {
@@ -80,6 +103,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "threads": ld.threads,
         "prompt_tokens": args.prompt_tokens,
         "gen_tokens": args.gen_tokens,
+        "depth": args.depth,
         "reps": reps,
         "prefill_tok_s": median(pp.clone()),
         "decode_tok_s": median(tg.clone()),
