@@ -87,13 +87,15 @@ def test_the_api_server_enforces_least_privilege(kube):
     k, _ = kube
     allowed = [("watch", "inferenceservices.kiln.dev", None), ("patch", "inferenceservices.kiln.dev/status", None),
                ("update", "inferenceservices.kiln.dev/finalizers", None), ("create", "deployments.apps", "ai"),
-               ("patch", "services", "ai"), ("delete", "persistentvolumeclaims", "ai"),
-               ("create", "poddisruptionbudgets.policy", "ai"), ("watch", "pods", None),
-               ("create", "events", "ai"), ("create", "events.events.k8s.io", "ai"),
-               ("update", "leases.coordination.k8s.io", NS)]
+               ("patch", "services", "ai"), ("create", "persistentvolumeclaims", "ai"),
+               ("delete", "poddisruptionbudgets.policy", "ai"), ("watch", "pods", None),
+               ("create", "events.events.k8s.io", "ai"), ("create", "leases.coordination.k8s.io", NS),
+               ("patch", "leases.coordination.k8s.io/kiln-operator", NS)]
     denied = [("get", "secrets", "ai"), ("list", "configmaps", "ai"), ("delete", "pods", "ai"),
-              ("create", "pods/exec", "ai"), ("delete", "inferenceservices.kiln.dev", "ai"),
-              ("update", "deployments.apps", "ai"), ("create", "leases.coordination.k8s.io", "default"),
+              ("create", "pods/exec", "ai"), ("patch", "inferenceservices.kiln.dev", "ai"),
+              ("update", "deployments.apps", "ai"), ("delete", "deployments.apps", "ai"),
+              ("create", "leases.coordination.k8s.io", "default"),
+              ("patch", "leases.coordination.k8s.io/someone-else", NS),
               ("patch", "nodes", None), ("create", "clusterrolebindings.rbac.authorization.k8s.io", None)]
     wrong = [a for a in allowed if not can(k, *a)] + [("NOT DENIED",) + d for d in denied if can(k, *d)]
     assert not wrong, f"RBAC differs from the chart's intent: {wrong}"

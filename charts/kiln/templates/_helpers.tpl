@@ -45,7 +45,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/*
 The labels the operator puts on every kiln-agent pod it creates (the contract the PodMonitor, the
 NetworkPolicy and the dashboard rely on): app.kubernetes.io/name=kiln-agent, and
-kiln.dev/inferenceservice=<InferenceService name>; the API/metrics container port is named "http".
+kiln.dev/inference-service=<InferenceService name>; the API/metrics container port is named "http".
 */}}
 {{- define "kiln.agentSelectorLabels" -}}
 app.kubernetes.io/name: kiln-agent
@@ -64,4 +64,8 @@ app.kubernetes.io/name: kiln-agent
 {{- define "kiln.operatorLabels" -}}
 {{ include "kiln.labels" . }}
 app.kubernetes.io/name: kiln-operator
+{{- end -}}
+
+{{- define "kiln.agentImage" -}}
+{{- printf "%s:%s" .Values.agent.image.repository (default .Chart.AppVersion .Values.agent.image.tag) -}}
 {{- end -}}
