@@ -43,8 +43,21 @@ def wait_for(what, check, timeout=60.0, interval=0.25):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
+# A fake device for the node layer's memory watch (`--memory-source fake:FILE`, one `USED TOTAL` line: bytes
+# other processes use, and the card's size; the agent adds its own bytes to USED like a real GPU would).
+FAKE_TOTAL = 100 * 10**9
+HEADROOM = 512 << 20
+
+
+def write_device_memory(path: Path, used_by_others: int):
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"# used-by-others total\n{used_by_others} {FAKE_TOTAL}\n")
+    tmp.replace(path)
+
+
 class Agent:
-    """`kiln-agent serve` with one slot and a one-request queue, so saturation is easy to create."""
+    """`kiln-agent serve` with one slot and a one-request queue, so saturation is easy to create; on a build
+    with the node layer's memory watch, on a fake device whose memory the test controls."""
 
     def __init__(self, log_dir: Path):
         if not AGENT_BIN.exists():
@@ -55,10 +68,16 @@ class Agent:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log_dir / "kiln-agent.log", "w")
         env = {k: v for k, v in os.environ.items() if k != "KILN_API_KEY"}
-        self.proc = subprocess.Popen(
-            [AGENT_BIN, "serve", "--model", MODEL, "--port", str(self.port), "--ctx", "1024",
-             "--parallel", "1", "--queue", "1", "--threads", "1"],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        args = [AGENT_BIN, "serve", "--model", MODEL, "--port", str(self.port), "--ctx", "2048",
+                "--parallel", "1", "--queue", "1", "--threads", "1"]
+        help_text = subprocess.run([AGENT_BIN, "serve", "--help"], capture_output=True, text=True).stdout
+        self.device_memory = None
+        if "--memory-source" in help_text:
+            self.device_memory = log_dir / "device-memory"
+            write_device_memory(self.device_memory, 0)
+            args += ["--memory-source", f"fake:{self.device_memory}", "--memory-poll-ms", "100",
+                     "--vram-headroom", str(HEADROOM), "--ctx-min", "512", "--grow-after-s", "3600"]
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         wait_for("kiln-agent /readyz", lambda: self._alive() and
                  httpx.get(self.url + "/readyz", timeout=2).status_code == 200, timeout=120)
 
@@ -66,6 +85,9 @@ class Agent:
         if self.proc.poll() is not None:
             raise AssertionError(f"kiln-agent serve exited with {self.proc.returncode}; see {self.log.name}")
         return True
+
+    def status(self) -> dict:
+        return httpx.get(self.url + "/status", timeout=10).json()
 
     def exported_metric_names(self) -> set:
         text = httpx.get(self.url + "/metrics", timeout=10).text

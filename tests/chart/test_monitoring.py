@@ -13,7 +13,7 @@ import pytest
 from conftest import CHART, ROOT, run
 from exprs import (FROM_OTHER_BRANCHES, KUBE_STATE_METRICS, PROMETHEUS_SYNTHETIC, base_metrics, dashboard_exprs,
                    metric_names, rules, substitute)
-from live import NAMESPACE, POD, SERVICE, Agent, Prometheus, wait_for
+from live import FAKE_TOTAL, HEADROOM, NAMESPACE, POD, SERVICE, Agent, Prometheus, wait_for, write_device_memory
 from test_dashboard import SERVE_EXPORTS
 
 
@@ -120,6 +120,25 @@ def test_saturation_fires_the_queue_alerts(prom, client):
         assert alert["labels"]["namespace"] == NAMESPACE and alert["labels"]["pod"] == POD
         assert alert["labels"]["inferenceservice"] == SERVICE and alert["annotations"]["summary"]
     assert "all slots busy" in saturated[0]["annotations"]["summary"]
+
+
+def test_downsize_fires_the_memory_alerts(agent, prom):
+    """Another process takes the fake card's memory: the agent shrinks its context for real, and the VRAM,
+    downsize and below-requested alerts fire."""
+    if agent.device_memory is None:
+        pytest.skip("this kiln-agent has no --memory-source (the node layer's memory watch)")
+    # increase() needs a sample from before the downsize: a counter first seen at 1 shows no increase.
+    wait_for("a scrape of the downsize counter at 0", lambda: prom.query(
+        f'kiln_context_downsizes_total{{pod="{POD}"}} == 0'), timeout=30)
+    resident = agent.status()["memory"]["resident_bytes"]
+    write_device_memory(agent.device_memory, FAKE_TOTAL - resident - HEADROOM + 1)
+    wait_for("the downsize", lambda: agent.status()["context"]["effective"] < 2048, timeout=60)
+    downsized = wait_for("KilnContextDownsized firing", lambda: prom.firing("KilnContextDownsized"), timeout=60)
+    full = wait_for("KilnGpuVramNearlyFull firing", lambda: prom.firing("KilnGpuVramNearlyFull"), timeout=60)
+    below = wait_for("KilnContextBelowRequested firing", lambda: prom.firing("KilnContextBelowRequested"),
+                     timeout=60)
+    assert downsized[0]["labels"]["pod"] == POD and full[0]["labels"]["gpu"] == "0"
+    assert "serves a context of" in below[0]["annotations"]["summary"]
 
 
 def test_every_expression_returns_data(agent, prom):
