@@ -18,5 +18,6 @@ COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certifica
 COPY --from=build /out/kiln-operator /kiln-operator
 # 65532: the conventional "nonroot" uid/gid; the chart's securityContext runs it read-only with no capabilities.
 USER 65532:65532
-EXPOSE 8080
+EXPOSE 8081
 ENTRYPOINT ["/kiln-operator"]
+CMD ["run"]
