@@ -3,7 +3,7 @@
 //! a machine with none — the files amdgpu and KFD really expose, with the values those cards report.
 
 use super::hsa::{self, ArchSupport};
-use super::vram::{self, MemorySource};
+use super::vram;
 use super::*;
 use std::collections::HashMap;
 use std::fs;

@@ -55,7 +55,7 @@ fn qwen36_27b_shape_terms() {
     );
     // ≈15.8 GB of weights on the device (the embedding stays on the host).
     let f = opts(4096, KvType::F16).footprint(&m, 4096).unwrap();
-    assert!(within(f.weights.device_bytes, 15.55e9, 0.01), "{f:?}");
+    assert!(within(f.weights.device_bytes, 15.8e9, 0.01), "{f:?}");
     assert!(within(m.host_weights_bytes, 0.715e9, 0.01));
 }
 
@@ -108,7 +108,7 @@ fn steps_down_the_ladder_when_memory_is_short() {
     let m = facts_27b("q4_k_m");
     let o = PlanOptions {
         mtp_draft_max: Some(3),
-        available: Some(21_000_000_000),
+        available: Some(21_200_000_000),
         ..opts(131072, KvType::Q4_0)
     };
     let p = o.plan(&m).unwrap();
@@ -116,7 +116,7 @@ fn steps_down_the_ladder_when_memory_is_short() {
     assert!(p.spare_bytes.unwrap() >= 0);
     // Every rung above the chosen one really does not fit.
     let above = o.footprint(&m, 131072).unwrap();
-    assert!(above.total_bytes + o.headroom > 21_000_000_000);
+    assert!(above.total_bytes + o.headroom > 21_200_000_000);
     // f16 KV costs more than q4_0: the same memory holds less context.
     let f16 = PlanOptions {
         kv_type: KvType::F16,

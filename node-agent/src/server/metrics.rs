@@ -96,7 +96,10 @@ impl Metrics {
                 "Requests waiting for a free slot"
             )),
             slots_busy: reg!(IntGauge::new("kiln_slots_busy", "Slots serving a request")),
-            slots_total: reg!(IntGauge::new("kiln_slots_total", "Slots (--parallel)")),
+            slots_total: reg!(IntGauge::new(
+                "kiln_slots",
+                "Slots (--parallel); a gauge, so no _total suffix"
+            )),
             requests: reg!(IntCounterVec::new(
                 Opts::new(
                     "kiln_requests_total",
