@@ -5,8 +5,9 @@ USED is what other processes take; the agent's own planned bytes are added to it
 The whole cycle runs while the official openai client keeps sending requests from several threads: another
 process takes memory → the server shrinks its context (drains, reallocates, resumes) → the memory is freed →
 after the hysteresis delay it grows back. No request may fail or get lost along the way. A second server with
-no drain time shows that requests still in flight are ended cleanly with a retryable error, and `promtool
-check metrics` must accept /metrics with the GPU series in it.
+a short drain time shows the Downsizing phase, a request sent during the drain waiting in the queue and then
+answered, and a request still running at the deadline ended cleanly with a retryable error. `promtool check
+metrics` must accept /metrics with the GPU series in it.
 """
 
 import os
@@ -188,14 +189,22 @@ def test_downsize_and_grow_back_under_load(mem_file):
         assert server.stop() == 0
 
 
-def test_inflight_requests_end_cleanly_when_the_drain_time_is_up(mem_file):
-    server = start(mem_file, "--downsize-drain-s", "0", "--grow-after-s", "3600", parallel=1)
+def test_drain_queues_new_requests_and_ends_the_rest_cleanly(mem_file):
+    server = start(mem_file, "--downsize-drain-s", "3", "--grow-after-s", "3600", parallel=1)
     try:
         resident = status(server)["memory"]["resident_bytes"]
         # Greedy counting goes on far longer than the test waits: the request is surely still running.
         body = {"model": "x", "prompt": "Count: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "max_tokens": 1500,
                 "temperature": 0, "stream": True}
-        events = []
+        c = OpenAI(base_url=server.url + "/v1", api_key="unused", timeout=120, max_retries=0)
+        queued = {}
+
+        def late_request():
+            r = c.chat.completions.create(model="x", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+            queued["finish"] = r.choices[0].finish_reason
+            queued["at"] = time.time()
+
+        events, late = [], None
         with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=120) as r:
             assert r.status_code == 200
             for line in r.iter_lines():
@@ -204,14 +213,21 @@ def test_inflight_requests_end_cleanly_when_the_drain_time_is_up(mem_file):
                 events.append(line[6:])
                 if len(events) == 3:
                     write_mem(mem_file, TOTAL - resident - HEADROOM + 1)
+                    s, _ = wait_for(server, lambda s: s["phase"] == "Downsizing", "the Downsizing phase", 10)
+                    assert "reducing the context from 2048 to 1536" in s["message"]
+                    # Admission is stopped: a request sent now waits in the queue instead of failing.
+                    late = threading.Thread(target=late_request)
+                    late.start()
+        t_end = time.time()
+        # The drain time is up: the request still running ends with a clear, retryable error.
         assert events[-1] != "[DONE]"
-        assert '"context_resizing"' in events[-1], events[-1]
-        assert "Retry" in events[-1]
-        s, _ = wait_for(server, lambda s: s["context"]["effective"] == 1536, "the downsize")
-        # The server answers again at the smaller context; a prompt that no longer fits is refused clearly.
-        c = OpenAI(base_url=server.url + "/v1", api_key="unused", timeout=120, max_retries=0)
-        r = c.chat.completions.create(model="x", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
-        assert r.choices[0].finish_reason in ("stop", "length")
+        assert '"context_resizing"' in events[-1] and "Retry" in events[-1], events[-1]
+        late.join(timeout=120)
+        assert queued.get("finish") in ("stop", "length"), "the queued request was answered, not lost"
+        assert queued["at"] >= t_end - 0.5
+        s = status(server)
+        assert s["phase"] == "Ready" and s["context"]["effective"] == 1536
+        # A prompt that no longer fits the smaller context is refused clearly.
         too_long = httpx.post(server.url + "/v1/completions", timeout=60,
                               json={"model": "x", "prompt": list(range(100, 1700)), "max_tokens": 1})
         assert too_long.status_code == 400 and "1536" in too_long.text
