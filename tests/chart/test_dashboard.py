@@ -10,7 +10,7 @@ from exprs import (FROM_OTHER_BRANCHES, KUBE_STATE_METRICS, PROMETHEUS_SYNTHETIC
 SERVE_EXPORTS = {
     "kiln_prompt_tokens_total", "kiln_prompt_cached_tokens_total", "kiln_generated_tokens_total",
     "kiln_prefill_seconds_total", "kiln_decode_seconds_total", "kiln_prefill_tokens_per_second",
-    "kiln_decode_tokens_per_second", "kiln_queue_depth", "kiln_slots_busy", "kiln_slots_total",
+    "kiln_decode_tokens_per_second", "kiln_queue_depth", "kiln_slots_busy", "kiln_slots",
     "kiln_requests_total", "kiln_context_size",
     *(f"{h}_{s}" for h in ("kiln_time_to_first_token_seconds", "kiln_request_duration_seconds")
       for s in ("bucket", "sum", "count")),
