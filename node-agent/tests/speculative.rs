@@ -73,7 +73,7 @@ fn rollback_at_every_accept_length() {
         let mut got = vec![sampler.sample(&mut logits, &seq.tokens)];
         let mut accept_lengths = vec![0usize; k + 1];
         let mut round = 0;
-        while got.len() + k + 1 <= want.len() {
+        while got.len() + k < want.len() {
             let next = *got.last().unwrap();
             // Keep the MTP mirror in step (its drafts are replaced below).
             let _ = engine.draft(&mut seq, next, k).unwrap();

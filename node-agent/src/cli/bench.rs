@@ -58,6 +58,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .n_ctx
         .max(args.prompt_tokens + args.verify_max as usize + 1);
     let mut seq = engine.new_sequence(ld.n_ctx, args.model.kv_type)?;
+    // Pure model speed: no recurrent-state checkpoints along the prompt.
+    seq.checkpoints.policy.spacing = 0;
     // Warm-up: touches every weight page once.
     engine.prefill(&mut seq, &prompt[..prompt.len().min(8)])?;
 

@@ -95,6 +95,21 @@ impl<B: Backend> Engine<B> {
     /// checkpoint at or below the common prefix is restored (or, without one, the sequence starts
     /// over). The last token is always recomputed, since its logits are needed.
     pub fn prefill(&self, seq: &mut Sequence<B>, tokens: &[u32]) -> Result<(Vec<f32>, usize)> {
+        let keep = self.reuse_prefix(seq, tokens)?;
+        let mut logits = Vec::new();
+        let mut done = keep;
+        while done < tokens.len() {
+            let (l, n) = self.prefill_chunk(seq, &tokens[done..], self.model.max_batch())?;
+            logits = l;
+            done += n;
+        }
+        Ok((logits, keep))
+    }
+
+    /// The first half of [`Engine::prefill`], for callers that feed the prompt in steps (the server):
+    /// checks `tokens`, keeps what `seq` can reuse of it (restoring a checkpoint if needed) and returns
+    /// how many tokens that is; the caller then feeds `tokens[kept..]` with [`Engine::prefill_chunk`].
+    pub fn reuse_prefix(&self, seq: &mut Sequence<B>, tokens: &[u32]) -> Result<usize> {
         if tokens.is_empty() {
             return Err(crate::model::ModelError::Invalid("empty prompt".into()));
         }
@@ -119,25 +134,36 @@ impl<B: Backend> Engine<B> {
         };
         seq.tokens.truncate(keep);
         seq.checkpoints.truncate(keep);
-        let mut logits = Vec::new();
-        let mut done = keep;
-        while done < tokens.len() {
-            let mut end = (done + self.model.max_batch()).min(tokens.len());
-            if seq.cache.has_recurrent() {
-                if let Some(due) = seq.checkpoints.next_due(done) {
-                    end = end.min(due);
-                }
-            }
-            logits = self.pass(seq, &tokens[done..end], Logits::Last)?;
-            done = end;
-            if seq.cache.has_recurrent() && seq.checkpoints.due(done, done == tokens.len()) {
-                let dim = self.model.info().n_embd;
-                let hidden = seq.draft.as_ref().map(|d| (d.pending_row(), dim));
-                seq.checkpoints
-                    .save(&self.backend, &seq.cache, done, hidden)?;
+        Ok(keep)
+    }
+
+    /// Runs the next part of a prompt: at most `max` tokens of `rest` (the prompt's tokens not yet in
+    /// `seq`), cut at the next checkpoint position, saving the checkpoint when one falls due (the end
+    /// of `rest` is the end of the prompt). Returns the logits of the last token run and how many
+    /// tokens were run.
+    pub fn prefill_chunk(
+        &self,
+        seq: &mut Sequence<B>,
+        rest: &[u32],
+        max: usize,
+    ) -> Result<(Vec<f32>, usize)> {
+        let start = seq.tokens.len();
+        let mut n = rest.len().min(max.clamp(1, self.model.max_batch()));
+        let recurrent = seq.cache.has_recurrent();
+        if recurrent {
+            if let Some(due) = seq.checkpoints.next_due(start) {
+                n = n.min(due - start);
             }
         }
-        Ok((logits, keep))
+        let logits = self.pass(seq, &rest[..n], Logits::Last)?;
+        let done = start + n;
+        if recurrent && seq.checkpoints.due(done, n == rest.len()) {
+            let dim = self.model.info().n_embd;
+            let hidden = seq.draft.as_ref().map(|d| (d.pending_row(), dim));
+            seq.checkpoints
+                .save(&self.backend, &seq.cache, done, hidden)?;
+        }
+        Ok((logits, n))
     }
 
     /// Puts `seq`'s recurrent states back to the latest checkpoint at or below `limit` (or zero) and
