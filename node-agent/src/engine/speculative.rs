@@ -14,20 +14,19 @@
 //! removed (renormalised) — the standard rule for a one-hot draft distribution, which keeps the output
 //! distributed exactly as p.
 
+use super::sampling::{argmax, Sampler};
 use super::{per_second, Engine, FinishReason, GenerationStats, Sequence};
-use crate::model::{DraftHead, Logits, ModelError, PassOptions, Result};
-use kiln_kernels::backend::Backend;
+use crate::model::{Cache, DraftHead, Logits, ModelError, PassOptions, Result};
+use kiln_kernels::backend::{Backend, KvType};
 use serde::Serialize;
 use std::time::Instant;
-
-use super::sampling::{argmax, Sampler};
 
 /// Most tokens one round may draft.
 pub const MAX_DRAFT: usize = 16;
 
 /// The MTP head's cache and inputs for one sequence.
 pub struct DraftState<B: Backend> {
-    cache: crate::model::Cache<B>,
+    cache: Cache<B>,
     pub draft_max: usize,
     /// Entries `0..mirrored` of `cache` hold true (h_p, x_{p+1}) pairs.
     mirrored: usize,
@@ -48,7 +47,7 @@ impl<B: Backend> DraftState<B> {
         backend: &B,
         head: &dyn DraftHead<B>,
         n_ctx: usize,
-        kv: kiln_kernels::backend::KvType,
+        kv: KvType,
         dim: usize,
         max_batch: usize,
         draft_max: usize,
