@@ -402,3 +402,85 @@ fn matches_transformers() {
         );
     }
 }
+
+/// The snapshot ops (speculative rollback): slot r holds exactly the state after token r, for the delta
+/// rule and the conv, equal to running the first r + 1 tokens alone; outputs equal the plain ops'.
+#[test]
+fn state_snapshots_hold_every_token() {
+    let be = CpuBackend::new(2);
+    let (nk, nv, dk, dv, rows) = (2, 4, 16, 8, 5);
+    let mut r = Lcg(3);
+    let mut rand =
+        |n: usize, f: &dyn Fn(f32) -> f32| -> Vec<f32> { (0..n).map(|_| f(r.f())).collect() };
+    let mut q = rand(rows * nk * dk, &|x| x);
+    let mut k = rand(rows * nk * dk, &|x| x);
+    let v = rand(rows * nv * dv, &|x| x);
+    let g = rand(rows * nv, &|x| -0.3 * (x + 1.0));
+    let beta = rand(rows * nv, &|x| 0.5 + 0.5 * x);
+    let s0 = rand(nv * dv * dk, &|x| 0.1 * x);
+    be.l2_norm(&mut q, rows * nk, dk, 1e-6).unwrap();
+    be.l2_norm(&mut k, rows * nk, dk, 1e-6).unwrap();
+    let p = DeltaNetParams {
+        n_k_heads: nk,
+        n_v_heads: nv,
+        head_k_dim: dk,
+        head_v_dim: dv,
+        scale: 0.25,
+        chunk: Some(64),
+    };
+    let (mut s, mut out) = (s0.clone(), vec![0f32; rows * nv * dv]);
+    let mut snaps = vec![0f32; rows * s0.len()];
+    be.gated_delta_net_snapshots(&q, &k, &v, &g, &beta, &mut s, rows, p, &mut out, &mut snaps)
+        .unwrap();
+    for t in 1..=rows {
+        let (mut s_ref, mut o_ref) = (s0.clone(), vec![0f32; rows * nv * dv]);
+        let p1 = DeltaNetParams { chunk: None, ..p };
+        be.gated_delta_net(&q, &k, &v, &g, &beta, &mut s_ref, t, p1, &mut o_ref)
+            .unwrap();
+        assert_eq!(
+            &snaps[(t - 1) * s0.len()..t * s0.len()],
+            &s_ref[..],
+            "delta rule slot {}",
+            t - 1
+        );
+        assert_eq!(&out[..t * nv * dv], &o_ref[..t * nv * dv]);
+    }
+    assert_eq!(&s[..], &snaps[(rows - 1) * s0.len()..]);
+
+    // The conv: 6 channels, kernel 4, through a weight built as a GGUF F32 tensor.
+    let (ch, kern) = (6usize, 4usize);
+    let w: Vec<f32> = rand(ch * kern, &|x| x);
+    let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let weight = be
+        .load_weight(kiln_kernels::backend::WeightSource {
+            name: "conv".into(),
+            ty: kiln_kernels::quant::GgmlType::F32,
+            rows: ch,
+            cols: kern,
+            bytes: kiln_kernels::backend::HostBytes::from_vec(bytes),
+        })
+        .unwrap();
+    let x = rand(rows * ch, &|x| x);
+    let c0 = rand(ch * (kern - 1), &|x| x);
+    let (mut c, mut y) = (c0.clone(), vec![0f32; rows * ch]);
+    let mut csnap = vec![0f32; rows * c0.len()];
+    be.conv1d_silu_snapshots(&x, &weight, &mut c, rows, &mut y, &mut csnap)
+        .unwrap();
+    for t in 1..=rows {
+        let (mut c_ref, mut y_ref) = (c0.clone(), vec![0f32; rows * ch]);
+        be.conv1d_silu(&x, &weight, &mut c_ref, t, &mut y_ref)
+            .unwrap();
+        assert_eq!(
+            &csnap[(t - 1) * c0.len()..t * c0.len()],
+            &c_ref[..],
+            "conv slot {}",
+            t - 1
+        );
+        assert_eq!(&y[..t * ch], &y_ref[..t * ch]);
+    }
+    // Too few slots is an error, not a panic.
+    let mut short = vec![0f32; s0.len()];
+    assert!(be
+        .gated_delta_net_snapshots(&q, &k, &v, &g, &beta, &mut s, rows, p, &mut out, &mut short)
+        .is_err());
+}
