@@ -8,6 +8,7 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "fetch test assets"
 scripts/fetch-models.sh all
+scripts/qwen35-vocab.sh >/dev/null
 KILN_LLAMA_CPP_SRC=$(scripts/fetch-llama-cpp-src.sh)
 export KILN_LLAMA_CPP_SRC
 # The models are part of the suite here: a missing one is a failure, not a skip.

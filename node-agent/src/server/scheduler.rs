@@ -15,7 +15,6 @@ use super::metrics::Metrics;
 use super::stop::StopMatcher;
 use crate::engine::sampling::{Sampler, SamplingParams};
 use crate::engine::{Engine, Sequence};
-use crate::model::Logits;
 use crate::tokenizer::{DecodeOptions, Detokenizer, Tokenizer};
 use kiln_kernels::backend::{Backend, KvType};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -491,9 +490,18 @@ impl<B: Backend> EngineLoop<B> {
         self.clock += 1;
         let slot = &mut self.slots[i];
         slot.last_used = self.clock;
-        // Keep the longest common prefix; at least the last prompt token is recomputed for its logits.
-        let common = common_prefix(&slot.seq.tokens, &job.prompt).min(job.prompt.len() - 1);
-        slot.seq.tokens.truncate(common);
+        // Keep the longest common prefix the cache can go back to (for recurrent layers: the nearest
+        // checkpoint); at least the last prompt token is recomputed for its logits.
+        let common = match self.engine.reuse_prefix(&mut slot.seq, &job.prompt) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = job.events.send(Event::Error {
+                    message: format!("prefill failed: {e}"),
+                    timeout: false,
+                });
+                return;
+            }
+        };
         let queue_ms = job.received.elapsed().as_secs_f64() * 1000.0;
         slot.active = Some(Active {
             sampler: Sampler::new(job.sampling.clone()),
@@ -534,16 +542,11 @@ impl<B: Backend> EngineLoop<B> {
         let t = Instant::now();
         let logits = match a.phase {
             Phase::Prefill { pos } => {
-                let end = (pos + PREFILL_CHUNK.min(engine.model.max_batch()).max(1))
-                    .min(a.job.prompt.len());
-                let chunk = &a.job.prompt[pos..end];
-                let start = slot.seq.tokens.len();
-                let r = engine
-                    .model
-                    .forward(&mut slot.seq.cache, chunk, start, Logits::Last);
+                // One step of at most PREFILL_CHUNK tokens (cut at recurrent-state checkpoints).
+                let r = engine.prefill_chunk(&mut slot.seq, &a.job.prompt[pos..], PREFILL_CHUNK);
                 match r {
-                    Ok(l) => {
-                        slot.seq.tokens.extend_from_slice(chunk);
+                    Ok((l, n)) => {
+                        let end = pos + n;
                         a.prefill_ms += t.elapsed().as_secs_f64() * 1000.0;
                         if end < a.job.prompt.len() {
                             a.phase = Phase::Prefill { pos: end };
