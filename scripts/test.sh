@@ -8,6 +8,7 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "fetch test assets"
 scripts/fetch-models.sh all
+scripts/qwen35-vocab.sh >/dev/null
 KILN_LLAMA_CPP_SRC=$(scripts/fetch-llama-cpp-src.sh)
 export KILN_LLAMA_CPP_SRC
 # The models are part of the suite here: a missing one is a failure, not a skip.
@@ -25,4 +26,10 @@ cargo test --workspace --no-fail-fast
 step "API tests (real server, real model, the official openai client)"
 python3 -m pip install --quiet openai pytest httpx prometheus_client
 cargo build --release -p kiln-agent --quiet
+# promtool checks serve's /metrics (tests/api/test_downsize.py).
+KILN_PROMTOOL="$(scripts/prometheus.sh)/promtool"
+export KILN_PROMTOOL
 KILN_AGENT_BIN="${CARGO_TARGET_DIR:-target}/release/kiln-agent" python3 -m pytest tests/api -q
+
+step "chart, manifests, images, monitoring (helm, hadolint, promtool, a real Prometheus, the API server)"
+scripts/test-chart.sh

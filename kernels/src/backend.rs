@@ -336,6 +336,48 @@ pub trait Backend: Send + Sync {
         out: &mut Self::Tensor,
     ) -> Result<()>;
 
+    /// [`conv1d_silu`](Backend::conv1d_silu) that also writes the state after each of the `rows` tokens to
+    /// `snapshots` (slot r at r × the state's length), so a speculative verify pass can be rolled back to
+    /// any of its tokens by copying a slot, without recomputing.
+    #[allow(clippy::too_many_arguments)]
+    fn conv1d_silu_snapshots(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Weight,
+        state: &mut Self::Tensor,
+        rows: usize,
+        out: &mut Self::Tensor,
+        snapshots: &mut Self::Tensor,
+    ) -> Result<()> {
+        let _ = (x, weight, state, rows, out, snapshots);
+        Err(BackendError::Device(format!(
+            "{}: per-token conv state snapshots are not implemented",
+            self.name()
+        )))
+    }
+    /// [`gated_delta_net`](Backend::gated_delta_net) token by token, writing the state after each of the
+    /// `rows` tokens to `snapshots` (slot r at r × the state's length; `p.chunk` is ignored).
+    #[allow(clippy::too_many_arguments)]
+    fn gated_delta_net_snapshots(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        g: &Self::Tensor,
+        beta: &Self::Tensor,
+        state: &mut Self::Tensor,
+        rows: usize,
+        p: DeltaNetParams,
+        out: &mut Self::Tensor,
+        snapshots: &mut Self::Tensor,
+    ) -> Result<()> {
+        let _ = (q, k, v, g, beta, state, rows, p, out, snapshots);
+        Err(BackendError::Device(format!(
+            "{}: per-token delta-rule state snapshots are not implemented",
+            self.name()
+        )))
+    }
+
     /// Waits for queued work (no-op on the CPU).
     fn synchronize(&self) -> Result<()> {
         Ok(())

@@ -3,7 +3,9 @@
 pub mod chat;
 pub mod engine;
 pub mod gguf;
+pub mod gpu;
 pub mod model;
+pub mod plan;
 pub mod server;
 pub mod synth;
 pub mod tokenizer;

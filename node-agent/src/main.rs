@@ -25,6 +25,10 @@ enum Command {
     Synth(cli::synth::SynthArgs),
     /// Serve the OpenAI-compatible HTTP API.
     Serve(cli::serve::ServeArgs),
+    /// List the GPUs (JSON); with --env, the ROCm environment Kiln would set and why.
+    Gpus(cli::gpus::GpusArgs),
+    /// Plan device memory for a model: the largest context that fits (JSON).
+    Plan(cli::plan::PlanArgs),
 }
 
 fn main() {
@@ -34,6 +38,8 @@ fn main() {
         Command::Bench(a) => cli::bench::run(a),
         Command::Synth(a) => cli::synth::run(a),
         Command::Serve(a) => cli::serve::run(a),
+        Command::Gpus(a) => cli::gpus::run(a),
+        Command::Plan(a) => cli::plan::run(a),
     };
     if let Err(e) = result {
         eprintln!("kiln-agent: {e:#}");

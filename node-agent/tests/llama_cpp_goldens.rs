@@ -5,15 +5,14 @@
 //! The models come from `scripts/fetch-models.sh`. Without them these tests print why and pass, unless
 //! `KILN_REQUIRE_MODELS=1` (set by the project's test script), which turns a missing model into a failure.
 
+mod common;
+
+use common::{check_greedy_path, golden_dir, ids, load_engine as load};
 use kiln_agent::engine::sampling::{Sampler, SamplingParams};
-use kiln_agent::engine::Engine;
 use kiln_agent::gguf::GgufFile;
 use kiln_agent::tokenizer::Tokenizer;
 use kiln_kernels::backend::KvType;
-use kiln_kernels::cpu::CpuBackend;
 use serde_json::Value;
-use std::path::PathBuf;
-use std::sync::Arc;
 
 const SMOLLM2: (&str, &str) = ("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf");
 const GEMMA3: (&str, &str) = ("gemma3", "gemma-3-270m-q4_k_m.gguf");
@@ -27,56 +26,13 @@ const TIE_MARGIN: f64 = 0.25;
 const LONG_MATCH: usize = 32;
 const MIN_LONG_CASES: usize = 3;
 
-fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/golden")
-}
-
 fn golden(name: &str) -> Value {
-    let path = golden_dir().join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
+    common::read_json(&golden_dir().join(name))
 }
 
 /// The model file, or `None` (with the reason printed) when it is absent and not required.
-fn model(file: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("KILN_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kiln/models")
-        });
-    let path = dir.join(file);
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var_os("KILN_REQUIRE_MODELS").is_some_and(|v| v == "1") {
-        panic!(
-            "{} is missing and KILN_REQUIRE_MODELS=1 (run scripts/fetch-models.sh)",
-            path.display()
-        );
-    }
-    eprintln!(
-        "SKIPPED: {} not found (run scripts/fetch-models.sh)",
-        path.display()
-    );
-    None
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn load(file: &PathBuf) -> (Engine<CpuBackend>, Tokenizer) {
-    let gguf = GgufFile::open(file).unwrap();
-    let backend = Arc::new(CpuBackend::new(2));
-    let model = kiln_agent::model::load(&gguf, backend.clone()).unwrap();
-    (
-        Engine::new(backend, model),
-        Tokenizer::from_gguf(&gguf).unwrap(),
-    )
+fn model(file: &str) -> Option<std::path::PathBuf> {
+    common::cached_model(file)
 }
 
 fn check_tokens((name, file): (&str, &str)) {
@@ -118,12 +74,7 @@ fn check_greedy((name, file): (&str, &str)) {
         let id = case["id"].as_str().unwrap();
         let prompt = ids(&case["prompt_ids"]);
         let want = ids(&case["generated_ids"]);
-        let margins: Vec<f64> = case["top1_top2_logit_margin"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m.as_f64().unwrap())
-            .collect();
+        let margins = common::f64s(&case["top1_top2_logit_margin"]);
         if let Some(text) = case["prompt"].as_str() {
             assert_eq!(
                 tok.encode(text, true, true),
@@ -143,22 +94,7 @@ fn check_greedy((name, file): (&str, &str)) {
                 &mut |_| true,
             )
             .unwrap();
-        let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
-        if same < want.len() {
-            assert!(
-                margins[same] < TIE_MARGIN,
-                "{name}/{id}: token {same} is {} but llama.cpp chose {} with a margin of {:.3} (not a tie)\n kiln {:?}\n llama {:?}",
-                got[same],
-                want[same],
-                margins[same],
-                got,
-                want
-            );
-            eprintln!(
-                "{name}/{id}: identical for {same} tokens, then a numerical tie (llama.cpp margin {:.3})",
-                margins[same]
-            );
-        }
+        let same = check_greedy_path(&format!("{name}/{id}"), &got, &want, &margins, TIE_MARGIN);
         if same >= LONG_MATCH.min(want.len()) {
             long_matches += 1;
         }

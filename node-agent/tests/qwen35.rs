@@ -1,17 +1,21 @@
 //! qwen35 (Gated DeltaNet + gated attention) on Kiln's CPU backend against llama.cpp, on the tiny synthetic
 //! models in tests/models/ (`kiln-agent synth --preset tiny`), with goldens from
 //! tests/reference/make_qwen35_goldens.py; plus Kiln-internal agreement checks (chunked vs token-by-token
-//! delta rule, one-batch vs token-by-token prefill, prefix reuse with recurrent state).
+//! delta rule, one-batch vs token-by-token prefill, prefix reuse with recurrent state and checkpoints).
 
-use kiln_agent::engine::Engine;
+mod common;
+
+use common::{
+    check_greedy_path, floats, ids, long_prompt, max_abs, qwen35_engine, repo,
+    test_model as model_path,
+};
+use kiln_agent::engine::checkpoints::CheckpointPolicy;
+use kiln_agent::engine::sampling::{Sampler, SamplingParams};
 use kiln_agent::gguf::GgufFile;
 use kiln_agent::model::qwen35::Qwen35;
 use kiln_agent::model::{Logits, Model};
-use kiln_agent::tokenizer::Tokenizer;
 use kiln_kernels::backend::{Backend, DeltaNetParams, KvType};
 use kiln_kernels::cpu::CpuBackend;
-use serde_json::Value;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 /// A greedy step whose llama.cpp top-1/top-2 margin is below this is a numerical tie. With random weights
@@ -25,48 +29,6 @@ const TIE_MARGIN: f64 = 0.05;
 const MAX_ABS_F16: f32 = 0.02;
 const MAX_ABS_Q8_0: f32 = 0.3;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
-fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max)
-}
-
-fn model_path(name: &str) -> PathBuf {
-    repo().join("tests/models").join(name)
-}
-
 fn qwen35(name: &str, chunk: Option<usize>) -> (Arc<CpuBackend>, Qwen35<CpuBackend>) {
     let file = GgufFile::open(model_path(name)).unwrap();
     let backend = Arc::new(CpuBackend::new(2));
@@ -76,15 +38,8 @@ fn qwen35(name: &str, chunk: Option<usize>) -> (Arc<CpuBackend>, Qwen35<CpuBacke
 }
 
 fn check_against_llama_cpp(stem: &str, bound: f32, min_full_matches: usize) {
-    let g: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join(format!("tests/golden/{stem}.json"))).unwrap(),
-    )
-    .unwrap();
-    let file = GgufFile::open(model_path(&format!("{stem}.gguf"))).unwrap();
-    let tok = Tokenizer::from_gguf(&file).unwrap();
-    let backend = Arc::new(CpuBackend::new(2));
-    let model = kiln_agent::model::load(&file, backend.clone()).unwrap();
-    let engine = Engine::new(backend, model);
+    let g = common::read_json(&repo().join(format!("tests/golden/{stem}.json")));
+    let (engine, tok) = common::load_engine(&model_path(&format!("{stem}.gguf")));
     let mut full_matches = 0;
     for case in g["cases"].as_array().unwrap() {
         let id = case["id"].as_str().unwrap();
@@ -95,16 +50,11 @@ fn check_against_llama_cpp(stem: &str, bound: f32, min_full_matches: usize) {
             "{stem}/{id}: prompt ids"
         );
         let want = ids(&case["generated_ids"]);
-        let margins: Vec<f64> = case["top1_top2_logit_margin"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m.as_f64().unwrap())
-            .collect();
+        let margins = common::f64s(&case["top1_top2_logit_margin"]);
 
         // Greedy, Kiln choosing its own tokens.
         let mut seq = engine.new_sequence(512, KvType::F16).unwrap();
-        let (mut logits, _) = engine.prefill(&mut seq, &prompt).unwrap();
+        let (logits, _) = engine.prefill(&mut seq, &prompt).unwrap();
         let d_prompt = max_abs(&logits, &floats(&case["prompt_logits"]));
         let d_prompt_rec = {
             let (_, m) = qwen35(&format!("{stem}.gguf"), None);
@@ -112,22 +62,20 @@ fn check_against_llama_cpp(stem: &str, bound: f32, min_full_matches: usize) {
             let l = m.forward(&mut c, &prompt, 0, Logits::Last).unwrap();
             max_abs(&l, &floats(&case["prompt_logits"]))
         };
-        let mut same = want.len();
-        for (i, &w) in want.iter().enumerate() {
-            let t = argmax(&logits);
-            if t != w {
-                same = i;
-                break;
-            }
-            logits = engine.decode(&mut seq, t).unwrap();
-        }
-        if same < want.len() {
-            assert!(
-                margins[same] < TIE_MARGIN,
-                "{stem}/{id}: token {same} differs from llama.cpp's, whose margin {:.4} is not a tie",
-                margins[same]
-            );
-        } else {
+        let mut seq = engine.new_sequence(512, KvType::F16).unwrap();
+        let (got, _) = engine
+            .generate(
+                &mut seq,
+                &prompt,
+                want.len(),
+                &mut Sampler::new(SamplingParams::greedy()),
+                &|_| false,
+                &mut |_| true,
+            )
+            .unwrap();
+        let label = format!("{stem}/{id}");
+        let same = check_greedy_path(&label, &got, &want, &margins, TIE_MARGIN);
+        if same == want.len() {
             full_matches += 1;
         }
 
@@ -172,11 +120,6 @@ fn matches_llama_cpp_q8_0() {
     check_against_llama_cpp("qwen35-tiny-q8_0", MAX_ABS_Q8_0, 0);
 }
 
-fn long_prompt() -> Vec<u32> {
-    // 150 tokens of a fixed pseudo-random walk over the vocabulary (ids < 300 are ordinary tokens).
-    (0..150u32).map(|i| (i * 37 + 11) % 300).collect()
-}
-
 /// The chunked delta rule (chunk 64, and 16 so several chunks and a ragged tail are crossed) against the
 /// token-by-token recurrence, through the whole model.
 #[test]
@@ -214,23 +157,21 @@ fn batch_prefill_matches_token_by_token() {
     assert!(d < 1e-3, "{d}");
 }
 
-/// A recurrent cache is reused only for an exact extension; anything else starts over, and either way
+/// Without checkpoints a recurrent cache is reused only for an exact extension; anything else starts
+/// over, and either way
 /// the logits are those of a fresh sequence (up to rounding: a prompt split into different forward passes
 /// chunks the delta rule differently; measured ≤ 1.4e-4 on logits of magnitude ~10).
 #[test]
 fn prefix_reuse_with_recurrent_state() {
-    let file = GgufFile::open(model_path("qwen35-tiny-f16.gguf")).unwrap();
-    let backend = Arc::new(CpuBackend::new(2));
-    let engine = Engine::new(
-        backend.clone(),
-        kiln_agent::model::load(&file, backend).unwrap(),
-    );
+    let engine = qwen35_engine("qwen35-tiny-f16.gguf");
     let p = long_prompt();
     let fresh = |toks: &[u32]| {
         let mut s = engine.new_sequence(256, KvType::F16).unwrap();
         engine.prefill(&mut s, toks).unwrap().0
     };
     let mut seq = engine.new_sequence(256, KvType::F16).unwrap();
+    // Checkpoints off: only exact extensions can be reused.
+    seq.checkpoints.policy.spacing = 0;
     engine.prefill(&mut seq, &p[..100]).unwrap();
     // Exact extension: reused.
     let (l, cached) = engine.prefill(&mut seq, &p[..120]).unwrap();
@@ -256,6 +197,90 @@ fn prefix_reuse_with_recurrent_state() {
     let (l, cached) = engine.prefill(&mut seq, &diverge).unwrap();
     assert_eq!(cached, 0);
     assert!(max_abs(&l, &fresh(&diverge)) < 1e-3);
+}
+
+/// Recurrent-state checkpoints: a prompt sharing a prefix restores the nearest checkpoint at or below
+/// it and prefills only the rest; logits and the greedy continuation are those of a cold run; the
+/// number of checkpoints is bounded (thinned evenly, the newest kept).
+#[test]
+fn checkpoints_restore_shared_prefixes() {
+    let engine = qwen35_engine("qwen35-tiny-f16.gguf");
+    let p = long_prompt();
+    let greedy = |seq: &mut kiln_agent::engine::Sequence<CpuBackend>, toks: &[u32]| {
+        let mut sampler = Sampler::new(SamplingParams::greedy());
+        engine
+            .generate(seq, toks, 24, &mut sampler, &|_| false, &mut |_| true)
+            .unwrap()
+    };
+    let cold = |toks: &[u32]| {
+        let mut s = engine.new_sequence(256, KvType::F16).unwrap();
+        s.checkpoints.policy.spacing = 0;
+        let logits = engine.prefill(&mut s, toks).unwrap().0;
+        let mut s2 = engine.new_sequence(256, KvType::F16).unwrap();
+        (logits, greedy(&mut s2, toks).0)
+    };
+    let mut seq = engine.new_sequence(256, KvType::F16).unwrap();
+    seq.checkpoints.policy = CheckpointPolicy {
+        spacing: 32,
+        max_count: 8,
+        max_bytes: 1 << 30,
+    };
+    engine.prefill(&mut seq, &p).unwrap();
+    assert_eq!(seq.checkpoints.positions(), vec![32, 64, 96, 128, 150]);
+    let one = seq.cache.state_bytes(&*engine.backend);
+    assert_eq!(seq.checkpoints.bytes(), 5 * one);
+
+    // A system-prompt-like shared prefix of 100 tokens, then something else: restored at 96.
+    let mut other = p[..100].to_vec();
+    other.extend_from_slice(&[7, 8, 9, 10]);
+    let (l, cached) = engine.prefill(&mut seq, &other).unwrap();
+    assert_eq!(cached, 96);
+    let (l_cold, toks_cold) = cold(&other);
+    let d = max_abs(&l, &l_cold);
+    eprintln!("restored at 96 of 104: max |Δlogit| vs cold {d:.2e}");
+    assert!(d < 1e-3, "{d}");
+    // Checkpoints past the divergence are gone; the new prompt's end is one.
+    assert_eq!(seq.checkpoints.positions(), vec![32, 64, 96, 104]);
+
+    // Through generate: the tokens of a cold run, and the reuse reported.
+    let (toks, stats) = greedy(&mut seq, &p[..70]);
+    assert_eq!(stats.cached_tokens, 64);
+    assert_eq!(toks, cold(&p[..70]).1);
+    let (toks, stats) = greedy(&mut seq, &other);
+    assert_eq!(
+        stats.cached_tokens, 70,
+        "the end-of-prompt checkpoint of the previous turn"
+    );
+    assert_eq!(toks, toks_cold);
+    // A multi-turn chat: the previous prompt, its answer and a new message is an exact extension.
+    let mut turn2 = seq.tokens.clone();
+    turn2.extend_from_slice(&[11, 12, 13]);
+    let (toks, stats) = greedy(&mut seq, &turn2);
+    assert_eq!(stats.cached_tokens, other.len() + 23);
+    assert_eq!(toks, cold(&turn2).1);
+
+    // Bounds: at most 3 checkpoints, thinned evenly with the newest kept.
+    let mut seq = engine.new_sequence(256, KvType::F16).unwrap();
+    seq.checkpoints.policy = CheckpointPolicy {
+        spacing: 16,
+        max_count: 3,
+        max_bytes: 1 << 30,
+    };
+    engine.prefill(&mut seq, &p).unwrap();
+    let pos = seq.checkpoints.positions();
+    eprintln!("max 3 checkpoints over 150 tokens at spacing 16: {pos:?}");
+    assert_eq!(pos.len(), 3);
+    assert_eq!(*pos.last().unwrap(), 150);
+    assert!(pos[0] <= 64, "{pos:?}");
+    // And a byte bound below one checkpoint keeps none.
+    let mut seq = engine.new_sequence(256, KvType::F16).unwrap();
+    seq.checkpoints.policy = CheckpointPolicy {
+        spacing: 16,
+        max_count: 8,
+        max_bytes: one - 1,
+    };
+    engine.prefill(&mut seq, &p).unwrap();
+    assert!(seq.checkpoints.positions().is_empty());
 }
 
 struct Lcg(u64);
@@ -342,4 +367,120 @@ fn synth_27b_q4_k_m_plan() {
     assert_eq!(ty("blk.11.attn_v.weight"), GgmlType::Q4_K);
     let bytes = s.writer.data_bytes().unwrap();
     assert_eq!(bytes, 16_789_889_024);
+}
+
+/// Logits at every position of a prompt against HF transformers' `Qwen3_5ForCausalLM` (an independent
+/// implementation: torch's reference delta rule and causal conv, grouped V-head order converted to
+/// llama.cpp's tiled order), on a tiny random f32 model converted to GGUF. Goldens and the GGUF:
+/// tests/golden/qwen35-hf/, made by tests/reference/make_qwen35_hf_goldens.py.
+#[test]
+fn matches_transformers() {
+    let dir = repo().join("tests/golden/qwen35-hf");
+    let g = common::read_json(&dir.join("qwen35-hf-tiny.json"));
+    let prompt = ids(&g["prompt_ids"]);
+    let want: Vec<f32> = std::fs::read(dir.join(g["logits_file"].as_str().unwrap()))
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    for chunk in [Some(64), Some(7), None] {
+        let file = GgufFile::open(dir.join("qwen35-hf-tiny.gguf")).unwrap();
+        let mut m = Qwen35::load(&file, Arc::new(CpuBackend::new(2))).unwrap();
+        m.set_delta_net_chunk(chunk);
+        let mut cache = m.new_cache(64, KvType::F32).unwrap();
+        let got = m.forward(&mut cache, &prompt, 0, Logits::All).unwrap();
+        let d = max_abs(&got, &want);
+        eprintln!(
+            "transformers vs Kiln (delta-rule chunk {chunk:?}), {} positions: max |Δlogit| {d:.2e}, relative to max |logit| {scale:.2}: {:.2e}",
+            prompt.len(),
+            d / scale
+        );
+        assert!(
+            d / scale < 1e-4,
+            "chunk {chunk:?}: {d} (max |logit| {scale})"
+        );
+    }
+}
+
+/// The snapshot ops (speculative rollback): slot r holds exactly the state after token r, for the delta
+/// rule and the conv, equal to running the first r + 1 tokens alone; outputs equal the plain ops'.
+#[test]
+fn state_snapshots_hold_every_token() {
+    let be = CpuBackend::new(2);
+    let (nk, nv, dk, dv, rows) = (2, 4, 16, 8, 5);
+    let mut r = Lcg(3);
+    let mut rand =
+        |n: usize, f: &dyn Fn(f32) -> f32| -> Vec<f32> { (0..n).map(|_| f(r.f())).collect() };
+    let mut q = rand(rows * nk * dk, &|x| x);
+    let mut k = rand(rows * nk * dk, &|x| x);
+    let v = rand(rows * nv * dv, &|x| x);
+    let g = rand(rows * nv, &|x| -0.3 * (x + 1.0));
+    let beta = rand(rows * nv, &|x| 0.5 + 0.5 * x);
+    let s0 = rand(nv * dv * dk, &|x| 0.1 * x);
+    be.l2_norm(&mut q, rows * nk, dk, 1e-6).unwrap();
+    be.l2_norm(&mut k, rows * nk, dk, 1e-6).unwrap();
+    let p = DeltaNetParams {
+        n_k_heads: nk,
+        n_v_heads: nv,
+        head_k_dim: dk,
+        head_v_dim: dv,
+        scale: 0.25,
+        chunk: Some(64),
+    };
+    let (mut s, mut out) = (s0.clone(), vec![0f32; rows * nv * dv]);
+    let mut snaps = vec![0f32; rows * s0.len()];
+    be.gated_delta_net_snapshots(&q, &k, &v, &g, &beta, &mut s, rows, p, &mut out, &mut snaps)
+        .unwrap();
+    for t in 1..=rows {
+        let (mut s_ref, mut o_ref) = (s0.clone(), vec![0f32; rows * nv * dv]);
+        let p1 = DeltaNetParams { chunk: None, ..p };
+        be.gated_delta_net(&q, &k, &v, &g, &beta, &mut s_ref, t, p1, &mut o_ref)
+            .unwrap();
+        assert_eq!(
+            &snaps[(t - 1) * s0.len()..t * s0.len()],
+            &s_ref[..],
+            "delta rule slot {}",
+            t - 1
+        );
+        assert_eq!(&out[..t * nv * dv], &o_ref[..t * nv * dv]);
+    }
+    assert_eq!(&s[..], &snaps[(rows - 1) * s0.len()..]);
+
+    // The conv: 6 channels, kernel 4, through a weight built as a GGUF F32 tensor.
+    let (ch, kern) = (6usize, 4usize);
+    let w: Vec<f32> = rand(ch * kern, &|x| x);
+    let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let weight = be
+        .load_weight(kiln_kernels::backend::WeightSource {
+            name: "conv".into(),
+            ty: kiln_kernels::quant::GgmlType::F32,
+            rows: ch,
+            cols: kern,
+            bytes: kiln_kernels::backend::HostBytes::from_vec(bytes),
+        })
+        .unwrap();
+    let x = rand(rows * ch, &|x| x);
+    let c0 = rand(ch * (kern - 1), &|x| x);
+    let (mut c, mut y) = (c0.clone(), vec![0f32; rows * ch]);
+    let mut csnap = vec![0f32; rows * c0.len()];
+    be.conv1d_silu_snapshots(&x, &weight, &mut c, rows, &mut y, &mut csnap)
+        .unwrap();
+    for t in 1..=rows {
+        let (mut c_ref, mut y_ref) = (c0.clone(), vec![0f32; rows * ch]);
+        be.conv1d_silu(&x, &weight, &mut c_ref, t, &mut y_ref)
+            .unwrap();
+        assert_eq!(
+            &csnap[(t - 1) * c0.len()..t * c0.len()],
+            &c_ref[..],
+            "conv slot {}",
+            t - 1
+        );
+        assert_eq!(&y[..t * ch], &y_ref[..t * ch]);
+    }
+    // Too few slots is an error, not a panic.
+    let mut short = vec![0f32; s0.len()];
+    assert!(be
+        .gated_delta_net_snapshots(&q, &k, &v, &g, &beta, &mut s, rows, p, &mut out, &mut short)
+        .is_err());
 }

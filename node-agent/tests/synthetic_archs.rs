@@ -10,15 +10,16 @@
 //! numerical tie), and Kiln's tokenization of the prompts (a prefix of SmolLM2's vocabulary with the
 //! `qwen2` and `smollm` pre-tokenizers).
 
+mod common;
+
+use common::{check_greedy_path, ids};
 use kiln_agent::engine::sampling::{argmax, Sampler, SamplingParams};
 use kiln_agent::engine::Engine;
-use kiln_agent::gguf::GgufFile;
 use kiln_agent::tokenizer::Tokenizer;
 use kiln_kernels::backend::KvType;
 use kiln_kernels::cpu::CpuBackend;
 use serde_json::Value;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// A greedy step whose llama.cpp top-1/top-2 margin is below this is a numerical tie (as in
 /// `llama_cpp_goldens.rs`): a different pick there says nothing about correctness.
@@ -70,27 +71,11 @@ fn dir() -> PathBuf {
 }
 
 fn golden(name: &str) -> Value {
-    let path = dir().join(format!("{name}.json"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    common::read_json(&dir().join(format!("{name}.json")))
 }
 
 fn load(name: &str) -> (Engine<CpuBackend>, Tokenizer) {
-    let gguf = GgufFile::open(dir().join(format!("{name}.gguf"))).unwrap();
-    let backend = Arc::new(CpuBackend::new(2));
-    let model = kiln_agent::model::load(&gguf, backend.clone()).unwrap();
-    (
-        Engine::new(backend, model),
-        Tokenizer::from_gguf(&gguf).unwrap(),
-    )
+    common::load_engine(&dir().join(format!("{name}.gguf")))
 }
 
 fn check_model(name: &str, max_abs: f32, max_path: f32) {
@@ -156,12 +141,7 @@ fn check_model(name: &str, max_abs: f32, max_path: f32) {
             "{name}/{id}: prompt tokenization"
         );
         let want = ids(&case["generated_ids"]);
-        let margins: Vec<f64> = case["top1_top2_logit_margin"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m.as_f64().unwrap())
-            .collect();
+        let margins = common::f64s(&case["top1_top2_logit_margin"]);
         let mut seq = engine.new_sequence(512, KvType::F16).unwrap();
         let mut sampler = Sampler::new(SamplingParams::greedy());
         let (got, _) = engine
@@ -202,27 +182,14 @@ fn check_model(name: &str, max_abs: f32, max_path: f32) {
             "{name}/{id}: generate() and prefill+decode disagree"
         );
 
-        let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
-        if same < want.len() {
-            assert!(
-                margins[same] < TIE_MARGIN,
-                "{name}/{id}: token {same} is {} but llama.cpp chose {} with a margin of {:.3} (not a tie)\n kiln  {:?}\n llama {:?}",
-                got.get(same).map_or(-1, |&t| t as i64),
-                want[same],
-                margins[same],
-                got,
-                want
-            );
-            eprintln!(
-                "{name}/{id}: identical for {same} tokens, then a numerical tie (llama.cpp margin {:.3}); \
-                 top-5 |Δlogit| up to there ≤ {case_max:.3e}",
-                margins[same]
-            );
-        } else {
+        let same = check_greedy_path(&format!("{name}/{id}"), &got, &want, &margins, TIE_MARGIN);
+        if same == want.len() {
             eprintln!(
                 "{name}/{id}: all {} greedy tokens identical; top-5 |Δlogit| along the path ≤ {case_max:.3e}",
                 want.len()
             );
+        } else {
+            eprintln!("{name}/{id}: top-5 |Δlogit| up to the tie ≤ {case_max:.3e}");
         }
     }
     assert!(

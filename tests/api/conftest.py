@@ -30,7 +30,7 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, parallel=2, queue=8, api_key=None):
+    def __init__(self, parallel=2, queue=8, api_key=None, extra_args=()):
         if not BIN.exists():
             pytest.fail(f"{BIN} is missing: build it with `cargo build --release -p kiln-agent`")
         if not MODEL.exists():
@@ -45,6 +45,7 @@ class Server:
         env.pop("KILN_API_KEY", None)
         if api_key:
             args += ["--api-key", api_key]
+        args += list(extra_args)
         self.log = open(TARGET / f"kiln-serve-{self.port}.log", "w")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 120

@@ -119,6 +119,96 @@ impl CpuBackend {
     pub fn pool(&self) -> &ThreadPool {
         &self.pool
     }
+
+    /// conv1d_silu, optionally keeping the state after every token (see the trait).
+    fn conv(
+        &self,
+        x: &[f32],
+        weight: &CpuWeight,
+        state: &mut [f32],
+        rows: usize,
+        out: &mut [f32],
+        snapshots: Option<&mut [f32]>,
+    ) -> Result<()> {
+        let (channels, kernel) = (weight.rows, weight.cols);
+        if kernel < 2 {
+            return Err(shape_err("conv1d_silu", format!("kernel of {kernel} taps")));
+        }
+        if weight.ty != GgmlType::F32 {
+            return Err(shape_err(
+                "conv1d_silu",
+                format!("weight type {} (F32 expected)", weight.ty),
+            ));
+        }
+        check_len("conv1d_silu", "input", x.len(), rows * channels)?;
+        check_len("conv1d_silu", "output", out.len(), rows * channels)?;
+        if state.len() != channels * (kernel - 1) {
+            return Err(shape_err(
+                "conv1d_silu",
+                format!(
+                    "state of {} values, expected {}",
+                    state.len(),
+                    channels * (kernel - 1)
+                ),
+            ));
+        }
+        let w: &[f32] = bytemuck::try_cast_slice(weight.bytes())
+            .map_err(|_| shape_err("conv1d_silu", "weight is not 4-byte aligned"))?;
+        recurrent::conv1d_silu(
+            &self.pool,
+            &x[..rows * channels],
+            w,
+            state,
+            rows,
+            channels,
+            kernel,
+            &mut out[..rows * channels],
+            snapshots,
+        );
+        Ok(())
+    }
+
+    /// gated_delta_net, optionally keeping the state after every token (see the trait).
+    #[allow(clippy::too_many_arguments)]
+    fn delta_rule(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        g: &[f32],
+        beta: &[f32],
+        state: &mut [f32],
+        rows: usize,
+        p: DeltaNetParams,
+        out: &mut [f32],
+        snapshots: Option<&mut [f32]>,
+    ) -> Result<()> {
+        let op = "gated_delta_net";
+        if p.n_k_heads == 0 || !p.n_v_heads.is_multiple_of(p.n_k_heads) {
+            return Err(shape_err(
+                op,
+                format!("{} V-heads over {} K-heads", p.n_v_heads, p.n_k_heads),
+            ));
+        }
+        let (qk_w, v_w) = (p.n_k_heads * p.head_k_dim, p.n_v_heads * p.head_v_dim);
+        check_len(op, "q", q.len(), rows * qk_w)?;
+        check_len(op, "k", k.len(), rows * qk_w)?;
+        check_len(op, "v", v.len(), rows * v_w)?;
+        check_len(op, "g", g.len(), rows * p.n_v_heads)?;
+        check_len(op, "beta", beta.len(), rows * p.n_v_heads)?;
+        check_len(op, "output", out.len(), rows * v_w)?;
+        let need = p.n_v_heads * p.head_v_dim * p.head_k_dim;
+        if state.len() != need {
+            return Err(shape_err(
+                op,
+                format!("state of {} values, expected {need}", state.len()),
+            ));
+        }
+        recurrent::gated_delta_net(
+            &self.pool, q, k, v, g, beta, state, rows, &p, out, snapshots,
+        );
+        Ok(())
+    }
 }
 
 fn check_len(op: &'static str, what: &str, have: usize, need: usize) -> Result<()> {
@@ -497,41 +587,25 @@ impl Backend for CpuBackend {
         rows: usize,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        let (channels, kernel) = (weight.rows, weight.cols);
-        if kernel < 2 {
-            return Err(shape_err("conv1d_silu", format!("kernel of {kernel} taps")));
-        }
-        if weight.ty != GgmlType::F32 {
-            return Err(shape_err(
-                "conv1d_silu",
-                format!("weight type {} (F32 expected)", weight.ty),
-            ));
-        }
-        check_len("conv1d_silu", "input", x.len(), rows * channels)?;
-        check_len("conv1d_silu", "output", out.len(), rows * channels)?;
-        if state.len() != channels * (kernel - 1) {
-            return Err(shape_err(
-                "conv1d_silu",
-                format!(
-                    "state of {} values, expected {}",
-                    state.len(),
-                    channels * (kernel - 1)
-                ),
-            ));
-        }
-        let w: &[f32] = bytemuck::try_cast_slice(weight.bytes())
-            .map_err(|_| shape_err("conv1d_silu", "weight is not 4-byte aligned"))?;
-        recurrent::conv1d_silu(
-            &self.pool,
-            &x[..rows * channels],
-            w,
-            state,
-            rows,
-            channels,
-            kernel,
-            &mut out[..rows * channels],
-        );
-        Ok(())
+        self.conv(x, weight, state, rows, out, None)
+    }
+
+    fn conv1d_silu_snapshots(
+        &self,
+        x: &Vec<f32>,
+        weight: &CpuWeight,
+        state: &mut Vec<f32>,
+        rows: usize,
+        out: &mut Vec<f32>,
+        snapshots: &mut Vec<f32>,
+    ) -> Result<()> {
+        check_len(
+            "conv1d_silu_snapshots",
+            "snapshots",
+            snapshots.len(),
+            rows * state.len(),
+        )?;
+        self.conv(x, weight, state, rows, out, Some(snapshots.as_mut_slice()))
     }
 
     fn delta_net_gates(
@@ -569,29 +643,40 @@ impl Backend for CpuBackend {
         p: DeltaNetParams,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        let op = "gated_delta_net";
-        if p.n_k_heads == 0 || !p.n_v_heads.is_multiple_of(p.n_k_heads) {
-            return Err(shape_err(
-                op,
-                format!("{} V-heads over {} K-heads", p.n_v_heads, p.n_k_heads),
-            ));
-        }
-        let (qk_w, v_w) = (p.n_k_heads * p.head_k_dim, p.n_v_heads * p.head_v_dim);
-        check_len(op, "q", q.len(), rows * qk_w)?;
-        check_len(op, "k", k.len(), rows * qk_w)?;
-        check_len(op, "v", v.len(), rows * v_w)?;
-        check_len(op, "g", g.len(), rows * p.n_v_heads)?;
-        check_len(op, "beta", beta.len(), rows * p.n_v_heads)?;
-        check_len(op, "output", out.len(), rows * v_w)?;
-        let need = p.n_v_heads * p.head_v_dim * p.head_k_dim;
-        if state.len() != need {
-            return Err(shape_err(
-                op,
-                format!("state of {} values, expected {need}", state.len()),
-            ));
-        }
-        recurrent::gated_delta_net(&self.pool, q, k, v, g, beta, state, rows, &p, out);
-        Ok(())
+        self.delta_rule(q, k, v, g, beta, state, rows, p, out, None)
+    }
+
+    fn gated_delta_net_snapshots(
+        &self,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        g: &Vec<f32>,
+        beta: &Vec<f32>,
+        state: &mut Vec<f32>,
+        rows: usize,
+        p: DeltaNetParams,
+        out: &mut Vec<f32>,
+        snapshots: &mut Vec<f32>,
+    ) -> Result<()> {
+        check_len(
+            "gated_delta_net_snapshots",
+            "snapshots",
+            snapshots.len(),
+            rows * state.len(),
+        )?;
+        self.delta_rule(
+            q,
+            k,
+            v,
+            g,
+            beta,
+            state,
+            rows,
+            p,
+            out,
+            Some(snapshots.as_mut_slice()),
+        )
     }
 }
 

@@ -46,7 +46,8 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 
 /// Causal depthwise conv1d over `rows` tokens of `channels` values, then SiLU. `weight` holds `kernel`
 /// taps per channel (`weight[c·kernel + t]`, oldest first); `state` holds the previous `kernel − 1` inputs
-/// per channel (`state[c·(kernel−1) + t]`, oldest first) and is advanced past the `rows` new tokens.
+/// per channel (`state[c·(kernel−1) + t]`, oldest first) and is advanced past the `rows` new tokens. With
+/// `snapshots` (`rows` slots of the state's length), slot r receives the state after token r.
 #[allow(clippy::too_many_arguments)]
 pub fn conv1d_silu(
     pool: &ThreadPool,
@@ -57,11 +58,13 @@ pub fn conv1d_silu(
     channels: usize,
     kernel: usize,
     out: &mut [f32],
+    snapshots: Option<&mut [f32]>,
 ) {
     let ks = kernel - 1;
     let n_tasks = pool.n_threads().min(channels).max(1);
     let per = channels.div_ceil(n_tasks);
     let (out_p, st_p) = (SendPtr(out.as_mut_ptr()), SendPtr(state.as_mut_ptr()));
+    let snap_p = snapshots.map(|s| SendPtr(s.as_mut_ptr()));
     let task = |t: usize| {
         let c0 = t * per;
         let c1 = (c0 + per).min(channels);
@@ -80,6 +83,13 @@ pub fn conv1d_silu(
                     s += a * b;
                 }
                 unsafe { *out_p.get().add(r * channels + c) = super::ops::silu(s) };
+                if let Some(snap) = snap_p {
+                    // SAFETY: channel c's part of slot r, owned by this task.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(snap.get().add((r * channels + c) * ks), ks)
+                    };
+                    dst.copy_from_slice(&window[r + 1..r + 1 + ks]);
+                }
             }
             st.copy_from_slice(&window[rows..rows + ks]);
         }
@@ -100,7 +110,8 @@ pub fn l2_norm_row(x: &mut [f32], eps: f32) {
 
 /// The gated delta rule over `rows` tokens for every V-head. q, k: rows of `n_k_heads × dk`; v and out:
 /// rows of `n_v_heads × dv`; g (log-decay) and beta: rows of `n_v_heads`; state: `n_v_heads × dv × dk`.
-/// V-head h reads Q/K head `h % n_k_heads`.
+/// V-head h reads Q/K head `h % n_k_heads`. With `snapshots` (`rows` slots of the state's length) the
+/// rule runs token by token and slot r receives the state after token r.
 #[allow(clippy::too_many_arguments)]
 pub fn gated_delta_net(
     pool: &ThreadPool,
@@ -113,9 +124,12 @@ pub fn gated_delta_net(
     rows: usize,
     p: &DeltaNetParams,
     out: &mut [f32],
+    snapshots: Option<&mut [f32]>,
 ) {
     let (dk, dv, hv) = (p.head_k_dim, p.head_v_dim, p.n_v_heads);
+    let state_len = state.len();
     let (out_p, st_p) = (SendPtr(out.as_mut_ptr()), SendPtr(state.as_mut_ptr()));
+    let snap_p = snapshots.map(|s| SendPtr(s.as_mut_ptr()));
     let chunk = p.chunk.unwrap_or(1).max(1);
     let task = |h: usize| {
         // SAFETY: task h owns V-head h: its state block and its columns of every output row.
@@ -132,7 +146,19 @@ pub fn gated_delta_net(
             p,
             out: out_p,
         };
-        if chunk <= 1 {
+        if let Some(snap) = snap_p {
+            for t in 0..rows {
+                head.step(m, t);
+                // SAFETY: V-head h's block of slot t, owned by this task.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        snap.get().add(t * state_len + h * dv * dk),
+                        dv * dk,
+                    )
+                };
+                dst.copy_from_slice(m);
+            }
+        } else if chunk <= 1 {
             for t in 0..rows {
                 head.step(m, t);
             }

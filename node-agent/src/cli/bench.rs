@@ -1,10 +1,14 @@
 //! `kiln-agent bench`: prompt-processing and generation speed, measured the way llama-bench does (a
 //! prompt of N tokens from an empty cache; M single-token steps from an empty cache), median of reps.
+//! Also the cost of a speculative verify pass of 1..=K tokens (all logits, recurrent-state snapshots)
+//! after the prompt, relative to one token: speculation pays when accepted tokens per round outgrow it.
 
 use super::ModelArgs;
 use anyhow::Result;
 use clap::Args;
 use kiln_agent::engine::sampling::argmax;
+use kiln_agent::model::{Logits, PassOptions};
+use kiln_kernels::backend::Backend;
 use serde_json::json;
 use std::time::Instant;
 
@@ -25,6 +29,9 @@ pub struct BenchArgs {
     /// llama-bench's `-d`: decode speed at depth.
     #[arg(long, default_value_t = 0)]
     pub depth: usize,
+    /// Largest verify pass measured (tokens); 0 skips the verify curve.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(0..=17))]
+    pub verify_max: u16,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -44,12 +51,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
 struct Job(BenchArgs);
 
 impl super::OnBackend for Job {
-    fn run<B: kiln_kernels::backend::Backend + 'static>(self, ld: super::Loaded<B>) -> Result<()> {
+    fn run<B: Backend + 'static>(self, ld: super::Loaded<B>) -> Result<()> {
         bench(self.0, ld)
     }
 }
 
-fn bench<B: kiln_kernels::backend::Backend + 'static>(
+fn bench<B: Backend + 'static>(
     args: BenchArgs,
     mut ld: super::Loaded<B>,
 ) -> Result<()> {
@@ -68,7 +75,12 @@ fn bench<B: kiln_kernels::backend::Backend + 'static>(
             (s % n_vocab as u64) as u32
         })
         .collect();
+    ld.n_ctx = ld
+        .n_ctx
+        .max(args.prompt_tokens + args.verify_max as usize + 1);
     let mut seq = engine.new_sequence(ld.n_ctx, args.model.kv_type)?;
+    // Pure model speed: no recurrent-state checkpoints along the prompt.
+    seq.checkpoints.policy.spacing = 0;
     // Warm-up: touches every weight page once.
     engine.prefill(&mut seq, &prompt[..prompt.len().min(8)])?;
 
@@ -96,6 +108,7 @@ fn bench<B: kiln_kernels::backend::Backend + 'static>(
             tg.push(args.gen_tokens as f64 / t.elapsed().as_secs_f64());
         }
     }
+    let verify = verify_curve(&ld, &mut seq, &prompt, args.verify_max as usize, reps)?;
     let out = json!({
         "model": args.model.model.display().to_string(),
         "arch": engine.model.info().arch,
@@ -109,7 +122,77 @@ fn bench<B: kiln_kernels::backend::Backend + 'static>(
         "decode_tok_s": median(tg.clone()),
         "prefill_tok_s_all": pp,
         "decode_tok_s_all": tg,
+        "verify": verify,
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
+}
+
+/// Median milliseconds of a verify pass of k = 1..=`max` tokens after `prompt`, the ratio to k = 1,
+/// and (for a model with an MTP head) one chained draft step.
+fn verify_curve<B: Backend + 'static>(
+    ld: &super::Loaded<B>,
+    seq: &mut kiln_agent::engine::Sequence<B>,
+    prompt: &[u32],
+    max: usize,
+    reps: usize,
+) -> Result<serde_json::Value> {
+    if max == 0 {
+        return Ok(serde_json::Value::Null);
+    }
+    let engine = &ld.engine;
+    let be = &*engine.backend;
+    engine.reset(seq)?;
+    engine.prefill(seq, prompt)?;
+    let start = seq.tokens.len();
+    if start + max > seq.n_ctx() {
+        anyhow::bail!("the context is too small for a {max}-token verify pass after the prompt");
+    }
+    let recurrent = seq.cache.has_recurrent();
+    if recurrent {
+        seq.cache.enable_snapshots(be, max)?;
+    }
+    let mut ms = Vec::new();
+    for k in 1..=max {
+        let batch: Vec<u32> = (0..k).map(|i| prompt[i % prompt.len()]).collect();
+        let mut times = Vec::new();
+        for _ in 0..reps {
+            let t = Instant::now();
+            let opts = PassOptions {
+                logits: Logits::All,
+                hidden: None,
+                snapshots: recurrent,
+            };
+            // Always at the same position: attention entries are overwritten; the recurrent state
+            // drifting on does not change the cost.
+            engine
+                .model
+                .forward_with(&mut seq.cache, &batch, start, opts)?;
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        ms.push(median(times));
+    }
+    let relative: Vec<f64> = ms.iter().map(|m| m / ms[0]).collect();
+    let draft_step_ms = match engine.model.draft_head() {
+        Some(head) => {
+            let dim = engine.model.info().n_embd;
+            let mut cache = head.new_draft_cache(seq.n_ctx(), seq.cache.kv_type)?;
+            let (h, mut out) = (be.tensor(dim)?, be.tensor(dim)?);
+            let mut times = Vec::new();
+            for _ in 0..reps {
+                let t = Instant::now();
+                head.draft_forward(&mut cache, &h, &prompt[..1], start, &mut out)?;
+                times.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            Some(median(times))
+        }
+        None => None,
+    };
+    Ok(json!({
+        "position": start,
+        "tokens": (1..=max).collect::<Vec<_>>(),
+        "ms": ms,
+        "relative_to_1": relative,
+        "mtp_draft_step_ms": draft_step_ms,
+    }))
 }

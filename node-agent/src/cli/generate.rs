@@ -9,6 +9,15 @@ use kiln_agent::tokenizer::{DecodeOptions, Tokenizer};
 use serde_json::{json, Map, Value};
 use std::io::Write;
 
+/// Speculative decoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Spec {
+    /// Plain decoding, one token per forward pass.
+    None,
+    /// Draft with the model's MTP head and verify the drafts in one pass.
+    Mtp,
+}
+
 /// Whether the chat template opens a thinking block (models that have one, e.g. Qwen3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Reasoning {
@@ -56,6 +65,12 @@ pub struct GenerateArgs {
     /// Print one JSON object (text, token ids, speeds) instead of streaming text.
     #[arg(long)]
     pub json: bool,
+    /// Speculative decoding: `mtp` drafts with the model's MTP head (qwen35).
+    #[arg(long, value_enum, default_value = "none")]
+    pub spec: Spec,
+    /// Most tokens the MTP head drafts per round (the verify pass runs this many + 1).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub spec_draft_n_max: u16,
 }
 
 /// The prompt as text, rendered through the chat template when asked.
@@ -139,6 +154,11 @@ fn generate<B: kiln_kernels::backend::Backend + 'static>(
     let mut seq = engine
         .new_sequence(ld.n_ctx, args.model.kv_type)
         .context("allocating the KV cache")?;
+    if args.spec == Spec::Mtp {
+        engine
+            .enable_speculation(&mut seq, args.spec_draft_n_max as usize)
+            .context("turning on MTP speculative decoding")?;
+    }
     let mut sampler = Sampler::new(sampling);
     // End-of-generation tokens end the answer; they are not printed.
     let mut detok = tok.detokenizer(DecodeOptions {
@@ -177,6 +197,7 @@ fn generate<B: kiln_kernels::backend::Backend + 'static>(
             "prefill_tok_s": stats.prefill_tok_s,
             "decode_tok_s": stats.decode_tok_s,
             "finish_reason": stats.finish_reason,
+            "speculative": stats.speculative,
             "stats": stats,
         });
         println!("{out}");

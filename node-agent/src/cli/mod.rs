@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod generate;
+pub mod gpus;
+pub mod plan;
 pub mod serve;
 pub mod synth;
 
@@ -35,7 +37,7 @@ pub struct ModelArgs {
     pub kv_type: KvType,
 }
 
-fn parse_kv_type(s: &str) -> std::result::Result<KvType, String> {
+pub fn parse_kv_type(s: &str) -> std::result::Result<KvType, String> {
     KvType::parse(s).ok_or_else(|| format!("unknown KV type `{s}` (f32, f16, q8_0, q4_0)"))
 }
 

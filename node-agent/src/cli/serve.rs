@@ -4,7 +4,9 @@ use super::generate::Reasoning;
 use super::ModelArgs;
 use anyhow::Result;
 use clap::Args;
+use kiln_agent::plan;
 use kiln_agent::server::{self, ServeConfig};
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Args, Debug)]
@@ -45,6 +47,33 @@ pub struct ServeArgs {
     /// Seconds in-flight requests may run after SIGTERM/SIGINT before the server exits.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace_s: u64,
+    /// Device memory to keep free (bytes, or 512MiB, 1GiB): the context shrinks before free memory
+    /// would fall below it.
+    #[arg(long, default_value_t = plan::DEFAULT_HEADROOM, value_parser = plan::parse_bytes)]
+    pub vram_headroom: u64,
+    /// The smallest context downsizing may reach (and the floor of the start-up plan).
+    #[arg(long, default_value_t = plan::DEFAULT_CTX_MIN)]
+    pub ctx_min: usize,
+    /// Shrink the context when device memory runs low, grow it back when memory is free again.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_downsize: bool,
+    /// Where device memory is read: auto, sysfs, nvml, fake:FILE (tests: `USED TOTAL` bytes per line),
+    /// none.
+    #[arg(long, default_value = "auto")]
+    pub memory_source: String,
+    /// The directory holding `sys/` and `dev/` (GPU probe and sysfs memory source).
+    #[arg(long, default_value = "/", env = "KILN_SYSFS_ROOT")]
+    pub sysfs_root: PathBuf,
+    /// Milliseconds between memory samples.
+    #[arg(long, default_value_t = 2000)]
+    pub memory_poll_ms: u64,
+    /// Seconds memory must stay free before the context grows back.
+    #[arg(long, default_value_t = 60)]
+    pub grow_after_s: u64,
+    /// Seconds in-flight requests may run once a downsize starts; the rest are ended with a
+    /// retryable 503.
+    #[arg(long, default_value_t = 30)]
+    pub downsize_drain_s: u64,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -64,6 +93,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if args.parallel == 0 || args.parallel > 256 {
         anyhow::bail!("--parallel must be between 1 and 256");
     }
+    // The ROCm environment must be in place before any thread starts and before any HIP call.
+    let probe = kiln_agent::gpu::ProbeOptions {
+        sysfs_root: args.sysfs_root.clone(),
+        nvml: false,
+    };
+    let (gpus, env) = super::gpus::env_plan(&probe, true);
+    if !gpus.is_empty() {
+        kiln_agent::gpu::hsa::apply(&env);
+    }
     let cfg = ServeConfig {
         model: args.model.model.clone(),
         alias: args.alias,
@@ -80,6 +118,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
         cors_origin: args.cors_origin,
         body_limit: args.max_body_bytes.max(1024),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_s),
+        vram_headroom: args.vram_headroom,
+        ctx_min: args.ctx_min.max(16),
+        auto_downsize: args.auto_downsize,
+        memory_source: args.memory_source,
+        sysfs_root: args.sysfs_root,
+        memory_poll: Duration::from_millis(args.memory_poll_ms.clamp(50, 600_000)),
+        grow_after: Duration::from_secs(args.grow_after_s),
+        downsize_drain: Duration::from_secs(args.downsize_drain_s),
     };
     // The engine has its own thread; the runtime only does I/O.
     let rt = tokio::runtime::Builder::new_multi_thread()

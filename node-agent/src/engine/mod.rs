@@ -1,11 +1,16 @@
-//! The engine: sequences with their caches, chunked prefill with prefix reuse, and the decode loop.
+//! The engine: sequences with their caches, chunked prefill with prefix reuse (recurrent-state
+//! checkpoints for hybrid models), the decode loop, and MTP speculative decoding.
 
+pub mod checkpoints;
 pub mod sampling;
+pub mod speculative;
 
-use crate::model::{Cache, Logits, Model, Result};
+use crate::model::{Cache, Logits, Model, PassOptions, Result};
+use checkpoints::{CheckpointPolicy, Checkpoints};
 use kiln_kernels::backend::{Backend, KvType};
 use sampling::Sampler;
 use serde::Serialize;
+use speculative::{DraftState, SpecStats};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,6 +23,11 @@ pub struct Engine<B: Backend> {
 pub struct Sequence<B: Backend> {
     pub cache: Cache<B>,
     pub tokens: Vec<u32>,
+    /// Recurrent-state checkpoints along past prompts (prefix reuse for hybrid models).
+    pub checkpoints: Checkpoints<B>,
+    /// The MTP head's cache and inputs, when this sequence decodes speculatively
+    /// ([`Engine::enable_speculation`]).
+    pub draft: Option<DraftState<B>>,
 }
 
 impl<B: Backend> Sequence<B> {
@@ -51,9 +61,12 @@ pub struct GenerationStats {
     pub prefill_tok_s: f64,
     pub decode_tok_s: f64,
     pub finish_reason: FinishReason,
+    /// Speculative decoding: acceptance, tokens per round, draft cost (absent when off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<SpecStats>,
 }
 
-fn per_second(n: usize, ms: f64) -> f64 {
+pub(crate) fn per_second(n: usize, ms: f64) -> f64 {
     if ms > 0.0 {
         n as f64 * 1000.0 / ms
     } else {
@@ -70,16 +83,33 @@ impl<B: Backend> Engine<B> {
         Ok(Sequence {
             cache: self.model.new_cache(n_ctx, kv_type)?,
             tokens: Vec::new(),
+            checkpoints: Checkpoints::new(CheckpointPolicy::default()),
+            draft: None,
         })
     }
 
-    /// Makes `seq` hold `tokens`, computing only what its cache does not already have: the longest
-    /// common prefix is kept (attention caches are simply overwritten past it). A model with recurrent
-    /// layers keeps its cache only when `tokens` strictly extends the cached tokens, and otherwise
-    /// starts over (recurrent-state checkpoints will lift this). Returns the logits of
-    /// the last token and how many tokens were reused. At least the last token is always recomputed,
-    /// since its logits are needed.
+    /// Makes `seq` hold `tokens`, computing only what its cache does not already have, and returns the
+    /// logits of the last token and how many tokens were reused. Attention caches keep the longest
+    /// common prefix (entries past it are overwritten). A recurrent state exists only at the end of what
+    /// it has seen: it is kept for an exact extension of the cached tokens, and otherwise the latest
+    /// checkpoint at or below the common prefix is restored (or, without one, the sequence starts
+    /// over). The last token is always recomputed, since its logits are needed.
     pub fn prefill(&self, seq: &mut Sequence<B>, tokens: &[u32]) -> Result<(Vec<f32>, usize)> {
+        let keep = self.reuse_prefix(seq, tokens)?;
+        let mut logits = Vec::new();
+        let mut done = keep;
+        while done < tokens.len() {
+            let (l, n) = self.prefill_chunk(seq, &tokens[done..], self.model.max_batch())?;
+            logits = l;
+            done += n;
+        }
+        Ok((logits, keep))
+    }
+
+    /// The first half of [`Engine::prefill`], for callers that feed the prompt in steps (the server):
+    /// checks `tokens`, keeps what `seq` can reuse of it (restoring a checkpoint if needed) and returns
+    /// how many tokens that is; the caller then feeds `tokens[kept..]` with [`Engine::prefill_chunk`].
+    pub fn reuse_prefix(&self, seq: &mut Sequence<B>, tokens: &[u32]) -> Result<usize> {
         if tokens.is_empty() {
             return Err(crate::model::ModelError::Invalid("empty prompt".into()));
         }
@@ -97,40 +127,119 @@ impl<B: Backend> Engine<B> {
             .take_while(|(a, b)| a == b)
             .count()
             .min(tokens.len() - 1);
-        // A recurrent state exists only at the end of what it has seen: it can be kept for an exact
-        // extension of the cached tokens, never cut back to a shorter prefix.
-        let common = if seq.cache.has_recurrent() && common < seq.tokens.len() {
-            seq.cache.reset(&self.backend)?;
-            0
+        let keep = if seq.cache.has_recurrent() && common < seq.tokens.len() {
+            self.restore_checkpoint(seq, common)?
         } else {
             common
         };
-        seq.tokens.truncate(common);
-        let mut logits = Vec::new();
-        for chunk in tokens[common..].chunks(self.model.max_batch()) {
-            let start = seq.tokens.len();
-            logits = self
-                .model
-                .forward(&mut seq.cache, chunk, start, Logits::Last)?;
-            seq.tokens.extend_from_slice(chunk);
-        }
-        Ok((logits, common))
+        seq.tokens.truncate(keep);
+        seq.checkpoints.truncate(keep);
+        Ok(keep)
     }
 
-    /// Empties `seq` (its recurrent states back to zero) so it can hold a new sequence.
+    /// Runs the next part of a prompt: at most `max` tokens of `rest` (the prompt's tokens not yet in
+    /// `seq`), cut at the next checkpoint position, saving the checkpoint when one falls due (the end
+    /// of `rest` is the end of the prompt). Returns the logits of the last token run and how many
+    /// tokens were run.
+    pub fn prefill_chunk(
+        &self,
+        seq: &mut Sequence<B>,
+        rest: &[u32],
+        max: usize,
+    ) -> Result<(Vec<f32>, usize)> {
+        let start = seq.tokens.len();
+        let mut n = rest.len().min(max.clamp(1, self.model.max_batch()));
+        let recurrent = seq.cache.has_recurrent();
+        if recurrent {
+            if let Some(due) = seq.checkpoints.next_due(start) {
+                n = n.min(due - start);
+            }
+        }
+        let logits = self.pass(seq, &rest[..n], Logits::Last)?;
+        let done = start + n;
+        if recurrent && seq.checkpoints.due(done, n == rest.len()) {
+            let dim = self.model.info().n_embd;
+            let hidden = seq.draft.as_ref().map(|d| (d.pending_row(), dim));
+            seq.checkpoints
+                .save(&self.backend, &seq.cache, done, hidden)?;
+        }
+        Ok((logits, n))
+    }
+
+    /// Puts `seq`'s recurrent states back to the latest checkpoint at or below `limit` (or zero) and
+    /// returns how many of its tokens stay valid.
+    fn restore_checkpoint(&self, seq: &mut Sequence<B>, limit: usize) -> Result<usize> {
+        let be = &*self.backend;
+        let dim = self.model.info().n_embd;
+        let restored = match &mut seq.draft {
+            Some(d) => {
+                let pos = seq.checkpoints.restore(
+                    be,
+                    &mut seq.cache,
+                    limit.min(d.max_restart()),
+                    Some((d.pending_row_mut(), dim)),
+                )?;
+                if let Some(pos) = pos {
+                    d.restart_at(pos);
+                }
+                pos
+            }
+            None => seq.checkpoints.restore(be, &mut seq.cache, limit, None)?,
+        };
+        match restored {
+            Some(pos) => Ok(pos),
+            None => {
+                seq.cache.reset(be)?;
+                if let Some(d) = &mut seq.draft {
+                    d.restart_at(0);
+                }
+                Ok(0)
+            }
+        }
+    }
+
+    /// One forward pass appending `chunk` to `seq`; with an MTP head, the head's cache mirrors it.
+    fn pass(&self, seq: &mut Sequence<B>, chunk: &[u32], logits: Logits) -> Result<Vec<f32>> {
+        let start = seq.tokens.len();
+        let out = match (&mut seq.draft, self.model.draft_head()) {
+            (Some(d), Some(head)) => {
+                if !d.has_room(chunk.len()) {
+                    // Pending rows left by a verify pass: pair them up now (chunk[0] follows them).
+                    d.mirror(&*self.backend, head, &seq.tokens, Some(chunk[0]))?;
+                }
+                let opts = PassOptions {
+                    logits,
+                    hidden: Some(&mut d.hidden),
+                    snapshots: false,
+                };
+                let out = self
+                    .model
+                    .forward_with(&mut seq.cache, chunk, start, opts)?;
+                seq.tokens.extend_from_slice(chunk);
+                d.push_hidden(&*self.backend, chunk.len())?;
+                d.mirror(&*self.backend, head, &seq.tokens, None)?;
+                return Ok(out);
+            }
+            _ => self.model.forward(&mut seq.cache, chunk, start, logits)?,
+        };
+        seq.tokens.extend_from_slice(chunk);
+        Ok(out)
+    }
+
+    /// Empties `seq` (its recurrent states back to zero, checkpoints dropped) so it can hold a new
+    /// sequence.
     pub fn reset(&self, seq: &mut Sequence<B>) -> Result<()> {
         seq.tokens.clear();
+        seq.checkpoints.clear();
+        if let Some(d) = &mut seq.draft {
+            d.restart_at(0);
+        }
         seq.cache.reset(&self.backend)
     }
 
     /// Appends one token and returns the logits for the next position.
     pub fn decode(&self, seq: &mut Sequence<B>, token: u32) -> Result<Vec<f32>> {
-        let start = seq.tokens.len();
-        let logits = self
-            .model
-            .forward(&mut seq.cache, &[token], start, Logits::Last)?;
-        seq.tokens.push(token);
-        Ok(logits)
+        self.pass(seq, &[token], Logits::Last)
     }
 
     /// Prefills `prompt`, then samples up to `max_tokens` tokens. `on_token` sees each new token and
@@ -145,6 +254,9 @@ impl<B: Backend> Engine<B> {
         is_end: &dyn Fn(u32) -> bool,
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<(Vec<u32>, GenerationStats)> {
+        if seq.draft.is_some() {
+            return self.generate_speculative(seq, prompt, max_tokens, sampler, is_end, on_token);
+        }
         let t0 = Instant::now();
         let (mut logits, cached) = self.prefill(seq, prompt)?;
         let prefill_ms = t0.elapsed().as_secs_f64() * 1000.0;
@@ -186,6 +298,7 @@ impl<B: Backend> Engine<B> {
             prefill_tok_s: per_second(computed, prefill_ms),
             decode_tok_s: per_second(decoded, decode_ms),
             finish_reason: finish,
+            speculative: None,
         };
         Ok((out, stats))
     }

@@ -94,6 +94,31 @@ impl Sampler {
 
     /// Picks the next token. `history` is every token so far (prompt included), for the penalty.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        match self.distribution(logits, history) {
+            Distribution::Greedy(t) => t,
+            Distribution::Weighted(cand) => {
+                let r: f32 = self.rng.random();
+                draw(&cand, r)
+            }
+        }
+    }
+
+    /// Speculative verification of a greedy `draft` (a one-hot draft distribution) at a position with
+    /// these target logits: accepts it with probability p(draft), and otherwise draws from p without the
+    /// draft, renormalised, so the token returned is distributed exactly as p. Returns the token and
+    /// whether it is the accepted draft. At temperature 0 this is argmax == draft.
+    pub fn verify_draft(&mut self, logits: &mut [f32], history: &[u32], draft: u32) -> (u32, bool) {
+        match self.distribution(logits, history) {
+            Distribution::Greedy(t) => (t, t == draft),
+            Distribution::Weighted(cand) => {
+                let (accept, resample): (f32, f32) = (self.rng.random(), self.rng.random());
+                accept_or_resample(&cand, draft, accept, resample)
+            }
+        }
+    }
+
+    /// The target distribution after the penalty, top-k, top-p, min-p and temperature.
+    fn distribution(&self, logits: &mut [f32], history: &[u32]) -> Distribution {
         let p = &self.params;
         if p.repeat_penalty != 1.0 && p.repeat_last_n > 0 {
             let recent = &history[history.len().saturating_sub(p.repeat_last_n)..];
@@ -111,7 +136,7 @@ impl Sampler {
             }
         }
         if p.temperature <= 0.0 {
-            return argmax(logits);
+            return Distribution::Greedy(argmax(logits));
         }
         // Candidates sorted by logit, then trimmed.
         let mut cand: Vec<(u32, f32)> = logits
@@ -121,7 +146,7 @@ impl Sampler {
             .map(|(i, &l)| (i as u32, l))
             .collect();
         if cand.is_empty() {
-            return argmax(logits);
+            return Distribution::Greedy(argmax(logits));
         }
         let k = if p.top_k == 0 {
             cand.len()
@@ -151,16 +176,50 @@ impl Sampler {
             cand.retain(|c| c.1 >= threshold);
         }
         let probs = softmax(cand.iter().map(|c| c.1 / p.temperature));
-        let r: f32 = self.rng.random();
-        let mut cum = 0.0;
-        for (c, pr) in cand.iter().zip(&probs) {
-            cum += pr;
-            if r < cum {
-                return c.0;
-            }
-        }
-        cand.last().map_or(0, |c| c.0)
+        Distribution::Weighted(cand.iter().map(|c| c.0).zip(probs).collect())
     }
+}
+
+/// What the sampler draws from.
+enum Distribution {
+    /// Temperature 0: this token.
+    Greedy(u32),
+    /// Candidates and their probabilities (summing to 1), most likely first.
+    Weighted(Vec<(u32, f32)>),
+}
+
+/// The token at cumulative probability `r` ∈ [0, 1).
+fn draw(cand: &[(u32, f32)], r: f32) -> u32 {
+    let mut cum = 0.0;
+    for &(t, pr) in cand {
+        cum += pr;
+        if r < cum {
+            return t;
+        }
+    }
+    cand.last().map_or(0, |c| c.0)
+}
+
+/// The accept/reject rule for a one-hot draft: accept `draft` when `accept` < p(draft); otherwise draw
+/// with `resample` from p restricted to the other candidates (renormalised). `accept` and `resample`
+/// are independent uniform numbers in [0, 1).
+pub fn accept_or_resample(
+    cand: &[(u32, f32)],
+    draft: u32,
+    accept: f32,
+    resample: f32,
+) -> (u32, bool) {
+    let p_draft = cand.iter().find(|c| c.0 == draft).map_or(0.0, |c| c.1);
+    if accept < p_draft {
+        return (draft, true);
+    }
+    let rest: Vec<(u32, f32)> = cand.iter().filter(|c| c.0 != draft).copied().collect();
+    let total: f32 = rest.iter().map(|c| c.1).sum();
+    if rest.is_empty() || total <= 0.0 {
+        // p is (numerically) all on the draft.
+        return (draft, true);
+    }
+    (draw(&rest, resample * total), false)
 }
 
 fn softmax(logits: impl Iterator<Item = f32> + Clone) -> Vec<f32> {
@@ -250,6 +309,49 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(s.sample(&mut [2.0, 1.5], &[0]), 1);
+    }
+
+    /// The accept/reject rule keeps the target distribution: over many trials with a fixed seed the
+    /// emitted token follows p whichever token was drafted, and the draft is accepted with p(draft).
+    #[test]
+    fn speculative_rule_keeps_the_target_distribution() {
+        let p = [0.1f32, 0.2, 0.3, 0.4];
+        let logits: Vec<f32> = p.iter().map(|x| x.ln()).collect();
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 11,
+            ..Default::default()
+        };
+        let trials = 40_000;
+        for draft in [0u32, 3, 7] {
+            let mut s = Sampler::new(params.clone());
+            let mut counts = [0usize; 4];
+            let mut accepted = 0;
+            for _ in 0..trials {
+                let (t, ok) = s.verify_draft(&mut logits.clone(), &[], draft);
+                counts[t as usize] += 1;
+                accepted += ok as usize;
+                assert_eq!(ok, t == draft);
+            }
+            for (i, &c) in counts.iter().enumerate() {
+                let f = c as f32 / trials as f32;
+                assert!(
+                    (f - p[i]).abs() < 0.01,
+                    "draft {draft}: p[{i}] {f} vs {}",
+                    p[i]
+                );
+            }
+            let want = p.get(draft as usize).copied().unwrap_or(0.0);
+            let rate = accepted as f32 / trials as f32;
+            assert!((rate - want).abs() < 0.01, "draft {draft}: accepted {rate}");
+        }
+        // Greedy: accepted exactly when the draft is the argmax.
+        let mut g = Sampler::new(SamplingParams::greedy());
+        assert_eq!(g.verify_draft(&mut logits.clone(), &[], 3), (3, true));
+        assert_eq!(g.verify_draft(&mut logits.clone(), &[], 1), (3, false));
     }
 
     #[test]

@@ -93,6 +93,15 @@ fn missing(key: &str) -> GgufError {
     }
 }
 
+impl FromIterator<(String, Value)> for Metadata {
+    /// Metadata from key/value pairs (a writer's plan, a test's hand-made header).
+    fn from_iter<I: IntoIterator<Item = (String, Value)>>(iter: I) -> Self {
+        Metadata {
+            entries: iter.into_iter().collect(),
+        }
+    }
+}
+
 impl Metadata {
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.entries.get(key)

@@ -66,6 +66,39 @@ pub struct RecurrentState<B: Backend> {
     pub conv: B::Tensor,
     /// The delta-rule state of every V-head (`n_v_heads × head_v_dim × head_k_dim`, f32).
     pub ssm: B::Tensor,
+    /// Per-token copies of `conv` and `ssm` from the last pass run with snapshots on (speculative
+    /// verification), so the state can be moved back to any token of that pass.
+    pub snapshots: Option<StateSnapshots<B>>,
+}
+
+impl<B: Backend> RecurrentState<B> {
+    pub fn new(backend: &B, conv_len: usize, ssm_len: usize) -> Result<Self> {
+        Ok(RecurrentState {
+            conv: backend.tensor(conv_len)?,
+            ssm: backend.tensor(ssm_len)?,
+            snapshots: None,
+        })
+    }
+
+    /// Values in one copy of the state (conv + ssm).
+    pub fn len(&self, backend: &B) -> usize {
+        backend.tensor_len(&self.conv) + backend.tensor_len(&self.ssm)
+    }
+}
+
+/// `slots` copies of a recurrent state: slot r is the state after token r of the last snapshot pass.
+pub struct StateSnapshots<B: Backend> {
+    pub conv: B::Tensor,
+    pub ssm: B::Tensor,
+    pub slots: usize,
+    /// Slots the last snapshot pass wrote.
+    pub filled: usize,
+}
+
+/// A copy of every recurrent state of a cache at one position (prefix reuse: see the engine).
+pub struct StateCopy<B: Backend> {
+    /// Per recurrent layer, in layer order: (conv, ssm).
+    states: Vec<(B::Tensor, B::Tensor)>,
 }
 
 /// Everything one sequence carries between forward passes.
@@ -82,7 +115,10 @@ impl<B: Backend> Cache<B> {
             .map(|l| match l {
                 LayerCache::Attention(kv) => backend.kv_cache_bytes(kv),
                 LayerCache::Recurrent(r) => {
-                    4 * (backend.tensor_len(&r.conv) + backend.tensor_len(&r.ssm))
+                    let snap = r.snapshots.as_ref().map_or(0, |s| {
+                        backend.tensor_len(&s.conv) + backend.tensor_len(&s.ssm)
+                    });
+                    4 * (r.len(backend) + snap)
                 }
             })
             .sum()
@@ -102,9 +138,97 @@ impl<B: Backend> Cache<B> {
             if let LayerCache::Recurrent(r) = l {
                 r.conv = backend.tensor(backend.tensor_len(&r.conv))?;
                 r.ssm = backend.tensor(backend.tensor_len(&r.ssm))?;
+                if let Some(s) = &mut r.snapshots {
+                    s.filled = 0;
+                }
             }
         }
         Ok(())
+    }
+
+    /// Gives every recurrent layer room for `slots` per-token state snapshots (a verify pass of up to
+    /// `slots` tokens). Idempotent for the same or a smaller count.
+    pub fn enable_snapshots(&mut self, backend: &B, slots: usize) -> Result<()> {
+        for l in &mut self.layers {
+            if let LayerCache::Recurrent(r) = l {
+                if r.snapshots.as_ref().is_some_and(|s| s.slots >= slots) {
+                    continue;
+                }
+                r.snapshots = Some(StateSnapshots {
+                    conv: backend.tensor(slots * backend.tensor_len(&r.conv))?,
+                    ssm: backend.tensor(slots * backend.tensor_len(&r.ssm))?,
+                    slots,
+                    filled: 0,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves every recurrent state back to just after token `keep − 1` of the last snapshot pass (its
+    /// first `keep` tokens stay, the rest are forgotten). Attention layers need nothing: the rejected
+    /// positions are overwritten by the next pass.
+    pub fn rollback(&mut self, backend: &B, keep: usize) -> Result<()> {
+        for l in &mut self.layers {
+            if let LayerCache::Recurrent(r) = l {
+                let s = r.snapshots.as_mut().ok_or_else(|| {
+                    ModelError::Invalid("rollback without state snapshots".into())
+                })?;
+                if keep == 0 || keep > s.filled {
+                    return Err(ModelError::Invalid(format!(
+                        "rollback to token {keep} of a {}-token snapshot pass",
+                        s.filled
+                    )));
+                }
+                let (c, m) = (backend.tensor_len(&r.conv), backend.tensor_len(&r.ssm));
+                backend.copy(&s.conv, (keep - 1) * c, &mut r.conv, 0, c)?;
+                backend.copy(&s.ssm, (keep - 1) * m, &mut r.ssm, 0, m)?;
+                s.filled = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// A copy of every recurrent state (nothing for attention layers, whose entries stay in place).
+    pub fn save_states(&self, backend: &B) -> Result<StateCopy<B>> {
+        let mut states = Vec::new();
+        for l in &self.layers {
+            if let LayerCache::Recurrent(r) = l {
+                let (c, m) = (backend.tensor_len(&r.conv), backend.tensor_len(&r.ssm));
+                let (mut conv, mut ssm) = (backend.tensor(c)?, backend.tensor(m)?);
+                backend.copy(&r.conv, 0, &mut conv, 0, c)?;
+                backend.copy(&r.ssm, 0, &mut ssm, 0, m)?;
+                states.push((conv, ssm));
+            }
+        }
+        Ok(StateCopy { states })
+    }
+
+    /// Puts the recurrent states of `copy` (made by [`Cache::save_states`] of this cache) back.
+    pub fn restore_states(&mut self, backend: &B, copy: &StateCopy<B>) -> Result<()> {
+        let mut it = copy.states.iter();
+        for l in &mut self.layers {
+            if let LayerCache::Recurrent(r) = l {
+                let (conv, ssm) = it
+                    .next()
+                    .ok_or_else(|| ModelError::Invalid("state copy of another model".into()))?;
+                let (c, m) = (backend.tensor_len(&r.conv), backend.tensor_len(&r.ssm));
+                backend.copy(conv, 0, &mut r.conv, 0, c)?;
+                backend.copy(ssm, 0, &mut r.ssm, 0, m)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of one [`StateCopy`] of this cache.
+    pub fn state_bytes(&self, backend: &B) -> usize {
+        self.layers
+            .iter()
+            .map(|l| match l {
+                LayerCache::Recurrent(r) => 4 * r.len(backend),
+                LayerCache::Attention(_) => 0,
+            })
+            .sum()
     }
 }
 
@@ -138,6 +262,34 @@ pub(crate) fn check_forward<B: Backend>(
     Ok(())
 }
 
+/// What one forward pass should produce besides logits (speculative decoding needs these).
+pub struct PassOptions<'a, B: Backend> {
+    pub logits: Logits,
+    /// Receives the final-normed hidden state of every row (rows × n_embd): the MTP head's input.
+    pub hidden: Option<&'a mut B::Tensor>,
+    /// Keep the recurrent state after every token (see [`Cache::rollback`]); the cache must have room
+    /// ([`Cache::enable_snapshots`]).
+    pub snapshots: bool,
+}
+
+/// A multi-token-prediction head (Qwen3.5's MTP block) that drafts tokens from the main model's hidden
+/// states. Its cache has one attention layer; entry p holds the pair (h_p, x_{p+1}).
+pub trait DraftHead<B: Backend>: Send + Sync {
+    fn new_draft_cache(&self, n_ctx: usize, kv_type: KvType) -> Result<Cache<B>>;
+    /// Runs the head over `tokens.len()` rows: row r pairs hidden row r of `hidden` (the main model's
+    /// final-normed hidden, or the head's own output when chaining) with `tokens[r]`, at cache entries
+    /// `start..`. Returns the logits of the last row and writes that row's final-normed output (the
+    /// hidden for a chained next step) to `h_out`.
+    fn draft_forward(
+        &self,
+        cache: &mut Cache<B>,
+        hidden: &B::Tensor,
+        tokens: &[u32],
+        start: usize,
+        h_out: &mut B::Tensor,
+    ) -> Result<Vec<f32>>;
+}
+
 /// A model ready to run on backend `B`.
 pub trait Model<B: Backend>: Send + Sync {
     fn info(&self) -> &ModelInfo;
@@ -153,6 +305,27 @@ pub trait Model<B: Backend>: Send + Sync {
     ) -> Result<Vec<f32>>;
     /// Largest number of tokens one `forward` call accepts (longer prompts are fed in chunks).
     fn max_batch(&self) -> usize;
+    /// [`Model::forward`] with the extras of [`PassOptions`]; architectures without them accept only
+    /// plain passes.
+    fn forward_with(
+        &self,
+        cache: &mut Cache<B>,
+        tokens: &[u32],
+        start: usize,
+        opts: PassOptions<'_, B>,
+    ) -> Result<Vec<f32>> {
+        if opts.hidden.is_some() || opts.snapshots {
+            return Err(ModelError::Invalid(format!(
+                "{} does not support speculative decoding",
+                self.info().arch
+            )));
+        }
+        self.forward(cache, tokens, start, opts.logits)
+    }
+    /// The model's MTP head, when the file has one.
+    fn draft_head(&self) -> Option<&dyn DraftHead<B>> {
+        None
+    }
 }
 
 /// Loads the model in `file` onto `backend`, choosing the architecture from `general.architecture`.

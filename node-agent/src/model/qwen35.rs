@@ -17,7 +17,10 @@
 //!   the delta rule with q scaled by 1/√d_k; RMSNorm(o)·ssm_norm ⊙ silu(`attn_gate`·x); `ssm_out`.
 
 use super::transformer::{Loader, MAX_BATCH, MAX_DIM, MAX_LAYERS};
-use super::{Cache, LayerCache, Logits, Model, ModelError, ModelInfo, RecurrentState, Result};
+use super::{
+    Cache, DraftHead, LayerCache, Logits, Model, ModelError, ModelInfo, PassOptions,
+    RecurrentState, Result,
+};
 use crate::gguf::{GgufFile, Value};
 use kiln_kernels::backend::{
     Activation, AttentionParams, Backend, DeltaNetParams, KvType, RopeParams, RopeStyle,
@@ -207,8 +210,11 @@ pub struct Layer<B: Backend> {
     pub ffn: Ffn<B>,
 }
 
-/// The MTP block (`blk.<n_layer>`): loaded (zero-copy) so the speculative decoder can use it; the main
-/// forward pass does not run it.
+/// The MTP block (`blk.<n_layer>`), the draft head of speculative decoding ([`DraftHead`]): for the
+/// main model's final-normed hidden h_t and the next token x_{t+1} it computes
+/// eh_proj(concat(enorm(embed(x_{t+1})), hnorm(h_t))), one gated-attention block with its own KV cache
+/// (entry t at RoPE position t + 1), then shared_head_norm (or output_norm) and the shared output head.
+/// The normed output is the h of the next, chained, draft step. The main forward pass does not run it.
 pub struct MtpBlock<B: Backend> {
     pub layer: Layer<B>,
     pub eh_proj: B::Weight,
@@ -241,6 +247,8 @@ struct Scratch<B: Backend> {
     ff_gate: B::Tensor,
     ff_up: B::Tensor,
     logits: B::Tensor,
+    /// MTP input: enorm(embed) | hnorm(h), 2 × n_embd per row.
+    cat: B::Tensor,
 }
 
 pub struct Qwen35<B: Backend> {
@@ -411,6 +419,7 @@ impl<B: Backend> Qwen35<B> {
             ff_gate: t(hp.n_ff)?,
             ff_up: t(hp.n_ff)?,
             logits: t(self.info.n_vocab)?,
+            cat: t(2 * hp.n_embd)?,
         })
     }
 
@@ -476,15 +485,35 @@ impl<B: Backend> Qwen35<B> {
         sc: &mut Scratch<B>,
         st: &mut RecurrentState<B>,
         n: usize,
+        snapshots: bool,
     ) -> Result<()> {
         let (hp, be) = (&self.hp, &*self.backend);
         let (kd, vd, cd) = (hp.key_dim(), hp.value_dim(), hp.conv_dim());
+        let mut snap = match (&mut st.snapshots, snapshots) {
+            (Some(s), true) => Some(s),
+            (None, true) => {
+                return Err(ModelError::Invalid(
+                    "state snapshots requested but the cache has none".into(),
+                ))
+            }
+            (_, false) => None,
+        };
         be.matmul(&w.wqkv, &sc.h, n, &mut sc.wide)?;
         be.matmul(&w.wgate, &sc.h, n, &mut sc.gate)?;
         be.matmul(&w.beta, &sc.h, n, &mut sc.beta)?;
         be.matmul(&w.alpha, &sc.h, n, &mut sc.alpha)?;
         be.delta_net_gates(&mut sc.alpha, &mut sc.beta, &w.dt_bias, &w.a, n)?;
-        be.conv1d_silu(&sc.wide, &w.conv, &mut st.conv, n, &mut sc.conv)?;
+        match snap.as_mut() {
+            Some(s) => be.conv1d_silu_snapshots(
+                &sc.wide,
+                &w.conv,
+                &mut st.conv,
+                n,
+                &mut sc.conv,
+                &mut s.conv,
+            )?,
+            None => be.conv1d_silu(&sc.wide, &w.conv, &mut st.conv, n, &mut sc.conv)?,
+        }
         be.copy_rows(&sc.conv, 0, cd, &mut sc.q, 0, kd, kd, n)?;
         be.copy_rows(&sc.conv, kd, cd, &mut sc.k, 0, kd, kd, n)?;
         be.copy_rows(&sc.conv, 2 * kd, cd, &mut sc.v, 0, vd, vd, n)?;
@@ -498,17 +527,34 @@ impl<B: Backend> Qwen35<B> {
             scale: 1.0 / (hp.head_k_dim as f32).sqrt(),
             chunk: if n > 1 { self.chunk } else { None },
         };
-        be.gated_delta_net(
-            &sc.q,
-            &sc.k,
-            &sc.v,
-            &sc.alpha,
-            &sc.beta,
-            &mut st.ssm,
-            n,
-            p,
-            &mut sc.att,
-        )?;
+        match snap {
+            Some(s) => {
+                be.gated_delta_net_snapshots(
+                    &sc.q,
+                    &sc.k,
+                    &sc.v,
+                    &sc.alpha,
+                    &sc.beta,
+                    &mut st.ssm,
+                    n,
+                    p,
+                    &mut sc.att,
+                    &mut s.ssm,
+                )?;
+                s.filled = n;
+            }
+            None => be.gated_delta_net(
+                &sc.q,
+                &sc.k,
+                &sc.v,
+                &sc.alpha,
+                &sc.beta,
+                &mut st.ssm,
+                n,
+                p,
+                &mut sc.att,
+            )?,
+        }
         be.rms_norm_gated(
             &sc.att,
             &w.norm,
@@ -522,13 +568,56 @@ impl<B: Backend> Qwen35<B> {
         Ok(())
     }
 
+    /// One block: x += mixer(RMSNorm(x)); x += FFN(RMSNorm(x)). `start` is the attention cache entry of
+    /// the first row, `positions` the RoPE positions of the rows.
+    fn block(
+        &self,
+        layer: &Layer<B>,
+        lc: &mut LayerCache<B>,
+        sc: &mut Scratch<B>,
+        positions: &[u32],
+        start: usize,
+        snapshots: bool,
+    ) -> Result<()> {
+        let (hp, be) = (&self.hp, &*self.backend);
+        let (n, d) = (positions.len(), hp.n_embd);
+        be.rms_norm(&sc.x, Some(&layer.attn_norm), n, d, hp.rms_eps, &mut sc.h)?;
+        match (&layer.mixer, lc) {
+            (Mixer::Attention(w), LayerCache::Attention(kv)) => {
+                self.attention(w, sc, kv, positions, start)?
+            }
+            (Mixer::DeltaNet(w), LayerCache::Recurrent(st)) => {
+                self.delta_net(w, sc, st, n, snapshots)?
+            }
+            _ => {
+                return Err(ModelError::Invalid(
+                    "cache was made for another model".into(),
+                ))
+            }
+        }
+        be.add_assign(&mut sc.x, &sc.o, n * d)?;
+        be.rms_norm(&sc.x, Some(&layer.post_norm), n, d, hp.rms_eps, &mut sc.h)?;
+        be.matmul(&layer.ffn.gate, &sc.h, n, &mut sc.ff_gate)?;
+        be.matmul(&layer.ffn.up, &sc.h, n, &mut sc.ff_up)?;
+        be.gated_activation(
+            Activation::SwiGlu,
+            &sc.ff_gate,
+            &sc.ff_up,
+            n * hp.n_ff,
+            &mut sc.tmp,
+        )?;
+        be.matmul(&layer.ffn.down, &sc.tmp, n, &mut sc.o)?;
+        be.add_assign(&mut sc.x, &sc.o, n * d)?;
+        Ok(())
+    }
+
     fn run(
         &self,
         sc: &mut Scratch<B>,
         cache: &mut Cache<B>,
         tokens: &[u32],
         start: usize,
-        want: Logits,
+        opts: PassOptions<'_, B>,
     ) -> Result<Vec<f32>> {
         let (hp, be) = (&self.hp, &*self.backend);
         let n = tokens.len();
@@ -536,33 +625,19 @@ impl<B: Backend> Qwen35<B> {
         let positions: Vec<u32> = (start..start + n).map(|p| p as u32).collect();
         be.embed(&self.tok_embd, tokens, &mut sc.x)?;
         for (il, layer) in self.layers.iter().enumerate() {
-            be.rms_norm(&sc.x, Some(&layer.attn_norm), n, d, hp.rms_eps, &mut sc.h)?;
-            match (&layer.mixer, &mut cache.layers[il]) {
-                (Mixer::Attention(w), LayerCache::Attention(kv)) => {
-                    self.attention(w, sc, kv, &positions, start)?
-                }
-                (Mixer::DeltaNet(w), LayerCache::Recurrent(st)) => self.delta_net(w, sc, st, n)?,
-                _ => {
-                    return Err(ModelError::Invalid(
-                        "cache was made for another model".into(),
-                    ))
-                }
-            }
-            be.add_assign(&mut sc.x, &sc.o, n * d)?;
-            be.rms_norm(&sc.x, Some(&layer.post_norm), n, d, hp.rms_eps, &mut sc.h)?;
-            be.matmul(&layer.ffn.gate, &sc.h, n, &mut sc.ff_gate)?;
-            be.matmul(&layer.ffn.up, &sc.h, n, &mut sc.ff_up)?;
-            be.gated_activation(
-                Activation::SwiGlu,
-                &sc.ff_gate,
-                &sc.ff_up,
-                n * hp.n_ff,
-                &mut sc.tmp,
+            self.block(
+                layer,
+                &mut cache.layers[il],
+                sc,
+                &positions,
+                start,
+                opts.snapshots,
             )?;
-            be.matmul(&layer.ffn.down, &sc.tmp, n, &mut sc.o)?;
-            be.add_assign(&mut sc.x, &sc.o, n * d)?;
         }
-        let (first, rows) = match want {
+        if let Some(hidden) = opts.hidden {
+            be.rms_norm(&sc.x, Some(&self.output_norm), n, d, hp.rms_eps, hidden)?;
+        }
+        let (first, rows) = match opts.logits {
             Logits::Last => (n - 1, 1),
             Logits::All => (0, n),
         };
@@ -581,6 +656,19 @@ impl<B: Backend> Qwen35<B> {
         be.read(&sc.logits, 0, &mut out)?;
         Ok(out)
     }
+
+    /// The shared scratch buffers, grown to `rows` rows if needed.
+    fn with_scratch<T>(
+        &self,
+        rows: usize,
+        f: impl FnOnce(&mut Scratch<B>) -> Result<T>,
+    ) -> Result<T> {
+        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.as_ref().is_none_or(|sc| sc.rows < rows) {
+            *guard = Some(self.scratch(rows.next_power_of_two().min(MAX_BATCH))?);
+        }
+        f(guard.as_mut().expect("scratch was just made"))
+    }
 }
 
 impl<B: Backend> Model<B> for Qwen35<B> {
@@ -593,10 +681,11 @@ impl<B: Backend> Model<B> for Qwen35<B> {
         let mut layers = Vec::with_capacity(hp.n_layer);
         for &rec in &hp.recurrent {
             layers.push(if rec {
-                LayerCache::Recurrent(RecurrentState {
-                    conv: be.tensor((hp.conv_kernel - 1) * hp.conv_dim())?,
-                    ssm: be.tensor(hp.n_v_heads * hp.head_v_dim * hp.head_k_dim)?,
-                })
+                LayerCache::Recurrent(RecurrentState::new(
+                    be,
+                    (hp.conv_kernel - 1) * hp.conv_dim(),
+                    hp.n_v_heads * hp.head_v_dim * hp.head_k_dim,
+                )?)
             } else {
                 LayerCache::Attention(be.kv_cache(n_ctx, hp.n_head_kv, hp.head_dim, kv_type)?)
             });
@@ -615,16 +704,117 @@ impl<B: Backend> Model<B> for Qwen35<B> {
         start: usize,
         logits: Logits,
     ) -> Result<Vec<f32>> {
+        let opts = PassOptions {
+            logits,
+            hidden: None,
+            snapshots: false,
+        };
+        self.forward_with(cache, tokens, start, opts)
+    }
+
+    fn forward_with(
+        &self,
+        cache: &mut Cache<B>,
+        tokens: &[u32],
+        start: usize,
+        opts: PassOptions<'_, B>,
+    ) -> Result<Vec<f32>> {
         super::check_forward(cache, self.layers.len(), tokens, start, MAX_BATCH)?;
-        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.as_ref().is_none_or(|sc| sc.rows < tokens.len()) {
-            *guard = Some(self.scratch(tokens.len().next_power_of_two().min(MAX_BATCH))?);
+        if opts.snapshots {
+            // Checked before any layer runs, so a refused pass changes nothing.
+            for l in &cache.layers {
+                if let LayerCache::Recurrent(r) = l {
+                    let slots = r.snapshots.as_ref().map_or(0, |s| s.slots);
+                    if slots < tokens.len() {
+                        return Err(ModelError::Invalid(format!(
+                            "a {}-token snapshot pass needs {} state slots, the cache has {slots}",
+                            tokens.len(),
+                            tokens.len()
+                        )));
+                    }
+                }
+            }
         }
-        let sc = guard.as_mut().expect("scratch was just made");
-        self.run(sc, cache, tokens, start, logits)
+        if let Some(h) = &opts.hidden {
+            let need = tokens.len() * self.hp.n_embd;
+            if self.backend.tensor_len(h) < need {
+                return Err(ModelError::Invalid(format!(
+                    "hidden-state buffer of {} values, {need} needed",
+                    self.backend.tensor_len(h)
+                )));
+            }
+        }
+        self.with_scratch(tokens.len(), |sc| self.run(sc, cache, tokens, start, opts))
+    }
+
+    fn draft_head(&self) -> Option<&dyn DraftHead<B>> {
+        self.mtp.as_ref().map(|_| self as &dyn DraftHead<B>)
     }
 
     fn max_batch(&self) -> usize {
         MAX_BATCH
+    }
+}
+
+impl<B: Backend> DraftHead<B> for Qwen35<B> {
+    fn new_draft_cache(&self, n_ctx: usize, kv_type: KvType) -> Result<Cache<B>> {
+        let hp = &self.hp;
+        Ok(Cache {
+            layers: vec![LayerCache::Attention(self.backend.kv_cache(
+                n_ctx,
+                hp.n_head_kv,
+                hp.head_dim,
+                kv_type,
+            )?)],
+            n_ctx,
+            kv_type,
+        })
+    }
+
+    fn draft_forward(
+        &self,
+        cache: &mut Cache<B>,
+        hidden: &B::Tensor,
+        tokens: &[u32],
+        start: usize,
+        h_out: &mut B::Tensor,
+    ) -> Result<Vec<f32>> {
+        let mtp = self
+            .mtp
+            .as_ref()
+            .ok_or_else(|| ModelError::Invalid("the model has no MTP block".into()))?;
+        super::check_forward(cache, 1, tokens, start, MAX_BATCH)?;
+        let (hp, be) = (&self.hp, &*self.backend);
+        let (n, d) = (tokens.len(), hp.n_embd);
+        let positions: Vec<u32> = (start + 1..=start + n).map(|p| p as u32).collect();
+        let embed = mtp.embed_tokens.as_ref().unwrap_or(&self.tok_embd);
+        let norm = mtp.shared_head_norm.as_ref().unwrap_or(&self.output_norm);
+        let head = mtp
+            .shared_head_head
+            .as_ref()
+            .or(self.output.as_ref())
+            .unwrap_or(&self.tok_embd);
+        self.with_scratch(n, |sc| {
+            be.embed(embed, tokens, &mut sc.x)?;
+            be.rms_norm(&sc.x, Some(&mtp.enorm), n, d, hp.rms_eps, &mut sc.h)?;
+            be.rms_norm(hidden, Some(&mtp.hnorm), n, d, hp.rms_eps, &mut sc.o)?;
+            be.copy_rows(&sc.h, 0, d, &mut sc.cat, 0, 2 * d, d, n)?;
+            be.copy_rows(&sc.o, 0, d, &mut sc.cat, d, 2 * d, d, n)?;
+            be.matmul(&mtp.eh_proj, &sc.cat, n, &mut sc.x)?;
+            self.block(
+                &mtp.layer,
+                &mut cache.layers[0],
+                sc,
+                &positions,
+                start,
+                false,
+            )?;
+            be.copy(&sc.x, (n - 1) * d, &mut sc.o, 0, d)?;
+            be.rms_norm(&sc.o, Some(norm), 1, d, hp.rms_eps, h_out)?;
+            be.matmul(head, h_out, 1, &mut sc.logits)?;
+            let mut out = vec![0f32; self.info.n_vocab];
+            be.read(&sc.logits, 0, &mut out)?;
+            Ok(out)
+        })
     }
 }

@@ -1,9 +1,13 @@
 //! Prometheus metrics, prefix `kiln_`, base units, `_total` counters (names in ARCHITECTURE.md).
 
+use crate::gpu::GpuInfo;
 use prometheus::{
-    Counter, Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// Labels of the per-GPU series.
+const GPU_LABELS: &[&str] = &["gpu", "uuid", "pci_bus", "arch", "vendor"];
 
 pub struct Metrics {
     registry: Registry,
@@ -21,6 +25,12 @@ pub struct Metrics {
     pub slots_total: IntGauge,
     pub requests: IntCounterVec,
     pub context_size: IntGaugeVec,
+    pub context_downsizes: IntCounter,
+    pub gpu_vram_total: GaugeVec,
+    pub gpu_vram_used: GaugeVec,
+    pub gpu_busy: GaugeVec,
+    pub gpu_temperature: GaugeVec,
+    pub gpu_power: GaugeVec,
 }
 
 impl Metrics {
@@ -86,7 +96,10 @@ impl Metrics {
                 "Requests waiting for a free slot"
             )),
             slots_busy: reg!(IntGauge::new("kiln_slots_busy", "Slots serving a request")),
-            slots_total: reg!(IntGauge::new("kiln_slots_total", "Slots (--parallel)")),
+            slots_total: reg!(IntGauge::new(
+                "kiln_slots",
+                "Slots (--parallel); a gauge, so no _total suffix"
+            )),
             requests: reg!(IntCounterVec::new(
                 Opts::new(
                     "kiln_requests_total",
@@ -101,7 +114,67 @@ impl Metrics {
                 ),
                 &["kind"]
             )),
+            context_downsizes: reg!(IntCounter::new(
+                "kiln_context_downsizes_total",
+                "Times the effective context was reduced because device memory ran low"
+            )),
+            gpu_vram_total: reg!(GaugeVec::new(
+                Opts::new("kiln_gpu_vram_total_bytes", "Device memory of the GPU"),
+                GPU_LABELS
+            )),
+            gpu_vram_used: reg!(GaugeVec::new(
+                Opts::new(
+                    "kiln_gpu_vram_used_bytes",
+                    "Device memory in use on the GPU, by every process"
+                ),
+                GPU_LABELS
+            )),
+            gpu_busy: reg!(GaugeVec::new(
+                Opts::new(
+                    "kiln_gpu_busy_ratio",
+                    "Fraction of time the GPU was busy (0 to 1)"
+                ),
+                GPU_LABELS
+            )),
+            gpu_temperature: reg!(GaugeVec::new(
+                Opts::new("kiln_gpu_temperature_celsius", "GPU temperature"),
+                GPU_LABELS
+            )),
+            gpu_power: reg!(GaugeVec::new(
+                Opts::new("kiln_gpu_power_watts", "GPU power draw"),
+                GPU_LABELS
+            )),
             registry,
+        }
+    }
+
+    /// Sets the per-GPU series from a sample; a value the driver does not report is left out.
+    pub fn set_gpus(&self, gpus: &[GpuInfo]) {
+        for g in gpus {
+            let index = g.index.to_string();
+            let labels = [
+                index.as_str(),
+                g.uuid.as_deref().unwrap_or(""),
+                g.pci_bus.as_deref().unwrap_or(""),
+                g.arch.as_str(),
+                g.vendor.as_str(),
+            ];
+            self.gpu_vram_total
+                .with_label_values(&labels)
+                .set(g.vram_total_bytes as f64);
+            self.gpu_vram_used
+                .with_label_values(&labels)
+                .set(g.vram_used_bytes as f64);
+            let optional = [
+                (&self.gpu_busy, g.busy_ratio),
+                (&self.gpu_temperature, g.temperature_celsius),
+                (&self.gpu_power, g.power_watts),
+            ];
+            for (vec, value) in optional {
+                if let Some(v) = value {
+                    vec.with_label_values(&labels).set(v);
+                }
+            }
         }
     }
 

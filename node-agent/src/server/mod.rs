@@ -3,8 +3,10 @@
 //! One concern per file: `routes` (handlers, router, auth, health), `types` (request types and
 //! validation), `prompt` (chat request → prompt text), `sse` (response and stream chunk bodies), `tools`
 //! (reasoning and tool-call parsing), `stop` (stop strings), `json` (JSON-constrained sampling),
-//! `scheduler` (slots, queue, the engine thread), `metrics` (Prometheus), `error` (OpenAI errors).
+//! `scheduler` (slots, queue, the engine thread), `metrics` (Prometheus), `error` (OpenAI errors),
+//! `downsize` (the memory watcher that resizes the context), `status` (`/status` for the operator).
 
+pub mod downsize;
 pub mod error;
 pub mod json;
 pub mod metrics;
@@ -12,6 +14,7 @@ pub mod prompt;
 pub mod routes;
 pub mod scheduler;
 pub mod sse;
+pub mod status;
 pub mod stop;
 pub mod tools;
 pub mod types;
@@ -19,13 +22,17 @@ pub mod types;
 use crate::chat::ChatTemplate;
 use crate::engine::Engine;
 use crate::gguf::GgufFile;
+use crate::gpu::vram::MemorySource;
+use crate::gpu::ProbeOptions;
 use crate::model::ModelInfo;
+use crate::plan::{self, ModelFacts, PlanOptions};
 use crate::tokenizer::Tokenizer;
 use anyhow::Context;
 use kiln_kernels::backend::KvType;
 use kiln_kernels::cpu::CpuBackend;
 use metrics::Metrics;
 use scheduler::{Scheduler, SchedulerConfig};
+use status::NodeState;
 use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,6 +59,19 @@ pub struct ServeConfig {
     pub body_limit: usize,
     /// How long in-flight requests may run after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// Device memory kept free; the context shrinks before free memory falls below it.
+    pub vram_headroom: u64,
+    /// The smallest context downsizing may reach.
+    pub ctx_min: usize,
+    pub auto_downsize: bool,
+    /// `auto`, `sysfs`, `nvml`, `fake:FILE`, `none` (see `gpu::vram::from_spec`).
+    pub memory_source: String,
+    pub sysfs_root: PathBuf,
+    pub memory_poll: Duration,
+    /// How long memory must stay free before the context grows back.
+    pub grow_after: Duration,
+    /// How long in-flight requests may run once a downsize starts.
+    pub downsize_drain: Duration,
 }
 
 /// What exists once the model is loaded.
@@ -60,7 +80,8 @@ pub struct Core {
     pub tok: Arc<Tokenizer>,
     pub template: ChatTemplate,
     pub info: ModelInfo,
-    pub n_ctx: usize,
+    /// The ladder the watcher resizes along, with the footprint at each rung.
+    pub ladder: downsize::Ladder,
 }
 
 pub struct AppState {
@@ -72,6 +93,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub shutting_down: AtomicBool,
     pub created: u64,
+    pub node: Arc<NodeState>,
 }
 
 impl AppState {
@@ -90,8 +112,14 @@ pub fn model_id(cfg: &ServeConfig) -> String {
     })
 }
 
-/// Loads the model, tokenizer and chat template, and starts the engine thread.
-pub fn load(cfg: &ServeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Core> {
+/// Loads the model, tokenizer and chat template, plans the context against the device memory `source`
+/// reports (if any), and starts the engine thread, stepping down the ladder if an allocation fails.
+pub fn load(
+    cfg: &ServeConfig,
+    metrics: Arc<Metrics>,
+    node: &NodeState,
+    source: Option<&dyn MemorySource>,
+) -> anyhow::Result<Core> {
     let file =
         GgufFile::open(&cfg.model).with_context(|| format!("loading {}", cfg.model.display()))?;
     let backend = Arc::new(CpuBackend::new(cfg.threads.clamp(1, 1024)));
@@ -102,34 +130,82 @@ pub fn load(cfg: &ServeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Core> {
         .ctx
         .unwrap_or_else(|| info.n_ctx_train.min(4096))
         .max(16);
-    let n_ctx = requested;
+    let facts = ModelFacts::from_file(&file).context("planning device memory")?;
+    let available = match source {
+        Some(src) => {
+            let gpus = src.sample().context("sampling device memory")?;
+            let g = &gpus[0];
+            *node.gpus.lock().unwrap_or_else(|p| p.into_inner()) = gpus.clone();
+            metrics.set_gpus(&gpus);
+            Some(g.vram_free_bytes())
+        }
+        None => None,
+    };
+    let popts = PlanOptions {
+        ctx: Some(requested),
+        ctx_min: cfg.ctx_min.clamp(16, requested),
+        kv_type: cfg.kv_type,
+        mtp_draft_max: None,
+        parallel: cfg.parallel,
+        ubatch: scheduler::PREFILL_CHUNK,
+        // The engine keeps no recurrent-state checkpoints on the device yet.
+        prefix_checkpoints: 0,
+        available,
+        headroom: cfg.vram_headroom,
+    };
+    let planned = popts.plan(&facts)?;
+    let rungs = plan::ladder(requested, popts.ctx_min);
+    let mut footprints = Vec::with_capacity(rungs.len());
+    for &r in &rungs {
+        footprints.push(popts.footprint(&facts, r)?.total_bytes);
+    }
+    let ladder = downsize::Ladder { rungs, footprints };
+    if available.is_some() {
+        tracing::info!(
+            "memory plan: context {} of {requested} requested, {} on the device, {} headroom",
+            planned.context,
+            plan::gb(planned.total_bytes),
+            plan::gb(cfg.vram_headroom)
+        );
+    }
+    let contexts: Vec<usize> = ladder
+        .rungs
+        .iter()
+        .copied()
+        .filter(|&r| r <= planned.context)
+        .collect();
     let tok = Arc::new(Tokenizer::from_gguf(&file).context("reading the tokenizer")?);
     let template = ChatTemplate::for_model(&file, &tok).context("reading the chat template")?;
     metrics
         .context_size
         .with_label_values(&["requested"])
         .set(requested as i64);
-    metrics
-        .context_size
-        .with_label_values(&["effective"])
-        .set(n_ctx as i64);
     let sched = Scheduler::start(
         Engine::new(backend, model),
         tok.clone(),
         SchedulerConfig {
             parallel: cfg.parallel,
-            n_ctx,
+            contexts,
             kv_type: cfg.kv_type,
             queue: cfg.queue,
         },
-        metrics,
+        metrics.clone(),
     )?;
+    let n_ctx = sched.n_ctx();
+    metrics
+        .context_size
+        .with_label_values(&["effective"])
+        .set(n_ctx as i64);
+    node.requested.store(requested, Ordering::SeqCst);
+    node.effective.store(n_ctx, Ordering::SeqCst);
+    node.resident
+        .store(ladder.footprint_at(n_ctx), Ordering::SeqCst);
     Ok(Core {
         sched,
         tok,
         template,
         info,
-        n_ctx,
+        ladder,
     })
 }
 
@@ -163,6 +239,25 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}:{}", cfg.host, cfg.port))?;
     let addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::new());
+    let node = Arc::new(NodeState::default());
+    node.headroom.store(cfg.vram_headroom, Ordering::SeqCst);
+    node.auto_downsize
+        .store(cfg.auto_downsize, Ordering::SeqCst);
+    let source = crate::gpu::vram::from_spec(
+        &cfg.memory_source,
+        &ProbeOptions {
+            sysfs_root: cfg.sysfs_root.clone(),
+            nvml: true,
+        },
+        node.resident.clone(),
+    )?;
+    match &source {
+        Some(s) => {
+            tracing::info!("watching device memory through {}", s.describe());
+            *node.source.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.describe());
+        }
+        None => tracing::info!("no device memory to watch (no GPU found, or --memory-source none)"),
+    }
     let state = Arc::new(AppState {
         core: OnceLock::new(),
         model_id: model_id(&cfg),
@@ -174,6 +269,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        node: node.clone(),
     });
     tracing::info!(
         "listening on http://{addr} (model `{}` loading)",
@@ -182,19 +278,35 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
 
     let st = state.clone();
     let load_cfg = cfg.clone();
+    let watch_cfg = downsize::DownsizeConfig {
+        headroom: cfg.vram_headroom,
+        poll: cfg.memory_poll,
+        grow_after: cfg.grow_after,
+        drain: cfg.downsize_drain,
+        auto: cfg.auto_downsize,
+    };
     tokio::spawn(async move {
         let t0 = std::time::Instant::now();
-        match tokio::task::spawn_blocking(move || load(&load_cfg, metrics)).await {
-            Ok(Ok(core)) => {
+        let loaded = tokio::task::spawn_blocking(move || {
+            let core = load(&load_cfg, metrics, &node, source.as_deref());
+            (core, source)
+        })
+        .await;
+        match loaded {
+            Ok((Ok(core), source)) => {
                 tracing::info!(
                     "model loaded in {:.1}s: {} slot(s) x {} tokens of context",
                     t0.elapsed().as_secs_f64(),
                     core.sched.parallel,
-                    core.n_ctx
+                    core.sched.n_ctx()
                 );
+                let ladder = core.ladder.clone();
                 let _ = st.core.set(core);
+                if let Some(src) = source {
+                    tokio::spawn(downsize::watch(st.clone(), src, ladder, watch_cfg));
+                }
             }
-            Ok(Err(e)) => {
+            Ok((Err(e), _)) => {
                 tracing::error!("loading the model failed: {e:#}");
                 eprintln!("kiln-agent: {e:#}");
                 std::process::exit(1);

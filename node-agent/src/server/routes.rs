@@ -1,5 +1,6 @@
 //! The router and handlers: `/v1/chat/completions`, `/v1/completions`, `/v1/models`, `/health`,
-//! `/healthz`, `/readyz`, `/metrics`, and llama-server's `/tokenize` and `/apply-template`.
+//! `/healthz`, `/readyz`, `/metrics`, `/status` (the agent status contract), and llama-server's
+//! `/tokenize` and `/apply-template`.
 
 use super::error::ApiError;
 use super::prompt::{build_chat, ChatPlan, Output};
@@ -44,7 +45,8 @@ pub fn router(state: Arc<AppState>, cfg: &ServeConfig) -> anyhow::Result<Router>
         .route("/health", get(health))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .route("/status", get(super::status::status));
     let mut app = api
         .merge(open)
         .fallback(fallback)
@@ -170,7 +172,7 @@ fn model_json(st: &AppState) -> Value {
             "arch": c.info.arch,
             "n_vocab": c.info.n_vocab,
             "n_ctx_train": c.info.n_ctx_train,
-            "n_ctx": c.n_ctx,
+            "n_ctx": c.sched.n_ctx(),
             "n_embd": c.info.n_embd,
             "n_layer": c.info.n_layer,
             "parallel": c.sched.parallel,
@@ -237,7 +239,7 @@ fn submit(
     gen: &Generation,
     json_state: Option<super::json::JsonState>,
 ) -> Result<(mpsc::UnboundedReceiver<Event>, Instant), ApiError> {
-    let n_ctx = core.n_ctx;
+    let n_ctx = core.sched.n_ctx();
     if prompt.is_empty() {
         return Err(ApiError::invalid("The prompt is empty."));
     }
@@ -287,6 +289,11 @@ fn submit(
     }
 }
 
+/// A request the engine could not run because its context is being resized: retryable.
+fn resizing(message: String) -> ApiError {
+    ApiError::unavailable(message, 5).with_code("context_resizing")
+}
+
 /// Waits for the whole generation (non-streaming).
 async fn collect(
     rx: &mut mpsc::UnboundedReceiver<Event>,
@@ -308,6 +315,7 @@ async fn collect(
                     ApiError::internal(message)
                 })
             }
+            Ok(Some(Event::Unavailable(message))) => return Err(resizing(message)),
         }
     }
 }
@@ -517,6 +525,7 @@ fn stream(
                 } else {
                     ApiError::internal(message)
                 }),
+                Ok(Some(Event::Unavailable(message))) => Some(resizing(message)),
             };
             if let Some(e) = err {
                 out.push(e.body());

@@ -3,6 +3,10 @@
 //! interleaves the active slots step by step: each step runs one prefill chunk or one decoded token per
 //! active slot, and a request joins or leaves between steps (continuous batching at the step level).
 //!
+//! Resizing (`Scheduler::resize`): the engine stops admitting (queued jobs wait, none is dropped),
+//! lets in-flight requests finish until a deadline, ends the rest with a retryable error, frees every
+//! slot's cache and allocates them again at the first context of the given list that succeeds.
+//!
 //! The slots' forward passes are still separate matrix-vector products; batching them into one
 //! matrix-matrix pass across slots is a later engine change (`Model::forward` over several sequences).
 
@@ -11,13 +15,14 @@ use super::metrics::Metrics;
 use super::stop::StopMatcher;
 use crate::engine::sampling::{Sampler, SamplingParams};
 use crate::engine::{Engine, Sequence};
-use crate::model::Logits;
 use crate::tokenizer::{DecodeOptions, Detokenizer, Tokenizer};
 use kiln_kernels::backend::{Backend, KvType};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{
+    sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError,
+};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// One request as the engine sees it.
@@ -47,6 +52,8 @@ pub enum Event {
         message: String,
         timeout: bool,
     },
+    /// The request could not run now but may succeed if retried (the context is being resized).
+    Unavailable(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,7 +77,9 @@ pub struct Summary {
 
 pub struct SchedulerConfig {
     pub parallel: usize,
-    pub n_ctx: usize,
+    /// Contexts to try at start, largest first: the planned one, then the smaller rungs in case an
+    /// allocation fails.
+    pub contexts: Vec<usize>,
     pub kv_type: KvType,
     pub queue: usize,
 }
@@ -78,10 +87,24 @@ pub struct SchedulerConfig {
 /// The handle the HTTP side holds.
 pub struct Scheduler {
     tx: SyncSender<Job>,
-    pub n_ctx: usize,
+    n_ctx: Arc<AtomicUsize>,
     pub parallel: usize,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    resize: Arc<Mutex<Option<ResizeRequest>>>,
+    resizing: Arc<AtomicBool>,
+}
+
+/// Reallocate every slot at the first context of `contexts` that can be allocated.
+pub struct ResizeRequest {
+    pub contexts: Vec<usize>,
+    /// Admission stops at once; in-flight requests get this long to finish.
+    pub drain: Duration,
+    /// When the drain time is up: end the requests still running (memory is running out), or give the
+    /// resize up and resume (growing back is never worth ending a request; the watcher tries later).
+    pub end_inflight: bool,
+    /// The context allocated, or why none could be.
+    pub reply: tokio::sync::oneshot::Sender<Result<usize, String>>,
 }
 
 pub enum SubmitError {
@@ -107,24 +130,23 @@ impl Scheduler {
         let (init_tx, init_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let r = ready.clone();
         let m = metrics.clone();
-        let n_ctx = cfg.n_ctx;
+        let n_ctx = Arc::new(AtomicUsize::new(0));
+        let resize = Arc::new(Mutex::new(None::<ResizeRequest>));
+        let resizing = Arc::new(AtomicBool::new(false));
+        let (eng_ctx, eng_resize, eng_resizing) = (n_ctx.clone(), resize.clone(), resizing.clone());
+        let contexts = cfg.contexts.clone();
+        let kv_type = cfg.kv_type;
         std::thread::Builder::new()
             .name("kiln-engine".into())
             .spawn(move || {
-                let mut slots = Vec::new();
-                for _ in 0..parallel {
-                    match engine.new_sequence(n_ctx, cfg.kv_type) {
-                        Ok(seq) => slots.push(Slot {
-                            seq,
-                            active: None,
-                            last_used: 0,
-                        }),
-                        Err(e) => {
-                            let _ = init_tx.send(Err(format!("allocating a slot's cache: {e}")));
-                            return;
-                        }
+                let (mut slots, ctx) = match allocate(&engine, parallel, &contexts, kv_type) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let _ = init_tx.send(Err(e));
+                        return;
                     }
-                }
+                };
+                eng_ctx.store(ctx, Ordering::SeqCst);
                 let _ = init_tx.send(Ok(()));
                 // Warm-up: one token through the model, so the first request does not pay for page
                 // faults of the mapped weights.
@@ -134,13 +156,19 @@ impl Scheduler {
                 }
                 slots[0].seq.tokens.clear();
                 r.store(true, Ordering::SeqCst);
-                tracing::info!("engine ready: {parallel} slot(s) of {n_ctx} tokens");
+                tracing::info!("engine ready: {parallel} slot(s) of {ctx} tokens");
                 EngineLoop {
                     engine,
                     tok,
                     slots,
                     metrics: m,
                     clock: 0,
+                    kv_type,
+                    parallel,
+                    n_ctx: eng_ctx,
+                    resize_ctl: eng_resize,
+                    resizing: eng_resizing,
+                    pending: None,
                 }
                 .run(rx);
             })?;
@@ -156,11 +184,49 @@ impl Scheduler {
             parallel,
             metrics,
             ready,
+            resize,
+            resizing,
         })
     }
 
     pub fn ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+
+    /// The context every slot has now.
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx.load(Ordering::SeqCst)
+    }
+
+    /// Whether a resize is in progress (admission paused or waiting for an idle moment).
+    pub fn resizing(&self) -> bool {
+        self.resizing.load(Ordering::SeqCst)
+    }
+
+    /// Asks the engine to reallocate the slots (see [`ResizeRequest`]); a request not yet taken up is
+    /// replaced (its sender gets an error).
+    pub fn resize(
+        &self,
+        contexts: Vec<usize>,
+        drain: Duration,
+        end_inflight: bool,
+    ) -> tokio::sync::oneshot::Receiver<Result<usize, String>> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.resizing.store(true, Ordering::SeqCst);
+        let old = self
+            .resize
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(ResizeRequest {
+                contexts,
+                drain,
+                end_inflight,
+                reply,
+            });
+        if let Some(old) = old {
+            let _ = old.reply.send(Err("replaced by a newer resize".into()));
+        }
+        rx
     }
 
     /// Queues a job; a full queue is refused at once (the caller answers 503 with Retry-After).
@@ -177,6 +243,39 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// `parallel` slots at the first context in `contexts` whose caches can all be allocated.
+fn allocate<B: Backend>(
+    engine: &Engine<B>,
+    parallel: usize,
+    contexts: &[usize],
+    kv_type: KvType,
+) -> Result<(Vec<Slot<B>>, usize), String> {
+    let mut last = String::from("no context to try");
+    for &ctx in contexts {
+        let mut slots = Vec::with_capacity(parallel);
+        for _ in 0..parallel {
+            match engine.new_sequence(ctx, kv_type) {
+                Ok(seq) => slots.push(Slot {
+                    seq,
+                    active: None,
+                    last_used: 0,
+                }),
+                Err(e) => {
+                    last = format!("allocating a slot's cache of {ctx} tokens: {e}");
+                    break;
+                }
+            }
+        }
+        if slots.len() == parallel {
+            return Ok((slots, ctx));
+        }
+        // Free what this rung allocated before trying a smaller one.
+        drop(slots);
+        tracing::warn!("{last}; trying a smaller context");
+    }
+    Err(last)
 }
 
 struct Slot<B: Backend> {
@@ -212,7 +311,17 @@ struct EngineLoop<B: Backend> {
     slots: Vec<Slot<B>>,
     metrics: Arc<Metrics>,
     clock: u64,
+    kv_type: KvType,
+    parallel: usize,
+    n_ctx: Arc<AtomicUsize>,
+    resize_ctl: Arc<Mutex<Option<ResizeRequest>>>,
+    resizing: Arc<AtomicBool>,
+    /// The resize being carried out, with its drain deadline.
+    pending: Option<(ResizeRequest, Instant)>,
 }
+
+/// How long the idle engine waits for a job before looking at the resize control again.
+const IDLE_POLL: Duration = Duration::from_millis(50);
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
@@ -229,7 +338,7 @@ fn pick_slot(held: &[(bool, &[u32], u64)], prompt: &[u32]) -> Option<usize> {
 }
 
 /// Prompt tokens per prefill step: long prompts are cut so other slots keep decoding in between.
-const PREFILL_CHUNK: usize = 512;
+pub const PREFILL_CHUNK: usize = 512;
 
 enum Outcome {
     Continue,
@@ -240,16 +349,20 @@ impl<B: Backend> EngineLoop<B> {
     fn run(mut self, rx: Receiver<Job>) {
         let mut disconnected = false;
         loop {
-            // Admit as many queued jobs as there are free slots.
-            loop {
+            self.take_resize();
+            // Admit as many queued jobs as there are free slots; during a resize none (they wait in
+            // the queue).
+            while self.pending.is_none() {
                 let n_active = self.slots.iter().filter(|s| s.active.is_some()).count();
-                if n_active == self.slots.len() || disconnected {
+                // With no slots (every allocation failed) jobs are still taken, to be refused.
+                if (n_active == self.slots.len() && !self.slots.is_empty()) || disconnected {
                     break;
                 }
                 let job = if n_active == 0 {
-                    match rx.recv() {
+                    match rx.recv_timeout(IDLE_POLL) {
                         Ok(j) => j,
-                        Err(_) => return,
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => return,
                     }
                 } else {
                     match rx.try_recv() {
@@ -266,6 +379,22 @@ impl<B: Backend> EngineLoop<B> {
             }
             let busy = self.slots.iter().filter(|s| s.active.is_some()).count();
             self.metrics.slots_busy.set(busy as i64);
+            if let Some((req, deadline)) = &self.pending {
+                let expired = Instant::now() >= *deadline;
+                if busy == 0 || (expired && req.end_inflight) {
+                    self.apply_resize();
+                    continue;
+                }
+                if expired {
+                    let (req, _) = self.pending.take().expect("checked");
+                    self.resizing.store(false, Ordering::SeqCst);
+                    let _ = req.reply.send(Err(format!(
+                        "{busy} request(s) still in flight after {:?}; not resizing now",
+                        req.drain
+                    )));
+                    continue;
+                }
+            }
             if busy == 0 {
                 if disconnected {
                     return;
@@ -282,9 +411,66 @@ impl<B: Backend> EngineLoop<B> {
         }
     }
 
+    /// Takes up a resize request posted by [`Scheduler::resize`].
+    fn take_resize(&mut self) {
+        let req = self
+            .resize_ctl
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(req) = req {
+            let deadline = Instant::now() + req.drain;
+            if let Some((old, _)) = self.pending.replace((req, deadline)) {
+                let _ = old.reply.send(Err("replaced by a newer resize".into()));
+            }
+        }
+    }
+
+    /// Ends what is still in flight, frees every cache, and allocates the slots at the first context
+    /// that succeeds (the current one as the last resort).
+    fn apply_resize(&mut self) {
+        let Some((req, _)) = self.pending.take() else {
+            return;
+        };
+        let old = self.n_ctx.load(Ordering::SeqCst);
+        for slot in &mut self.slots {
+            if let Some(a) = slot.active.take() {
+                let _ = a.job.events.send(Event::Unavailable(format!(
+                    "The request was ended because the server is reducing its context from {old}                      tokens to free GPU memory for another process. Retry it."
+                )));
+            }
+        }
+        self.slots.clear();
+        let mut contexts = req.contexts.clone();
+        if !contexts.contains(&old) {
+            contexts.push(old);
+        }
+        let result = match allocate(&self.engine, self.parallel, &contexts, self.kv_type) {
+            Ok((slots, ctx)) => {
+                self.slots = slots;
+                self.n_ctx.store(ctx, Ordering::SeqCst);
+                Ok(ctx)
+            }
+            Err(e) => {
+                tracing::error!("no context could be allocated: {e}");
+                Err(e)
+            }
+        };
+        self.resizing.store(false, Ordering::SeqCst);
+        let _ = req.reply.send(result);
+    }
+
     fn admit(&mut self, job: Job) {
         if job.events.is_closed() {
             return; // the client left while queued
+        }
+        let n_ctx = self.n_ctx.load(Ordering::SeqCst);
+        if self.slots.is_empty() || job.prompt.len() >= n_ctx {
+            let _ = job.events.send(Event::Unavailable(format!(
+                "The server's context is now {n_ctx} tokens (reduced because GPU memory ran low) and                  the prompt has {} tokens. Retry later, when memory is free again.",
+                job.prompt.len()
+            )));
+            return;
         }
         if Instant::now() >= job.deadline {
             let _ = job.events.send(Event::Error {
@@ -304,9 +490,18 @@ impl<B: Backend> EngineLoop<B> {
         self.clock += 1;
         let slot = &mut self.slots[i];
         slot.last_used = self.clock;
-        // Keep the longest common prefix; at least the last prompt token is recomputed for its logits.
-        let common = common_prefix(&slot.seq.tokens, &job.prompt).min(job.prompt.len() - 1);
-        slot.seq.tokens.truncate(common);
+        // Keep the longest common prefix the cache can go back to (for recurrent layers: the nearest
+        // checkpoint); at least the last prompt token is recomputed for its logits.
+        let common = match self.engine.reuse_prefix(&mut slot.seq, &job.prompt) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = job.events.send(Event::Error {
+                    message: format!("prefill failed: {e}"),
+                    timeout: false,
+                });
+                return;
+            }
+        };
         let queue_ms = job.received.elapsed().as_secs_f64() * 1000.0;
         slot.active = Some(Active {
             sampler: Sampler::new(job.sampling.clone()),
@@ -347,16 +542,11 @@ impl<B: Backend> EngineLoop<B> {
         let t = Instant::now();
         let logits = match a.phase {
             Phase::Prefill { pos } => {
-                let end = (pos + PREFILL_CHUNK.min(engine.model.max_batch()).max(1))
-                    .min(a.job.prompt.len());
-                let chunk = &a.job.prompt[pos..end];
-                let start = slot.seq.tokens.len();
-                let r = engine
-                    .model
-                    .forward(&mut slot.seq.cache, chunk, start, Logits::Last);
+                // One step of at most PREFILL_CHUNK tokens (cut at recurrent-state checkpoints).
+                let r = engine.prefill_chunk(&mut slot.seq, &a.job.prompt[pos..], PREFILL_CHUNK);
                 match r {
-                    Ok(l) => {
-                        slot.seq.tokens.extend_from_slice(chunk);
+                    Ok((l, n)) => {
+                        let end = pos + n;
                         a.prefill_ms += t.elapsed().as_secs_f64() * 1000.0;
                         if end < a.job.prompt.len() {
                             a.phase = Phase::Prefill { pos: end };
