@@ -3,8 +3,10 @@
 
 // Causal depthwise conv1d then SiLU. Thread per channel, walking the rows in order; `state` keeps the
 // last kernel−1 inputs of each channel (channel-major) and is advanced past the new rows.
+// `snapshots` (may be null): the state after each row, slot r at r × channels × (kernel − 1), so a
+// speculative verify pass can be rolled back to any of its tokens.
 KILN_KERNEL void conv1d_silu(const float* x, const float* weight, float* state, u32 rows, u32 channels,
-                             u32 kernel, float* out) {
+                             u32 kernel, float* out, float* snapshots) {
     const u32 c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= channels) return;
     const u32 ks = kernel - 1;
@@ -19,6 +21,8 @@ KILN_KERNEL void conv1d_silu(const float* x, const float* weight, float* state, 
         out[(u64)r * channels + c] = silu(s);
         for (u32 j = 0; j + 1 < ks; j++) win[j] = win[j + 1];
         if (ks > 0) win[ks - 1] = xin;
+        if (snapshots)
+            for (u32 j = 0; j < ks; j++) snapshots[((u64)r * channels + c) * ks + j] = win[j];
     }
     for (u32 j = 0; j < ks; j++) state[c * ks + j] = win[j];
 }
@@ -41,7 +45,7 @@ KILN_KERNEL void delta_net_gates(float* alpha, float* beta, const float* dt_bias
 #define DN_MAX_PER_LANE 8
 KILN_KERNEL void gated_delta_net(const float* q, const float* k, const float* v, const float* g,
                                  const float* beta, float* state, u32 rows, u32 n_k_heads, u32 n_v_heads,
-                                 u32 dk, u32 dv, float scale, float* out) {
+                                 u32 dk, u32 dv, float scale, float* out, float* snapshots) {
     const u32 warps = blockDim.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
     const u32 col = blockIdx.x * warps + threadIdx.x / WARP_SIZE;
     if (col >= n_v_heads * dv) return;
@@ -77,6 +81,13 @@ KILN_KERNEL void gated_delta_net(const float* q, const float* k, const float* v,
         }
         o = warp_sum(o);
         if (lane == 0) out[((u64)r * n_v_heads + h) * dv + j] = o * scale;
+        if (snapshots) {
+            // The state after token r, for rolling a speculative verify pass back to it.
+            float* snap = snapshots + (u64)r * n_v_heads * dv * dk + (u64)col * dk;
+#pragma unroll
+            for (u32 t = 0; t < DN_MAX_PER_LANE; t++)
+                if (t < per) snap[lane + t * WARP_SIZE] = s[t];
+        }
     }
 #pragma unroll
     for (u32 t = 0; t < DN_MAX_PER_LANE; t++)

@@ -39,18 +39,25 @@ fn engine<B: Backend + 'static>(file: &GgufFile, b: Arc<B>) -> Engine<B> {
     Engine::new(b, model)
 }
 
-fn compare(path: PathBuf, kv: KvType, tol: f64) {
+fn gpu() -> Option<Arc<CudaBackend>> {
     if !driver_present() {
         eprintln!("skipping: no NVIDIA driver (libcuda.so) on this machine");
-        return;
+        return None;
     }
-    let gpu = match CudaBackend::new(0) {
-        Ok(g) => Arc::new(g),
+    match CudaBackend::new(0) {
+        Ok(g) => Some(Arc::new(g)),
         Err(e) => {
             eprintln!("skipping: no usable CUDA device: {e}");
-            return;
+            None
         }
-    };
+    }
+}
+
+/// `tol`: largest relative RMS logit difference; `margin`: the CPU's own top-two gap below which the
+/// greedy token may differ (for quantized weights this is of the size of Kiln-CPU vs llama.cpp
+/// differences on the same models, 0.15 — see synthetic_archs.rs).
+fn compare(path: PathBuf, kv: KvType, tol: f64, margin: f32) {
+    let Some(gpu) = gpu() else { return };
     let file = GgufFile::open(&path).unwrap();
     let (ec, eg) = (engine(&file, Arc::new(CpuBackend::new(2))), engine(&file, gpu));
     let n_vocab = ec.model.info().n_vocab;
@@ -72,8 +79,8 @@ fn compare(path: PathBuf, kv: KvType, tol: f64) {
             same += 1;
         } else {
             // Only a near-tie of the CPU's own top two may flip.
-            let margin = lc[tc] - lc[tg];
-            assert!(margin < 0.05, "{}: step {step} greedy {tg} vs CPU {tc}, margin {margin}", path.display());
+            let gap = lc[tc] - lc[tg];
+            assert!(gap < margin, "{}: step {step} greedy {tg} vs CPU {tc}, margin {gap}", path.display());
             ties += 1;
         }
         lc = ec.decode(&mut sc, tc as u32).unwrap();
@@ -84,35 +91,62 @@ fn compare(path: PathBuf, kv: KvType, tol: f64) {
 
 #[test]
 fn llama_gqa_f32() {
-    compare(repo().join("tests/golden/synthetic/llama-gqa-f32.gguf"), KvType::F16, 5e-3);
+    compare(repo().join("tests/golden/synthetic/llama-gqa-f32.gguf"), KvType::F16, 5e-3, 0.05);
 }
 
 #[test]
 fn qwen2_f16_q8_0_cache() {
-    compare(repo().join("tests/golden/synthetic/qwen2-f16.gguf"), KvType::Q8_0, 1e-2);
+    compare(repo().join("tests/golden/synthetic/qwen2-f16.gguf"), KvType::Q8_0, 1e-2, 0.05);
 }
 
 #[test]
 fn qwen2_q4_0_q4_0_cache() {
-    compare(repo().join("tests/golden/synthetic/qwen2-q4_0.gguf"), KvType::Q4_0, 5e-2);
+    compare(repo().join("tests/golden/synthetic/qwen2-q4_0.gguf"), KvType::Q4_0, 8e-2, 0.15);
 }
 
 #[test]
 fn qwen3_f16() {
-    compare(repo().join("tests/golden/synthetic/qwen3-f16.gguf"), KvType::F16, 5e-3);
+    compare(repo().join("tests/golden/synthetic/qwen3-f16.gguf"), KvType::F16, 5e-3, 0.05);
 }
 
 #[test]
 fn qwen3_q8_0() {
-    compare(repo().join("tests/golden/synthetic/qwen3-q8_0.gguf"), KvType::F16, 5e-2);
+    compare(repo().join("tests/golden/synthetic/qwen3-q8_0.gguf"), KvType::F16, 5e-2, 0.15);
 }
 
 #[test]
 fn qwen35_tiny_f16() {
-    compare(repo().join("tests/models/qwen35-tiny-f16.gguf"), KvType::F16, 5e-3);
+    compare(repo().join("tests/models/qwen35-tiny-f16.gguf"), KvType::F16, 5e-3, 0.05);
 }
 
 #[test]
 fn qwen35_tiny_q8_0_q4_0_cache() {
-    compare(repo().join("tests/models/qwen35-tiny-q8_0.gguf"), KvType::Q4_0, 5e-2);
+    compare(repo().join("tests/models/qwen35-tiny-q8_0.gguf"), KvType::Q4_0, 5e-2, 0.15);
+}
+
+/// MTP speculative decoding on the GPU: greedy output token-identical to plain greedy decoding for draft
+/// max 1..4 (the verify pass, the per-token state snapshots and the rollback all run on the device).
+#[test]
+fn qwen35_mtp_speculation_is_token_identical_on_gpu() {
+    use kiln_agent::engine::sampling::{Sampler, SamplingParams};
+    let Some(gpu) = gpu() else { return };
+    let file = GgufFile::open(repo().join("tests/models/qwen35-tiny-f16.gguf")).unwrap();
+    let eg = engine(&file, gpu);
+    let prompt: Vec<u32> = (0..50).map(|i| ((i * 7919 + 13) % 300) as u32).collect();
+    let run = |k: Option<usize>| {
+        let mut seq = eg.new_sequence(256, KvType::F16).unwrap();
+        if let Some(k) = k {
+            eg.enable_speculation(&mut seq, k).unwrap();
+        }
+        let mut sampler = Sampler::new(SamplingParams::greedy());
+        eg.generate(&mut seq, &prompt, 48, &mut sampler, &|_| false, &mut |_| true)
+            .unwrap()
+    };
+    let (plain, _) = run(None);
+    for k in 1..=4 {
+        let (spec, stats) = run(Some(k));
+        let s = stats.speculative.as_ref().unwrap();
+        eprintln!("draft max {k}: {} rounds, acceptance {:.2}", s.rounds, s.acceptance_rate);
+        assert_eq!(spec, plain, "draft max {k}");
+    }
 }

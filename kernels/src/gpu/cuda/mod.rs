@@ -302,6 +302,109 @@ impl CudaBackend {
     }
 }
 
+impl CudaBackend {
+    /// The causal conv, optionally keeping the state after every row (speculative rollback).
+    fn conv1d(
+        &self,
+        x: &CudaTensor,
+        weight: &CudaWeight,
+        state: &mut CudaTensor,
+        rows: usize,
+        out: &mut CudaTensor,
+        snapshots: Option<&mut CudaTensor>,
+    ) -> Result<()> {
+        let op = "conv1d_silu";
+        let (channels, kernel) = (weight.rows, weight.cols);
+        if !(2..=8).contains(&kernel) {
+            return Err(shape_err(op, format!("kernel of {kernel} taps (2..=8 supported)")));
+        }
+        if weight.ty != GgmlType::F32 {
+            return Err(shape_err(op, format!("weight type {} (F32 expected)", weight.ty)));
+        }
+        check_len(op, "input", x.len, rows * channels)?;
+        check_len(op, "output", out.len, rows * channels)?;
+        if state.len != channels * (kernel - 1) {
+            return Err(shape_err(
+                op,
+                format!("state of {} values, expected {}", state.len, channels * (kernel - 1)),
+            ));
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let snap = match snapshots {
+            Some(t) => {
+                check_len(op, "snapshots", t.len, rows * state.len)?;
+                self.ptr(&t.buf)
+            }
+            None => 0u64,
+        };
+        let (xp, wp, sp, op_) = (self.ptr(&x.buf), self.ptr(&weight.data), self.ptr(&state.buf), self.ptr(&out.buf));
+        let (r, c, k) = (u32_arg(op, rows)?, u32_arg(op, channels)?, u32_arg(op, kernel)?);
+        launch!(self, "conv1d_silu", grid(channels, 128), &xp, &wp, &sp, &r, &c, &k, &op_, &snap)
+    }
+
+    /// The delta rule over `rows` tokens ([q, k, v, g, beta] as the trait takes them), optionally keeping
+    /// the state after every token (speculative rollback).
+    fn delta_rule(
+        &self,
+        [q, k, v, g, beta]: [&CudaTensor; 5],
+        state: &mut CudaTensor,
+        rows: usize,
+        p: DeltaNetParams,
+        out: &mut CudaTensor,
+        snapshots: Option<&mut CudaTensor>,
+    ) -> Result<()> {
+        let op = "gated_delta_net";
+        if p.n_k_heads == 0 || !p.n_v_heads.is_multiple_of(p.n_k_heads) {
+            return Err(shape_err(op, format!("{} V-heads over {} K-heads", p.n_v_heads, p.n_k_heads)));
+        }
+        if p.head_k_dim % 32 != 0 || p.head_k_dim > 256 {
+            return Err(shape_err(op, format!("head_k_dim {} (a multiple of 32 up to 256)", p.head_k_dim)));
+        }
+        let (qk_w, v_w) = (p.n_k_heads * p.head_k_dim, p.n_v_heads * p.head_v_dim);
+        check_len(op, "q", q.len, rows * qk_w)?;
+        check_len(op, "k", k.len, rows * qk_w)?;
+        check_len(op, "v", v.len, rows * v_w)?;
+        check_len(op, "g", g.len, rows * p.n_v_heads)?;
+        check_len(op, "beta", beta.len, rows * p.n_v_heads)?;
+        check_len(op, "output", out.len, rows * v_w)?;
+        let need = p.n_v_heads * p.head_v_dim * p.head_k_dim;
+        if state.len != need {
+            return Err(shape_err(op, format!("state of {} values, expected {need}", state.len)));
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let ptrs = [
+            self.ptr(&q.buf),
+            self.ptr(&k.buf),
+            self.ptr(&v.buf),
+            self.ptr(&g.buf),
+            self.ptr(&beta.buf),
+            self.ptr(&state.buf),
+        ];
+        let (r, nk, nv, dk, dv) = (
+            u32_arg(op, rows)?,
+            u32_arg(op, p.n_k_heads)?,
+            u32_arg(op, p.n_v_heads)?,
+            u32_arg(op, p.head_k_dim)?,
+            u32_arg(op, p.head_v_dim)?,
+        );
+        let snap = match snapshots {
+            Some(t) => {
+                check_len(op, "snapshots", t.len, rows * need)?;
+                self.ptr(&t.buf)
+            }
+            None => 0u64,
+        };
+        let op_ = self.ptr(&out.buf);
+        let cfg = grid(p.n_v_heads * p.head_v_dim * 32, THREADS);
+        launch!(self, "gated_delta_net", cfg, &ptrs[0], &ptrs[1], &ptrs[2], &ptrs[3], &ptrs[4], &ptrs[5], &r, &nk, &nv, &dk, &dv, &p.scale, &op_, &snap)
+    }
+
+}
+
 fn mmv_kernel(ty: GgmlType) -> Option<(&'static str, usize)> {
     // (kernel family, values per unit)
     Some(match ty {
@@ -836,28 +939,19 @@ impl Backend for CudaBackend {
         rows: usize,
         out: &mut CudaTensor,
     ) -> Result<()> {
-        let op = "conv1d_silu";
-        let (channels, kernel) = (weight.rows, weight.cols);
-        if !(2..=8).contains(&kernel) {
-            return Err(shape_err(op, format!("kernel of {kernel} taps (2..=8 supported)")));
-        }
-        if weight.ty != GgmlType::F32 {
-            return Err(shape_err(op, format!("weight type {} (F32 expected)", weight.ty)));
-        }
-        check_len(op, "input", x.len, rows * channels)?;
-        check_len(op, "output", out.len, rows * channels)?;
-        if state.len != channels * (kernel - 1) {
-            return Err(shape_err(
-                op,
-                format!("state of {} values, expected {}", state.len, channels * (kernel - 1)),
-            ));
-        }
-        if rows == 0 {
-            return Ok(());
-        }
-        let (xp, wp, sp, op_) = (self.ptr(&x.buf), self.ptr(&weight.data), self.ptr(&state.buf), self.ptr(&out.buf));
-        let (r, c, k) = (u32_arg(op, rows)?, u32_arg(op, channels)?, u32_arg(op, kernel)?);
-        launch!(self, "conv1d_silu", grid(channels, 128), &xp, &wp, &sp, &r, &c, &k, &op_)
+        self.conv1d(x, weight, state, rows, out, None)
+    }
+
+    fn conv1d_silu_snapshots(
+        &self,
+        x: &CudaTensor,
+        weight: &CudaWeight,
+        state: &mut CudaTensor,
+        rows: usize,
+        out: &mut CudaTensor,
+        snapshots: &mut CudaTensor,
+    ) -> Result<()> {
+        self.conv1d(x, weight, state, rows, out, Some(snapshots))
     }
 
     fn delta_net_gates(
@@ -894,45 +988,23 @@ impl Backend for CudaBackend {
         p: DeltaNetParams,
         out: &mut CudaTensor,
     ) -> Result<()> {
-        let op = "gated_delta_net";
-        if p.n_k_heads == 0 || !p.n_v_heads.is_multiple_of(p.n_k_heads) {
-            return Err(shape_err(op, format!("{} V-heads over {} K-heads", p.n_v_heads, p.n_k_heads)));
-        }
-        if p.head_k_dim % 32 != 0 || p.head_k_dim > 256 {
-            return Err(shape_err(op, format!("head_k_dim {} (a multiple of 32 up to 256)", p.head_k_dim)));
-        }
-        let (qk_w, v_w) = (p.n_k_heads * p.head_k_dim, p.n_v_heads * p.head_v_dim);
-        check_len(op, "q", q.len, rows * qk_w)?;
-        check_len(op, "k", k.len, rows * qk_w)?;
-        check_len(op, "v", v.len, rows * v_w)?;
-        check_len(op, "g", g.len, rows * p.n_v_heads)?;
-        check_len(op, "beta", beta.len, rows * p.n_v_heads)?;
-        check_len(op, "output", out.len, rows * v_w)?;
-        let need = p.n_v_heads * p.head_v_dim * p.head_k_dim;
-        if state.len != need {
-            return Err(shape_err(op, format!("state of {} values, expected {need}", state.len)));
-        }
-        if rows == 0 {
-            return Ok(());
-        }
-        let ptrs = [
-            self.ptr(&q.buf),
-            self.ptr(&k.buf),
-            self.ptr(&v.buf),
-            self.ptr(&g.buf),
-            self.ptr(&beta.buf),
-            self.ptr(&state.buf),
-        ];
-        let (r, nk, nv, dk, dv) = (
-            u32_arg(op, rows)?,
-            u32_arg(op, p.n_k_heads)?,
-            u32_arg(op, p.n_v_heads)?,
-            u32_arg(op, p.head_k_dim)?,
-            u32_arg(op, p.head_v_dim)?,
-        );
-        let op_ = self.ptr(&out.buf);
-        let cfg = grid(p.n_v_heads * p.head_v_dim * 32, THREADS);
-        launch!(self, "gated_delta_net", cfg, &ptrs[0], &ptrs[1], &ptrs[2], &ptrs[3], &ptrs[4], &ptrs[5], &r, &nk, &nv, &dk, &dv, &p.scale, &op_)
+        self.delta_rule([q, k, v, g, beta], state, rows, p, out, None)
+    }
+
+    fn gated_delta_net_snapshots(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        g: &CudaTensor,
+        beta: &CudaTensor,
+        state: &mut CudaTensor,
+        rows: usize,
+        p: DeltaNetParams,
+        out: &mut CudaTensor,
+        snapshots: &mut CudaTensor,
+    ) -> Result<()> {
+        self.delta_rule([q, k, v, g, beta], state, rows, p, out, Some(snapshots))
     }
 
     fn synchronize(&self) -> Result<()> {
