@@ -25,6 +25,8 @@ enum Command {
     Synth(cli::synth::SynthArgs),
     /// Serve the OpenAI-compatible HTTP API.
     Serve(cli::serve::ServeArgs),
+    /// Fetch a model into the node cache, verify and check it; prints its local path.
+    Fetch(cli::fetch::FetchArgs),
 }
 
 fn main() {
@@ -34,6 +36,7 @@ fn main() {
         Command::Bench(a) => cli::bench::run(a),
         Command::Synth(a) => cli::synth::run(a),
         Command::Serve(a) => cli::serve::run(a),
+        Command::Fetch(a) => cli::fetch::run(a),
     };
     if let Err(e) = result {
         eprintln!("kiln-agent: {e:#}");

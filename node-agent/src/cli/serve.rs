@@ -81,6 +81,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         body_limit: args.max_body_bytes.max(1024),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_s),
     };
+    // A model from the node cache stays marked in use while it is served, so eviction never removes it.
+    let _in_use = kiln_agent::fetch::cache::hold_in_use(&args.model.model)?;
     // The engine has its own thread; the runtime only does I/O.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
