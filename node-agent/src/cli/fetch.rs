@@ -75,6 +75,8 @@ pub fn run(args: FetchArgs) -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Pod logs are read as plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let opts = FetchOptions {
         cache_dir: args.to,
