@@ -2,6 +2,7 @@
 
 pub mod chat;
 pub mod engine;
+pub mod fetch;
 pub mod gguf;
 pub mod gpu;
 pub mod model;

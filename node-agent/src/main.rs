@@ -29,6 +29,8 @@ enum Command {
     Gpus(cli::gpus::GpusArgs),
     /// Plan device memory for a model: the largest context that fits (JSON).
     Plan(cli::plan::PlanArgs),
+    /// Fetch a model into the node cache, verify and check it; prints its local path.
+    Fetch(cli::fetch::FetchArgs),
 }
 
 fn main() {
@@ -40,6 +42,7 @@ fn main() {
         Command::Serve(a) => cli::serve::run(a),
         Command::Gpus(a) => cli::gpus::run(a),
         Command::Plan(a) => cli::plan::run(a),
+        Command::Fetch(a) => cli::fetch::run(a),
     };
     if let Err(e) = result {
         eprintln!("kiln-agent: {e:#}");

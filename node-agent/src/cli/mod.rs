@@ -1,6 +1,7 @@
 //! kiln-agent's subcommands. Each file is one subcommand; shared model-loading options live here.
 
 pub mod bench;
+pub mod fetch;
 pub mod generate;
 pub mod gpus;
 pub mod plan;

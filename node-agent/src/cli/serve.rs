@@ -127,6 +127,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         grow_after: Duration::from_secs(args.grow_after_s),
         downsize_drain: Duration::from_secs(args.downsize_drain_s),
     };
+    // A model from the node cache stays marked in use while it is served, so eviction never removes it.
+    let _in_use = kiln_agent::fetch::cache::hold_in_use(&args.model.model)?;
     // The engine has its own thread; the runtime only does I/O.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
