@@ -5,4 +5,5 @@
 
 pub mod backend;
 pub mod cpu;
+pub mod gpu;
 pub mod quant;

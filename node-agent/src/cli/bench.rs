@@ -25,6 +25,10 @@ pub struct BenchArgs {
     /// Repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// Context already in the cache when generation is timed (prefilled first, not timed), like
+    /// llama-bench's `-d`: decode speed at depth.
+    #[arg(long, default_value_t = 0)]
+    pub depth: usize,
     /// Largest verify pass measured (tokens); 0 skips the verify curve.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(0..=17))]
     pub verify_max: u16,
@@ -40,13 +44,30 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let mut ld = args.model.load()?;
+    let model = args.model.clone();
+    model.run_on(Job(args))
+}
+
+struct Job(BenchArgs);
+
+impl super::OnBackend for Job {
+    fn run<B: Backend + 'static>(self, ld: super::Loaded<B>) -> Result<()> {
+        bench(self.0, ld)
+    }
+}
+
+fn bench<B: Backend + 'static>(
+    args: BenchArgs,
+    mut ld: super::Loaded<B>,
+) -> Result<()> {
     let engine = &ld.engine;
     let n_vocab = engine.model.info().n_vocab as u32;
-    ld.n_ctx = ld.n_ctx.max(args.prompt_tokens + args.gen_tokens + 1);
+    ld.n_ctx = ld
+        .n_ctx
+        .max(args.prompt_tokens.max(args.depth) + args.gen_tokens + 1);
     // Deterministic pseudo-random prompt tokens (llama-bench uses random tokens too).
     let mut s = 0x2545_f491_4f6c_dd1du64;
-    let prompt: Vec<u32> = (0..args.prompt_tokens.max(1))
+    let prompt: Vec<u32> = (0..args.prompt_tokens.max(args.depth).max(1))
         .map(|_| {
             s ^= s << 13;
             s ^= s >> 7;
@@ -70,11 +91,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         if args.prompt_tokens > 0 {
             engine.reset(&mut seq)?;
             let t = Instant::now();
-            engine.prefill(&mut seq, &prompt)?;
+            engine.prefill(&mut seq, &prompt[..args.prompt_tokens])?;
             pp.push(args.prompt_tokens as f64 / t.elapsed().as_secs_f64());
         }
         if args.gen_tokens > 0 {
             engine.reset(&mut seq)?;
+            if args.depth > 0 {
+                engine.prefill(&mut seq, &prompt[..args.depth])?;
+            }
             let mut token = prompt[0];
             let t = Instant::now();
             for _ in 0..args.gen_tokens {
@@ -92,6 +116,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "threads": ld.threads,
         "prompt_tokens": args.prompt_tokens,
         "gen_tokens": args.gen_tokens,
+        "depth": args.depth,
         "reps": reps,
         "prefill_tok_s": median(pp.clone()),
         "decode_tok_s": median(tg.clone()),
@@ -105,9 +130,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 /// Median milliseconds of a verify pass of k = 1..=`max` tokens after `prompt`, the ratio to k = 1,
 /// and (for a model with an MTP head) one chained draft step.
-fn verify_curve(
-    ld: &super::Loaded,
-    seq: &mut kiln_agent::engine::Sequence<kiln_kernels::cpu::CpuBackend>,
+fn verify_curve<B: Backend + 'static>(
+    ld: &super::Loaded<B>,
+    seq: &mut kiln_agent::engine::Sequence<B>,
     prompt: &[u32],
     max: usize,
     reps: usize,

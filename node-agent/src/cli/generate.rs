@@ -74,7 +74,11 @@ pub struct GenerateArgs {
 }
 
 /// The prompt as text, rendered through the chat template when asked.
-fn prompt_text(args: &GenerateArgs, ld: &super::Loaded, tok: &Tokenizer) -> Result<String> {
+fn prompt_text<B: kiln_kernels::backend::Backend>(
+    args: &GenerateArgs,
+    ld: &super::Loaded<B>,
+    tok: &Tokenizer,
+) -> Result<String> {
     let text = args.prompt.clone().unwrap_or_default();
     if !args.chat {
         return Ok(text);
@@ -106,7 +110,26 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         seed: args.seed.unwrap_or_else(rand::random),
     };
     sampling.validate().map_err(anyhow::Error::msg)?;
-    let ld = args.model.load()?;
+    let model = args.model.clone();
+    model.run_on(Job { args, sampling })
+}
+
+struct Job {
+    args: GenerateArgs,
+    sampling: SamplingParams,
+}
+
+impl super::OnBackend for Job {
+    fn run<B: kiln_kernels::backend::Backend + 'static>(self, ld: super::Loaded<B>) -> Result<()> {
+        generate(self.args, self.sampling, ld)
+    }
+}
+
+fn generate<B: kiln_kernels::backend::Backend + 'static>(
+    args: GenerateArgs,
+    sampling: SamplingParams,
+    ld: super::Loaded<B>,
+) -> Result<()> {
     let engine = &ld.engine;
     let tok = Tokenizer::from_gguf(&ld.file).context("reading the tokenizer")?;
     let prompt: Vec<u32> = match &args.token_ids {

@@ -27,6 +27,10 @@ pub struct SynthArgs {
     /// Print the tensor plan (name, dims, type, bytes) and the file size instead of writing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Fill quantized tensors with random blocks (seconds for the 27B shape) instead of quantizing random
+    /// values: for speed and memory benchmarks, which do not depend on the weights' values.
+    #[arg(long)]
+    pub fast: bool,
 }
 
 pub fn run(a: SynthArgs) -> Result<()> {
@@ -53,7 +57,12 @@ pub fn run(a: SynthArgs) -> Result<()> {
     let file =
         std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
-    let n = synth.write(&mut w)?;
+    let n = if a.fast {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        synth.write_fast(&mut w, threads)?
+    } else {
+        synth.write(&mut w)?
+    };
     std::io::Write::flush(&mut w)?;
     eprintln!("wrote {} ({n} bytes)", out.display());
     Ok(())

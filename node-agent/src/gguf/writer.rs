@@ -119,6 +119,28 @@ impl GgufWriter {
         w: &mut impl Write,
         mut row: impl FnMut(usize, usize, &mut [f32]),
     ) -> io::Result<u64> {
+        self.write_tensors(w, |i, t, w| {
+            let cols = t.cols();
+            let row_bytes = t.ty.bytes_for(cols).expect("checked by bytes_of");
+            let mut vals = vec![0f32; cols];
+            let mut bytes = vec![0u8; row_bytes];
+            for r in 0..t.rows() {
+                row(i, r, &mut vals);
+                quantize_row(t.ty, &vals, &mut bytes)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+                w.write_all(&bytes)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes the header, then lets `tensor(i, plan, w)` write the data of tensor i (exactly its
+    /// `n_bytes`, checked), padding between tensors.
+    pub fn write_tensors(
+        &self,
+        w: &mut impl Write,
+        mut tensor: impl FnMut(usize, &TensorPlan, &mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<u64> {
         let mut header = Vec::new();
         header.write_all(b"GGUF")?;
         header.write_all(&3u32.to_le_bytes())?;
@@ -150,18 +172,34 @@ impl GgufWriter {
             let aligned = pad(written);
             w.write_all(&zeros[..(aligned - written) as usize])?;
             written = aligned;
-            let cols = t.cols();
-            let row_bytes = t.ty.bytes_for(cols).expect("checked by bytes_of");
-            let mut vals = vec![0f32; cols];
-            let mut bytes = vec![0u8; row_bytes];
-            for r in 0..t.rows() {
-                row(i, r, &mut vals);
-                quantize_row(t.ty, &vals, &mut bytes)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-                w.write_all(&bytes)?;
+            let mut counted = CountingWriter { inner: &mut *w, n: 0 };
+            tensor(i, t, &mut counted)?;
+            let want = self.bytes_of(t)?;
+            if counted.n != want {
+                return Err(io::Error::other(format!(
+                    "{}: {} data bytes written, {want} planned",
+                    t.name, counted.n
+                )));
             }
-            written += row_bytes as u64 * t.rows() as u64;
+            written += want;
         }
         Ok(header_len + written)
+    }
+}
+
+/// Counts the bytes that pass through, so each tensor's data can be checked against its plan.
+struct CountingWriter<'a, W: Write + ?Sized> {
+    inner: &'a mut W,
+    n: u64,
+}
+
+impl<W: Write + ?Sized> Write for CountingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One GPU-machine session (see bench/gpu/README.md): the GPU tests, then Kiln and llama.cpp side by side on
+# the 27B-shaped synthetic Qwen3.6 (Q4_K_M, q4_0 KV). Expects the carried .device/ (binaries, llama.cpp src).
+# Writes logs to $OUT. Usage: bench/gpu/run-device.sh [tests] [bench] [profile]
+set -uo pipefail
+source bench/gpu/device-env.sh
+want() { [[ " $* " == *" all "* ]] || [[ " $WANT " == *" $1 "* ]]; }
+WANT=" ${*:-all} "
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+sm=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+if [[ $WANT == *" bench "* || $WANT == *" all "* ]]; then
+    (bench/gpu/build-llama-cuda.sh .device/llama-src.tar.xz /tmp/llama "$sm" > /tmp/llama-build.log 2>&1
+     echo "llama.cpp build exit $?" >> /tmp/llama-build.log) &
+fi
+if [[ $WANT == *" tests "* || $WANT == *" all "* ]]; then
+    timeout 200 .device/bin/gpu_ops --test-threads 1 --nocapture > "$OUT/gpu_ops.txt" 2>&1
+    echo "gpu_ops exit $?"; grep -E "test result|panicked" "$OUT/gpu_ops.txt"
+    timeout 150 .device/bin/gpu_models --test-threads 1 --nocapture > "$OUT/gpu_models.txt" 2>&1
+    echo "gpu_models exit $?"; grep -E "worst|test result|panicked" "$OUT/gpu_models.txt"
+fi
+M=/tmp/q27.gguf
+[[ -f $M ]] || .device/bin/kiln-agent synth --preset qwen3.6-27b --quant q4_k_m --fast --out $M
+K=(.device/bin/kiln-agent bench --device cuda:0 -m $M --kv-type q4_0)
+if [[ $WANT == *" profile "* || $WANT == *" all "* ]]; then
+    KILN_CUDA_PROFILE=1 "${K[@]}" --prompt-tokens 0 --gen-tokens 16 --reps 1 > "$OUT/profile-decode.txt" 2>&1
+    KILN_CUDA_PROFILE=1 "${K[@]}" --prompt-tokens 512 --gen-tokens 0 --reps 1 > "$OUT/profile-prefill.txt" 2>&1
+    head -25 "$OUT/profile-decode.txt" | grep -v '^  "'; head -14 "$OUT/profile-prefill.txt" | grep -v '^  "'
+fi
+if [[ $WANT == *" bench "* || $WANT == *" all "* ]]; then
+    "${K[@]}" --prompt-tokens 512 --gen-tokens 64 --reps 3 --ctx 4096 | tee "$OUT/kiln-bench.json" | grep -E 'tok_s"'
+    wait
+    tail -1 /tmp/llama-build.log
+    L=/tmp/llama/llama.cpp/build/bin/llama-bench
+    [[ -x $L ]] && $L -m $M -ngl 99 -fa 1 -ctk q4_0 -ctv q4_0 -p 512 -n 64 -r 3 2>&1 | tee "$OUT/llama-bench.txt" | tail -5
+fi

@@ -1,0 +1,64 @@
+// Element-wise ops and copies: one thread per value, grid-stride loops.
+#include "compat.h"
+
+#define GRID_LOOP(i, n) for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)gridDim.x * blockDim.x)
+
+KILN_KERNEL void add_bias(float* x, const float* bias, u32 rows, u32 dim) {
+    GRID_LOOP(i, (u64)rows * dim) x[i] += bias[i % dim];
+}
+
+KILN_KERNEL void add_assign(float* x, const float* y, u32 n) {
+    GRID_LOOP(i, n) x[i] += y[i];
+}
+
+KILN_KERNEL void scale_inplace(float* x, float s, u32 n) {
+    GRID_LOOP(i, n) x[i] *= s;
+}
+
+KILN_KERNEL void swiglu(const float* gate, const float* up, u32 n, float* out) {
+    GRID_LOOP(i, n) out[i] = silu(gate[i]) * up[i];
+}
+
+// GELU (tanh form) as ggml's CPU backend computes it: the input rounded to f16, the result too.
+KILN_KERNEL void geglu(const float* gate, const float* up, u32 n, float* out) {
+    GRID_LOOP(i, n) {
+        const float x = h2f(f2h(gate[i]));
+        const float g = 0.5f * x * (1.0f + tanhf(0.7978846f * x * (1.0f + 0.044715f * x * x)));
+        out[i] = h2f(f2h(g)) * up[i];
+    }
+}
+
+KILN_KERNEL void sigmoid_mul(float* x, const float* gate, u32 n) {
+    GRID_LOOP(i, n) x[i] *= sigmoidf(gate[i]);
+}
+
+KILN_KERNEL void copy_rows(const float* src, u64 src_off, u64 src_stride, float* dst, u64 dst_off,
+                           u64 dst_stride, u32 width, u32 rows) {
+    GRID_LOOP(i, (u64)rows * width) {
+        const u64 r = i / width, c = i % width;
+        dst[dst_off + r * dst_stride + c] = src[src_off + r * src_stride + c];
+    }
+}
+
+// Rotary embedding in place over `rows` rows of n_heads × head_dim. Thread per (row, head, pair). The
+// angle of pair i is pos·freq_scale·base^(−2i/n_rot), the power built by repeated multiplication as the
+// CPU backend (and ggml) do, so long positions round the same way.
+KILN_KERNEL void rope(float* x, const u32* positions, u32 pos0, u32 rows, u32 n_heads, u32 head_dim,
+                      u32 n_rot, float theta_scale, float freq_scale, int neox) {
+    const u32 half = n_rot / 2;
+    GRID_LOOP(t, (u64)rows * n_heads * half) {
+        const u32 i = (u32)(t % half);
+        const u64 rh = t / half;
+        const u32 r = (u32)(rh / n_heads);
+        const u32 pos = positions ? positions[r] : pos0 + r;
+        float theta = (float)pos;
+        for (u32 j = 0; j < i; j++) theta *= theta_scale;
+        const float ang = theta * freq_scale;
+        const float c = cosf(ang), s = sinf(ang);
+        float* head = x + rh * head_dim;
+        const u32 a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+        const float x0 = head[a], x1 = head[b];
+        head[a] = fmaf(x0, c, -(x1 * s));
+        head[b] = fmaf(x0, s, x1 * c);
+    }
+}

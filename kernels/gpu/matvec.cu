@@ -1,0 +1,162 @@
+// Matrix × few-vectors products (decode, and the speculative verify batch of up to 8 rows): one warp per
+// output value, its lanes striding over the weight row's units; each weight unit is loaded once and
+// dotted with all NR activation rows, so a verify batch reads the weights once.
+#include "compat.h"
+#include "quant.h"
+
+// Activations → int8 with one scale per 32 values (the dp4a operand). One thread per value; the 32
+// values of a block are consecutive lanes.
+KILN_KERNEL void quantize_act(const float* x, u32 n, int* yq, float* yd) {
+    const u32 i = blockIdx.x * blockDim.x + threadIdx.x;
+    const float v = i < n ? x[i] : 0.0f;
+    float amax = fabsf(v);
+#pragma unroll
+    for (int m = 16; m > 0; m >>= 1) amax = fmaxf(amax, shfl_xor(amax, m));
+    const float d = amax / 127.0f;
+    const int q = amax == 0.0f ? 0 : (int)roundf(v / d);
+    if (i < n) {
+        ((i8*)yq)[i] = (i8)q;
+        if (i % 32 == 0) yd[i / 32] = d;
+    }
+}
+
+// One block of MMV_THREADS threads per output value: the threads stride over the row's units two at a
+// time (so each has two independent loads in flight), then the block reduces. A row per block keeps
+// thousands of rows' loads in flight at once, which is what saturates HBM for a single token.
+#define MMV_THREADS 128
+
+template <int NR>
+__device__ __forceinline__ void block_reduce_store(float* acc, float* out, u32 n_out, u32 o) {
+    __shared__ float part[MMV_THREADS / 32][NR];
+    const u32 lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        const float s = warp_sum(acc[r]);
+        if (lane == 0) part[warp][r] = s;
+    }
+    __syncthreads();
+    if (threadIdx.x < NR) {
+        float t = 0.0f;
+        for (u32 w = 0; w < MMV_THREADS / WARP_SIZE; w++) t += part[w][threadIdx.x];
+        out[(u64)threadIdx.x * n_out + o] = t;
+    }
+}
+
+template <int TYPE, int NR>
+__device__ __forceinline__ void unit(const u8* row, u32 u, const Act& a, float* acc) {
+    if (TYPE == T_Q4_0) unit_q4_0<NR>(row, u, a, acc);
+    if (TYPE == T_Q4_1) unit_q4_1<NR>(row, u, a, acc);
+    if (TYPE == T_Q5_0) unit_q5<NR, false>(row, u, a, acc);
+    if (TYPE == T_Q5_1) unit_q5<NR, true>(row, u, a, acc);
+    if (TYPE == T_Q8_0) unit_q8_0<NR>(row, u, a, acc);
+    if (TYPE == T_Q4_K) unit_qk<NR, false>(row, u, a, acc);
+    if (TYPE == T_Q5_K) unit_qk<NR, true>(row, u, a, acc);
+    if (TYPE == T_Q6_K) unit_q6_k<NR>(row, u, a, acc);
+}
+
+template <int TYPE, int NR>
+__device__ __forceinline__ void mmvq(const u8* w, u32 row_bytes, u32 n_units, u32 n_out, const int* yq,
+                                     const float* yd, u32 k, float* out) {
+    const u32 o = blockIdx.x;
+    if (o >= n_out) return;
+    const u8* row = w + (u64)o * row_bytes;
+    const Act a = {yq, yd, k / 4, k / 32};
+    float acc[NR];
+#pragma unroll
+    for (int r = 0; r < NR; r++) acc[r] = 0.0f;
+    u32 u = threadIdx.x;
+    for (; u + MMV_THREADS < n_units; u += 2 * MMV_THREADS) {
+        unit<TYPE, NR>(row, u, a, acc);
+        unit<TYPE, NR>(row, u + MMV_THREADS, a, acc);
+    }
+    if (u < n_units) unit<TYPE, NR>(row, u, a, acc);
+    block_reduce_store<NR>(acc, out, n_out, o);
+}
+
+// f16/f32 weights against f32 activations (no activation rounding), 8 (f16) or 4 (f32) values a unit.
+template <bool HALF, int NR>
+__device__ __forceinline__ void mmvf(const u8* w, u32 n_out, const float* x, u32 k, float* out) {
+    const u32 o = blockIdx.x;
+    if (o >= n_out) return;
+    float acc[NR];
+#pragma unroll
+    for (int r = 0; r < NR; r++) acc[r] = 0.0f;
+    if (HALF) {
+        const u16* row = (const u16*)w + (u64)o * k;
+        for (u32 j = threadIdx.x * 2; j < k; j += MMV_THREADS * 2) {
+            const u32 pair = *(const u32*)(row + j);
+            const float w0 = h2f((u16)(pair & 0xFFFF)), w1 = h2f((u16)(pair >> 16));
+#pragma unroll
+            for (int r = 0; r < NR; r++) acc[r] += w0 * x[(u64)r * k + j] + w1 * x[(u64)r * k + j + 1];
+        }
+    } else {
+        const float* row = (const float*)w + (u64)o * k;
+        for (u32 j = threadIdx.x; j < k; j += MMV_THREADS) {
+            const float wv = row[j];
+#pragma unroll
+            for (int r = 0; r < NR; r++) acc[r] += wv * x[(u64)r * k + j];
+        }
+    }
+    block_reduce_store<NR>(acc, out, n_out, o);
+}
+
+#define MMVQ(name, TYPE, NR)                                                                          \
+    KILN_KERNEL void name##_##NR(const u8* w, u32 row_bytes, u32 n_units, u32 n_out, const int* yq,    \
+                                 const float* yd, u32 k, float* out) {                                 \
+        mmvq<TYPE, NR>(w, row_bytes, n_units, n_out, yq, yd, k, out);                                 \
+    }
+#define MMVQ_ALL(name, TYPE) \
+    MMVQ(name, TYPE, 1) MMVQ(name, TYPE, 2) MMVQ(name, TYPE, 3) MMVQ(name, TYPE, 4) \
+    MMVQ(name, TYPE, 5) MMVQ(name, TYPE, 6) MMVQ(name, TYPE, 7) MMVQ(name, TYPE, 8)
+
+MMVQ_ALL(mmv_q4_0, T_Q4_0)
+MMVQ_ALL(mmv_q4_1, T_Q4_1)
+MMVQ_ALL(mmv_q5_0, T_Q5_0)
+MMVQ_ALL(mmv_q5_1, T_Q5_1)
+MMVQ_ALL(mmv_q8_0, T_Q8_0)
+MMVQ_ALL(mmv_q4_k, T_Q4_K)
+MMVQ_ALL(mmv_q5_k, T_Q5_K)
+MMVQ_ALL(mmv_q6_k, T_Q6_K)
+
+#define MMVF(name, HALF, NR)                                                                 \
+    KILN_KERNEL void name##_##NR(const u8* w, u32 n_out, const float* x, u32 k, float* out) { \
+        mmvf<HALF, NR>(w, n_out, x, k, out);                                                 \
+    }
+#define MMVF_ALL(name, HALF) \
+    MMVF(name, HALF, 1) MMVF(name, HALF, 2) MMVF(name, HALF, 3) MMVF(name, HALF, 4) \
+    MMVF(name, HALF, 5) MMVF(name, HALF, 6) MMVF(name, HALF, 7) MMVF(name, HALF, 8)
+
+MMVF_ALL(mmv_f16, true)
+MMVF_ALL(mmv_f32, false)
+
+// Rows of a weight matrix (any type) gathered and dequantized: the token embedding.
+KILN_KERNEL void embed_rows(int type, const u8* table, u32 row_bytes, u32 n_rows, const u32* tokens,
+                            u32 n_tokens, u32 dim, float* out) {
+    const u32 t = blockIdx.y;
+    if (t >= n_tokens) return;
+    const u32 tok = tokens[t];
+    for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < dim; i += gridDim.x * blockDim.x)
+        out[(u64)t * dim + i] = tok < n_rows ? dequant_value(type, table + (u64)tok * row_bytes, i) : 0.0f;
+}
+
+// A whole vector weight dequantized to f32 (norm weights, biases: read every step, so kept dense).
+KILN_KERNEL void dequant_row(int type, const u8* src, u32 n, float* out) {
+    const u32 i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = dequant_value(type, src, i);
+}
+
+// Prefill (many activation rows): the weight matrix is expanded to f16 once per call and multiplied by
+// the f16 activations with the vendor BLAS (tensor cores), which beats any per-row kernel past ~8 rows.
+// One thread per pair of values; `dequant_value` is general, so every type takes the same path.
+KILN_KERNEL void dequant_f16(int type, const u8* src, u32 rows, u32 k, u32 row_bytes, u16* out) {
+    const u64 n = (u64)rows * k;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        const u64 r = i / k;
+        out[i] = f2h(dequant_value(type, src + r * row_bytes, (u32)(i % k)));
+    }
+}
+
+KILN_KERNEL void f32_to_f16(const float* x, u64 n, u16* out) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        out[i] = f2h(x[i]);
+}

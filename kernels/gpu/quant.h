@@ -1,0 +1,269 @@
+// GGML block formats on the device: per-type dot products of a weight "unit" (a run of 16..64 values
+// inside one block) with activations quantized to 8 bits (int8 values, one f32 scale per 32), using
+// four-way byte dot products. Layouts are GGML's (see kernels/src/quant/); each function states its unit.
+#pragma once
+#include "compat.h"
+
+// GgmlType ids, as in the GGUF file.
+#define T_F32 0
+#define T_F16 1
+#define T_Q4_0 2
+#define T_Q4_1 3
+#define T_Q5_0 6
+#define T_Q5_1 7
+#define T_Q8_0 8
+#define T_Q4_K 12
+#define T_Q5_K 13
+#define T_Q6_K 14
+
+// The activations one unit is dotted with: `NR` rows, each `yq_stride` ints of packed int8 values and
+// `yd_stride` scales (one per 32 values).
+struct Act {
+    const int* yq;
+    const float* yd;
+    u32 yq_stride;
+    u32 yd_stride;
+};
+
+__device__ __forceinline__ int ones_dot(int y, int acc) { return dp4a(0x01010101, y, acc); }
+
+// Bit j of `bits` (j < 4) moved to bit 4 of byte j: the fifth bit of four Q5 values.
+__device__ __forceinline__ int spread_bit4(u32 bits) {
+    return (int)(((bits & 1u) << 4) | ((bits & 2u) << 11) | ((bits & 4u) << 18) | ((bits & 8u) << 25));
+}
+
+__device__ __forceinline__ void scale_min_k4(int j, const u8* q, int* sc, int* m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+// Q4_0: 18-byte blocks of 32; unit = one block.
+template <int NR>
+__device__ __forceinline__ void unit_q4_0(const u8* row, u32 u, const Act& a, float* acc) {
+    const u8* b = row + u * 18;
+    const float d = h2f(*(const u16*)b);
+    int q[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) q[i] = load_int_b2(b + 2 + 4 * i);
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        const int* y = a.yq + r * a.yq_stride + u * 8;
+        int sumi = 0, sumy = 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            sumi = dp4a(q[i] & 0x0F0F0F0F, y[i], sumi);
+            sumi = dp4a((q[i] >> 4) & 0x0F0F0F0F, y[4 + i], sumi);
+            sumy = ones_dot(y[i], ones_dot(y[4 + i], sumy));
+        }
+        acc[r] += d * a.yd[r * a.yd_stride + u] * (float)(sumi - 8 * sumy);
+    }
+}
+
+// Q4_1: 20-byte blocks of 32 (d, m, 16 bytes of nibbles); unit = one block.
+template <int NR>
+__device__ __forceinline__ void unit_q4_1(const u8* row, u32 u, const Act& a, float* acc) {
+    const u8* b = row + u * 20;
+    const float d = h2f(*(const u16*)b), m = h2f(*(const u16*)(b + 2));
+    int q[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) q[i] = load_int_b4(b + 4 + 4 * i);
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        const int* y = a.yq + r * a.yq_stride + u * 8;
+        int sumi = 0, sumy = 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            sumi = dp4a(q[i] & 0x0F0F0F0F, y[i], sumi);
+            sumi = dp4a((q[i] >> 4) & 0x0F0F0F0F, y[4 + i], sumi);
+            sumy = ones_dot(y[i], ones_dot(y[4 + i], sumy));
+        }
+        acc[r] += a.yd[r * a.yd_stride + u] * (d * (float)sumi + m * (float)sumy);
+    }
+}
+
+// Q5_0 (22 bytes: d, 32 fifth bits, nibbles) and Q5_1 (24 bytes: d, m, bits, nibbles); unit = one block.
+template <int NR, bool HAS_MIN>
+__device__ __forceinline__ void unit_q5(const u8* row, u32 u, const Act& a, float* acc) {
+    const u8* b = row + u * (HAS_MIN ? 24 : 22);
+    const float d = h2f(*(const u16*)b);
+    const float m = HAS_MIN ? h2f(*(const u16*)(b + 2)) : 0.0f;
+    const u8* hp = b + (HAS_MIN ? 4 : 2);
+    const u32 qh = (u32)load_int_b2(hp);
+    int lo[4], hi[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int q = load_int_b2(hp + 4 + 4 * i);
+        lo[i] = (q & 0x0F0F0F0F) | spread_bit4(qh >> (4 * i));
+        hi[i] = ((q >> 4) & 0x0F0F0F0F) | spread_bit4(qh >> (4 * i + 16));
+    }
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        const int* y = a.yq + r * a.yq_stride + u * 8;
+        int sumi = 0, sumy = 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            sumi = dp4a(lo[i], y[i], sumi);
+            sumi = dp4a(hi[i], y[4 + i], sumi);
+            sumy = ones_dot(y[i], ones_dot(y[4 + i], sumy));
+        }
+        const float dy = a.yd[r * a.yd_stride + u];
+        acc[r] += HAS_MIN ? dy * (d * (float)sumi + m * (float)sumy) : d * dy * (float)(sumi - 16 * sumy);
+    }
+}
+
+// Q8_0: 34-byte blocks of 32; unit = half a block (16 values).
+template <int NR>
+__device__ __forceinline__ void unit_q8_0(const u8* row, u32 u, const Act& a, float* acc) {
+    const u32 blk = u >> 1, half = u & 1;
+    const u8* b = row + blk * 34;
+    const float d = h2f(*(const u16*)b);
+    int q[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) q[i] = load_int_b2(b + 2 + 16 * half + 4 * i);
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        const int* y = a.yq + r * a.yq_stride + u * 4;
+        int sumi = 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) sumi = dp4a(q[i], y[i], sumi);
+        acc[r] += d * a.yd[r * a.yd_stride + blk] * (float)sumi;
+    }
+}
+
+// Q4_K (144 bytes per 256) and Q5_K (176): unit = 16 bytes of nibbles = 16 values of sub-block 2k
+// (low nibbles) and the same 16 positions of sub-block 2k+1 (high nibbles).
+template <int NR, bool FIVE>
+__device__ __forceinline__ void unit_qk(const u8* row, u32 u, const Act& a, float* acc) {
+    const u32 blk = u >> 3, k = (u >> 1) & 3, h = u & 1;
+    const u8* b = row + blk * (FIVE ? 176 : 144);
+    const float d = h2f(*(const u16*)b), dmin = h2f(*(const u16*)(b + 2));
+    int sc0, m0, sc1, m1;
+    scale_min_k4(2 * k, b + 4, &sc0, &m0);
+    scale_min_k4(2 * k + 1, b + 4, &sc1, &m1);
+    const u8* qs = b + (FIVE ? 48 : 16) + 32 * k + 16 * h;
+    int lo[4], hi[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int q = load_int_b4(qs + 4 * i);
+        lo[i] = q & 0x0F0F0F0F;
+        hi[i] = (q >> 4) & 0x0F0F0F0F;
+        if (FIVE) {
+            const int qh = load_int_b4(b + 16 + 16 * h + 4 * i);
+            lo[i] |= ((qh >> (2 * k)) & 0x01010101) << 4;
+            hi[i] |= ((qh >> (2 * k + 1)) & 0x01010101) << 4;
+        }
+    }
+    const u32 first = blk * 256 + 64 * k + 16 * h;  // value index of the unit's first low-nibble value
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        const int* y0 = a.yq + r * a.yq_stride + first / 4;
+        const int* y1 = y0 + 8;
+        int s0 = 0, s1 = 0, y0s = 0, y1s = 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            s0 = dp4a(lo[i], y0[i], s0);
+            s1 = dp4a(hi[i], y1[i], s1);
+            y0s = ones_dot(y0[i], y0s);
+            y1s = ones_dot(y1[i], y1s);
+        }
+        const float* yd = a.yd + r * a.yd_stride + blk * 8 + 2 * k;
+        acc[r] += d * (yd[0] * sc0 * (float)s0 + yd[1] * sc1 * (float)s1) -
+                  dmin * (yd[0] * m0 * (float)y0s + yd[1] * m1 * (float)y1s);
+    }
+}
+
+// Q6_K: 210 bytes per 256 (ql[128], qh[64], 16 int8 scales, d); unit = 16 values sharing one scale.
+template <int NR>
+__device__ __forceinline__ void unit_q6_k(const u8* row, u32 u, const Act& a, float* acc) {
+    const u32 blk = u >> 4, hf = (u >> 3) & 1, qq = (u >> 1) & 3, g = u & 1;
+    const u8* b = row + blk * 210;
+    const float d = h2f(*(const u16*)(b + 208));
+    const float sc = (float)(i8)b[192 + 8 * hf + 2 * qq + g];
+    const u8* ql = b + 64 * hf + 32 * (qq & 1) + 16 * g;
+    const u8* qh = b + 128 + 32 * hf + 16 * g;
+    const int nshift = (qq >> 1) * 4, hshift = 2 * qq;
+    int v[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int l = (load_int_b2(ql + 4 * i) >> nshift) & 0x0F0F0F0F;
+        const int hb = ((load_int_b2(qh + 4 * i) >> hshift) & 0x03030303) << 4;
+        // Subtract 32 from each byte without borrows crossing bytes.
+        v[i] = (((l | hb) | 0x80808080) - 0x20202020) ^ 0x80808080;
+    }
+    const u32 first = blk * 256 + 128 * hf + 32 * qq + 16 * g;
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        const int* y = a.yq + r * a.yq_stride + first / 4;
+        int s = 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) s = dp4a(v[i], y[i], s);
+        acc[r] += d * sc * a.yd[r * a.yd_stride + first / 32] * (float)s;
+    }
+}
+
+// Units per row of `k` values, and bytes per row, for each quantized type.
+__device__ __forceinline__ u32 units_per_row(int type, u32 k) {
+    switch (type) {
+        case T_Q8_0: return k / 16;
+        case T_Q4_K: case T_Q5_K: return k / 32;
+        case T_Q6_K: return k / 16;
+        default: return k / 32;
+    }
+}
+
+// One dequantized value `i` of a row (embedding gathers, KV loads): slow, general, exact.
+__device__ __forceinline__ float dequant_value(int type, const u8* row, u32 i) {
+    switch (type) {
+        case T_F32: return ((const float*)row)[i];
+        case T_F16: return h2f(((const u16*)row)[i]);
+        case T_Q4_0: {
+            const u8* b = row + (i / 32) * 18; const u32 j = i % 32;
+            const int q = j < 16 ? (b[2 + j] & 0xF) : (b[2 + j - 16] >> 4);
+            return h2f(*(const u16*)b) * (float)(q - 8);
+        }
+        case T_Q4_1: {
+            const u8* b = row + (i / 32) * 20; const u32 j = i % 32;
+            const int q = j < 16 ? (b[4 + j] & 0xF) : (b[4 + j - 16] >> 4);
+            return h2f(*(const u16*)b) * (float)q + h2f(*(const u16*)(b + 2));
+        }
+        case T_Q5_0: case T_Q5_1: {
+            const bool mn = type == T_Q5_1;
+            const u8* b = row + (i / 32) * (mn ? 24 : 22); const u32 j = i % 32;
+            const u8* hp = b + (mn ? 4 : 2);
+            const u32 qh = (u32)load_int_b2(hp);
+            const int lo = j < 16 ? (hp[4 + j] & 0xF) : (hp[4 + j - 16] >> 4);
+            const int q = lo | (int)(((qh >> j) & 1u) << 4);
+            const float d = h2f(*(const u16*)b);
+            return mn ? d * (float)q + h2f(*(const u16*)(b + 2)) : d * (float)(q - 16);
+        }
+        case T_Q8_0: {
+            const u8* b = row + (i / 32) * 34;
+            return h2f(*(const u16*)b) * (float)(i8)b[2 + i % 32];
+        }
+        case T_Q4_K: case T_Q5_K: {
+            const bool five = type == T_Q5_K;
+            const u8* b = row + (i / 256) * (five ? 176 : 144); const u32 j = i % 256;
+            const u32 sub = j / 32, l = j % 32, pair = sub / 2;
+            int sc, m;
+            scale_min_k4(sub, b + 4, &sc, &m);
+            const u8 byte = b[(five ? 48 : 16) + 32 * pair + l];
+            int q = (sub & 1) ? (byte >> 4) : (byte & 0xF);
+            if (five) q |= ((b[16 + l] >> sub) & 1) << 4;
+            return h2f(*(const u16*)b) * sc * (float)q - h2f(*(const u16*)(b + 2)) * m;
+        }
+        case T_Q6_K: {
+            const u8* b = row + (i / 256) * 210; const u32 j = i % 256;
+            const u32 hf = j / 128, r = j % 128, qq = r / 32, l = r % 32;
+            const u8 lb = b[64 * hf + 32 * (qq & 1) + l];
+            const int lo = (qq >> 1) ? (lb >> 4) : (lb & 0xF);
+            const int hb = (b[128 + 32 * hf + l] >> (2 * qq)) & 3;
+            return h2f(*(const u16*)(b + 208)) * (float)(i8)b[192 + j / 16] * (float)((lo | (hb << 4)) - 32);
+        }
+        default: return 0.0f;
+    }
+}

@@ -1,0 +1,40 @@
+//! GPU backends. The kernels are written once (kernels/gpu/*.cu, in the common subset of CUDA and HIP that
+//! `compat.h` defines) and compiled at run time for the exact device (NVRTC on NVIDIA), so a new GPU
+//! architecture needs no new release. CI compiles the same files ahead of time with nvcc and hipcc
+//! (`scripts/check-gpu-kernels.sh`) to prove they build for every target.
+
+pub mod cuda;
+
+/// The kernel sources in dependency order: headers first, then one file per group of operations.
+pub const SOURCES: &[(&str, &str)] = &[
+    ("compat.h", include_str!("../../gpu/compat.h")),
+    ("quant.h", include_str!("../../gpu/quant.h")),
+    ("matvec.cu", include_str!("../../gpu/matvec.cu")),
+    ("norm.cu", include_str!("../../gpu/norm.cu")),
+    ("elementwise.cu", include_str!("../../gpu/elementwise.cu")),
+    ("recurrent.cu", include_str!("../../gpu/recurrent.cu")),
+    ("attention.cu", include_str!("../../gpu/attention.cu")),
+];
+
+/// One translation unit for a run-time compiler: the files concatenated, their local `#include "…"`
+/// lines dropped (each header appears once, first).
+pub fn single_source() -> String {
+    let mut out = String::new();
+    for (name, text) in SOURCES {
+        out += &format!("// ---- {name}\n");
+        for line in text.lines() {
+            if !line.trim_start().starts_with("#include \"") {
+                out += line;
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// A stable 64-bit FNV-1a hash: names cached compiled kernels by their source.
+pub fn source_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
