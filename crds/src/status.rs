@@ -76,7 +76,7 @@ pub struct Condition {
     pub status: ConditionStatus,
     /// CamelCase reason.
     pub reason: String,
-    #[serde(default)]
+    /// Human-readable detail (may be empty).
     pub message: String,
     /// RFC 3339 time the status last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -52,10 +52,10 @@ fn enums_ranges_and_required_fields() {
         json!(["none", "mtp"])
     );
     assert_eq!(spec_prop(&["reasoning"])["enum"], json!(["off", "on"]));
-    assert_eq!(spec_prop(&["context", "size"])["minimum"], json!(512));
-    assert_eq!(spec_prop(&["speculative", "draftMax"])["minimum"], json!(1));
-    assert_eq!(spec_prop(&["speculative", "draftMax"])["maximum"], json!(8));
-    assert_eq!(spec_prop(&["replicas"])["minimum"], json!(0));
+    assert_eq!(spec_prop(&["context", "size"])["minimum"].as_f64(), Some(512.0));
+    assert_eq!(spec_prop(&["speculative", "draftMax"])["minimum"].as_f64(), Some(1.0));
+    assert_eq!(spec_prop(&["speculative", "draftMax"])["maximum"].as_f64(), Some(8.0));
+    assert_eq!(spec_prop(&["replicas"])["minimum"].as_f64(), Some(0.0));
     let required = schema()["properties"]["spec"]["required"].clone();
     assert_eq!(required, json!(["model"]));
     assert_eq!(spec_prop(&["model"])["required"], json!(["uri"]));

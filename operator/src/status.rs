@@ -30,7 +30,13 @@ pub struct Observed<'a> {
     pub reports: &'a [AgentReport],
 }
 
+/// A condition. The message is never empty: the 1.20 API server turns "" into null and then rejects it.
 fn condition(type_: &str, ok: bool, reason: &str, message: String) -> Condition {
+    let message = if message.is_empty() {
+        reason.to_string()
+    } else {
+        message
+    };
     Condition {
         type_: type_.to_string(),
         status: if ok {
@@ -205,7 +211,7 @@ pub fn compute(o: &Observed) -> InferenceServiceStatus {
     status.message = Some(message.clone());
 
     let mut conditions = vec![
-        condition("SpecValid", true, "Valid", String::new()),
+        condition("SpecValid", true, "Valid", "the spec can be served".to_string()),
         condition(
             "Ready",
             phase == Phase::Ready,
@@ -225,7 +231,11 @@ pub fn compute(o: &Observed) -> InferenceServiceStatus {
                     .iter()
                     .any(|r| matches!(agent_phase(r), "Ready" | "Downsizing")),
             if ready > 0 { "AgentReady" } else { "NotLoaded" },
-            String::new(),
+            if ready > 0 {
+                format!("{ready} replica(s) serving the model")
+            } else {
+                "no agent has loaded the model yet".to_string()
+            },
         ),
     ];
     if let Some(effective) = status.effective_context_size {
