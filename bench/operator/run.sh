@@ -13,4 +13,4 @@ scripts/k8s/control-plane.sh status | grep -q 'kube-apiserver: running' && was_u
 KILN_TEST_KUBECONFIG=$(scripts/k8s/control-plane.sh up | tail -1 | sed 's/^KUBECONFIG=//')
 export KILN_TEST_KUBECONFIG
 [[ $was_up == 1 ]] || trap 'scripts/k8s/control-plane.sh down' EXIT
-cargo test --release -p kiln-operator --test bench_operator -- --ignored --nocapture 2>&1 | grep -E '^BENCH|test result|panicked'
+cargo test -p kiln-operator --test bench_operator -- --ignored --nocapture 2>&1 | grep -E '^BENCH|test result|panicked'

@@ -38,8 +38,17 @@ pub const MAX_CONTEXT: u32 = 1_048_576;
         description = "smallest context the running agents actually serve"
     ),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint", priority = "1")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        json_path = ".status.endpoint",
+        priority = "1"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct InferenceServiceSpec {

@@ -33,7 +33,14 @@ fn names_columns_and_subresources() {
         .collect();
     assert_eq!(
         cols,
-        ["Phase", "Requested-Ctx", "Effective-Ctx", "Ready", "Age", "Endpoint"]
+        [
+            "Phase",
+            "Requested-Ctx",
+            "Effective-Ctx",
+            "Ready",
+            "Age",
+            "Endpoint"
+        ]
     );
 }
 
@@ -52,9 +59,18 @@ fn enums_ranges_and_required_fields() {
         json!(["none", "mtp"])
     );
     assert_eq!(spec_prop(&["reasoning"])["enum"], json!(["off", "on"]));
-    assert_eq!(spec_prop(&["context", "size"])["minimum"].as_f64(), Some(512.0));
-    assert_eq!(spec_prop(&["speculative", "draftMax"])["minimum"].as_f64(), Some(1.0));
-    assert_eq!(spec_prop(&["speculative", "draftMax"])["maximum"].as_f64(), Some(8.0));
+    assert_eq!(
+        spec_prop(&["context", "size"])["minimum"].as_f64(),
+        Some(512.0)
+    );
+    assert_eq!(
+        spec_prop(&["speculative", "draftMax"])["minimum"].as_f64(),
+        Some(1.0)
+    );
+    assert_eq!(
+        spec_prop(&["speculative", "draftMax"])["maximum"].as_f64(),
+        Some(8.0)
+    );
     assert_eq!(spec_prop(&["replicas"])["minimum"].as_f64(), Some(0.0));
     let required = schema()["properties"]["spec"]["required"].clone();
     assert_eq!(required, json!(["model"]));
@@ -66,7 +82,10 @@ fn defaults_are_in_the_schema() {
     assert_eq!(spec_prop(&["speculative", "draftMax"])["default"], json!(3));
     assert_eq!(spec_prop(&["reasoning"])["default"], json!("off"));
     assert_eq!(spec_prop(&["replicas"])["default"], json!(1));
-    assert_eq!(spec_prop(&["context", "autoDownsize"])["default"], json!(true));
+    assert_eq!(
+        spec_prop(&["context", "autoDownsize"])["default"],
+        json!(true)
+    );
     // Parents default to {} so the nested defaults apply when the user omits the whole block.
     assert!(spec_prop(&["speculative"])["default"].is_object());
     assert!(spec_prop(&["context"])["default"].is_object());

@@ -179,7 +179,10 @@ mod tests {
         assert_eq!(r.phase.as_deref(), Some("Ready"));
         assert_eq!(r.effective_context_size, Some(98304));
         assert_eq!(r.fetch_percent, Some(27.0));
-        assert_eq!((r.vram_used_bytes, r.vram_total_bytes), (Some(11), Some(22)));
+        assert_eq!(
+            (r.vram_used_bytes, r.vram_total_bytes),
+            (Some(11), Some(22))
+        );
     }
 
     #[test]

@@ -134,9 +134,10 @@ async fn reconcile_inner(obj: &InferenceService, ctx: &Context) -> Result<Action
     // The spec's cross-field rules and the Deployment both fail only because of the spec: that is a status
     // (Failed, InvalidSpec) and an event, not a retry loop.
     let resolved = resolve(&obj.spec);
-    let built = resolved.as_ref().map_err(Clone::clone).and_then(|r| {
-        children::deployment::build(obj, r, &ctx.defaults).map(|d| (r.clone(), d))
-    });
+    let built = resolved
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|r| children::deployment::build(obj, r, &ctx.defaults).map(|d| (r.clone(), d)));
 
     let (deployment, pods, reports, resolved) = match built {
         Ok((resolved, deployment)) => {
@@ -171,7 +172,8 @@ async fn reconcile_inner(obj: &InferenceService, ctx: &Context) -> Result<Action
     })
 }
 
-/// Applies every child and returns the Deployment as the server has it (with its status).
+/// Applies every child (concurrently: they do not depend on each other) and returns the Deployment as the
+/// server has it (with its status).
 async fn apply_children(
     obj: &InferenceService,
     ns: &str,
@@ -182,41 +184,50 @@ async fn apply_children(
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let client = &ctx.client;
 
-    if let Some(claim) = children::pvc::build(obj) {
-        let claim_name = claim.name_any();
-        Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
-            .patch(&claim_name, &pp, &Patch::Apply(&claim))
-            .await?;
-    }
-    let deployment = Api::<Deployment>::namespaced(client.clone(), ns)
-        .patch(name, &pp, &Patch::Apply(&deployment))
-        .await?;
-    Api::<Service>::namespaced(client.clone(), ns)
-        .patch(
-            name,
-            &pp,
-            &Patch::Apply(&children::service::build(obj)),
-        )
-        .await?;
-
-    let pdbs = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ctx.pdb_resource);
-    match children::pdb::build(obj, &ctx.pdb_resource) {
-        Some(pdb) => {
-            pdbs.patch(name, &pp, &Patch::Apply(&pdb)).await?;
+    let claim = async {
+        if let Some(claim) = children::pvc::build(obj) {
+            let claim_name = claim.name_any();
+            Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+                .patch(&claim_name, &pp, &Patch::Apply(&claim))
+                .await?;
         }
-        None => {
-            // Scaled down to one replica: remove the budget this service owns (and only that one).
-            if let Some(existing) = pdbs.get_opt(name).await? {
-                let owned = existing
-                    .owner_references()
-                    .iter()
-                    .any(|o| Some(&o.uid) == obj.meta().uid.as_ref());
-                if owned {
-                    pdbs.delete(name, &Default::default()).await?;
+        Ok::<_, Error>(())
+    };
+    let deployment = async {
+        Ok::<_, Error>(
+            Api::<Deployment>::namespaced(client.clone(), ns)
+                .patch(name, &pp, &Patch::Apply(&deployment))
+                .await?,
+        )
+    };
+    let service = async {
+        Api::<Service>::namespaced(client.clone(), ns)
+            .patch(name, &pp, &Patch::Apply(&children::service::build(obj)))
+            .await?;
+        Ok::<_, Error>(())
+    };
+    let budget = async {
+        let pdbs = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ctx.pdb_resource);
+        match children::pdb::build(obj, &ctx.pdb_resource) {
+            Some(pdb) => {
+                pdbs.patch(name, &pp, &Patch::Apply(&pdb)).await?;
+            }
+            None => {
+                // Scaled down to one replica: remove the budget this service owns (and only that one).
+                if let Some(existing) = pdbs.get_opt(name).await? {
+                    let owned = existing
+                        .owner_references()
+                        .iter()
+                        .any(|o| Some(&o.uid) == obj.meta().uid.as_ref());
+                    if owned {
+                        pdbs.delete(name, &Default::default()).await?;
+                    }
                 }
             }
         }
-    }
+        Ok::<_, Error>(())
+    };
+    let (_, deployment, _, _) = futures::try_join!(claim, deployment, service, budget)?;
     Ok(deployment)
 }
 
@@ -327,7 +338,10 @@ pub async fn run(
     Controller::for_stream(trigger, reader)
         .owns(scoped::<Deployment>(&client, ns), managed.clone())
         .owns(scoped::<Service>(&client, ns), managed.clone())
-        .owns(scoped::<PersistentVolumeClaim>(&client, ns), managed.clone())
+        .owns(
+            scoped::<PersistentVolumeClaim>(&client, ns),
+            managed.clone(),
+        )
         .watches(scoped::<Pod>(&client, ns), managed, |pod: Pod| {
             let ns = pod.namespace()?;
             let owner = pod.labels().get(labels::SERVICE_LABEL)?.clone();

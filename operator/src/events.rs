@@ -29,7 +29,10 @@ pub async fn publish_transitions(
     if new.phase != old_phase {
         if let Some(phase) = new.phase {
             let warning = matches!(phase, Phase::Failed | Phase::Degraded);
-            let reason = match (phase, new.conditions.iter().find(|c| c.type_ == "SpecValid")) {
+            let reason = match (
+                phase,
+                new.conditions.iter().find(|c| c.type_ == "SpecValid"),
+            ) {
                 (Phase::Failed, Some(c)) if c.status == ConditionStatus::False => "InvalidSpec",
                 _ => phase.as_str(),
             };

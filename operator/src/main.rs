@@ -14,7 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "kiln-operator", version, about = "Reconciles InferenceService objects into kiln-agent pods")]
+#[command(
+    name = "kiln-operator",
+    version,
+    about = "Reconciles InferenceService objects into kiln-agent pods"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,7 +35,11 @@ enum Command {
 #[derive(clap::Args)]
 struct RunArgs {
     /// Address of /metrics and /healthz.
-    #[arg(long, default_value = "0.0.0.0:8081", env = "KILN_OPERATOR_METRICS_ADDR")]
+    #[arg(
+        long,
+        default_value = "0.0.0.0:8081",
+        env = "KILN_OPERATOR_METRICS_ADDR"
+    )]
     metrics_addr: SocketAddr,
     /// kiln-agent image for services that name none.
     #[arg(long, env = "KILN_AGENT_IMAGE", default_value = concat!("ghcr.io/kiln-dev/kiln-agent:", env!("CARGO_PKG_VERSION")))]
@@ -40,7 +48,11 @@ struct RunArgs {
     #[arg(long, env = "KILN_AGENT_IMAGE_PULL_POLICY", value_parser = ["Always", "IfNotPresent", "Never"])]
     agent_image_pull_policy: Option<String>,
     /// Where each agent's status is read; `{ip}` and `{port}` are the pod's IP and agent port.
-    #[arg(long, env = "KILN_AGENT_STATUS_URL", default_value = "http://{ip}:{port}/status")]
+    #[arg(
+        long,
+        env = "KILN_AGENT_STATUS_URL",
+        default_value = "http://{ip}:{port}/status"
+    )]
     agent_status_url: String,
     /// Seconds between status polls of a service's agents.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
@@ -164,12 +176,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             metrics::set_leader(true);
             let stop_rx = shutdown_rx.clone();
             let lost = leader::lost(held.clone());
-            controller::run(ctx.clone(), args.namespace.clone(), args.concurrency, async move {
-                tokio::select! {
-                    _ = lost => tracing::warn!("lost leadership; stopping the controller"),
-                    _ = shutdown(stop_rx) => {}
-                }
-            })
+            controller::run(
+                ctx.clone(),
+                args.namespace.clone(),
+                args.concurrency,
+                async move {
+                    tokio::select! {
+                        _ = lost => tracing::warn!("lost leadership; stopping the controller"),
+                        _ = shutdown(stop_rx) => {}
+                    }
+                },
+            )
             .await;
             metrics::set_leader(false);
             drop(held); // releases the lease
@@ -185,13 +202,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -323,18 +323,26 @@ mod tests {
         let bad_min = spec(serde_json::json!({
             "model": {"uri": "file:///m.gguf"}, "context": {"size": 1024, "min": 2048}
         }));
-        assert!(resolve(&bad_min).unwrap_err().contains("context.min (2048)"));
+        assert!(resolve(&bad_min)
+            .unwrap_err()
+            .contains("context.min (2048)"));
         let bad_arch = spec(serde_json::json!({
             "model": {"uri": "file:///m.gguf"}, "gpu": {"vendor": "nvidia", "arch": "gfx1100"}
         }));
-        assert!(resolve(&bad_arch).unwrap_err().contains("not an NVIDIA architecture"));
+        assert!(resolve(&bad_arch)
+            .unwrap_err()
+            .contains("not an NVIDIA architecture"));
         let cpu_arch = spec(serde_json::json!({
             "model": {"uri": "file:///m.gguf"}, "gpu": {"arch": "sm_90"}
         }));
-        assert!(resolve(&cpu_arch).unwrap_err().contains("gpu.vendor is cpu"));
+        assert!(resolve(&cpu_arch)
+            .unwrap_err()
+            .contains("gpu.vendor is cpu"));
         let unknown = spec(serde_json::json!({
             "model": {"uri": "file:///m.gguf"}, "gpu": {"vendor": "amd", "arch": "gfx9999"}
         }));
-        assert!(resolve(&unknown).unwrap_err().contains("no AMD device-id table"));
+        assert!(resolve(&unknown)
+            .unwrap_err()
+            .contains("no AMD device-id table"));
     }
 }

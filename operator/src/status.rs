@@ -152,7 +152,9 @@ pub fn compute(o: &Observed) -> InferenceServiceStatus {
         .iter()
         .filter(|r| agent_phase(r) == "Fetching")
         .filter_map(|r| r.fetch_percent)
-        .fold(None, |min: Option<f64>, p| Some(min.map_or(p, |m| m.min(p))));
+        .fold(None, |min: Option<f64>, p| {
+            Some(min.map_or(p, |m| m.min(p)))
+        });
     status.effective_context_size = o
         .reports
         .iter()
@@ -184,9 +186,7 @@ pub fn compute(o: &Observed) -> InferenceServiceStatus {
             Phase::Degraded,
             format!("{ready}/{} replicas ready", o.desired_replicas),
         )
-    } else if !live_pods.is_empty()
-        && (failed_agents.len() + stuck.len()) >= live_pods.len()
-    {
+    } else if !live_pods.is_empty() && (failed_agents.len() + stuck.len()) >= live_pods.len() {
         let why = stuck
             .first()
             .cloned()
@@ -194,7 +194,10 @@ pub fn compute(o: &Observed) -> InferenceServiceStatus {
             .unwrap_or_else(|| "every agent failed".to_string());
         (Phase::Failed, why)
     } else if let Some(p) = fetching {
-        (Phase::Loading, format!("Loading {p:.0}% (fetching the model)"))
+        (
+            Phase::Loading,
+            format!("Loading {p:.0}% (fetching the model)"),
+        )
     } else if o
         .reports
         .iter()
@@ -211,7 +214,12 @@ pub fn compute(o: &Observed) -> InferenceServiceStatus {
     status.message = Some(message.clone());
 
     let mut conditions = vec![
-        condition("SpecValid", true, "Valid", "the spec can be served".to_string()),
+        condition(
+            "SpecValid",
+            true,
+            "Valid",
+            "the spec can be served".to_string(),
+        ),
         condition(
             "Ready",
             phase == Phase::Ready,
@@ -243,7 +251,11 @@ pub fn compute(o: &Observed) -> InferenceServiceStatus {
         conditions.push(condition(
             "ContextDownsized",
             downsized,
-            if downsized { "Downsized" } else { "FullContext" },
+            if downsized {
+                "Downsized"
+            } else {
+                "FullContext"
+            },
             format!(
                 "serving {effective} of {} requested tokens",
                 resolved.context_size
@@ -440,7 +452,10 @@ mod tests {
         assert_eq!(s.effective_context_size, Some(6144));
         assert_eq!(s.requested_context_size, Some(8192));
         let c = cond(&s, "ContextDownsized").unwrap();
-        assert_eq!((c.status, c.reason.as_str()), (ConditionStatus::True, "Downsized"));
+        assert_eq!(
+            (c.status, c.reason.as_str()),
+            (ConditionStatus::True, "Downsized")
+        );
     }
 
     #[test]
@@ -474,7 +489,10 @@ mod tests {
         let mut worse = run(1, Some(&d0), &[], &[]);
         carry_transition_times(&mut worse, Some(&new), "t2");
         assert_eq!(
-            cond(&worse, "Ready").unwrap().last_transition_time.as_deref(),
+            cond(&worse, "Ready")
+                .unwrap()
+                .last_transition_time
+                .as_deref(),
             Some("t2")
         );
     }

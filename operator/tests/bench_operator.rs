@@ -36,11 +36,18 @@ async fn bench_many_inference_services() {
     let Some(admin) = kubeconfig_or_skip("bench_many_inference_services") else {
         return;
     };
-    let n: usize = std::env::var("KILN_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let n: usize = std::env::var("KILN_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
     let client = client_for(&admin).await;
     install_crd(&client).await;
     let ns = namespace(&client, "bench").await;
-    let op = Operator::start(&operator_kubeconfig(&admin), &ns, &["--status-interval-s", "10"]);
+    let op = Operator::start(
+        &operator_kubeconfig(&admin),
+        &ns,
+        &["--status-interval-s", "10"],
+    );
     wait_for("the operator to lead", Duration::from_secs(30), || async {
         (op.metric("kiln_operator_leader").await? == 1.0).then_some(())
     })
@@ -66,8 +73,18 @@ async fn bench_many_inference_services() {
         .await;
     let created = start.elapsed();
     wait_for("every child", Duration::from_secs(600), || async {
-        let d = deployments.list(&ListParams::default()).await.ok()?.items.len();
-        let s = services.list(&ListParams::default()).await.ok()?.items.len();
+        let d = deployments
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .len();
+        let s = services
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .len();
         (d == n && s == n).then_some(())
     })
     .await;
@@ -80,7 +97,11 @@ async fn bench_many_inference_services() {
         .filter_map(|l| {
             let rest = l.strip_prefix("kiln_operator_reconcile_duration_seconds_bucket{le=\"")?;
             let (le, count) = rest.split_once("\"} ")?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
             Some((le, count.trim().parse().ok()?))
         })
         .collect();

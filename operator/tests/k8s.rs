@@ -9,7 +9,9 @@ use common::*;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, Service};
 use kiln_crds::{ConditionStatus, InferenceService, Phase};
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use std::time::Duration;
@@ -45,7 +47,12 @@ spec:
     ))
 }
 
-async fn get_status<F>(api: &Api<InferenceService>, name: &str, what: &str, ok: F) -> InferenceService
+async fn get_status<F>(
+    api: &Api<InferenceService>,
+    name: &str,
+    what: &str,
+    ok: F,
+) -> InferenceService
 where
     F: Fn(&InferenceService) -> bool,
 {
@@ -100,7 +107,11 @@ async fn golden_preset_makes_children_with_the_expected_fields() {
     let owner = &d.owner_references()[0];
     assert_eq!(
         (owner.kind.as_str(), owner.controller, &owner.uid),
-        ("InferenceService", Some(true), created.metadata.uid.as_ref().unwrap())
+        (
+            "InferenceService",
+            Some(true),
+            created.metadata.uid.as_ref().unwrap()
+        )
     );
     let spec = d.spec.unwrap();
     assert_eq!(spec.replicas, Some(1));
@@ -153,7 +164,11 @@ async fn golden_preset_makes_children_with_the_expected_fields() {
         psc.seccomp_profile.as_ref().unwrap().type_,
         "RuntimeDefault"
     );
-    for c in pod.containers.iter().chain(pod.init_containers.iter().flatten()) {
+    for c in pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten())
+    {
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.read_only_root_filesystem, Some(true), "{}", c.name);
         assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
@@ -163,7 +178,14 @@ async fn golden_preset_makes_children_with_the_expected_fields() {
         );
     }
     let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
-        p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone().unwrap()
+        p.as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .clone()
+            .unwrap()
     };
     assert_eq!(probe_path(&agent.readiness_probe), "/readyz");
     assert_eq!(probe_path(&agent.liveness_probe), "/healthz");
@@ -185,7 +207,9 @@ async fn golden_preset_makes_children_with_the_expected_fields() {
         svc.spec.as_ref().unwrap().selector,
         d.metadata.labels.as_ref().map(|l| {
             l.iter()
-                .filter(|(k, _)| *k == "app.kubernetes.io/name" || *k == "kiln.dev/inference-service")
+                .filter(|(k, _)| {
+                    *k == "app.kubernetes.io/name" || *k == "kiln.dev/inference-service"
+                })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         })
@@ -201,7 +225,10 @@ async fn golden_preset_makes_children_with_the_expected_fields() {
     let st = o.status.as_ref().unwrap();
     assert_eq!(st.requested_context_size, Some(131_072));
     assert_eq!(st.phase, Some(Phase::Pending), "no GPU node: {st:?}");
-    assert_eq!(st.endpoint.as_deref(), Some(&*format!("http://qwen.{}.svc/v1", s.ns)));
+    assert_eq!(
+        st.endpoint.as_deref(),
+        Some(&*format!("http://qwen.{}.svc/v1", s.ns))
+    );
     let drift = condition(&o, "DriftFromPreset").unwrap();
     assert_eq!(
         (drift.status, drift.reason.as_str()),
@@ -234,7 +261,11 @@ async fn golden_preset_makes_children_with_the_expected_fields() {
     );
     let pdbs: Api<DynamicObject> = Api::namespaced_with(s.client.clone(), &s.ns, &pdb_ar);
     isvcs
-        .patch("qwen", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 2}})))
+        .patch(
+            "qwen",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 2}})),
+        )
         .await
         .unwrap();
     let pdb = wait_for("the PodDisruptionBudget", MINUTE, || async {
@@ -243,11 +274,20 @@ async fn golden_preset_makes_children_with_the_expected_fields() {
     .await;
     assert_eq!(pdb.data["spec"]["maxUnavailable"], json!(1));
     isvcs
-        .patch("qwen", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 1}})))
+        .patch(
+            "qwen",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 1}})),
+        )
         .await
         .unwrap();
     wait_for("the PodDisruptionBudget to go", MINUTE, || async {
-        pdbs.get_opt("qwen").await.ok().flatten().is_none().then_some(())
+        pdbs.get_opt("qwen")
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+            .then_some(())
     })
     .await;
 
@@ -255,19 +295,23 @@ async fn golden_preset_makes_children_with_the_expected_fields() {
         .await
         .unwrap();
     assert!(healthz.status().is_success());
-    let reconciles = s
+    let reconciles =
+        s.op.metrics()
+            .await
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("kiln_operator_reconciles_total{result=\"ok\"} ")
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+            .unwrap_or(0.0);
+    assert!(reconciles >= 3.0, "reconciles counted: {reconciles}");
+    assert!(s
         .op
         .metrics()
         .await
         .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("kiln_operator_reconciles_total{result=\"ok\"} ")
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0);
-    assert!(reconciles >= 3.0, "reconciles counted: {reconciles}");
-    assert!(s.op.metrics().await.unwrap().contains("kiln_operator_reconcile_duration_seconds_bucket"));
+        .contains("kiln_operator_reconcile_duration_seconds_bucket"));
     delete_namespace(&s.client, &s.ns).await;
 }
 
@@ -277,11 +321,21 @@ async fn editing_the_spec_rolls_the_deployment_and_reports_drift() {
         return;
     };
     let isvcs: Api<InferenceService> = Api::namespaced(s.client.clone(), &s.ns);
-    isvcs.create(&PostParams::default(), &tiny("tiny")).await.unwrap();
+    isvcs
+        .create(&PostParams::default(), &tiny("tiny"))
+        .await
+        .unwrap();
     let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.ns);
     let replicasets: Api<ReplicaSet> = Api::namespaced(s.client.clone(), &s.ns);
     let args = |d: &Deployment| {
-        d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
             .args
             .clone()
             .unwrap()
@@ -291,10 +345,32 @@ async fn editing_the_spec_rolls_the_deployment_and_reports_drift() {
         deployments.get_opt("tiny").await.ok().flatten()
     })
     .await;
-    assert!(args(&d).contains("--ctx 2048 --kv-type f16 --spec none --reasoning off --parallel 1"), "{}", args(&d));
-    assert!(d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().init_containers.is_none(), "file:// needs no fetch");
+    assert!(
+        args(&d).contains("--ctx 2048 --kv-type f16 --spec none --reasoning off --parallel 1"),
+        "{}",
+        args(&d)
+    );
+    assert!(
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .init_containers
+            .is_none(),
+        "file:// needs no fetch"
+    );
     wait_for("the first ReplicaSet", MINUTE, || async {
-        (replicasets.list(&ListParams::default()).await.ok()?.items.len() == 1).then_some(())
+        (replicasets
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .len()
+            == 1)
+            .then_some(())
     })
     .await;
 
@@ -314,7 +390,14 @@ async fn editing_the_spec_rolls_the_deployment_and_reports_drift() {
     assert!(args(&rolled).contains("--parallel 2"));
     // A new pod template is a rollout: the Deployment controller makes a second ReplicaSet.
     wait_for("a new ReplicaSet (the rollout)", MINUTE, || async {
-        (replicasets.list(&ListParams::default()).await.ok()?.items.len() == 2).then_some(())
+        (replicasets
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .len()
+            == 2)
+            .then_some(())
     })
     .await;
 
@@ -330,7 +413,10 @@ async fn editing_the_spec_rolls_the_deployment_and_reports_drift() {
         "{}",
         c.message
     );
-    assert_eq!(o.status.as_ref().unwrap().requested_context_size, Some(4096));
+    assert_eq!(
+        o.status.as_ref().unwrap().requested_context_size,
+        Some(4096)
+    );
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(s.client.clone(), &s.ns);
     wait_for("a DriftFromPreset event", MINUTE, || async {
         events
@@ -377,20 +463,66 @@ async fn invalid_objects_are_rejected_with_messages_and_defaults_are_filled() {
         return;
     };
     let cases: Vec<(serde_json::Value, &[&str])> = vec![
-        (with(&["spec", "context", "size"], json!(100)), &["spec.context.size", "greater than or equal to 512"]),
-        (with(&["spec", "context", "kvCacheType"], json!("q5_0")), &["spec.context.kvCacheType", "Unsupported value: \"q5_0\"", "\"q4_0\""]),
-        (with(&["spec", "model", "uri"], json!("ftp://host/m.gguf")), &["spec.model.uri", "should match"]),
-        (with(&["spec", "model", "uri"], json!("hf://only-org.gguf")), &["spec.model.uri", "should match"]),
-        (with(&["spec", "model", "sha256"], json!("abc")), &["spec.model.sha256", "should match"]),
-        (with(&["spec", "speculative", "draftMax"], json!(9)), &["spec.speculative.draftMax", "less than or equal to 8"]),
-        (with(&["spec", "speculative", "type"], json!("ngram")), &["spec.speculative.type", "Unsupported value"]),
-        (with(&["spec", "replicas"], json!(-1)), &["spec.replicas", "greater than or equal to 0"]),
-        (with(&["spec", "gpu", "vendor"], json!("intel")), &["spec.gpu.vendor", "Unsupported value: \"intel\""]),
-        (with(&["spec", "gpu", "arch"], json!("rdna3")), &["spec.gpu.arch", "should match"]),
-        (with(&["spec", "reasoning"], json!("maybe")), &["spec.reasoning", "Unsupported value"]),
-        (with(&["spec", "preset"], json!("qwen-fast")), &["spec.preset", "Unsupported value"]),
-        (with(&["spec", "parallel"], json!(0)), &["spec.parallel", "greater than or equal to 1"]),
-        (with(&["spec", "model"], serde_json::Value::Null), &["spec.model", "Required value"]),
+        (
+            with(&["spec", "context", "size"], json!(100)),
+            &["spec.context.size", "greater than or equal to 512"],
+        ),
+        (
+            with(&["spec", "context", "kvCacheType"], json!("q5_0")),
+            &[
+                "spec.context.kvCacheType",
+                "Unsupported value: \"q5_0\"",
+                "\"q4_0\"",
+            ],
+        ),
+        (
+            with(&["spec", "model", "uri"], json!("ftp://host/m.gguf")),
+            &["spec.model.uri", "should match"],
+        ),
+        (
+            with(&["spec", "model", "uri"], json!("hf://only-org.gguf")),
+            &["spec.model.uri", "should match"],
+        ),
+        (
+            with(&["spec", "model", "sha256"], json!("abc")),
+            &["spec.model.sha256", "should match"],
+        ),
+        (
+            with(&["spec", "speculative", "draftMax"], json!(9)),
+            &["spec.speculative.draftMax", "less than or equal to 8"],
+        ),
+        (
+            with(&["spec", "speculative", "type"], json!("ngram")),
+            &["spec.speculative.type", "Unsupported value"],
+        ),
+        (
+            with(&["spec", "replicas"], json!(-1)),
+            &["spec.replicas", "greater than or equal to 0"],
+        ),
+        (
+            with(&["spec", "gpu", "vendor"], json!("intel")),
+            &["spec.gpu.vendor", "Unsupported value: \"intel\""],
+        ),
+        (
+            with(&["spec", "gpu", "arch"], json!("rdna3")),
+            &["spec.gpu.arch", "should match"],
+        ),
+        (
+            with(&["spec", "reasoning"], json!("maybe")),
+            &["spec.reasoning", "Unsupported value"],
+        ),
+        (
+            with(&["spec", "preset"], json!("qwen-fast")),
+            &["spec.preset", "Unsupported value"],
+        ),
+        (
+            with(&["spec", "parallel"], json!(0)),
+            &["spec.parallel", "greater than or equal to 1"],
+        ),
+        (
+            with(&["spec", "model"], serde_json::Value::Null),
+            &["spec.model", "Required value"],
+        ),
     ];
     for (obj, expected) in &cases {
         // Through kubectl, as a user would apply a bad YAML file...
@@ -400,19 +532,31 @@ async fn invalid_objects_are_rejected_with_messages_and_defaults_are_filled() {
         // kubectl validates required fields itself ("missing required field \"model\""); the rest comes
         // from the API server. Either way the message names the field.
         let leaf = expected[0].rsplit('.').next().unwrap();
-        assert!(err.contains(leaf), "kubectl's message lacks `{leaf}`:\n{err}\nfor:\n{yaml}");
+        assert!(
+            err.contains(leaf),
+            "kubectl's message lacks `{leaf}`:\n{err}\nfor:\n{yaml}"
+        );
         if !err.contains("missing required field") {
             for e in *expected {
-                assert!(err.contains(e), "kubectl's message lacks `{e}`:\n{err}\nfor:\n{yaml}");
+                assert!(
+                    err.contains(e),
+                    "kubectl's message lacks `{e}`:\n{err}\nfor:\n{yaml}"
+                );
             }
         }
         // ...and through the API.
         let api: Api<InferenceService> = Api::namespaced(s.client.clone(), &s.ns);
         let typed: Result<InferenceService, _> = serde_json::from_value(obj.clone());
         if let Ok(typed) = typed {
-            let e = api.create(&PostParams::default(), &typed).await.unwrap_err();
+            let e = api
+                .create(&PostParams::default(), &typed)
+                .await
+                .unwrap_err();
             for x in *expected {
-                assert!(e.to_string().contains(x), "the API's message lacks `{x}`: {e}");
+                assert!(
+                    e.to_string().contains(x),
+                    "the API's message lacks `{x}`: {e}"
+                );
             }
         }
     }
@@ -422,7 +566,11 @@ async fn invalid_objects_are_rejected_with_messages_and_defaults_are_filled() {
     let (ok, _, err) = kubectl(
         &s.admin,
         &["apply", "-n", &s.ns, "-f", "-"],
-        Some(&serde_yaml_ng::to_string(&minimal).unwrap().replace("name: bad", "name: minimal")),
+        Some(
+            &serde_yaml_ng::to_string(&minimal)
+                .unwrap()
+                .replace("name: bad", "name: minimal"),
+        ),
     );
     assert!(ok, "{err}");
     let isvcs: Api<InferenceService> = Api::namespaced(s.client.clone(), &s.ns);
@@ -431,7 +579,12 @@ async fn invalid_objects_are_rejected_with_messages_and_defaults_are_filled() {
     assert_eq!(m.spec.reasoning, kiln_crds::Reasoning::Off);
     assert_eq!(m.spec.replicas, 1);
     assert!(m.spec.context.auto_downsize);
-    let raw = kubectl(&s.admin, &["get", "kis", "minimal", "-n", &s.ns, "-o", "json"], None).1;
+    let raw = kubectl(
+        &s.admin,
+        &["get", "kis", "minimal", "-n", &s.ns, "-o", "json"],
+        None,
+    )
+    .1;
     let raw: serde_json::Value = serde_json::from_str(&raw).unwrap();
     assert_eq!(raw["spec"]["speculative"]["draftMax"], json!(3), "{raw}");
     assert_eq!(raw["spec"]["reasoning"], json!("off"), "{raw}");
@@ -450,18 +603,34 @@ spec:
     );
     isvcs.create(&PostParams::default(), &cross).await.unwrap();
     let o = get_status(&isvcs, "cross", "the InvalidSpec status", |o| {
-        o.status.as_ref().is_some_and(|s| s.phase == Some(Phase::Failed))
+        o.status
+            .as_ref()
+            .is_some_and(|s| s.phase == Some(Phase::Failed))
     })
     .await;
     let c = condition(&o, "SpecValid").unwrap();
-    assert_eq!((c.status, c.reason.as_str()), (ConditionStatus::False, "InvalidSpec"));
-    assert!(c.message.contains("context.min (4096) is larger than the context size (1024)"), "{}", c.message);
+    assert_eq!(
+        (c.status, c.reason.as_str()),
+        (ConditionStatus::False, "InvalidSpec")
+    );
+    assert!(
+        c.message
+            .contains("context.min (4096) is larger than the context size (1024)"),
+        "{}",
+        c.message
+    );
     let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.ns);
     assert!(deployments.get_opt("cross").await.unwrap().is_none());
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(s.client.clone(), &s.ns);
     wait_for("an InvalidSpec event", MINUTE, || async {
-        events.list(&ListParams::default()).await.ok()?.items.iter()
-            .any(|e| e.reason.as_deref() == Some("InvalidSpec")).then_some(())
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("InvalidSpec"))
+            .then_some(())
     })
     .await;
     delete_namespace(&s.client, &s.ns).await;
@@ -499,7 +668,12 @@ async fn deleting_the_service_garbage_collects_every_child() {
                 .await
                 .ok()?
                 .is_none_or(|c| c.metadata.deletion_timestamp.is_some())
-            && pods.list(&ListParams::default()).await.ok()?.items.is_empty();
+            && pods
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .is_empty();
         gone.then_some(())
     })
     .await;
@@ -518,7 +692,8 @@ async fn the_scheduler_binds_a_gpu_pod_where_the_affinity_says() {
                 "kubernetes.io/hostname": name, "amd.com/gpu.device-id": device_id, "kiln.dev/test": "true"}}
         }))
         .unwrap();
-        let resources = json!({"cpu": "16", "memory": "64Gi", "pods": "110", "amd.com/gpu": gpus.to_string()});
+        let resources =
+            json!({"cpu": "16", "memory": "64Gi", "pods": "110", "amd.com/gpu": gpus.to_string()});
         let status = json!({"status": {"capacity": resources, "allocatable": resources,
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                             "message": "fake node for tests"}]}});
@@ -537,7 +712,11 @@ async fn the_scheduler_binds_a_gpu_pod_where_the_affinity_says() {
         // The API server taints new Nodes not-ready; the node lifecycle controller lifts it once the kubelet
         // reports Ready. There is no kubelet here, so the test does what that controller would do.
         nodes
-            .patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"taints": null}})))
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"taints": null}})),
+            )
             .await
             .unwrap();
     }
@@ -580,14 +759,26 @@ async fn the_crd_yaml_and_the_examples_apply_with_kubectl() {
     install_crd(&client).await;
     let (ok, _, err) = kubectl(
         &admin,
-        &["apply", "--dry-run=server", "-f", &format!("{REPO}/crds/inferenceservice.yaml")],
+        &[
+            "apply",
+            "--dry-run=server",
+            "-f",
+            &format!("{REPO}/crds/inferenceservice.yaml"),
+        ],
         None,
     );
     assert!(ok, "the committed CRD YAML: {err}");
     let ns = namespace(&client, "examples").await;
     let (ok, out, err) = kubectl(
         &admin,
-        &["apply", "--dry-run=server", "-n", &ns, "-f", &format!("{REPO}/manifests/examples/")],
+        &[
+            "apply",
+            "--dry-run=server",
+            "-n",
+            &ns,
+            "-f",
+            &format!("{REPO}/manifests/examples/"),
+        ],
         None,
     );
     assert!(ok, "manifests/examples: {err}");

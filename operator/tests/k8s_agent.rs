@@ -24,18 +24,26 @@ fn agent_and_model() -> Option<(PathBuf, PathBuf)> {
     let bin = std::env::var_os("KILN_AGENT_BIN").map(PathBuf::from);
     let cache = std::env::var_os("KILN_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/kiln"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/kiln")
+        });
     let model = cache.join("models").join(MODEL_FILE);
     let missing = match &bin {
         None => Some("KILN_AGENT_BIN is not set (cargo build --release -p kiln-agent)".to_string()),
         Some(b) if !b.is_file() => Some(format!("{} does not exist", b.display())),
-        _ if !model.is_file() => Some(format!("{} is missing (scripts/fetch-models.sh smollm2)", model.display())),
+        _ if !model.is_file() => Some(format!(
+            "{} is missing (scripts/fetch-models.sh smollm2)",
+            model.display()
+        )),
         _ => None,
     };
     match missing {
         None => Some((bin?, model)),
         Some(why) => {
-            assert!(std::env::var("KILN_REQUIRE_MODELS").as_deref() != Ok("1"), "{why}");
+            assert!(
+                std::env::var("KILN_REQUIRE_MODELS").as_deref() != Ok("1"),
+                "{why}"
+            );
             eprintln!("SKIPPED the real-agent status test: {why}");
             None
         }
@@ -56,7 +64,11 @@ fn without_flag(args: &[String], flag: &str) -> Vec<String> {
     let mut i = 0;
     while i < args.len() {
         if args[i] == flag {
-            i += if args.get(i + 1).is_some_and(|v| !v.starts_with("--")) { 2 } else { 1 };
+            i += if args.get(i + 1).is_some_and(|v| !v.starts_with("--")) {
+                2
+            } else {
+                1
+            };
             continue;
         }
         out.push(args[i].clone());
@@ -67,10 +79,22 @@ fn without_flag(args: &[String], flag: &str) -> Vec<String> {
 
 /// Starts `kiln-agent` with the pod's args (model path and port mapped to this machine). A flag this agent
 /// build does not know yet is dropped and reported, so the gap is visible instead of silently hidden.
-fn start_agent(bin: &PathBuf, pod_args: &[String], model: &PathBuf, port: u16) -> (Agent, Vec<String>) {
+fn start_agent(
+    bin: &PathBuf,
+    pod_args: &[String],
+    model: &PathBuf,
+    port: u16,
+) -> (Agent, Vec<String>) {
     let mut args: Vec<String> = pod_args.to_vec();
-    for (flag, value) in [("--model", model.display().to_string()), ("--port", port.to_string()), ("--host", "127.0.0.1".to_string())] {
-        let i = args.iter().position(|a| a == flag).unwrap_or_else(|| panic!("pod args lack {flag}"));
+    for (flag, value) in [
+        ("--model", model.display().to_string()),
+        ("--port", port.to_string()),
+        ("--host", "127.0.0.1".to_string()),
+    ] {
+        let i = args
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("pod args lack {flag}"));
         args[i + 1] = value;
     }
     let mut dropped = Vec::new();
@@ -120,7 +144,10 @@ async fn status_comes_from_a_real_kiln_agent() {
     let op = Operator::start(
         &operator_kubeconfig(&admin),
         &ns,
-        &["--agent-status-url", &format!("http://{{ip}}:{agent_port}/status")],
+        &[
+            "--agent-status-url",
+            &format!("http://{{ip}}:{agent_port}/status"),
+        ],
     );
     let isvcs: Api<InferenceService> = Api::namespaced(client.clone(), &ns);
     let obj = service(&format!(
@@ -138,24 +165,40 @@ spec:
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let pod = wait_for("the agent pod", Duration::from_secs(60), || async {
-        pods.list(&ListParams::default()).await.ok()?.items.into_iter().next()
+        pods.list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .next()
     })
     .await;
-    let pod_args = pod.spec.as_ref().unwrap().containers[0].args.clone().unwrap();
+    let pod_args = pod.spec.as_ref().unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
     let (_agent, dropped) = start_agent(&agent_bin, &pod_args, &model, agent_port);
 
     // The kubelet's part: the readiness probe, then the pod status it would write.
     let http = reqwest::Client::new();
     let started = Instant::now();
     wait_for("kiln-agent /readyz", Duration::from_secs(120), || async {
-        let r = http.get(format!("http://127.0.0.1:{agent_port}/readyz")).send().await.ok()?;
+        let r = http
+            .get(format!("http://127.0.0.1:{agent_port}/readyz"))
+            .send()
+            .await
+            .ok()?;
         r.status().is_success().then_some(())
     })
     .await;
-    eprintln!("kiln-agent ready after {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "kiln-agent ready after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let ready = json!({"type": "Ready", "status": "True", "lastTransitionTime": now});
-    let containers_ready = json!({"type": "ContainersReady", "status": "True", "lastTransitionTime": now});
+    let containers_ready =
+        json!({"type": "ContainersReady", "status": "True", "lastTransitionTime": now});
     pods.patch_status(
         &pod.name_any(),
         &PatchParams::default(),
@@ -174,8 +217,14 @@ spec:
     })
     .await;
     let st = o.status.as_ref().unwrap();
-    eprintln!("CR Ready {:.1}s after the pod turned ready", marked.elapsed().as_secs_f64());
-    assert!(marked.elapsed() < Duration::from_secs(30), "status must reach the CR within ~30 s");
+    eprintln!(
+        "CR Ready {:.1}s after the pod turned ready",
+        marked.elapsed().as_secs_f64()
+    );
+    assert!(
+        marked.elapsed() < Duration::from_secs(30),
+        "status must reach the CR within ~30 s"
+    );
     assert_eq!(st.ready_replicas, Some(1));
     assert_eq!(st.requested_context_size, Some(1024));
 
@@ -188,17 +237,28 @@ spec:
         let body: serde_json::Value = agent_status.json().await.unwrap();
         let effective = body["context"]["effective"].as_u64();
         eprintln!("kiln-agent /status: {body}");
-        let o = wait_for("the agent's report in the CR", Duration::from_secs(30), || async {
-            let o = isvcs.get("smol").await.ok()?;
-            let report = o.status.as_ref()?.agents.first()?.clone();
-            (report.phase.as_deref() == body["phase"].as_str()).then_some(o)
-        })
+        let o = wait_for(
+            "the agent's report in the CR",
+            Duration::from_secs(30),
+            || async {
+                let o = isvcs.get("smol").await.ok()?;
+                let report = o.status.as_ref()?.agents.first()?.clone();
+                (report.phase.as_deref() == body["phase"].as_str()).then_some(o)
+            },
+        )
         .await;
         let st = o.status.as_ref().unwrap();
         if let Some(e) = effective {
             assert_eq!(st.effective_context_size.map(u64::from), Some(e));
         }
-        let c = o.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "AgentStatus").unwrap();
+        let c = o
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "AgentStatus")
+            .unwrap();
         assert_eq!(c.status, ConditionStatus::True, "{c:?}");
     } else {
         // This agent build has no /status yet: the CR must say so rather than invent numbers.
@@ -208,15 +268,27 @@ spec:
         );
         let o = wait_for("AgentStatus=False", Duration::from_secs(30), || async {
             let o = isvcs.get("smol").await.ok()?;
-            let c = o.status.as_ref()?.conditions.iter().find(|c| c.type_ == "AgentStatus")?.clone();
+            let c = o
+                .status
+                .as_ref()?
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "AgentStatus")?
+                .clone();
             (c.status == ConditionStatus::False).then_some(o)
         })
         .await;
         let st = o.status.as_ref().unwrap();
-        assert_eq!(st.effective_context_size, None, "no number without a report");
+        assert_eq!(
+            st.effective_context_size, None,
+            "no number without a report"
+        );
         let report = &st.agents[0];
         assert_eq!(report.phase.as_deref(), Some("Unreachable"));
-        assert!(report.message.as_deref().unwrap_or("").contains("404"), "{report:?}");
+        assert!(
+            report.message.as_deref().unwrap_or("").contains("404"),
+            "{report:?}"
+        );
     }
     if !dropped.is_empty() {
         eprintln!("NOTE: flags the operator passes that this kiln-agent lacks: {dropped:?}");

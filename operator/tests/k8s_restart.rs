@@ -69,39 +69,83 @@ async fn failover_mid_reconcile_and_apiserver_restart_converge_without_duplicate
     .await;
     // Kill the leader as soon as it has applied something: mid-reconcile, no lease release.
     wait_for("the first Deployment", Duration::from_secs(30), || async {
-        (!deployments.list(&ListParams::default()).await.ok()?.items.is_empty()).then_some(())
+        (!deployments
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .is_empty())
+        .then_some(())
     })
     .await;
     let (mut leader, standby) = if first == 0 { (a, b) } else { (b, a) };
     leader.kill();
-    let done_before_kill = deployments.list(&ListParams::default()).await.unwrap().items.len();
+    let done_before_kill = deployments
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .len();
     eprintln!("killed the leader after {done_before_kill}/{BATCH} Deployments");
     // The standby takes over once the dead leader's Lease expires (15 s).
     wait_for("the standby to lead", Duration::from_secs(40), || async {
         (standby.metric("kiln_operator_leader").await? == 1.0).then_some(())
     })
     .await;
-    wait_for("every child of the batch", Duration::from_secs(90), || async {
-        let d = deployments.list(&ListParams::default()).await.ok()?.items.len();
-        let s = services.list(&ListParams::default()).await.ok()?.items.len();
-        (d == BATCH && s == BATCH).then_some(())
-    })
+    wait_for(
+        "every child of the batch",
+        Duration::from_secs(90),
+        || async {
+            let d = deployments
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .len();
+            let s = services
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .len();
+            (d == BATCH && s == BATCH).then_some(())
+        },
+    )
     .await;
     // The restarted replica comes back as a standby.
     a = Operator::start(&op_kc, &ns, &[]);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(leader_of(&[&a, &standby]).await, Some(1), "the new replica must not lead");
+    assert_eq!(
+        leader_of(&[&a, &standby]).await,
+        Some(1),
+        "the new replica must not lead"
+    );
     drop(leader);
 
     // No duplicates: one Deployment, one Service, one ReplicaSet per service, each with a single owner.
-    let ds = deployments.list(&ListParams::default()).await.unwrap().items;
+    let ds = deployments
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
     assert_eq!(ds.len(), BATCH);
     for d in &ds {
         assert_eq!(d.metadata.owner_references.as_ref().map(Vec::len), Some(1));
     }
-    wait_for("one ReplicaSet per Deployment", Duration::from_secs(60), || async {
-        (replicasets.list(&ListParams::default()).await.ok()?.items.len() == BATCH).then_some(())
-    })
+    wait_for(
+        "one ReplicaSet per Deployment",
+        Duration::from_secs(60),
+        || async {
+            (replicasets
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .len()
+                == BATCH)
+                .then_some(())
+        },
+    )
     .await;
     wait_for("every status observed", Duration::from_secs(60), || async {
         let all = isvcs.list(&ListParams::default()).await.ok()?.items;
@@ -129,15 +173,21 @@ async fn failover_mid_reconcile_and_apiserver_restart_converge_without_duplicate
         )
         .await
         .expect("the API server is back");
-    wait_for("the operator to reconcile after the restart", Duration::from_secs(120), || async {
-        let d = deployments.get("svc-0").await.ok()?;
-        let args = d.spec?.template.spec?.containers[0].args.clone()?.join(" ");
-        args.contains("--ctx 8192").then_some(())
-    })
+    wait_for(
+        "the operator to reconcile after the restart",
+        Duration::from_secs(120),
+        || async {
+            let d = deployments.get("svc-0").await.ok()?;
+            let args = d.spec?.template.spec?.containers[0].args.clone()?.join(" ");
+            args.contains("--ctx 8192").then_some(())
+        },
+    )
     .await;
-    let leader_now = wait_for("a leader after the restart", Duration::from_secs(40), || async {
-        leader_of(&[&a, &standby]).await
-    })
+    let leader_now = wait_for(
+        "a leader after the restart",
+        Duration::from_secs(40),
+        || async { leader_of(&[&a, &standby]).await },
+    )
     .await;
     eprintln!("leader after the API server restart: replica {leader_now}");
     delete_namespace(&client, &ns).await;

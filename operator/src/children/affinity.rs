@@ -26,7 +26,9 @@ const AMD_DEVICE_IDS: &[(&str, &[&str])] = &[
 ];
 
 /// The AMD architectures with a device-id table, for error messages.
-pub const KNOWN_AMD_ARCHS: &[&str] = &["gfx1100", "gfx1101", "gfx1102", "gfx1030", "gfx90a", "gfx942"];
+pub const KNOWN_AMD_ARCHS: &[&str] = &[
+    "gfx1100", "gfx1101", "gfx1102", "gfx1030", "gfx90a", "gfx942",
+];
 
 /// PCI device ids for an AMD architecture.
 pub fn amd_device_ids(arch: &str) -> Option<&'static [&'static str]> {
@@ -64,7 +66,10 @@ pub fn node_affinity(resolved: &Resolved) -> Option<Affinity> {
     let expressions = match resolved.vendor {
         GpuVendor::Amd => vec![requirement(
             "amd.com/gpu.device-id",
-            amd_device_ids(arch)?.iter().map(|s| s.to_string()).collect(),
+            amd_device_ids(arch)?
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         )],
         GpuVendor::Nvidia => {
             let (major, minor) = compute_capability(arch)?;

@@ -147,10 +147,7 @@ pub fn fetch_args(uri: &str, sha256: Option<&str>) -> Vec<String> {
     if let Some(sum) = sha256 {
         args.extend(["--sha256".to_string(), sum.to_string()]);
     }
-    args.extend([
-        "--status-addr".to_string(),
-        format!("0.0.0.0:{AGENT_PORT}"),
-    ]);
+    args.extend(["--status-addr".to_string(), format!("0.0.0.0:{AGENT_PORT}")]);
     args
 }
 
@@ -412,7 +409,9 @@ mod tests {
             "/models/x"
         );
         assert_eq!(
-            ModelSource::parse("https://h.example/dir/").unwrap().serve_path(),
+            ModelSource::parse("https://h.example/dir/")
+                .unwrap()
+                .serve_path(),
             "/models/model.gguf"
         );
         assert_eq!(
@@ -422,7 +421,9 @@ mod tests {
             "/model-sources/weights/q/m.gguf"
         );
         assert_eq!(
-            ModelSource::parse("file:///opt/m.gguf").unwrap().serve_path(),
+            ModelSource::parse("file:///opt/m.gguf")
+                .unwrap()
+                .serve_path(),
             "/opt/m.gguf"
         );
         assert!(ModelSource::parse("ftp://x/m.gguf").is_err());

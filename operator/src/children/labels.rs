@@ -10,7 +10,10 @@ pub const MANAGED_BY: &str = "kiln-operator";
 /// The pod selector (never changes for a service: a Deployment's selector is immutable).
 pub fn selector(service_name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("app.kubernetes.io/name".to_string(), "kiln-agent".to_string()),
+        (
+            "app.kubernetes.io/name".to_string(),
+            "kiln-agent".to_string(),
+        ),
         (SERVICE_LABEL.to_string(), service_name.to_string()),
     ])
 }

@@ -75,9 +75,11 @@ pub async fn install_crd(client: &Client) {
         let name = name.clone();
         async move {
             let c = crds.get(&name).await.ok()?;
-            let established = c.status?.conditions?.iter().any(|c| {
-                c.type_ == "Established" && c.status == "True"
-            });
+            let established = c
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
             established.then_some(())
         }
     })
@@ -105,10 +107,14 @@ pub async fn namespace(client: &Client, prefix: &str) -> String {
     // Pods need the namespace's default ServiceAccount, made by the controller-manager.
     let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
         Api::namespaced(client.clone(), &name);
-    wait_for("the default service account", Duration::from_secs(30), || {
-        let sas = sas.clone();
-        async move { sas.get_opt("default").await.ok().flatten() }
-    })
+    wait_for(
+        "the default service account",
+        Duration::from_secs(30),
+        || {
+            let sas = sas.clone();
+            async move { sas.get_opt("default").await.ok().flatten() }
+        },
+    )
     .await;
     name
 }
@@ -172,11 +178,7 @@ pub fn operator_kubeconfig(admin: &Path) -> PathBuf {
 }
 
 fn make_operator_kubeconfig(admin: &Path) -> PathBuf {
-    let (ok, _, err) = kubectl(
-        admin,
-        &["create", "namespace", "kiln-system"],
-        None,
-    );
+    let (ok, _, err) = kubectl(admin, &["create", "namespace", "kiln-system"], None);
     assert!(ok || err.contains("AlreadyExists"), "{err}");
     let (ok, _, err) = kubectl(
         admin,
@@ -191,7 +193,10 @@ fn make_operator_kubeconfig(admin: &Path) -> PathBuf {
         .find_map(|l| l.trim().strip_prefix("server: "))
         .expect("server in the admin kubeconfig")
         .to_string();
-    let path = std::env::temp_dir().join(format!("kiln-operator-sa-{}.kubeconfig", std::process::id()));
+    let path = std::env::temp_dir().join(format!(
+        "kiln-operator-sa-{}.kubeconfig",
+        std::process::id()
+    ));
     std::fs::write(
         &path,
         format!(
@@ -210,7 +215,14 @@ fn make_operator_kubeconfig(admin: &Path) -> PathBuf {
 fn service_account_token(admin: &Path) -> String {
     let (ok, token, err) = kubectl(
         admin,
-        &["create", "token", "kiln-operator", "-n", "kiln-system", "--duration=2h"],
+        &[
+            "create",
+            "token",
+            "kiln-operator",
+            "-n",
+            "kiln-system",
+            "--duration=2h",
+        ],
         None,
     );
     if ok && !token.trim().is_empty() {
@@ -224,7 +236,15 @@ fn service_account_token(admin: &Path) -> String {
     for _ in 0..150 {
         let (ok, out, _) = kubectl(
             admin,
-            &["get", "secret", "kiln-operator-token", "-n", "kiln-system", "-o", "jsonpath={.data.token}"],
+            &[
+                "get",
+                "secret",
+                "kiln-operator-token",
+                "-n",
+                "kiln-system",
+                "-o",
+                "jsonpath={.data.token}",
+            ],
             None,
         );
         if ok && !out.trim().is_empty() {
@@ -235,9 +255,17 @@ fn service_account_token(admin: &Path) -> String {
                 .stdout(Stdio::piped())
                 .spawn()
                 .unwrap();
-            child.stdin.take().unwrap().write_all(out.trim().as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(out.trim().as_bytes())
+                .unwrap();
             let decoded = child.wait_with_output().unwrap();
-            return String::from_utf8(decoded.stdout).unwrap().trim().to_string();
+            return String::from_utf8(decoded.stdout)
+                .unwrap()
+                .trim()
+                .to_string();
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -263,7 +291,8 @@ pub struct Operator {
 impl Operator {
     pub fn start(kubeconfig: &Path, namespace: &str, extra: &[&str]) -> Operator {
         let metrics_port = free_port();
-        let log = std::env::temp_dir().join(format!("kiln-operator-{namespace}-{metrics_port}.log"));
+        let log =
+            std::env::temp_dir().join(format!("kiln-operator-{namespace}-{metrics_port}.log"));
         let log_file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_kiln-operator"))
             .args([
@@ -278,9 +307,13 @@ impl Operator {
                 &format!("127.0.0.1:{metrics_port}"),
                 "--agent-image",
                 "kiln-agent:test",
-                "--status-interval-s",
-                "2",
             ])
+            // Tests poll agents every 2 s unless they say otherwise.
+            .args(if extra.contains(&"--status-interval-s") {
+                &[][..]
+            } else {
+                &["--status-interval-s", "2"][..]
+            })
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("KILN_LOG", "info,kiln_operator=debug")
