@@ -14,6 +14,8 @@ pub const MIN_CONTEXT: u32 = 512;
 pub const MAX_CONTEXT: u32 = 1_048_576;
 
 /// One model served by kiln-agent pods: where the GGUF comes from, how much context, which GPUs.
+// Each `printcolumn(...)` repeats the same keys by design; clippy reads them as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "kiln.dev",

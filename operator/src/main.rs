@@ -29,7 +29,7 @@ enum Command {
     /// Print the InferenceService CustomResourceDefinition as YAML.
     Crd,
     /// Run the controller.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(clap::Args)]
@@ -87,6 +87,7 @@ fn main() {
             .map(|yaml| print!("{yaml}"))
             .context("serializing the CRD"),
         Command::Run(args) => {
+            let args = *args;
             telemetry::init();
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

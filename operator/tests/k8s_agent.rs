@@ -13,7 +13,7 @@ use kiln_crds::{ConditionStatus, InferenceService, Phase};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -79,12 +79,7 @@ fn without_flag(args: &[String], flag: &str) -> Vec<String> {
 
 /// Starts `kiln-agent` with the pod's args (model path and port mapped to this machine). A flag this agent
 /// build does not know yet is dropped and reported, so the gap is visible instead of silently hidden.
-fn start_agent(
-    bin: &PathBuf,
-    pod_args: &[String],
-    model: &PathBuf,
-    port: u16,
-) -> (Agent, Vec<String>) {
+fn start_agent(bin: &Path, pod_args: &[String], model: &Path, port: u16) -> (Agent, Vec<String>) {
     let mut args: Vec<String> = pod_args.to_vec();
     for (flag, value) in [
         ("--model", model.display().to_string()),
