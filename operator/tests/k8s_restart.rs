@@ -94,7 +94,7 @@ async fn failover_mid_reconcile_and_apiserver_restart_converge_without_duplicate
     .await;
     wait_for(
         "every child of the batch",
-        Duration::from_secs(90),
+        Duration::from_secs(180),
         || async {
             let d = deployments
                 .list(&ListParams::default())
@@ -175,7 +175,7 @@ async fn failover_mid_reconcile_and_apiserver_restart_converge_without_duplicate
         .expect("the API server is back");
     wait_for(
         "the operator to reconcile after the restart",
-        Duration::from_secs(120),
+        Duration::from_secs(180),
         || async {
             let d = deployments.get("svc-0").await.ok()?;
             let args = d.spec?.template.spec?.containers[0].args.clone()?.join(" ");

@@ -128,6 +128,14 @@ pub fn serve_args(resolved: &Resolved, model_path: &str) -> Vec<String> {
         "--port".to_string(),
         AGENT_PORT.to_string(),
     ]);
+    // The downsizing floor and switch (kiln-agent's memory watcher); flags only when they differ from
+    // the agent's defaults, so older agents keep working with specs that do not use them.
+    if let Some(min) = resolved.context_min {
+        args.extend(["--ctx-min".to_string(), min.to_string()]);
+    }
+    if !resolved.auto_downsize {
+        args.extend(["--auto-downsize".to_string(), "false".to_string()]);
+    }
     match resolved.vendor {
         GpuVendor::Amd => args.extend(["--device".to_string(), "rocm".to_string()]),
         GpuVendor::Nvidia => args.extend(["--device".to_string(), "cuda".to_string()]),
@@ -428,6 +436,29 @@ mod tests {
         );
         assert!(ModelSource::parse("ftp://x/m.gguf").is_err());
         assert!(ModelSource::parse("pvc://claim-only").is_err());
+    }
+
+    #[test]
+    fn downsizing_flags_appear_only_when_set() {
+        let spec: kiln_crds::InferenceServiceSpec = serde_json::from_value(serde_json::json!({
+            "model": {"uri": "file:///m.gguf"},
+            "context": {"size": 8192, "min": 2048, "autoDownsize": false}
+        }))
+        .unwrap();
+        let r = crate::resolve::resolve(&spec).unwrap();
+        let args = serve_args(&r, "/m.gguf").join(" ");
+        assert!(
+            args.contains("--ctx-min 2048 --auto-downsize false"),
+            "{args}"
+        );
+        let plain: kiln_crds::InferenceServiceSpec =
+            serde_json::from_value(serde_json::json!({"model": {"uri": "file:///m.gguf"}}))
+                .unwrap();
+        let args = serve_args(&crate::resolve::resolve(&plain).unwrap(), "/m.gguf").join(" ");
+        assert!(
+            !args.contains("--ctx-min") && !args.contains("--auto-downsize"),
+            "{args}"
+        );
     }
 
     #[test]
