@@ -24,8 +24,8 @@ M=/tmp/q27.gguf
 [[ -f $M ]] || .device/bin/kiln-agent synth --preset qwen3.6-27b --quant q4_k_m --fast --out $M
 K=(.device/bin/kiln-agent bench --device cuda:0 -m $M --kv-type q4_0)
 if [[ $WANT == *" profile "* || $WANT == *" all "* ]]; then
-    KILN_CUDA_PROFILE=1 "${K[@]}" --prompt-tokens 0 --gen-tokens 16 --reps 1 > "$OUT/profile-decode.txt" 2>&1
-    KILN_CUDA_PROFILE=1 "${K[@]}" --prompt-tokens 512 --gen-tokens 0 --reps 1 > "$OUT/profile-prefill.txt" 2>&1
+    KILN_CUDA_PROFILE=1 "${K[@]}" --verify-max 0 --prompt-tokens 0 --gen-tokens 16 --reps 1 > "$OUT/profile-decode.txt" 2>&1
+    KILN_CUDA_PROFILE=1 "${K[@]}" --verify-max 0 --prompt-tokens 512 --gen-tokens 0 --reps 1 > "$OUT/profile-prefill.txt" 2>&1
     head -25 "$OUT/profile-decode.txt" | grep -v '^  "'; head -14 "$OUT/profile-prefill.txt" | grep -v '^  "'
 fi
 if [[ $WANT == *" bench "* || $WANT == *" all "* ]]; then

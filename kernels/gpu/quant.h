@@ -141,39 +141,63 @@ template <int NR, bool FIVE>
 __device__ __forceinline__ void unit_qk(const u8* row, u32 u, const Act& a, float* acc) {
     const u32 blk = u >> 3, k = (u >> 1) & 3, h = u & 1;
     const u8* b = row + blk * (FIVE ? 176 : 144);
-    const float d = h2f(*(const u16*)b), dmin = h2f(*(const u16*)(b + 2));
+    // Wide loads: blocks are 16-byte aligned (144 and 176 are multiples of 16), so d/dmin come in one
+    // word, the 12 scale bytes in three, and the unit's 16 quant bytes in one 16-byte load.
+    const u32 dm = *(const u32*)b;
+    const float d = h2f((u16)(dm & 0xFFFF)), dmin = h2f((u16)(dm >> 16));
+    const u32 s0 = *(const u32*)(b + 4), s1 = *(const u32*)(b + 8), s2 = *(const u32*)(b + 12);
+    // scale_min_k4 for sub-blocks 2k and 2k+1 straight from the packed words (byte j of the 12 scale
+    // bytes is byte j%4 of word j/4), so no byte array lands in local memory.
     int sc0, m0, sc1, m1;
-    scale_min_k4(2 * k, b + 4, &sc0, &m0);
-    scale_min_k4(2 * k + 1, b + 4, &sc1, &m1);
-    const u8* qs = b + (FIVE ? 48 : 16) + 32 * k + 16 * h;
+    {
+#define KILN_BYTE(w, i) (((w) >> (8 * (i))) & 0xFFu)
+        const u32 j0 = 2 * k, j1 = 2 * k + 1;
+        if (k < 2) {
+            sc0 = KILN_BYTE(s0, j0) & 63; m0 = KILN_BYTE(s1, j0) & 63;
+            sc1 = KILN_BYTE(s0, j1) & 63; m1 = KILN_BYTE(s1, j1) & 63;
+        } else {
+            const u32 i0 = j0 - 4, i1 = j1 - 4;
+            sc0 = (KILN_BYTE(s2, i0) & 0xF) | ((KILN_BYTE(s0, i0) >> 6) << 4);
+            m0 = (KILN_BYTE(s2, i0) >> 4) | ((KILN_BYTE(s1, i0) >> 6) << 4);
+            sc1 = (KILN_BYTE(s2, i1) & 0xF) | ((KILN_BYTE(s0, i1) >> 6) << 4);
+            m1 = (KILN_BYTE(s2, i1) >> 4) | ((KILN_BYTE(s1, i1) >> 6) << 4);
+        }
+#undef KILN_BYTE
+    }
+    const uint4 qv = *(const uint4*)(b + (FIVE ? 48 : 16) + 32 * k + 16 * h);
+    const int qi[4] = {(int)qv.x, (int)qv.y, (int)qv.z, (int)qv.w};
+    int hb[4] = {0, 0, 0, 0};
+    if (FIVE) {
+        const uint4 hv = *(const uint4*)(b + 16 + 16 * h);
+        hb[0] = (int)hv.x; hb[1] = (int)hv.y; hb[2] = (int)hv.z; hb[3] = (int)hv.w;
+    }
     int lo[4], hi[4];
 #pragma unroll
     for (int i = 0; i < 4; i++) {
-        const int q = load_int_b4(qs + 4 * i);
-        lo[i] = q & 0x0F0F0F0F;
-        hi[i] = (q >> 4) & 0x0F0F0F0F;
+        lo[i] = qi[i] & 0x0F0F0F0F;
+        hi[i] = (qi[i] >> 4) & 0x0F0F0F0F;
         if (FIVE) {
-            const int qh = load_int_b4(b + 16 + 16 * h + 4 * i);
-            lo[i] |= ((qh >> (2 * k)) & 0x01010101) << 4;
-            hi[i] |= ((qh >> (2 * k + 1)) & 0x01010101) << 4;
+            lo[i] |= ((hb[i] >> (2 * k)) & 0x01010101) << 4;
+            hi[i] |= ((hb[i] >> (2 * k + 1)) & 0x01010101) << 4;
         }
     }
     const u32 first = blk * 256 + 64 * k + 16 * h;  // value index of the unit's first low-nibble value
 #pragma unroll
     for (int r = 0; r < NR; r++) {
-        const int* y0 = a.yq + r * a.yq_stride + first / 4;
-        const int* y1 = y0 + 8;
-        int s0 = 0, s1 = 0, y0s = 0, y1s = 0;
+        const int4 ya = *(const int4*)(a.yq + r * a.yq_stride + first / 4);
+        const int4 yb = *(const int4*)(a.yq + r * a.yq_stride + first / 4 + 8);
+        const int y0[4] = {ya.x, ya.y, ya.z, ya.w}, y1[4] = {yb.x, yb.y, yb.z, yb.w};
+        int s0i = 0, s1i = 0, y0s = 0, y1s = 0;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            s0 = dp4a(lo[i], y0[i], s0);
-            s1 = dp4a(hi[i], y1[i], s1);
+            s0i = dp4a(lo[i], y0[i], s0i);
+            s1i = dp4a(hi[i], y1[i], s1i);
             y0s = ones_dot(y0[i], y0s);
             y1s = ones_dot(y1[i], y1s);
         }
-        const float* yd = a.yd + r * a.yd_stride + blk * 8 + 2 * k;
-        acc[r] += d * (yd[0] * sc0 * (float)s0 + yd[1] * sc1 * (float)s1) -
-                  dmin * (yd[0] * m0 * (float)y0s + yd[1] * m1 * (float)y1s);
+        const float2 yd = *(const float2*)(a.yd + r * a.yd_stride + blk * 8 + 2 * k);
+        acc[r] += d * (yd.x * sc0 * (float)s0i + yd.y * sc1 * (float)s1i) -
+                  dmin * (yd.x * m0 * (float)y0s + yd.y * m1 * (float)y1s);
     }
 }
 

@@ -49,7 +49,12 @@ fn weight(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> WeightSource {
         let mut b = vec![0u8; ty.bytes_for(cols).unwrap() * rows];
         let rb = ty.bytes_for(cols).unwrap();
         for r in 0..rows {
-            quantize_row(ty, &v[r * cols..(r + 1) * cols], &mut b[r * rb..(r + 1) * rb]).unwrap();
+            quantize_row(
+                ty,
+                &v[r * cols..(r + 1) * cols],
+                &mut b[r * rb..(r + 1) * rb],
+            )
+            .unwrap();
         }
         b
     };
@@ -89,7 +94,10 @@ fn nrmse(got: &[f32], want: &[f32]) -> f64 {
 fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
     let e = nrmse(got, want);
     eprintln!("{what}: nrmse {e:.2e}");
-    assert!(e <= tol, "{what}: GPU differs from CPU by {e:.3e} (tolerance {tol:.1e})");
+    assert!(
+        e <= tol,
+        "{what}: GPU differs from CPU by {e:.3e} (tolerance {tol:.1e})"
+    );
 }
 
 #[test]
@@ -118,7 +126,10 @@ fn matmul_every_type_and_batch() {
         for rows in [1, 2, 3, 8, 13, 64] {
             let x = values(100 + rows as u64, rows * k, 1.0);
             let (xc, xg) = (put(&c, &x), put(g, &x));
-            let (mut oc, mut og) = (c.tensor(rows * n_out).unwrap(), g.tensor(rows * n_out).unwrap());
+            let (mut oc, mut og) = (
+                c.tensor(rows * n_out).unwrap(),
+                g.tensor(rows * n_out).unwrap(),
+            );
             c.matmul(&wc, &xc, rows, &mut oc).unwrap();
             g.matmul(&wg, &xg, rows, &mut og).unwrap();
             // Both round the activations to 8 bits (in different block sizes for the K-quants).
@@ -142,14 +153,34 @@ fn matmul_every_type_and_batch() {
 fn embed_every_type() {
     let Some(g) = gpu() else { return };
     let c = cpu();
-    for ty in [GgmlType::F32, GgmlType::F16, GgmlType::Q4_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
-        let (wc, wg) = (c.load_weight(weight(ty, 50, 512, 7)).unwrap(), g.load_weight(weight(ty, 50, 512, 7)).unwrap());
+    for ty in [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::Q4_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ] {
+        let (wc, wg) = (
+            c.load_weight(weight(ty, 50, 512, 7)).unwrap(),
+            g.load_weight(weight(ty, 50, 512, 7)).unwrap(),
+        );
         let toks = [0u32, 49, 3, 3, 17];
         let (mut oc, mut og) = (c.tensor(5 * 512).unwrap(), g.tensor(5 * 512).unwrap());
         c.embed(&wc, &toks, &mut oc).unwrap();
         g.embed(&wg, &toks, &mut og).unwrap();
-        assert_close(&format!("embed {ty}"), &get(g, &og, 5 * 512), &get(&c, &oc, 5 * 512), 1e-6);
-        assert!(g.embed(&wg, &[50], &mut og).is_err(), "out-of-range token must be an error");
+        assert_close(
+            &format!("embed {ty}"),
+            &get(g, &og, 5 * 512),
+            &get(&c, &oc, 5 * 512),
+            1e-6,
+        );
+        assert!(
+            g.embed(&wg, &[50], &mut og).is_err(),
+            "out-of-range token must be an error"
+        );
     }
 }
 
@@ -162,18 +193,30 @@ fn norms_and_elementwise() {
     let x = values(1, n, 2.0);
     let y = values(2, n, 2.0);
     let wsrc = || weight(GgmlType::F32, 1, dim, 3);
-    let (wc, wg) = (c.load_weight(wsrc()).unwrap(), g.load_weight(wsrc()).unwrap());
+    let (wc, wg) = (
+        c.load_weight(wsrc()).unwrap(),
+        g.load_weight(wsrc()).unwrap(),
+    );
     let (xc, xg, yc, yg) = (put(&c, &x), put(g, &x), put(&c, &y), put(g, &y));
     let (mut oc, mut og) = (c.tensor(n).unwrap(), g.tensor(n).unwrap());
 
-    c.rms_norm(&xc, Some(&wc), rows, dim, 1e-6, &mut oc).unwrap();
-    g.rms_norm(&xg, Some(&wg), rows, dim, 1e-6, &mut og).unwrap();
+    c.rms_norm(&xc, Some(&wc), rows, dim, 1e-6, &mut oc)
+        .unwrap();
+    g.rms_norm(&xg, Some(&wg), rows, dim, 1e-6, &mut og)
+        .unwrap();
     assert_close("rms_norm", &get(g, &og, n), &get(&c, &oc, n), 1e-6);
     c.rms_norm(&xc, None, rows, dim, 1e-6, &mut oc).unwrap();
     g.rms_norm(&xg, None, rows, dim, 1e-6, &mut og).unwrap();
-    assert_close("rms_norm no weight", &get(g, &og, n), &get(&c, &oc, n), 1e-6);
-    c.rms_norm_gated(&xc, &wc, &yc, rows, dim, 1e-6, &mut oc).unwrap();
-    g.rms_norm_gated(&xg, &wg, &yg, rows, dim, 1e-6, &mut og).unwrap();
+    assert_close(
+        "rms_norm no weight",
+        &get(g, &og, n),
+        &get(&c, &oc, n),
+        1e-6,
+    );
+    c.rms_norm_gated(&xc, &wc, &yc, rows, dim, 1e-6, &mut oc)
+        .unwrap();
+    g.rms_norm_gated(&xg, &wg, &yg, rows, dim, 1e-6, &mut og)
+        .unwrap();
     assert_close("rms_norm_gated", &get(g, &og, n), &get(&c, &oc, n), 1e-6);
     for act in [Activation::SwiGlu, Activation::GeGlu] {
         c.gated_activation(act, &xc, &yc, n, &mut oc).unwrap();
@@ -193,7 +236,12 @@ fn norms_and_elementwise() {
     g.scale(&mut ag, 0.37, n).unwrap();
     c.sigmoid_mul(&mut ac, &yc, n).unwrap();
     g.sigmoid_mul(&mut ag, &yg, n).unwrap();
-    assert_close("bias+add+scale+sigmoid_mul", &get(g, &ag, n), &get(&c, &ac, n), 1e-6);
+    assert_close(
+        "bias+add+scale+sigmoid_mul",
+        &get(g, &ag, n),
+        &get(&c, &ac, n),
+        1e-6,
+    );
 
     let (mut oc, mut og) = (c.tensor(n).unwrap(), g.tensor(n).unwrap());
     c.copy_rows(&xc, 3, 200, &mut oc, 10, 150, 100, 4).unwrap();
@@ -202,7 +250,10 @@ fn norms_and_elementwise() {
     c.copy(&xc, 5, &mut oc, 0, 700).unwrap();
     g.copy(&xg, 5, &mut og, 0, 700).unwrap();
     assert_close("copy", &get(g, &og, n), &get(&c, &oc, n), 0.0);
-    assert!(g.copy(&xg, n - 2, &mut og, 0, 5).is_err(), "out-of-range copy must be an error");
+    assert!(
+        g.copy(&xg, n - 2, &mut og, 0, 5).is_err(),
+        "out-of-range copy must be an error"
+    );
 }
 
 #[test]
@@ -214,13 +265,25 @@ fn rope_styles_and_positions() {
         (RopeStyle::Neox, 64, vec![100, 101, 102]),
         (RopeStyle::Neox, 16, vec![7, 3, 120_000]),
     ] {
-        let p = RopeParams { n_heads: 3, head_dim: 64, n_rot, theta_base: 1e6, freq_scale: 1.0, style };
+        let p = RopeParams {
+            n_heads: 3,
+            head_dim: 64,
+            n_rot,
+            theta_base: 1e6,
+            freq_scale: 1.0,
+            style,
+        };
         let n = positions.len() * 3 * 64;
         let x = values(9, n, 1.0);
         let (mut xc, mut xg) = (put(&c, &x), put(g, &x));
         c.rope(&mut xc, &positions, p).unwrap();
         g.rope(&mut xg, &positions, p).unwrap();
-        assert_close(&format!("rope {style:?} {n_rot} {positions:?}"), &get(g, &xg, n), &get(&c, &xc, n), 2e-5);
+        assert_close(
+            &format!("rope {style:?} {n_rot} {positions:?}"),
+            &get(g, &xg, n),
+            &get(&c, &xc, n),
+            2e-5,
+        );
     }
 }
 
@@ -229,34 +292,86 @@ fn attention_every_cache_type_head_size_and_group() {
     let Some(g) = gpu() else { return };
     let c = cpu();
     for ty in [KvType::F32, KvType::F16, KvType::Q8_0, KvType::Q4_0] {
-        for (d, n_heads, n_kv) in [(16, 4, 2), (32, 6, 2), (64, 9, 3), (128, 8, 8), (256, 24, 4)] {
+        for (d, n_heads, n_kv) in [
+            (16, 4, 2),
+            (32, 6, 2),
+            (64, 9, 3),
+            (128, 8, 8),
+            (256, 24, 4),
+        ] {
             if d < 32 && matches!(ty, KvType::Q8_0 | KvType::Q4_0) {
                 continue;
             }
             for (window, softcap) in [(None, None), (Some(5), Some(30.0))] {
-                let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: d, scale: 1.0 / (d as f32).sqrt(), window, softcap };
+                let p = AttentionParams {
+                    n_heads,
+                    n_kv_heads: n_kv,
+                    head_dim: d,
+                    scale: 1.0 / (d as f32).sqrt(),
+                    window,
+                    softcap,
+                };
                 let n_ctx = 64;
-                let (mut kc, mut kg) = (c.kv_cache(n_ctx, n_kv, d, ty).unwrap(), g.kv_cache(n_ctx, n_kv, d, ty).unwrap());
+                let (mut kc, mut kg) = (
+                    c.kv_cache(n_ctx, n_kv, d, ty).unwrap(),
+                    g.kv_cache(n_ctx, n_kv, d, ty).unwrap(),
+                );
                 // A prompt of 7 rows, then two single-token steps: prefill and decode paths, with history.
                 let mut start = 0;
                 for (step, rows) in [7usize, 1, 1, 5].into_iter().enumerate() {
                     let q = values(10 + step as u64, rows * n_heads * d, 1.0);
                     let k = values(20 + step as u64, rows * n_kv * d, 1.0);
                     let v = values(30 + step as u64, rows * n_kv * d, 1.0);
-                    let (mut oc, mut og) = (c.tensor(rows * n_heads * d).unwrap(), g.tensor(rows * n_heads * d).unwrap());
-                    c.attention(&put(&c, &q), &put(&c, &k), &put(&c, &v), &mut kc, start, rows, p, &mut oc).unwrap();
-                    g.attention(&put(g, &q), &put(g, &k), &put(g, &v), &mut kg, start, rows, p, &mut og).unwrap();
+                    let (mut oc, mut og) = (
+                        c.tensor(rows * n_heads * d).unwrap(),
+                        g.tensor(rows * n_heads * d).unwrap(),
+                    );
+                    c.attention(
+                        &put(&c, &q),
+                        &put(&c, &k),
+                        &put(&c, &v),
+                        &mut kc,
+                        start,
+                        rows,
+                        p,
+                        &mut oc,
+                    )
+                    .unwrap();
+                    g.attention(
+                        &put(g, &q),
+                        &put(g, &k),
+                        &put(g, &v),
+                        &mut kg,
+                        start,
+                        rows,
+                        p,
+                        &mut og,
+                    )
+                    .unwrap();
                     // The CPU emulates ggml's f16 rounding of q and of the V sums; the GPU keeps f32.
                     let tol = if ty == KvType::F32 { 1e-5 } else { 3e-3 };
                     assert_close(
-                        &format!("attention {ty:?} d{d} {n_heads}/{n_kv} win {window:?} step {step}"),
+                        &format!(
+                            "attention {ty:?} d{d} {n_heads}/{n_kv} win {window:?} step {step}"
+                        ),
                         &get(g, &og, rows * n_heads * d),
                         &get(&c, &oc, rows * n_heads * d),
                         tol,
                     );
                     start += rows;
                 }
-                assert!(g.attention(&put(g, &[0.0; 1]), &put(g, &[0.0; 1]), &put(g, &[0.0; 1]), &mut kg, n_ctx, 1, p, &mut g.tensor(1).unwrap()).is_err());
+                assert!(g
+                    .attention(
+                        &put(g, &[0.0; 1]),
+                        &put(g, &[0.0; 1]),
+                        &put(g, &[0.0; 1]),
+                        &mut kg,
+                        n_ctx,
+                        1,
+                        p,
+                        &mut g.tensor(1).unwrap()
+                    )
+                    .is_err());
             }
         }
     }
@@ -267,20 +382,90 @@ fn attention_long_context_splits() {
     let Some(g) = gpu() else { return };
     let c = cpu();
     let (d, n_heads, n_kv, n_ctx) = (128, 8, 2, 5000);
-    let p = AttentionParams { n_heads, n_kv_heads: n_kv, head_dim: d, scale: 0.1, window: None, softcap: None };
-    let (mut kc, mut kg) = (c.kv_cache(n_ctx, n_kv, d, KvType::Q8_0).unwrap(), g.kv_cache(n_ctx, n_kv, d, KvType::Q8_0).unwrap());
+    let p = AttentionParams {
+        n_heads,
+        n_kv_heads: n_kv,
+        head_dim: d,
+        scale: 0.1,
+        window: None,
+        softcap: None,
+    };
+    let (mut kc, mut kg) = (
+        c.kv_cache(n_ctx, n_kv, d, KvType::Q8_0).unwrap(),
+        g.kv_cache(n_ctx, n_kv, d, KvType::Q8_0).unwrap(),
+    );
     let rows = 4900;
-    let (q, k, v) = (values(1, rows * n_heads * d, 1.0), values(2, rows * n_kv * d, 1.0), values(3, rows * n_kv * d, 1.0));
-    let (mut oc, mut og) = (c.tensor(rows * n_heads * d).unwrap(), g.tensor(rows * n_heads * d).unwrap());
-    c.attention(&put(&c, &q), &put(&c, &k), &put(&c, &v), &mut kc, 0, rows, p, &mut oc).unwrap();
-    g.attention(&put(g, &q), &put(g, &k), &put(g, &v), &mut kg, 0, rows, p, &mut og).unwrap();
-    assert_close("attention 4900-row prefill", &get(g, &og, rows * n_heads * d), &get(&c, &oc, rows * n_heads * d), 3e-3);
+    let (q, k, v) = (
+        values(1, rows * n_heads * d, 1.0),
+        values(2, rows * n_kv * d, 1.0),
+        values(3, rows * n_kv * d, 1.0),
+    );
+    let (mut oc, mut og) = (
+        c.tensor(rows * n_heads * d).unwrap(),
+        g.tensor(rows * n_heads * d).unwrap(),
+    );
+    c.attention(
+        &put(&c, &q),
+        &put(&c, &k),
+        &put(&c, &v),
+        &mut kc,
+        0,
+        rows,
+        p,
+        &mut oc,
+    )
+    .unwrap();
+    g.attention(
+        &put(g, &q),
+        &put(g, &k),
+        &put(g, &v),
+        &mut kg,
+        0,
+        rows,
+        p,
+        &mut og,
+    )
+    .unwrap();
+    assert_close(
+        "attention 4900-row prefill",
+        &get(g, &og, rows * n_heads * d),
+        &get(&c, &oc, rows * n_heads * d),
+        3e-3,
+    );
     let q1 = values(4, n_heads * d, 1.0);
     let k1 = values(5, n_kv * d, 1.0);
-    let (mut oc, mut og) = (c.tensor(n_heads * d).unwrap(), g.tensor(n_heads * d).unwrap());
-    c.attention(&put(&c, &q1), &put(&c, &k1), &put(&c, &k1), &mut kc, rows, 1, p, &mut oc).unwrap();
-    g.attention(&put(g, &q1), &put(g, &k1), &put(g, &k1), &mut kg, rows, 1, p, &mut og).unwrap();
-    assert_close("attention decode at 4900", &get(g, &og, n_heads * d), &get(&c, &oc, n_heads * d), 3e-3);
+    let (mut oc, mut og) = (
+        c.tensor(n_heads * d).unwrap(),
+        g.tensor(n_heads * d).unwrap(),
+    );
+    c.attention(
+        &put(&c, &q1),
+        &put(&c, &k1),
+        &put(&c, &k1),
+        &mut kc,
+        rows,
+        1,
+        p,
+        &mut oc,
+    )
+    .unwrap();
+    g.attention(
+        &put(g, &q1),
+        &put(g, &k1),
+        &put(g, &k1),
+        &mut kg,
+        rows,
+        1,
+        p,
+        &mut og,
+    )
+    .unwrap();
+    assert_close(
+        "attention decode at 4900",
+        &get(g, &og, n_heads * d),
+        &get(&c, &oc, n_heads * d),
+        3e-3,
+    );
 }
 
 #[test]
@@ -288,7 +473,14 @@ fn gated_delta_net_conv_and_gates() {
     let Some(g) = gpu() else { return };
     let c = cpu();
     let (nk, nv, dk, dv) = (2, 6, 128, 128);
-    let p = DeltaNetParams { n_k_heads: nk, n_v_heads: nv, head_k_dim: dk, head_v_dim: dv, scale: 1.0 / (dk as f32).sqrt(), chunk: None };
+    let p = DeltaNetParams {
+        n_k_heads: nk,
+        n_v_heads: nv,
+        head_k_dim: dk,
+        head_v_dim: dv,
+        scale: 1.0 / (dk as f32).sqrt(),
+        chunk: None,
+    };
     let mut sc = put(&c, &values(1, nv * dk * dv, 0.1));
     let mut sg = put(g, &values(1, nv * dk * dv, 0.1));
     for (step, rows) in [5usize, 1, 1, 3].into_iter().enumerate() {
@@ -299,14 +491,45 @@ fn gated_delta_net_conv_and_gates() {
         let (mut alpha, mut beta) = (values(s + 5, rows * nv, 2.0), values(s + 6, rows * nv, 2.0));
         // Gates from raw projections, then normalised q/k, as the model does.
         let dt = weight(GgmlType::F32, 1, nv, 40);
-        let a: Vec<f32> = values(41, nv, 1.0).iter().map(|v| -(v.abs() * 8.0 + 1.0)).collect();
-        let a_src = || WeightSource { name: "a".into(), ty: GgmlType::F32, rows: 1, cols: nv, bytes: HostBytes::from_vec(a.iter().flat_map(|x| x.to_le_bytes()).collect()) };
-        let (dtc, dtg, ac, ag) = (c.load_weight(dt.clone()).unwrap(), g.load_weight(dt).unwrap(), c.load_weight(a_src()).unwrap(), g.load_weight(a_src()).unwrap());
-        let (mut alc, mut alg, mut bc, mut bg) = (put(&c, &alpha), put(g, &alpha), put(&c, &beta), put(g, &beta));
-        c.delta_net_gates(&mut alc, &mut bc, &dtc, &ac, rows).unwrap();
-        g.delta_net_gates(&mut alg, &mut bg, &dtg, &ag, rows).unwrap();
-        assert_close("delta_net_gates alpha", &get(g, &alg, rows * nv), &get(&c, &alc, rows * nv), 1e-6);
-        assert_close("delta_net_gates beta", &get(g, &bg, rows * nv), &get(&c, &bc, rows * nv), 1e-6);
+        let a: Vec<f32> = values(41, nv, 1.0)
+            .iter()
+            .map(|v| -(v.abs() * 8.0 + 1.0))
+            .collect();
+        let a_src = || WeightSource {
+            name: "a".into(),
+            ty: GgmlType::F32,
+            rows: 1,
+            cols: nv,
+            bytes: HostBytes::from_vec(a.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        };
+        let (dtc, dtg, ac, ag) = (
+            c.load_weight(dt.clone()).unwrap(),
+            g.load_weight(dt).unwrap(),
+            c.load_weight(a_src()).unwrap(),
+            g.load_weight(a_src()).unwrap(),
+        );
+        let (mut alc, mut alg, mut bc, mut bg) = (
+            put(&c, &alpha),
+            put(g, &alpha),
+            put(&c, &beta),
+            put(g, &beta),
+        );
+        c.delta_net_gates(&mut alc, &mut bc, &dtc, &ac, rows)
+            .unwrap();
+        g.delta_net_gates(&mut alg, &mut bg, &dtg, &ag, rows)
+            .unwrap();
+        assert_close(
+            "delta_net_gates alpha",
+            &get(g, &alg, rows * nv),
+            &get(&c, &alc, rows * nv),
+            1e-6,
+        );
+        assert_close(
+            "delta_net_gates beta",
+            &get(g, &bg, rows * nv),
+            &get(&c, &bc, rows * nv),
+            1e-6,
+        );
         alpha = get(&c, &alc, rows * nv);
         beta = get(&c, &bc, rows * nv);
         let (mut qc, mut kcpu) = (put(&c, &qv), put(&c, &kv));
@@ -314,24 +537,79 @@ fn gated_delta_net_conv_and_gates() {
         c.l2_norm(&mut kcpu, rows * nk, dk, 1e-6).unwrap();
         qv = get(&c, &qc, qv.len());
         kv = get(&c, &kcpu, kv.len());
-        let (mut oc, mut og) = (c.tensor(rows * nv * dv).unwrap(), g.tensor(rows * nv * dv).unwrap());
-        c.gated_delta_net(&put(&c, &qv), &put(&c, &kv), &put(&c, &vv), &put(&c, &alpha), &put(&c, &beta), &mut sc, rows, p, &mut oc).unwrap();
-        g.gated_delta_net(&put(g, &qv), &put(g, &kv), &put(g, &vv), &put(g, &alpha), &put(g, &beta), &mut sg, rows, p, &mut og).unwrap();
-        assert_close(&format!("gated_delta_net step {step}"), &get(g, &og, rows * nv * dv), &get(&c, &oc, rows * nv * dv), 1e-5);
-        assert_close(&format!("delta state step {step}"), &get(g, &sg, nv * dk * dv), &get(&c, &sc, nv * dk * dv), 1e-5);
+        let (mut oc, mut og) = (
+            c.tensor(rows * nv * dv).unwrap(),
+            g.tensor(rows * nv * dv).unwrap(),
+        );
+        c.gated_delta_net(
+            &put(&c, &qv),
+            &put(&c, &kv),
+            &put(&c, &vv),
+            &put(&c, &alpha),
+            &put(&c, &beta),
+            &mut sc,
+            rows,
+            p,
+            &mut oc,
+        )
+        .unwrap();
+        g.gated_delta_net(
+            &put(g, &qv),
+            &put(g, &kv),
+            &put(g, &vv),
+            &put(g, &alpha),
+            &put(g, &beta),
+            &mut sg,
+            rows,
+            p,
+            &mut og,
+        )
+        .unwrap();
+        assert_close(
+            &format!("gated_delta_net step {step}"),
+            &get(g, &og, rows * nv * dv),
+            &get(&c, &oc, rows * nv * dv),
+            1e-5,
+        );
+        assert_close(
+            &format!("delta state step {step}"),
+            &get(g, &sg, nv * dk * dv),
+            &get(&c, &sc, nv * dk * dv),
+            1e-5,
+        );
     }
 
     let (channels, kernel) = (96, 4);
-    let (wc, wg) = (c.load_weight(weight(GgmlType::F32, channels, kernel, 50)).unwrap(), g.load_weight(weight(GgmlType::F32, channels, kernel, 50)).unwrap());
+    let (wc, wg) = (
+        c.load_weight(weight(GgmlType::F32, channels, kernel, 50))
+            .unwrap(),
+        g.load_weight(weight(GgmlType::F32, channels, kernel, 50))
+            .unwrap(),
+    );
     let mut stc = put(&c, &values(51, channels * (kernel - 1), 1.0));
     let mut stg = put(g, &values(51, channels * (kernel - 1), 1.0));
     for (step, rows) in [6usize, 1, 2].into_iter().enumerate() {
         let x = values(60 + step as u64, rows * channels, 1.0);
-        let (mut oc, mut og) = (c.tensor(rows * channels).unwrap(), g.tensor(rows * channels).unwrap());
-        c.conv1d_silu(&put(&c, &x), &wc, &mut stc, rows, &mut oc).unwrap();
-        g.conv1d_silu(&put(g, &x), &wg, &mut stg, rows, &mut og).unwrap();
-        assert_close(&format!("conv1d_silu step {step}"), &get(g, &og, rows * channels), &get(&c, &oc, rows * channels), 1e-6);
-        assert_close(&format!("conv state step {step}"), &get(g, &stg, channels * (kernel - 1)), &get(&c, &stc, channels * (kernel - 1)), 0.0);
+        let (mut oc, mut og) = (
+            c.tensor(rows * channels).unwrap(),
+            g.tensor(rows * channels).unwrap(),
+        );
+        c.conv1d_silu(&put(&c, &x), &wc, &mut stc, rows, &mut oc)
+            .unwrap();
+        g.conv1d_silu(&put(g, &x), &wg, &mut stg, rows, &mut og)
+            .unwrap();
+        assert_close(
+            &format!("conv1d_silu step {step}"),
+            &get(g, &og, rows * channels),
+            &get(&c, &oc, rows * channels),
+            1e-6,
+        );
+        assert_close(
+            &format!("conv state step {step}"),
+            &get(g, &stg, channels * (kernel - 1)),
+            &get(&c, &stc, channels * (kernel - 1)),
+            0.0,
+        );
     }
     let _ = Arc::new(0);
 }

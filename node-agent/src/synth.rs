@@ -501,8 +501,12 @@ impl Synth {
             };
             let cols = t.cols();
             let row_bytes = t.ty.bytes_for(cols).expect("planned tensor");
-            if !matches!(t.ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K | GgmlType::Q8_0 | GgmlType::Q4_0) {
-                let mut rng = Rng::new(self.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            if !matches!(
+                t.ty,
+                GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K | GgmlType::Q8_0 | GgmlType::Q4_0
+            ) {
+                let mut rng =
+                    Rng::new(self.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
                 let mut vals = vec![0f32; cols];
                 let mut bytes = vec![0u8; row_bytes];
                 for _ in 0..t.rows() {
@@ -528,7 +532,8 @@ impl Synth {
                         sc.spawn(move || {
                             for (j, row) in chunk.chunks_mut(row_bytes).enumerate() {
                                 let key = (i as u64) << 40 | (first + j) as u64;
-                                let mut rng = Rng::new(self.seed ^ key.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                                let mut rng =
+                                    Rng::new(self.seed ^ key.wrapping_mul(0x9E37_79B9_7F4A_7C15));
                                 random_blocks(t.ty, std, row, &mut rng);
                             }
                         });
@@ -565,7 +570,11 @@ fn random_blocks(ty: GgmlType, std: f32, row: &mut [u8], rng: &mut Rng) {
     let f16b = |x: f32| half::f16::from_f32(x).to_le_bytes();
     match ty {
         GgmlType::Q4_K | GgmlType::Q5_K => {
-            let (bs, mid, qstd) = if ty == GgmlType::Q4_K { (144, 7.5, 4.6) } else { (176, 15.5, 9.2) };
+            let (bs, mid, qstd) = if ty == GgmlType::Q4_K {
+                (144, 7.5, 4.6)
+            } else {
+                (176, 15.5, 9.2)
+            };
             let d = std / (24.0 * qstd);
             for b in row.chunks_mut(bs) {
                 b[0..2].copy_from_slice(&f16b(d));

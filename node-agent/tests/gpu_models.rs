@@ -21,7 +21,10 @@ fn repo() -> PathBuf {
 fn argmax(v: &[f32]) -> usize {
     v.iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+        )
         .0
 }
 
@@ -59,10 +62,18 @@ fn gpu() -> Option<Arc<CudaBackend>> {
 fn compare(path: PathBuf, kv: KvType, tol: f64, margin: f32) {
     let Some(gpu) = gpu() else { return };
     let file = GgufFile::open(&path).unwrap();
-    let (ec, eg) = (engine(&file, Arc::new(CpuBackend::new(2))), engine(&file, gpu));
+    let (ec, eg) = (
+        engine(&file, Arc::new(CpuBackend::new(2))),
+        engine(&file, gpu),
+    );
     let n_vocab = ec.model.info().n_vocab;
-    let prompt: Vec<u32> = (0..37).map(|i| ((i * 7919 + 13) % n_vocab) as u32).collect();
-    let (mut sc, mut sg) = (ec.new_sequence(256, kv).unwrap(), eg.new_sequence(256, kv).unwrap());
+    let prompt: Vec<u32> = (0..37)
+        .map(|i| ((i * 7919 + 13) % n_vocab) as u32)
+        .collect();
+    let (mut sc, mut sg) = (
+        ec.new_sequence(256, kv).unwrap(),
+        eg.new_sequence(256, kv).unwrap(),
+    );
     let (mut lc, _) = ec.prefill(&mut sc, &prompt).unwrap();
     let (mut lg, _) = eg.prefill(&mut sg, &prompt).unwrap();
     let (mut worst, mut same, mut ties) = (0f64, 0, 0);
@@ -80,48 +91,90 @@ fn compare(path: PathBuf, kv: KvType, tol: f64, margin: f32) {
         } else {
             // Only a near-tie of the CPU's own top two may flip.
             let gap = lc[tc] - lc[tg];
-            assert!(gap < margin, "{}: step {step} greedy {tg} vs CPU {tc}, margin {gap}", path.display());
+            assert!(
+                gap < margin,
+                "{}: step {step} greedy {tg} vs CPU {tc}, margin {gap}",
+                path.display()
+            );
             ties += 1;
         }
         lc = ec.decode(&mut sc, tc as u32).unwrap();
         lg = eg.decode(&mut sg, tc as u32).unwrap();
     }
-    eprintln!("{}: worst nrmse {worst:.2e}, greedy same {same}/40 ({ties} near-ties)", path.display());
+    eprintln!(
+        "{}: worst nrmse {worst:.2e}, greedy same {same}/40 ({ties} near-ties)",
+        path.display()
+    );
 }
 
 #[test]
 fn llama_gqa_f32() {
-    compare(repo().join("tests/golden/synthetic/llama-gqa-f32.gguf"), KvType::F16, 5e-3, 0.05);
+    compare(
+        repo().join("tests/golden/synthetic/llama-gqa-f32.gguf"),
+        KvType::F16,
+        5e-3,
+        0.05,
+    );
 }
 
 #[test]
 fn qwen2_f16_q8_0_cache() {
-    compare(repo().join("tests/golden/synthetic/qwen2-f16.gguf"), KvType::Q8_0, 1e-2, 0.05);
+    compare(
+        repo().join("tests/golden/synthetic/qwen2-f16.gguf"),
+        KvType::Q8_0,
+        1e-2,
+        0.05,
+    );
 }
 
 #[test]
 fn qwen2_q4_0_q4_0_cache() {
-    compare(repo().join("tests/golden/synthetic/qwen2-q4_0.gguf"), KvType::Q4_0, 8e-2, 0.15);
+    compare(
+        repo().join("tests/golden/synthetic/qwen2-q4_0.gguf"),
+        KvType::Q4_0,
+        8e-2,
+        0.15,
+    );
 }
 
 #[test]
 fn qwen3_f16() {
-    compare(repo().join("tests/golden/synthetic/qwen3-f16.gguf"), KvType::F16, 5e-3, 0.05);
+    compare(
+        repo().join("tests/golden/synthetic/qwen3-f16.gguf"),
+        KvType::F16,
+        5e-3,
+        0.05,
+    );
 }
 
 #[test]
 fn qwen3_q8_0() {
-    compare(repo().join("tests/golden/synthetic/qwen3-q8_0.gguf"), KvType::F16, 5e-2, 0.15);
+    compare(
+        repo().join("tests/golden/synthetic/qwen3-q8_0.gguf"),
+        KvType::F16,
+        5e-2,
+        0.15,
+    );
 }
 
 #[test]
 fn qwen35_tiny_f16() {
-    compare(repo().join("tests/models/qwen35-tiny-f16.gguf"), KvType::F16, 5e-3, 0.05);
+    compare(
+        repo().join("tests/models/qwen35-tiny-f16.gguf"),
+        KvType::F16,
+        5e-3,
+        0.05,
+    );
 }
 
 #[test]
 fn qwen35_tiny_q8_0_q4_0_cache() {
-    compare(repo().join("tests/models/qwen35-tiny-q8_0.gguf"), KvType::Q4_0, 5e-2, 0.15);
+    compare(
+        repo().join("tests/models/qwen35-tiny-q8_0.gguf"),
+        KvType::Q4_0,
+        5e-2,
+        0.15,
+    );
 }
 
 /// MTP speculative decoding on the GPU: greedy output token-identical to plain greedy decoding for draft
@@ -139,14 +192,19 @@ fn qwen35_mtp_speculation_is_token_identical_on_gpu() {
             eg.enable_speculation(&mut seq, k).unwrap();
         }
         let mut sampler = Sampler::new(SamplingParams::greedy());
-        eg.generate(&mut seq, &prompt, 48, &mut sampler, &|_| false, &mut |_| true)
-            .unwrap()
+        eg.generate(&mut seq, &prompt, 48, &mut sampler, &|_| false, &mut |_| {
+            true
+        })
+        .unwrap()
     };
     let (plain, _) = run(None);
     for k in 1..=4 {
         let (spec, stats) = run(Some(k));
         let s = stats.speculative.as_ref().unwrap();
-        eprintln!("draft max {k}: {} rounds, acceptance {:.2}", s.rounds, s.acceptance_rate);
+        eprintln!(
+            "draft max {k}: {} rounds, acceptance {:.2}",
+            s.rounds, s.acceptance_rate
+        );
         assert_eq!(spec, plain, "draft max {k}");
     }
 }

@@ -56,10 +56,7 @@ impl super::OnBackend for Job {
     }
 }
 
-fn bench<B: Backend + 'static>(
-    args: BenchArgs,
-    mut ld: super::Loaded<B>,
-) -> Result<()> {
+fn bench<B: Backend + 'static>(args: BenchArgs, mut ld: super::Loaded<B>) -> Result<()> {
     let engine = &ld.engine;
     let n_vocab = engine.model.info().n_vocab as u32;
     ld.n_ctx = ld

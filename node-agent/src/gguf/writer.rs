@@ -172,7 +172,10 @@ impl GgufWriter {
             let aligned = pad(written);
             w.write_all(&zeros[..(aligned - written) as usize])?;
             written = aligned;
-            let mut counted = CountingWriter { inner: &mut *w, n: 0 };
+            let mut counted = CountingWriter {
+                inner: &mut *w,
+                n: 0,
+            };
             tensor(i, t, &mut counted)?;
             let want = self.bytes_of(t)?;
             if counted.n != want {

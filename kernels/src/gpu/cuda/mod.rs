@@ -12,11 +12,11 @@ use crate::backend::{
     RopeParams, RopeStyle, WeightSource,
 };
 use crate::quant::{dequantize_row, GgmlType};
+use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::sys::CUresult;
 use cudarc::driver::{
     CudaSlice, DevicePtr, DeviceRepr, DriverError, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
-use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use device::dev_err;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -116,7 +116,8 @@ fn grid(n: usize, threads: u32) -> LaunchConfig {
 }
 
 fn u32_arg(op: &'static str, v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| shape_err(op, format!("{v} does not fit the kernel's 32-bit index")))
+    u32::try_from(v)
+        .map_err(|_| shape_err(op, format!("{v} does not fit the kernel's 32-bit index")))
 }
 
 /// Launches kernel `$name` with `$cfg` and the given argument references.
@@ -139,7 +140,9 @@ impl CudaBackend {
         let dev = CudaDevice::open(ordinal)?;
         let sm_count = dev
             .ctx
-            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
             .map_err(|e| dev_err("SM count", e))?
             .max(1) as usize;
         // SAFETY: only probes for the library with dlopen.
@@ -186,7 +189,14 @@ impl CudaBackend {
 
     /// out (rows × n_out) = x (rows × k) · Wᵀ through cuBLAS: W expanded to f16 (F16 weights are used
     /// as stored), x converted to f16, f32 accumulation on the tensor cores.
-    fn matmul_blas(&self, blas: &CudaBlas, w: &CudaWeight, xp: u64, rows: usize, op: u64) -> Result<()> {
+    fn matmul_blas(
+        &self,
+        blas: &CudaBlas,
+        w: &CudaWeight,
+        xp: u64,
+        rows: usize,
+        op: u64,
+    ) -> Result<()> {
         let (k, n_out) = (w.cols, w.rows);
         let mut s = self.lock_scratch();
         let wh = if w.ty == GgmlType::F16 {
@@ -206,7 +216,14 @@ impl CudaBackend {
         };
         let xh = self.ensure(&mut s.x_f16, rows * k)?;
         let n = (rows * k) as u64;
-        launch!(self, "f32_to_f16", grid((rows * k).min(1 << 26), 256), &xp, &n, &xh)?;
+        launch!(
+            self,
+            "f32_to_f16",
+            grid((rows * k).min(1 << 26), 256),
+            &xp,
+            &n,
+            &xh
+        )?;
         let (alpha, beta) = (1.0f32, 0.0f32);
         let (m, nn, kk) = (
             i32::try_from(n_out).map_err(|_| shape_err("matmul", "too many outputs"))?,
@@ -303,6 +320,22 @@ impl CudaBackend {
 }
 
 impl CudaBackend {
+    /// The address of a snapshot buffer checked to hold `need` values, or null (no snapshots).
+    fn snapshot_ptr(
+        &self,
+        op: &'static str,
+        snapshots: Option<&mut CudaTensor>,
+        need: usize,
+    ) -> Result<u64> {
+        match snapshots {
+            Some(t) => {
+                check_len(op, "snapshots", t.len, need)?;
+                Ok(self.ptr(&t.buf))
+            }
+            None => Ok(0),
+        }
+    }
+
     /// The causal conv, optionally keeping the state after every row (speculative rollback).
     fn conv1d(
         &self,
@@ -316,32 +349,57 @@ impl CudaBackend {
         let op = "conv1d_silu";
         let (channels, kernel) = (weight.rows, weight.cols);
         if !(2..=8).contains(&kernel) {
-            return Err(shape_err(op, format!("kernel of {kernel} taps (2..=8 supported)")));
+            return Err(shape_err(
+                op,
+                format!("kernel of {kernel} taps (2..=8 supported)"),
+            ));
         }
         if weight.ty != GgmlType::F32 {
-            return Err(shape_err(op, format!("weight type {} (F32 expected)", weight.ty)));
+            return Err(shape_err(
+                op,
+                format!("weight type {} (F32 expected)", weight.ty),
+            ));
         }
         check_len(op, "input", x.len, rows * channels)?;
         check_len(op, "output", out.len, rows * channels)?;
         if state.len != channels * (kernel - 1) {
             return Err(shape_err(
                 op,
-                format!("state of {} values, expected {}", state.len, channels * (kernel - 1)),
+                format!(
+                    "state of {} values, expected {}",
+                    state.len,
+                    channels * (kernel - 1)
+                ),
             ));
         }
         if rows == 0 {
             return Ok(());
         }
-        let snap = match snapshots {
-            Some(t) => {
-                check_len(op, "snapshots", t.len, rows * state.len)?;
-                self.ptr(&t.buf)
-            }
-            None => 0u64,
-        };
-        let (xp, wp, sp, op_) = (self.ptr(&x.buf), self.ptr(&weight.data), self.ptr(&state.buf), self.ptr(&out.buf));
-        let (r, c, k) = (u32_arg(op, rows)?, u32_arg(op, channels)?, u32_arg(op, kernel)?);
-        launch!(self, "conv1d_silu", grid(channels, 128), &xp, &wp, &sp, &r, &c, &k, &op_, &snap)
+        let snap = self.snapshot_ptr(op, snapshots, rows * state.len)?;
+        let (xp, wp, sp, op_) = (
+            self.ptr(&x.buf),
+            self.ptr(&weight.data),
+            self.ptr(&state.buf),
+            self.ptr(&out.buf),
+        );
+        let (r, c, k) = (
+            u32_arg(op, rows)?,
+            u32_arg(op, channels)?,
+            u32_arg(op, kernel)?,
+        );
+        launch!(
+            self,
+            "conv1d_silu",
+            grid(channels, 128),
+            &xp,
+            &wp,
+            &sp,
+            &r,
+            &c,
+            &k,
+            &op_,
+            &snap
+        )
     }
 
     /// The delta rule over `rows` tokens ([q, k, v, g, beta] as the trait takes them), optionally keeping
@@ -357,10 +415,16 @@ impl CudaBackend {
     ) -> Result<()> {
         let op = "gated_delta_net";
         if p.n_k_heads == 0 || !p.n_v_heads.is_multiple_of(p.n_k_heads) {
-            return Err(shape_err(op, format!("{} V-heads over {} K-heads", p.n_v_heads, p.n_k_heads)));
+            return Err(shape_err(
+                op,
+                format!("{} V-heads over {} K-heads", p.n_v_heads, p.n_k_heads),
+            ));
         }
         if p.head_k_dim % 32 != 0 || p.head_k_dim > 256 {
-            return Err(shape_err(op, format!("head_k_dim {} (a multiple of 32 up to 256)", p.head_k_dim)));
+            return Err(shape_err(
+                op,
+                format!("head_k_dim {} (a multiple of 32 up to 256)", p.head_k_dim),
+            ));
         }
         let (qk_w, v_w) = (p.n_k_heads * p.head_k_dim, p.n_v_heads * p.head_v_dim);
         check_len(op, "q", q.len, rows * qk_w)?;
@@ -371,7 +435,10 @@ impl CudaBackend {
         check_len(op, "output", out.len, rows * v_w)?;
         let need = p.n_v_heads * p.head_v_dim * p.head_k_dim;
         if state.len != need {
-            return Err(shape_err(op, format!("state of {} values, expected {need}", state.len)));
+            return Err(shape_err(
+                op,
+                format!("state of {} values, expected {need}", state.len),
+            ));
         }
         if rows == 0 {
             return Ok(());
@@ -391,18 +458,29 @@ impl CudaBackend {
             u32_arg(op, p.head_k_dim)?,
             u32_arg(op, p.head_v_dim)?,
         );
-        let snap = match snapshots {
-            Some(t) => {
-                check_len(op, "snapshots", t.len, rows * need)?;
-                self.ptr(&t.buf)
-            }
-            None => 0u64,
-        };
+        let snap = self.snapshot_ptr(op, snapshots, rows * need)?;
         let op_ = self.ptr(&out.buf);
         let cfg = grid(p.n_v_heads * p.head_v_dim * 32, THREADS);
-        launch!(self, "gated_delta_net", cfg, &ptrs[0], &ptrs[1], &ptrs[2], &ptrs[3], &ptrs[4], &ptrs[5], &r, &nk, &nv, &dk, &dv, &p.scale, &op_, &snap)
+        launch!(
+            self,
+            "gated_delta_net",
+            cfg,
+            &ptrs[0],
+            &ptrs[1],
+            &ptrs[2],
+            &ptrs[3],
+            &ptrs[4],
+            &ptrs[5],
+            &r,
+            &nk,
+            &nv,
+            &dk,
+            &dv,
+            &p.scale,
+            &op_,
+            &snap
+        )
     }
-
 }
 
 fn mmv_kernel(ty: GgmlType) -> Option<(&'static str, usize)> {
@@ -436,9 +514,18 @@ impl Drop for CudaBackend {
         let mut v: Vec<_> = m.iter().collect();
         v.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
         let total: f64 = v.iter().map(|e| e.1 .1).sum();
-        eprintln!("kernel profile (each launch timed alone): {:.1} ms in all", total * 1e3);
+        eprintln!(
+            "kernel profile (each launch timed alone): {:.1} ms in all",
+            total * 1e3
+        );
         for (name, (n, t)) in v.iter().take(40) {
-            eprintln!("{:>9.2} ms {:>5.1}% {:>8} × {:>8.1} µs  {name}", t * 1e3, 100.0 * t / total, n, t * 1e6 / *n as f64);
+            eprintln!(
+                "{:>9.2} ms {:>5.1}% {:>8} × {:>8.1} µs  {name}",
+                t * 1e3,
+                100.0 * t / total,
+                n,
+                t * 1e6 / *n as f64
+            );
         }
     }
 }
@@ -453,7 +540,8 @@ impl Backend for CudaBackend {
     }
 
     fn load_weight(&self, src: WeightSource) -> Result<CudaWeight> {
-        let supported = matches!(src.ty, GgmlType::F32 | GgmlType::F16) || mmv_kernel(src.ty).is_some();
+        let supported =
+            matches!(src.ty, GgmlType::F32 | GgmlType::F16) || mmv_kernel(src.ty).is_some();
         if !supported {
             return Err(shape_err(
                 "load_weight",
@@ -584,10 +672,28 @@ impl Backend for CudaBackend {
             shared_mem_bytes: 0,
         };
         let (tp, ip, op) = (self.ptr(&table.data), self.ptr(&ids), self.ptr(&out.buf));
-        launch!(self, "embed_rows", cfg, &ty, &tp, &row_bytes, &n_rows, &ip, &n_tok, &dim32, &op)
+        launch!(
+            self,
+            "embed_rows",
+            cfg,
+            &ty,
+            &tp,
+            &row_bytes,
+            &n_rows,
+            &ip,
+            &n_tok,
+            &dim32,
+            &op
+        )
     }
 
-    fn matmul(&self, w: &CudaWeight, x: &CudaTensor, rows: usize, out: &mut CudaTensor) -> Result<()> {
+    fn matmul(
+        &self,
+        w: &CudaWeight,
+        x: &CudaTensor,
+        rows: usize,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
         let (k, n_out) = (w.cols, w.rows);
         check_len("matmul", "input", x.len, rows * k)?;
         check_len("matmul", "output", out.len, rows * n_out)?;
@@ -607,28 +713,49 @@ impl Backend for CudaBackend {
             }
         }
         if matches!(w.ty, GgmlType::F16 | GgmlType::F32) {
-            let (fam, align) = if w.ty == GgmlType::F16 { ("mmv_f16", 2) } else { ("mmv_f32", 1) };
+            let (fam, align) = if w.ty == GgmlType::F16 {
+                ("mmv_f16", 2)
+            } else {
+                ("mmv_f32", 1)
+            };
             if k % align != 0 {
-                return Err(shape_err("matmul", format!("f16 rows of {k} values (even needed)")));
+                return Err(shape_err(
+                    "matmul",
+                    format!("f16 rows of {k} values (even needed)"),
+                ));
             }
             for r0 in (0..rows).step_by(MAX_ROWS_PER_PASS) {
                 let nr = (rows - r0).min(MAX_ROWS_PER_PASS);
                 let (xr, or) = (xp + (r0 * k * 4) as u64, op + (r0 * n_out * 4) as u64);
-                launch!(self, &format!("{fam}_{nr}"), cfg, &wp, &n_out32, &xr, &k32, &or)?;
+                launch!(
+                    self,
+                    &format!("{fam}_{nr}"),
+                    cfg,
+                    &wp,
+                    &n_out32,
+                    &xr,
+                    &k32,
+                    &or
+                )?;
             }
             return Ok(());
         }
         let (fam, per_unit) = mmv_kernel(w.ty)
             .ok_or_else(|| shape_err("matmul", format!("type {} on CUDA", w.ty)))?;
         if k % 32 != 0 {
-            return Err(shape_err("matmul", format!("rows of {k} values (multiple of 32 needed)")));
+            return Err(shape_err(
+                "matmul",
+                format!("rows of {k} values (multiple of 32 needed)"),
+            ));
         }
         let n = rows * k;
         let mut s = self.lock_scratch();
         let qp = self.ensure(&mut s.act_q, n)?;
         let dp = self.ensure(&mut s.act_d, n / 32)?;
         let now = self.launches.load(std::sync::atomic::Ordering::Relaxed);
-        let fresh = s.act_of.is_some_and(|(p, r, kk, at)| (p, r, kk) == (xp, rows, k) && at == now);
+        let fresh = s
+            .act_of
+            .is_some_and(|(p, r, kk, at)| (p, r, kk) == (xp, rows, k) && at == now);
         if !fresh {
             let n32 = u32_arg("matmul", n)?;
             launch!(self, "quantize_act", grid(n, 256), &xp, &n32, &qp, &dp)?;
@@ -642,7 +769,19 @@ impl Backend for CudaBackend {
                 dp + (r0 * k / 32 * 4) as u64,
                 op + (r0 * n_out * 4) as u64,
             );
-            launch!(self, &format!("{fam}_{nr}"), cfg, &wp, &row_bytes, &n_units, &n_out32, &yq, &yd, &k32, &or)?;
+            launch!(
+                self,
+                &format!("{fam}_{nr}"),
+                cfg,
+                &wp,
+                &row_bytes,
+                &n_units,
+                &n_out32,
+                &yq,
+                &yd,
+                &k32,
+                &or
+            )?;
         }
         // The products above read the quantized activations and wrote only `out`.
         let now = self.launches.load(std::sync::atomic::Ordering::Relaxed);
@@ -673,21 +812,39 @@ impl Backend for CudaBackend {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (xp, op, d) = (self.ptr(&x.buf), self.ptr(&out.buf), u32_arg("rms_norm", dim)?);
+        let (xp, op, d) = (
+            self.ptr(&x.buf),
+            self.ptr(&out.buf),
+            u32_arg("rms_norm", dim)?,
+        );
         launch!(self, "rms_norm", cfg, &xp, &wp, &d, &eps, &op)
     }
 
-    fn add_bias(&self, x: &mut CudaTensor, bias: &CudaWeight, rows: usize, dim: usize) -> Result<()> {
+    fn add_bias(
+        &self,
+        x: &mut CudaTensor,
+        bias: &CudaWeight,
+        rows: usize,
+        dim: usize,
+    ) -> Result<()> {
         check_len("add_bias", "x", x.len, rows * dim)?;
         let bp = self.dense(bias, "add_bias", dim)?;
-        let (xp, r, d) = (self.ptr(&x.buf), u32_arg("add_bias", rows)?, u32_arg("add_bias", dim)?);
+        let (xp, r, d) = (
+            self.ptr(&x.buf),
+            u32_arg("add_bias", rows)?,
+            u32_arg("add_bias", dim)?,
+        );
         launch!(self, "add_bias", grid(rows * dim, 256), &xp, &bp, &r, &d)
     }
 
     fn add_assign(&self, x: &mut CudaTensor, y: &CudaTensor, n: usize) -> Result<()> {
         check_len("add_assign", "x", x.len, n)?;
         check_len("add_assign", "y", y.len, n)?;
-        let (xp, yp, n32) = (self.ptr(&x.buf), self.ptr(&y.buf), u32_arg("add_assign", n)?);
+        let (xp, yp, n32) = (
+            self.ptr(&x.buf),
+            self.ptr(&y.buf),
+            u32_arg("add_assign", n)?,
+        );
         launch!(self, "add_assign", grid(n, 256), &xp, &yp, &n32)
     }
 
@@ -735,7 +892,11 @@ impl Backend for CudaBackend {
         }
         // Consecutive positions (every prefill chunk and decode step) need no upload.
         let contiguous = positions.windows(2).all(|w| w[1] == w[0].wrapping_add(1));
-        let ids = if contiguous { None } else { Some(self.upload(positions)?) };
+        let ids = if contiguous {
+            None
+        } else {
+            Some(self.upload(positions)?)
+        };
         let pp = ids.as_ref().map_or(0u64, |b| self.ptr(b));
         let theta_scale = p.theta_base.powf(-2.0 / p.n_rot as f32);
         let neox = i32::from(p.style == RopeStyle::Neox);
@@ -748,15 +909,38 @@ impl Backend for CudaBackend {
             u32_arg("rope", p.n_rot)?,
         );
         let n = positions.len() * p.n_heads * p.n_rot / 2;
-        launch!(self, "rope", grid(n, 256), &xp, &pp, &pos0, &rows, &nh, &hd, &nr, &theta_scale, &p.freq_scale, &neox)?;
+        launch!(
+            self,
+            "rope",
+            grid(n, 256),
+            &xp,
+            &pp,
+            &pos0,
+            &rows,
+            &nh,
+            &hd,
+            &nr,
+            &theta_scale,
+            &p.freq_scale,
+            &neox
+        )?;
         drop(ids);
         Ok(())
     }
 
-    fn kv_cache(&self, n_ctx: usize, n_kv_heads: usize, head_dim: usize, ty: KvType) -> Result<CudaKvCache> {
+    fn kv_cache(
+        &self,
+        n_ctx: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        ty: KvType,
+    ) -> Result<CudaKvCache> {
         let width = n_kv_heads * head_dim;
         let row_bytes = ty.row_bytes(width).ok_or_else(|| {
-            shape_err("kv_cache", format!("{width} values per position do not fit {ty:?} blocks"))
+            shape_err(
+                "kv_cache",
+                format!("{width} values per position do not fit {ty:?} blocks"),
+            )
         })?;
         let bytes = n_ctx
             .checked_mul(row_bytes)
@@ -796,13 +980,23 @@ impl Backend for CudaBackend {
             ));
         }
         if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 || p.n_heads / p.n_kv_heads > 8 {
-            return Err(shape_err(op, format!("{} heads over {} KV heads", p.n_heads, p.n_kv_heads)));
+            return Err(shape_err(
+                op,
+                format!("{} heads over {} KV heads", p.n_heads, p.n_kv_heads),
+            ));
         }
         if kv.width != p.n_kv_heads * d {
             return Err(shape_err(op, "cache shape differs from the parameters"));
         }
         if start + rows > kv.n_ctx {
-            return Err(shape_err(op, format!("positions up to {} in a {}-position cache", start + rows, kv.n_ctx)));
+            return Err(shape_err(
+                op,
+                format!(
+                    "positions up to {} in a {}-position cache",
+                    start + rows,
+                    kv.n_ctx
+                ),
+            ));
         }
         check_len(op, "q", q.len, rows * p.n_heads * d)?;
         check_len(op, "k", k.len, rows * kv.width)?;
@@ -821,8 +1015,30 @@ impl Backend for CudaBackend {
         let (kc, vc) = (self.ptr(&kv.k), self.ptr(&kv.v));
         let blocks = rows * kv.width / 32;
         let (kp, vp) = (self.ptr(&k.buf), self.ptr(&v.buf));
-        launch!(self, "kv_store", grid(blocks, 128), &kt, &kp, &rows32, &width32, &kc, &rb32, &start32)?;
-        launch!(self, "kv_store", grid(blocks, 128), &kt, &vp, &rows32, &width32, &vc, &rb32, &start32)?;
+        launch!(
+            self,
+            "kv_store",
+            grid(blocks, 128),
+            &kt,
+            &kp,
+            &rows32,
+            &width32,
+            &kc,
+            &rb32,
+            &start32
+        )?;
+        launch!(
+            self,
+            "kv_store",
+            grid(blocks, 128),
+            &kt,
+            &vp,
+            &rows32,
+            &width32,
+            &vc,
+            &rb32,
+            &start32
+        )?;
 
         // Enough splits to give every SM work, and at most 2048 keys per block.
         let kv_len = start + rows;
@@ -850,7 +1066,10 @@ impl Backend for CudaBackend {
         );
         let softcap = p.softcap.unwrap_or(0.0);
         let name = format!("attn_split_{}_{d}", kv_kernel_name(kv.ty));
-        launch!(self, &name, cfg, &qp, &kc, &vc, &rb32, &nh, &nkv, &start32, &win, &p.scale, &softcap, &chunk32, &accp, &mlp)?;
+        launch!(
+            self, &name, cfg, &qp, &kc, &vc, &rb32, &nh, &nkv, &start32, &win, &p.scale, &softcap,
+            &chunk32, &accp, &mlp
+        )?;
         let merge = LaunchConfig {
             grid_dim: (u32_arg(op, rows * p.n_heads)?, 1, 1),
             block_dim: (d.min(256) as u32, 1, 1),
@@ -876,17 +1095,43 @@ impl Backend for CudaBackend {
         }
         let last = |off: usize, stride: usize| off + (rows - 1) * stride + width;
         check_len("copy_rows", "source", src.len, last(src_off, src_stride))?;
-        check_len("copy_rows", "destination", dst.len, last(dst_off, dst_stride))?;
+        check_len(
+            "copy_rows",
+            "destination",
+            dst.len,
+            last(dst_off, dst_stride),
+        )?;
         let (sp, dp) = (self.ptr(&src.buf), self.ptr(&dst.buf));
-        let (so, ss, do_, ds) = (src_off as u64, src_stride as u64, dst_off as u64, dst_stride as u64);
+        let (so, ss, do_, ds) = (
+            src_off as u64,
+            src_stride as u64,
+            dst_off as u64,
+            dst_stride as u64,
+        );
         let (w, r) = (u32_arg("copy_rows", width)?, u32_arg("copy_rows", rows)?);
-        launch!(self, "copy_rows", grid(rows * width, 256), &sp, &so, &ss, &dp, &do_, &ds, &w, &r)
+        launch!(
+            self,
+            "copy_rows",
+            grid(rows * width, 256),
+            &sp,
+            &so,
+            &ss,
+            &dp,
+            &do_,
+            &ds,
+            &w,
+            &r
+        )
     }
 
     fn sigmoid_mul(&self, x: &mut CudaTensor, gate: &CudaTensor, n: usize) -> Result<()> {
         check_len("sigmoid_mul", "x", x.len, n)?;
         check_len("sigmoid_mul", "gate", gate.len, n)?;
-        let (xp, gp, n32) = (self.ptr(&x.buf), self.ptr(&gate.buf), u32_arg("sigmoid_mul", n)?);
+        let (xp, gp, n32) = (
+            self.ptr(&x.buf),
+            self.ptr(&gate.buf),
+            u32_arg("sigmoid_mul", n)?,
+        );
         launch!(self, "sigmoid_mul", grid(n, 256), &xp, &gp, &n32)
     }
 
@@ -913,7 +1158,12 @@ impl Backend for CudaBackend {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (xp, zp, op_, d) = (self.ptr(&x.buf), self.ptr(&z.buf), self.ptr(&out.buf), u32_arg(op, dim)?);
+        let (xp, zp, op_, d) = (
+            self.ptr(&x.buf),
+            self.ptr(&z.buf),
+            self.ptr(&out.buf),
+            u32_arg(op, dim)?,
+        );
         launch!(self, "rms_norm_gated", cfg, &xp, &wp, &zp, &d, &eps, &op_)
     }
 
@@ -973,7 +1223,17 @@ impl Backend for CudaBackend {
         }
         let (alp, bp) = (self.ptr(&alpha.buf), self.ptr(&beta.buf));
         let (r, n32) = (u32_arg(op, rows)?, u32_arg(op, n)?);
-        launch!(self, "delta_net_gates", grid(rows * n, 256), &alp, &bp, &dtp, &ap, &r, &n32)
+        launch!(
+            self,
+            "delta_net_gates",
+            grid(rows * n, 256),
+            &alp,
+            &bp,
+            &dtp,
+            &ap,
+            &r,
+            &n32
+        )
     }
 
     fn gated_delta_net(
