@@ -305,7 +305,7 @@ impl CudaBackend {
         Ok(self.ptr(slot.as_ref().expect("allocated above")))
     }
 
-    fn dense<'a>(&self, w: &'a CudaWeight, op: &'static str, dim: usize) -> Result<u64> {
+    fn dense(&self, w: &CudaWeight, op: &'static str, dim: usize) -> Result<u64> {
         let d = w
             .dense
             .as_ref()
@@ -420,7 +420,7 @@ impl CudaBackend {
                 format!("{} V-heads over {} K-heads", p.n_v_heads, p.n_k_heads),
             ));
         }
-        if p.head_k_dim % 32 != 0 || p.head_k_dim > 256 {
+        if !p.head_k_dim.is_multiple_of(32) || p.head_k_dim > 256 {
             return Err(shape_err(
                 op,
                 format!("head_k_dim {} (a multiple of 32 up to 256)", p.head_k_dim),
@@ -718,7 +718,7 @@ impl Backend for CudaBackend {
             } else {
                 ("mmv_f32", 1)
             };
-            if k % align != 0 {
+            if !k.is_multiple_of(align) {
                 return Err(shape_err(
                     "matmul",
                     format!("f16 rows of {k} values (even needed)"),
@@ -742,7 +742,7 @@ impl Backend for CudaBackend {
         }
         let (fam, per_unit) = mmv_kernel(w.ty)
             .ok_or_else(|| shape_err("matmul", format!("type {} on CUDA", w.ty)))?;
-        if k % 32 != 0 {
+        if !k.is_multiple_of(32) {
             return Err(shape_err(
                 "matmul",
                 format!("rows of {k} values (multiple of 32 needed)"),
@@ -979,7 +979,10 @@ impl Backend for CudaBackend {
                 format!("head_dim {d} with a {:?} cache (CUDA supports 32, 64, 128, 256; 16 with f16/f32)", kv.ty),
             ));
         }
-        if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 || p.n_heads / p.n_kv_heads > 8 {
+        if p.n_kv_heads == 0
+            || !p.n_heads.is_multiple_of(p.n_kv_heads)
+            || p.n_heads / p.n_kv_heads > 8
+        {
             return Err(shape_err(
                 op,
                 format!("{} heads over {} KV heads", p.n_heads, p.n_kv_heads),
