@@ -1,16 +1,15 @@
 #!/usr/bin/env bash
 # One GPU-machine session (see bench/gpu/README.md): the GPU tests, then Kiln and llama.cpp side by side on
 # the 27B-shaped synthetic Qwen3.6 (Q4_K_M, q4_0 KV). Expects the carried .device/ (binaries, llama.cpp src).
-# Writes logs to $OUT. Usage: bench/gpu/run-device.sh [tests] [bench] [profile]
+# Writes logs to $OUT. Usage: bench/gpu/run-device.sh [tests] [profile] [bench] [memory] [depth] (or all)
 set -uo pipefail
 source bench/gpu/device-env.sh
-want() { [[ " $* " == *" all "* ]] || [[ " $WANT " == *" $1 "* ]]; }
 WANT=" ${*:-all} "
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 sm=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-if [[ $WANT == *" bench "* || $WANT == *" all "* ]]; then
+if [[ $WANT == *" bench "* || $WANT == *" depth "* || $WANT == *" all "* ]]; then
     (bench/gpu/build-llama-cuda.sh .device/llama-src.tar.xz /tmp/llama "$sm" > /tmp/llama-build.log 2>&1
      echo "llama.cpp build exit $?" >> /tmp/llama-build.log) &
 fi
@@ -22,16 +21,37 @@ if [[ $WANT == *" tests "* || $WANT == *" all "* ]]; then
 fi
 M=/tmp/q27.gguf
 [[ -f $M ]] || .device/bin/kiln-agent synth --preset qwen3.6-27b --quant q4_k_m --fast --out $M
-K=(.device/bin/kiln-agent bench --device cuda:0 -m $M --kv-type q4_0)
+K=(.device/bin/kiln-agent bench --device cuda:0 -m $M --kv-type q4_0 --verify-max 5)
+K0=(.device/bin/kiln-agent bench --device cuda:0 -m $M --kv-type q4_0 --verify-max 0)
+L=/tmp/llama/llama.cpp/build/bin/llama-bench
 if [[ $WANT == *" profile "* || $WANT == *" all "* ]]; then
-    KILN_CUDA_PROFILE=1 "${K[@]}" --verify-max 0 --prompt-tokens 0 --gen-tokens 16 --reps 1 > "$OUT/profile-decode.txt" 2>&1
-    KILN_CUDA_PROFILE=1 "${K[@]}" --verify-max 0 --prompt-tokens 512 --gen-tokens 0 --reps 1 > "$OUT/profile-prefill.txt" 2>&1
+    KILN_CUDA_PROFILE=1 "${K0[@]}" --prompt-tokens 0 --gen-tokens 16 --reps 1 > "$OUT/profile-decode.txt" 2>&1
+    KILN_CUDA_PROFILE=1 "${K0[@]}" --prompt-tokens 512 --gen-tokens 0 --reps 1 > "$OUT/profile-prefill.txt" 2>&1
     head -25 "$OUT/profile-decode.txt" | grep -v '^  "'; head -14 "$OUT/profile-prefill.txt" | grep -v '^  "'
 fi
 if [[ $WANT == *" bench "* || $WANT == *" all "* ]]; then
     "${K[@]}" --prompt-tokens 512 --gen-tokens 64 --reps 3 --ctx 4096 | tee "$OUT/kiln-bench.json" | grep -E 'tok_s"'
     wait
     tail -1 /tmp/llama-build.log
-    L=/tmp/llama/llama.cpp/build/bin/llama-bench
     [[ -x $L ]] && $L -m $M -ngl 99 -fa 1 -ctk q4_0 -ctv q4_0 -p 512 -n 64 -r 3 2>&1 | tee "$OUT/llama-bench.txt" | tail -5
+fi
+if [[ $WANT == *" memory "* || $WANT == *" all "* ]]; then
+    # Peak device memory of the 27B at 128K context, q4_0 KV, with the verify-pass snapshots and the MTP
+    # head's cache allocated (bench's verify section), against the plan's prediction.
+    .device/bin/kiln-agent plan --model $M --ctx 131072 --kv-type q4_0 --spec mtp --spec-draft-n-max 3 \
+        --vram 85000000000 > "$OUT/plan-128k.json" 2>&1; grep -E '"(context|total_bytes)"' "$OUT/plan-128k.json"
+    base=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
+    ( peak=0; while sleep 0.1; do u=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
+      (( u > peak )) && peak=$u && echo $peak > /tmp/peak; done ) & poller=$!
+    "${K[@]}" --ctx 131072 --prompt-tokens 512 --gen-tokens 16 --reps 1 | grep -E 'tok_s"'
+    sleep 0.5; kill $poller
+    echo "peak device memory: $(( $(cat /tmp/peak) - base )) MiB above the idle $base MiB"
+fi
+if [[ $WANT == *" depth "* || $WANT == *" all "* ]]; then
+    # Decode speed with the context already holding d tokens (llama-bench -d), both engines.
+    wait  # the llama.cpp build
+    for d in 1024 32768; do
+        "${K0[@]}" --prompt-tokens 0 --depth $d --gen-tokens 32 --reps 1 --ctx $((d + 64)) | grep -E '"decode_tok_s"' | sed "s/^/kiln depth $d: /"
+        [[ -x $L ]] && $L -m $M -ngl 99 -fa 1 -ctk q4_0 -ctv q4_0 -p 0 -n 32 -d $d -r 1 2>&1 | grep tg32 | sed "s/^/llama depth $d: /"
+    done
 fi
