@@ -183,12 +183,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 args.concurrency,
                 async move {
                     tokio::select! {
-                        _ = lost => {
-                            // Say so at once: the controller may take a while to drain its in-flight
-                            // reconciles, and by then another replica can hold the Lease.
-                            metrics::set_leader(false);
-                            tracing::warn!("lost leadership; stopping the controller")
-                        }
+                        _ = lost => tracing::warn!("lost leadership; stopping the controller"),
                         _ = shutdown(stop_rx) => {}
                     }
                 },

@@ -197,6 +197,10 @@ def test_examples_are_inference_services_with_the_spec_fields():
         assert d["apiVersion"] == "kiln.dev/v1alpha1" and d["kind"] == "InferenceService", f
         spec = d["spec"]
         assert re.match(r"^(hf|https|pvc|file)://", spec["model"]["uri"]), f
+        if "preset" in spec and "context" not in spec:
+            # A named golden recipe: the operator fills context, GPU and reasoning from the preset.
+            assert re.match(r"^[a-z0-9][a-z0-9.-]*$", spec["preset"]), f
+            continue
         assert spec["context"]["size"] > 0 and spec["gpu"]["vendor"] in ("amd", "nvidia", "cpu"), f
         assert spec["reasoning"] in ("off", "on"), f
         vendors.add(spec["gpu"]["vendor"])
