@@ -35,6 +35,17 @@ pub(crate) fn shape_err(op: &'static str, reason: impl Into<String>) -> BackendE
     }
 }
 
+/// The shape check every backend op starts with: a buffer holding fewer values than the op needs.
+pub(crate) fn check_len(op: &'static str, what: &str, have: usize, need: usize) -> Result<()> {
+    if have < need {
+        return Err(shape_err(
+            op,
+            format!("{what} holds {have} values, needs {need}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Bytes owned elsewhere (a memory-mapped model file) that a weight views without copying.
 #[derive(Clone)]
 pub struct HostBytes {

@@ -211,16 +211,6 @@ impl CpuBackend {
     }
 }
 
-fn check_len(op: &'static str, what: &str, have: usize, need: usize) -> Result<()> {
-    if have < need {
-        return Err(shape_err(
-            op,
-            format!("{what} holds {have} values, needs {need}"),
-        ));
-    }
-    Ok(())
-}
-
 impl Backend for CpuBackend {
     type Tensor = Vec<f32>;
     type Weight = CpuWeight;

@@ -8,8 +8,8 @@ mod device;
 pub use device::{driver_present, ptx_entries, CudaDevice};
 
 use crate::backend::{
-    shape_err, Activation, AttentionParams, Backend, BackendError, DeltaNetParams, KvType, Result,
-    RopeParams, RopeStyle, WeightSource,
+    check_len, shape_err, Activation, AttentionParams, Backend, BackendError, DeltaNetParams,
+    KvType, Result, RopeParams, RopeStyle, WeightSource,
 };
 use crate::quant::{dequantize_row, GgmlType};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
@@ -83,16 +83,6 @@ pub struct CudaBackend {
     /// Kernel launches so far. Consecutive products of the same activations (q/k/v, gate/up) reuse one
     /// quantization of them: it stays valid only while nothing else has been launched in between.
     launches: std::sync::atomic::AtomicU64,
-}
-
-fn check_len(op: &'static str, what: &str, have: usize, need: usize) -> Result<()> {
-    if have < need {
-        return Err(shape_err(
-            op,
-            format!("{what} holds {have} values, {need} needed"),
-        ));
-    }
-    Ok(())
 }
 
 fn alloc_err(bytes: usize, e: DriverError) -> BackendError {
