@@ -200,6 +200,13 @@ pub fn load(
     node.effective.store(n_ctx, Ordering::SeqCst);
     node.resident
         .store(ladder.footprint_at(n_ctx), Ordering::SeqCst);
+    // Sample again now that the agent's own bytes are known, so the first `/status` that says Ready
+    // already shows them (the watcher's next poll may be up to one interval away).
+    if let Some(src) = source {
+        let gpus = src.sample().context("sampling device memory")?;
+        *node.gpus.lock().unwrap_or_else(|p| p.into_inner()) = gpus.clone();
+        metrics.set_gpus(&gpus);
+    }
     Ok(Core {
         sched,
         tok,
