@@ -1,6 +1,7 @@
 //! kiln-agent: the data plane of Kiln.
 
 pub mod chat;
+pub mod device;
 pub mod engine;
 pub mod fetch;
 pub mod gguf;

@@ -30,16 +30,16 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, parallel=2, queue=8, api_key=None, extra_args=()):
+    def __init__(self, parallel=2, queue=8, api_key=None, extra_args=(), model=MODEL, ctx=2048):
         if not BIN.exists():
             pytest.fail(f"{BIN} is missing: build it with `cargo build --release -p kiln-agent`")
-        if not MODEL.exists():
-            pytest.fail(f"{MODEL} is missing: run scripts/fetch-models.sh")
+        if not Path(model).exists():
+            pytest.fail(f"{model} is missing: run scripts/fetch-models.sh")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_key = api_key
-        args = [str(BIN), "serve", "--model", str(MODEL), "--port", str(self.port),
-                "--ctx", "2048", "--parallel", str(parallel), "--queue", str(queue),
+        args = [str(BIN), "serve", "--model", str(model), "--port", str(self.port),
+                "--ctx", str(ctx), "--parallel", str(parallel), "--queue", str(queue),
                 "--max-body-bytes", "1000000"]
         env = dict(os.environ)
         env.pop("KILN_API_KEY", None)
@@ -51,7 +51,9 @@ class Server:
         deadline = time.time() + 120
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"kiln-agent serve exited with {self.proc.returncode}")
+                self.log.close()
+                log = (TARGET / f"kiln-serve-{self.port}.log").read_text()
+                raise RuntimeError(f"kiln-agent serve exited with {self.proc.returncode}:\n{log}")
             try:
                 if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
                     return

@@ -9,15 +9,6 @@ use kiln_agent::tokenizer::{DecodeOptions, Tokenizer};
 use serde_json::{json, Map, Value};
 use std::io::Write;
 
-/// Speculative decoding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Spec {
-    /// Plain decoding, one token per forward pass.
-    None,
-    /// Draft with the model's MTP head and verify the drafts in one pass.
-    Mtp,
-}
-
 /// Whether the chat template opens a thinking block (models that have one, e.g. Qwen3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Reasoning {
@@ -65,12 +56,8 @@ pub struct GenerateArgs {
     /// Print one JSON object (text, token ids, speeds) instead of streaming text.
     #[arg(long)]
     pub json: bool,
-    /// Speculative decoding: `mtp` drafts with the model's MTP head (qwen35).
-    #[arg(long, value_enum, default_value = "none")]
-    pub spec: Spec,
-    /// Most tokens the MTP head drafts per round (the verify pass runs this many + 1).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
-    pub spec_draft_n_max: u16,
+    #[command(flatten)]
+    pub speculative: super::SpecArgs,
 }
 
 /// The prompt as text, rendered through the chat template when asked.
@@ -154,9 +141,9 @@ fn generate<B: kiln_kernels::backend::Backend + 'static>(
     let mut seq = engine
         .new_sequence(ld.n_ctx, args.model.kv_type)
         .context("allocating the KV cache")?;
-    if args.spec == Spec::Mtp {
+    if let Some(draft_max) = args.speculative.draft_max() {
         engine
-            .enable_speculation(&mut seq, args.spec_draft_n_max as usize)
+            .enable_speculation(&mut seq, draft_max)
             .context("turning on MTP speculative decoding")?;
     }
     let mut sampler = Sampler::new(sampling);

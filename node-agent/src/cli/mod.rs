@@ -14,7 +14,7 @@ use kiln_agent::engine::Engine;
 use kiln_agent::gguf::GgufFile;
 use kiln_kernels::backend::{Backend, KvType};
 use kiln_kernels::cpu::CpuBackend;
-use kiln_kernels::gpu::cuda::CudaBackend;
+use kiln_agent::device::Device;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -24,9 +24,10 @@ pub struct ModelArgs {
     /// GGUF model file.
     #[arg(long, short = 'm', env = "KILN_MODEL")]
     pub model: PathBuf,
-    /// Compute device: `cpu`, or `cuda:N` (NVIDIA GPU N; `cuda` is `cuda:0`).
-    #[arg(long, default_value = "cpu", env = "KILN_DEVICE")]
-    pub device: String,
+    /// Compute device: `auto` (the first NVIDIA GPU if there is one, else the CPU), `cpu`, `cuda:N`
+    /// (NVIDIA GPU N; `cuda` is `cuda:0`), `rocm:N` (AMD GPU N).
+    #[arg(long, default_value = "auto", env = "KILN_DEVICE", value_parser = parse_device)]
+    pub device: Device,
     /// CPU threads (default: all available cores).
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
@@ -38,8 +39,38 @@ pub struct ModelArgs {
     pub kv_type: KvType,
 }
 
+/// Speculative decoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Spec {
+    /// Plain decoding, one token per forward pass.
+    None,
+    /// Draft with the model's MTP head and verify the drafts in one pass.
+    Mtp,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SpecArgs {
+    /// Speculative decoding: `mtp` drafts with the model's MTP head (qwen35).
+    #[arg(long, value_enum, default_value = "none")]
+    pub spec: Spec,
+    /// Most tokens the MTP head drafts per round (the verify pass runs this many + 1).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub spec_draft_n_max: u16,
+}
+
+impl SpecArgs {
+    /// The draft max when speculation is on.
+    pub fn draft_max(&self) -> Option<usize> {
+        (self.spec == Spec::Mtp).then_some(self.spec_draft_n_max as usize)
+    }
+}
+
 pub fn parse_kv_type(s: &str) -> std::result::Result<KvType, String> {
     KvType::parse(s).ok_or_else(|| format!("unknown KV type `{s}` (f32, f16, q8_0, q4_0)"))
+}
+
+pub fn parse_device(s: &str) -> std::result::Result<Device, String> {
+    s.parse().map_err(|e: anyhow::Error| e.to_string())
 }
 
 pub fn default_threads() -> usize {
@@ -53,25 +84,6 @@ pub struct Loaded<B: Backend = CpuBackend> {
     pub threads: usize,
 }
 
-/// Where the model runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Device {
-    Cpu,
-    Cuda(usize),
-}
-
-pub fn parse_device(s: &str) -> Result<Device> {
-    match s.split_once(':') {
-        None if s == "cpu" => Ok(Device::Cpu),
-        None if s == "cuda" => Ok(Device::Cuda(0)),
-        Some(("cuda", n)) => n
-            .parse()
-            .map(Device::Cuda)
-            .map_err(|_| anyhow::anyhow!("bad CUDA device index in `{s}` (expected cuda:N)")),
-        _ => anyhow::bail!("unknown device `{s}` (cpu, cuda, cuda:N)"),
-    }
-}
-
 /// A subcommand body that runs on whichever backend `--device` names.
 pub trait OnBackend {
     fn run<B: Backend + 'static>(self, ld: Loaded<B>) -> Result<()>;
@@ -80,25 +92,15 @@ pub trait OnBackend {
 impl ModelArgs {
     /// Loads the model on the device `--device` names and runs `job` with it.
     pub fn run_on(&self, job: impl OnBackend) -> Result<()> {
-        match parse_device(&self.device)? {
-            Device::Cpu => job.run(self.load()?),
-            Device::Cuda(i) => {
-                let backend = CudaBackend::new(i).context("opening the CUDA device")?;
-                job.run(self.load_on(Arc::new(backend))?)
+        struct LoadThenRun<'a, J>(&'a ModelArgs, J);
+        impl<J: OnBackend> kiln_agent::device::OnBackend for LoadThenRun<'_, J> {
+            type Output = ();
+            fn run<B: Backend + 'static>(self, backend: Arc<B>, _: Device) -> Result<()> {
+                self.1.run(self.0.load_on(backend)?)
             }
         }
-    }
-
-    /// Loads the model on the CPU (`--device` must say cpu).
-    pub fn load(&self) -> Result<Loaded> {
-        if parse_device(&self.device)? != Device::Cpu {
-            anyhow::bail!(
-                "device `{}` is not available for this command yet (supported: cpu)",
-                self.device
-            );
-        }
-        let threads = self.threads.unwrap_or_else(default_threads).clamp(1, 1024);
-        self.load_on(Arc::new(CpuBackend::new(threads)))
+        let threads = self.threads.unwrap_or_else(default_threads);
+        kiln_agent::device::run_on(self.device, threads, LoadThenRun(self, job))
     }
 
     pub fn load_on<B: Backend + 'static>(&self, backend: Arc<B>) -> Result<Loaded<B>> {

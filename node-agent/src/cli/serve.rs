@@ -13,6 +13,8 @@ use std::time::Duration;
 pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub speculative: super::SpecArgs,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1", env = "KILN_HOST")]
     pub host: String,
@@ -84,12 +86,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    if args.model.device != "cpu" {
-        anyhow::bail!(
-            "device `{}` is not available in this build (supported: cpu)",
-            args.model.device
-        );
-    }
     if args.parallel == 0 || args.parallel > 256 {
         anyhow::bail!("--parallel must be between 1 and 256");
     }
@@ -104,6 +100,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     let cfg = ServeConfig {
         model: args.model.model.clone(),
+        device: args.model.device,
+        draft_max: args.speculative.draft_max(),
         alias: args.alias,
         threads: args.model.threads.unwrap_or_else(super::default_threads),
         ctx: args.model.ctx,

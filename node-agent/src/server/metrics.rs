@@ -14,6 +14,8 @@ pub struct Metrics {
     pub prompt_tokens: IntCounter,
     pub cached_tokens: IntCounter,
     pub generated_tokens: IntCounter,
+    pub spec_drafted: IntCounter,
+    pub spec_accepted: IntCounter,
     pub prefill_seconds: Counter,
     pub decode_seconds: Counter,
     pub prefill_tps: Gauge,
@@ -60,6 +62,14 @@ impl Metrics {
             generated_tokens: reg!(IntCounter::new(
                 "kiln_generated_tokens_total",
                 "Tokens generated (tokens out)"
+            )),
+            spec_drafted: reg!(IntCounter::new(
+                "kiln_spec_drafted_tokens_total",
+                "Tokens the MTP head drafted for speculative decoding"
+            )),
+            spec_accepted: reg!(IntCounter::new(
+                "kiln_spec_accepted_tokens_total",
+                "Drafted tokens the main model accepted"
             )),
             prefill_seconds: reg!(Counter::new(
                 "kiln_prefill_seconds_total",

@@ -28,8 +28,8 @@ use crate::model::ModelInfo;
 use crate::plan::{self, ModelFacts, PlanOptions};
 use crate::tokenizer::Tokenizer;
 use anyhow::Context;
-use kiln_kernels::backend::KvType;
-use kiln_kernels::cpu::CpuBackend;
+use crate::device::{Device, OnBackend};
+use kiln_kernels::backend::{Backend, KvType};
 use metrics::Metrics;
 use scheduler::{Scheduler, SchedulerConfig};
 use status::NodeState;
@@ -42,6 +42,10 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
     pub model: PathBuf,
+    /// Where the model runs (`auto` picks a GPU when there is one).
+    pub device: Device,
+    /// MTP speculative decoding with up to this many drafts per round (None: off).
+    pub draft_max: Option<usize>,
     /// The id `/v1/models` reports and requests may name (default: the file name without `.gguf`).
     pub alias: Option<String>,
     pub threads: usize,
@@ -120,9 +124,37 @@ pub fn load(
     node: &NodeState,
     source: Option<&dyn MemorySource>,
 ) -> anyhow::Result<Core> {
+    struct LoadOn<'a> {
+        cfg: &'a ServeConfig,
+        metrics: Arc<Metrics>,
+        node: &'a NodeState,
+        source: Option<&'a dyn MemorySource>,
+    }
+    impl OnBackend for LoadOn<'_> {
+        type Output = Core;
+        fn run<B: Backend + 'static>(self, backend: Arc<B>, device: Device) -> anyhow::Result<Core> {
+            *self.node.device.lock().unwrap_or_else(|p| p.into_inner()) = Some(device.to_string());
+            load_on(self.cfg, backend, self.metrics, self.node, self.source)
+        }
+    }
+    let job = LoadOn {
+        cfg,
+        metrics,
+        node,
+        source,
+    };
+    crate::device::run_on(cfg.device, cfg.threads, job)
+}
+
+fn load_on<B: Backend + 'static>(
+    cfg: &ServeConfig,
+    backend: Arc<B>,
+    metrics: Arc<Metrics>,
+    node: &NodeState,
+    source: Option<&dyn MemorySource>,
+) -> anyhow::Result<Core> {
     let file =
         GgufFile::open(&cfg.model).with_context(|| format!("loading {}", cfg.model.display()))?;
-    let backend = Arc::new(CpuBackend::new(cfg.threads.clamp(1, 1024)));
     let model = crate::model::load(&file, backend.clone())
         .with_context(|| format!("loading {}", cfg.model.display()))?;
     let info = model.info().clone();
@@ -145,7 +177,7 @@ pub fn load(
         ctx: Some(requested),
         ctx_min: cfg.ctx_min.clamp(16, requested),
         kv_type: cfg.kv_type,
-        mtp_draft_max: None,
+        mtp_draft_max: cfg.draft_max,
         parallel: cfg.parallel,
         ubatch: scheduler::PREFILL_CHUNK,
         // The engine keeps no recurrent-state checkpoints on the device yet.
@@ -188,6 +220,7 @@ pub fn load(
             contexts,
             kv_type: cfg.kv_type,
             queue: cfg.queue,
+            draft_max: cfg.draft_max,
         },
         metrics.clone(),
     )?;

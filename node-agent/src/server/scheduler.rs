@@ -82,6 +82,8 @@ pub struct SchedulerConfig {
     pub contexts: Vec<usize>,
     pub kv_type: KvType,
     pub queue: usize,
+    /// MTP speculative decoding with up to this many drafts per round (None: off).
+    pub draft_max: Option<usize>,
 }
 
 /// The handle the HTTP side holds.
@@ -136,10 +138,17 @@ impl Scheduler {
         let (eng_ctx, eng_resize, eng_resizing) = (n_ctx.clone(), resize.clone(), resizing.clone());
         let contexts = cfg.contexts.clone();
         let kv_type = cfg.kv_type;
+        let draft_max = cfg.draft_max;
+        if draft_max.is_some() && engine.model.draft_head().is_none() {
+            anyhow::bail!(
+                "--spec mtp: the {} model has no MTP head to draft with",
+                engine.model.info().arch
+            );
+        }
         std::thread::Builder::new()
             .name("kiln-engine".into())
             .spawn(move || {
-                let (mut slots, ctx) = match allocate(&engine, parallel, &contexts, kv_type) {
+                let (mut slots, ctx) = match allocate(&engine, parallel, &contexts, kv_type, draft_max) {
                     Ok(x) => x,
                     Err(e) => {
                         let _ = init_tx.send(Err(e));
@@ -164,6 +173,7 @@ impl Scheduler {
                     metrics: m,
                     clock: 0,
                     kv_type,
+                    draft_max,
                     parallel,
                     n_ctx: eng_ctx,
                     resize_ctl: eng_resize,
@@ -251,12 +261,20 @@ fn allocate<B: Backend>(
     parallel: usize,
     contexts: &[usize],
     kv_type: KvType,
+    draft_max: Option<usize>,
 ) -> Result<(Vec<Slot<B>>, usize), String> {
+    let new_slot = |ctx: usize| {
+        let mut seq = engine.new_sequence(ctx, kv_type)?;
+        if let Some(n) = draft_max {
+            engine.enable_speculation(&mut seq, n)?;
+        }
+        Ok::<_, crate::model::ModelError>(seq)
+    };
     let mut last = String::from("no context to try");
     for &ctx in contexts {
         let mut slots = Vec::with_capacity(parallel);
         for _ in 0..parallel {
-            match engine.new_sequence(ctx, kv_type) {
+            match new_slot(ctx) {
                 Ok(seq) => slots.push(Slot {
                     seq,
                     active: None,
@@ -312,6 +330,7 @@ struct EngineLoop<B: Backend> {
     metrics: Arc<Metrics>,
     clock: u64,
     kv_type: KvType,
+    draft_max: Option<usize>,
     parallel: usize,
     n_ctx: Arc<AtomicUsize>,
     resize_ctl: Arc<Mutex<Option<ResizeRequest>>>,
@@ -445,7 +464,13 @@ impl<B: Backend> EngineLoop<B> {
         if !contexts.contains(&old) {
             contexts.push(old);
         }
-        let result = match allocate(&self.engine, self.parallel, &contexts, self.kv_type) {
+        let result = match allocate(
+            &self.engine,
+            self.parallel,
+            &contexts,
+            self.kv_type,
+            self.draft_max,
+        ) {
             Ok((slots, ctx)) => {
                 self.slots = slots;
                 self.n_ctx.store(ctx, Ordering::SeqCst);
@@ -570,6 +595,9 @@ impl<B: Backend> EngineLoop<B> {
                     Err(e) => return fail(slot, format!("prefill failed: {e}")),
                 }
             }
+            Phase::Decode { next } if slot.seq.draft.is_some() && a.job.json.is_none() => {
+                return self.step_speculative(i, next);
+            }
             Phase::Decode { next } => match engine.decode(&mut slot.seq, next) {
                 Ok(l) => {
                     a.decode_ms += t.elapsed().as_secs_f64() * 1000.0;
@@ -588,33 +616,95 @@ impl<B: Backend> EngineLoop<B> {
             &self.tok,
             &a.job.json,
         );
-        if a.generated == 0 {
-            self.metrics
-                .ttft
-                .observe(a.job.received.elapsed().as_secs_f64());
-        }
-        if self.tok.is_eog(token) {
-            return finish(a, Finish::Stop, &self.metrics);
-        }
-        a.generated += 1;
-        self.metrics.generated_tokens.inc();
-        let piece = a.detok.push(token);
-        if let Some(js) = a.job.json.as_mut() {
-            js.feed(self.tok.token_to_piece(token));
-        }
-        let (text, stopped) = a.stop.push(&piece);
-        if !text.is_empty() {
-            let _ = a.job.events.send(Event::Text(text));
-        }
-        if stopped || a.job.json.as_ref().is_some_and(|j| j.done()) {
-            return finish(a, Finish::Stop, &self.metrics);
-        }
-        if a.generated >= a.job.max_tokens || slot.seq.tokens.len() >= n_ctx {
-            return finish(a, Finish::Length, &self.metrics);
+        let fed = slot.seq.tokens.len();
+        if let Some(reason) = take_token(a, token, fed, n_ctx, &self.tok, &self.metrics) {
+            return finish(a, reason, &self.metrics);
         }
         a.phase = Phase::Decode { next: token };
         Outcome::Continue
     }
+
+    /// One speculative round for slot `i`: the MTP head drafts up to `draft_max` tokens after `next`,
+    /// one main-model pass verifies them, and every token it emits goes out like a decoded one.
+    fn step_speculative(&mut self, i: usize, next: u32) -> Outcome {
+        let engine = &self.engine;
+        let slot = &mut self.slots[i];
+        let n_ctx = slot.seq.n_ctx();
+        let a = slot.active.as_mut().expect("active slot");
+        let draft_max = slot.seq.draft.as_ref().map_or(0, |d| d.draft_max);
+        // The verify pass feeds `next` and the drafts; the last emitted token is never fed.
+        let room = n_ctx.saturating_sub(slot.seq.tokens.len() + 1);
+        let may_emit = a.job.max_tokens.saturating_sub(a.generated);
+        let n = draft_max.min(room).min(may_emit.saturating_sub(1));
+        let t = Instant::now();
+        let drafts = match engine.draft(&mut slot.seq, next, n) {
+            Ok(d) => d,
+            Err(e) => return fail(slot, format!("drafting failed: {e}")),
+        };
+        // The sampler is lent to the verify pass while the closure below owns the rest of `a`.
+        let mut sampler = std::mem::replace(&mut a.sampler, Sampler::new(Default::default()));
+        let mut reason = None;
+        let mut fed = slot.seq.tokens.len();
+        let (tok, metrics) = (&self.tok, &self.metrics);
+        let verified = engine.verify(&mut slot.seq, next, &drafts, &mut sampler, &mut |token| {
+            fed += 1;
+            reason = take_token(a, token, fed, n_ctx, tok, metrics);
+            reason.is_none()
+        });
+        a.sampler = sampler;
+        let emitted = match verified {
+            Ok(e) => e,
+            Err(e) => return fail(slot, format!("verify failed: {e}")),
+        };
+        a.decode_ms += t.elapsed().as_secs_f64() * 1000.0;
+        let accepted = drafts.iter().zip(&emitted).take_while(|(d, e)| d == e).count();
+        self.metrics.spec_drafted.inc_by(drafts.len() as u64);
+        self.metrics.spec_accepted.inc_by(accepted as u64);
+        if let Some(reason) = reason {
+            return finish(a, reason, &self.metrics);
+        }
+        let Some(&last) = emitted.last() else {
+            return fail(slot, "a verify pass emitted no token".into());
+        };
+        a.phase = Phase::Decode { next: last };
+        Outcome::Continue
+    }
+}
+
+/// Sends one sampled token on its way (detokenized, through the stop strings and the JSON state) and
+/// says whether generation ends with it. `fed` counts the tokens in the cache before it: a token that
+/// would not fit the context ends generation with Length.
+fn take_token(
+    a: &mut Active,
+    token: u32,
+    fed: usize,
+    n_ctx: usize,
+    tok: &Tokenizer,
+    metrics: &Metrics,
+) -> Option<Finish> {
+    if a.generated == 0 {
+        metrics.ttft.observe(a.job.received.elapsed().as_secs_f64());
+    }
+    if tok.is_eog(token) {
+        return Some(Finish::Stop);
+    }
+    a.generated += 1;
+    metrics.generated_tokens.inc();
+    let piece = a.detok.push(token);
+    if let Some(js) = a.job.json.as_mut() {
+        js.feed(tok.token_to_piece(token));
+    }
+    let (text, stopped) = a.stop.push(&piece);
+    if !text.is_empty() {
+        let _ = a.job.events.send(Event::Text(text));
+    }
+    if stopped || a.job.json.as_ref().is_some_and(|j| j.done()) {
+        return Some(Finish::Stop);
+    }
+    if a.generated >= a.job.max_tokens || fed >= n_ctx {
+        return Some(Finish::Length);
+    }
+    None
 }
 
 fn fail<B: Backend>(slot: &mut Slot<B>, message: String) -> Outcome {

@@ -26,6 +26,8 @@ pub struct NodeState {
     /// `sysfs:/`, `nvml`, `fake:FILE`, or None when nothing is watched.
     pub source: Mutex<Option<String>>,
     pub auto_downsize: AtomicBool,
+    /// The device the engine runs on (`cpu`, `cuda:0`), once loaded.
+    pub device: Mutex<Option<String>>,
     /// The last resize, for people reading the status.
     pub message: Mutex<Option<String>>,
 }
@@ -77,6 +79,7 @@ pub async fn status(State(st): State<Arc<AppState>>) -> Json<Value> {
     let mut out = json!({
         "phase": phase,
         "model": st.model_id,
+        "device": node.device.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         "gpus": gpus,
         "memory": {
             "source": node.source.lock().unwrap_or_else(|p| p.into_inner()).clone(),
