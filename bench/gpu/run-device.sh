@@ -47,6 +47,27 @@ if [[ $WANT == *" memory "* || $WANT == *" all "* ]]; then
     sleep 0.5; kill $poller
     echo "peak device memory: $(( $(cat /tmp/peak) - base )) MiB above the idle $base MiB"
 fi
+if [[ $WANT == *" serve "* || $WANT == *" all "* ]]; then
+    # kiln-agent serve on the GPU: the API tests that need no downloaded model (MTP speculation identical to
+    # plain decoding, downsizing under load), the real-driver downsize check, and the decode speed a client
+    # sees on the 27B shape. Left out: the model-less refusal test, promtool (not carried), and the drain
+    # test, which needs SmolLM2's long greedy count to outlast a 3 s drain (the tiny model stops sooner).
+    python3 -c 'import openai, pytest, httpx' 2>/dev/null ||
+        python3 -m pip install -q --no-index --find-links .device/wheels openai pytest httpx
+    mkdir -p /tmp/kt
+    KILN_DEVICE=cuda:0 KILN_TEST_MODEL=$PWD/tests/models/qwen35-tiny-q8_0.gguf KILN_AGENT_BIN=$PWD/.device/bin/kiln-agent \
+        CARGO_TARGET_DIR=/tmp/kt timeout 300 python3 -m pytest tests/api/test_speculative.py tests/api/test_downsize.py \
+        -q -k "not without_an_mtp_head and not promtool and not drain_queues" > "$OUT/api-gpu.txt" 2>&1
+    echo "API tests on cuda:0 exit $?"; tail -3 "$OUT/api-gpu.txt"; grep -h "model loaded" /tmp/kt/kiln-serve-*.log | head -2
+    KILN_AGENT_BIN=.device/bin/kiln-agent timeout 120 tests/gpu/downsize.sh > "$OUT/downsize.txt" 2>&1
+    echo "downsize.sh exit $?"; grep -vE "^#|^ *$" "$OUT/downsize.txt" | tail -25
+    .device/bin/kiln-agent serve --device cuda:0 -m $M --ctx 4096 --kv-type q4_0 --alias x --port 8090 \
+        > "$OUT/serve-27b.log" 2>&1 & sp=$!
+    for _ in $(seq 1 600); do curl -sf localhost:8090/readyz >/dev/null && break; sleep 0.2; done
+    python3 bench/gpu/serve_speed.py http://127.0.0.1:8090 3 64
+    "${K0[@]}" --prompt-tokens 32 --gen-tokens 64 --reps 3 --ctx 4096 | grep -E '"decode_tok_s"' | sed 's/^/bench: /'
+    kill $sp; wait $sp
+fi
 if [[ $WANT == *" depth "* || $WANT == *" all "* ]]; then
     # Decode speed with the context already holding d tokens (llama-bench -d), both engines.
     wait  # the llama.cpp build

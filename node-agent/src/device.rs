@@ -24,8 +24,9 @@ impl std::str::FromStr for Device {
 
     fn from_str(s: &str) -> Result<Device> {
         let index = |kind: &str, n: &str| -> Result<usize> {
-            n.parse()
-                .map_err(|_| anyhow::anyhow!("bad {kind} device index in `{s}` (expected {kind}:N)"))
+            n.parse().map_err(|_| {
+                anyhow::anyhow!("bad {kind} device index in `{s}` (expected {kind}:N)")
+            })
         };
         match s.split_once(':') {
             None if s == "auto" => Ok(Device::Auto),

@@ -10,11 +10,11 @@ pub mod synth;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use kiln_agent::device::Device;
 use kiln_agent::engine::Engine;
 use kiln_agent::gguf::GgufFile;
 use kiln_kernels::backend::{Backend, KvType};
 use kiln_kernels::cpu::CpuBackend;
-use kiln_agent::device::Device;
 use std::path::PathBuf;
 use std::sync::Arc;
 

@@ -20,6 +20,7 @@ pub mod tools;
 pub mod types;
 
 use crate::chat::ChatTemplate;
+use crate::device::{Device, OnBackend};
 use crate::engine::Engine;
 use crate::gguf::GgufFile;
 use crate::gpu::vram::MemorySource;
@@ -28,7 +29,6 @@ use crate::model::ModelInfo;
 use crate::plan::{self, ModelFacts, PlanOptions};
 use crate::tokenizer::Tokenizer;
 use anyhow::Context;
-use crate::device::{Device, OnBackend};
 use kiln_kernels::backend::{Backend, KvType};
 use metrics::Metrics;
 use scheduler::{Scheduler, SchedulerConfig};
@@ -132,7 +132,11 @@ pub fn load(
     }
     impl OnBackend for LoadOn<'_> {
         type Output = Core;
-        fn run<B: Backend + 'static>(self, backend: Arc<B>, device: Device) -> anyhow::Result<Core> {
+        fn run<B: Backend + 'static>(
+            self,
+            backend: Arc<B>,
+            device: Device,
+        ) -> anyhow::Result<Core> {
             *self.node.device.lock().unwrap_or_else(|p| p.into_inner()) = Some(device.to_string());
             load_on(self.cfg, backend, self.metrics, self.node, self.source)
         }
@@ -335,8 +339,14 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         match loaded {
             Ok((Ok(core), source)) => {
                 tracing::info!(
-                    "model loaded in {:.1}s: {} slot(s) x {} tokens of context",
+                    "model loaded in {:.1}s on {}: {} slot(s) x {} tokens of context",
                     t0.elapsed().as_secs_f64(),
+                    st.node
+                        .device
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .as_deref()
+                        .unwrap_or("?"),
                     core.sched.parallel,
                     core.sched.n_ctx()
                 );
@@ -383,6 +393,9 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     tokio::select! {
         r = server => r.context("serving")?,
         _ = deadline => tracing::warn!("shutdown deadline of {grace:?} passed with requests still in flight"),
+    }
+    if let Some(core) = state.core.get() {
+        core.sched.stop(Duration::from_secs(10));
     }
     tracing::info!("stopped");
     Ok(())

@@ -89,6 +89,9 @@ pub struct SchedulerConfig {
 /// The handle the HTTP side holds.
 pub struct Scheduler {
     tx: SyncSender<Job>,
+    /// Asks the engine thread to end what runs and exit (see [`Scheduler::stop`]).
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     n_ctx: Arc<AtomicUsize>,
     pub parallel: usize,
     metrics: Arc<Metrics>,
@@ -136,6 +139,8 @@ impl Scheduler {
         let resize = Arc::new(Mutex::new(None::<ResizeRequest>));
         let resizing = Arc::new(AtomicBool::new(false));
         let (eng_ctx, eng_resize, eng_resizing) = (n_ctx.clone(), resize.clone(), resizing.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let eng_stop = stop.clone();
         let contexts = cfg.contexts.clone();
         let kv_type = cfg.kv_type;
         let draft_max = cfg.draft_max;
@@ -145,16 +150,17 @@ impl Scheduler {
                 engine.model.info().arch
             );
         }
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("kiln-engine".into())
             .spawn(move || {
-                let (mut slots, ctx) = match allocate(&engine, parallel, &contexts, kv_type, draft_max) {
-                    Ok(x) => x,
-                    Err(e) => {
-                        let _ = init_tx.send(Err(e));
-                        return;
-                    }
-                };
+                let (mut slots, ctx) =
+                    match allocate(&engine, parallel, &contexts, kv_type, draft_max) {
+                        Ok(x) => x,
+                        Err(e) => {
+                            let _ = init_tx.send(Err(e));
+                            return;
+                        }
+                    };
                 eng_ctx.store(ctx, Ordering::SeqCst);
                 let _ = init_tx.send(Ok(()));
                 // Warm-up: one token through the model, so the first request does not pay for page
@@ -179,6 +185,7 @@ impl Scheduler {
                     resize_ctl: eng_resize,
                     resizing: eng_resizing,
                     pending: None,
+                    stop: eng_stop,
                 }
                 .run(rx);
             })?;
@@ -190,6 +197,8 @@ impl Scheduler {
         metrics.slots_total.set(parallel as i64);
         Ok(Scheduler {
             tx,
+            stop,
+            thread: Mutex::new(Some(thread)),
             n_ctx,
             parallel,
             metrics,
@@ -201,6 +210,25 @@ impl Scheduler {
 
     pub fn ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Ends the requests still running (retryable 503) and waits up to `timeout` for the engine thread
+    /// to exit, so the model and its device memory are released by that thread before the process ends
+    /// (a GPU runtime torn down at exit under a thread still using it crashes the process).
+    pub fn stop(&self, timeout: Duration) {
+        self.stop.store(true, Ordering::SeqCst);
+        let Some(handle) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let deadline = Instant::now() + timeout;
+        while !handle.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if handle.is_finished() {
+            let _ = handle.join();
+        } else {
+            tracing::warn!("the engine thread did not stop within {timeout:?}");
+        }
     }
 
     /// The context every slot has now.
@@ -337,6 +365,7 @@ struct EngineLoop<B: Backend> {
     resizing: Arc<AtomicBool>,
     /// The resize being carried out, with its drain deadline.
     pending: Option<(ResizeRequest, Instant)>,
+    stop: Arc<AtomicBool>,
 }
 
 /// How long the idle engine waits for a job before looking at the resize control again.
@@ -368,6 +397,16 @@ impl<B: Backend> EngineLoop<B> {
     fn run(mut self, rx: Receiver<Job>) {
         let mut disconnected = false;
         loop {
+            if self.stop.load(Ordering::SeqCst) {
+                for slot in &mut self.slots {
+                    if let Some(a) = slot.active.take() {
+                        let _ = a.job.events.send(Event::Unavailable(
+                            "The server is shutting down. Retry the request.".into(),
+                        ));
+                    }
+                }
+                return;
+            }
             self.take_resize();
             // Admit as many queued jobs as there are free slots; during a resize none (they wait in
             // the queue).
@@ -657,7 +696,11 @@ impl<B: Backend> EngineLoop<B> {
             Err(e) => return fail(slot, format!("verify failed: {e}")),
         };
         a.decode_ms += t.elapsed().as_secs_f64() * 1000.0;
-        let accepted = drafts.iter().zip(&emitted).take_while(|(d, e)| d == e).count();
+        let accepted = drafts
+            .iter()
+            .zip(&emitted)
+            .take_while(|(d, e)| d == e)
+            .count();
         self.metrics.spec_drafted.inc_by(drafts.len() as u64);
         self.metrics.spec_accepted.inc_by(accepted as u64);
         if let Some(reason) = reason {

@@ -488,6 +488,16 @@ fn mmv_kernel(ty: GgmlType) -> Option<(&'static str, usize)> {
     })
 }
 
+/// Batches up to this many rows (a decode step, a speculative verify pass of up to 16 drafts + 1) split
+/// attention the same way.
+const INVARIANT_ROWS: usize = 17;
+
+/// Keys per attention split for a cache of `n_ctx` positions: 16 for small caches (many blocks for short
+/// contexts), growing so that even a full cache needs at most 1024 splits (bounded merge scratch).
+fn attention_chunk(n_ctx: usize) -> usize {
+    n_ctx.div_ceil(1024).next_power_of_two().clamp(16, 2048)
+}
+
 fn kv_kernel_name(ty: KvType) -> &'static str {
     match ty {
         KvType::F32 => "f32",
@@ -1033,13 +1043,21 @@ impl Backend for CudaBackend {
             &start32
         )?;
 
-        // Enough splits to give every SM work, and at most 2048 keys per block.
         let kv_len = start + rows;
-        let by_parallelism = (2 * self.sm_count).div_ceil(rows * p.n_kv_heads);
-        let n_splits = by_parallelism
-            .max(kv_len.div_ceil(2048))
-            .clamp(1, kv_len.div_ceil(16).max(1));
-        let chunk = kv_len.div_ceil(n_splits);
+        let chunk = if rows <= INVARIANT_ROWS {
+            // Decode and verify batches: splits of a fixed size that depends only on the cache's
+            // capacity, never on the batch or the position. Each row then sums the same keys in the same
+            // order whether it runs alone or in a verify batch, so speculative decoding gives exactly the
+            // tokens plain decoding gives. (Splits past a row's last key are empty: exact zeros.)
+            attention_chunk(kv.n_ctx)
+        } else {
+            // Prefill: enough splits to give every SM work, at most 2048 keys per block.
+            let by_parallelism = (2 * self.sm_count).div_ceil(rows * p.n_kv_heads);
+            let n_splits = by_parallelism
+                .max(kv_len.div_ceil(2048))
+                .clamp(1, kv_len.div_ceil(16).max(1));
+            kv_len.div_ceil(n_splits)
+        };
         let n_splits = kv_len.div_ceil(chunk);
         let parts = rows * p.n_heads * n_splits;
         let mut s = self.lock_scratch();
