@@ -346,7 +346,7 @@ async fn editing_the_spec_rolls_the_deployment_and_reports_drift() {
     })
     .await;
     assert!(
-        args(&d).contains("--ctx 2048 --kv-type f16 --spec none --reasoning off --parallel 1"),
+        args(&d).contains("--ctx 2048 --kv-type f16 --reasoning off --parallel 1"),
         "{}",
         args(&d)
     );

@@ -111,12 +111,16 @@ pub fn serve_args(resolved: &Resolved, model_path: &str) -> Vec<String> {
         resolved.context_size.to_string(),
         "--kv-type".to_string(),
         resolved.kv_cache_type.as_str().to_string(),
-        "--spec".to_string(),
-        resolved.speculative.as_str().to_string(),
     ];
+    // Plain decoding is the agent's default: no speculation flags then (`kiln-agent serve` of this tree
+    // does not take `--spec` yet, and a pod must not fail on a flag that asks for the default).
     if resolved.speculative != SpeculativeType::None {
-        args.push("--spec-draft-n-max".to_string());
-        args.push(resolved.draft_max.to_string());
+        args.extend([
+            "--spec".to_string(),
+            resolved.speculative.as_str().to_string(),
+            "--spec-draft-n-max".to_string(),
+            resolved.draft_max.to_string(),
+        ]);
     }
     args.extend([
         "--reasoning".to_string(),
@@ -464,6 +468,21 @@ mod tests {
             !args.contains("--ctx-min") && !args.contains("--auto-downsize"),
             "{args}"
         );
+    }
+
+    #[test]
+    fn speculation_flags_only_when_speculating() {
+        let plain: kiln_crds::InferenceServiceSpec =
+            serde_json::from_value(serde_json::json!({"model": {"uri": "file:///m.gguf"}}))
+                .unwrap();
+        let args = serve_args(&crate::resolve::resolve(&plain).unwrap(), "/m.gguf").join(" ");
+        assert!(!args.contains("--spec"), "{args}");
+        let mtp: kiln_crds::InferenceServiceSpec = serde_json::from_value(serde_json::json!({
+            "model": {"uri": "file:///m.gguf"}, "speculative": {"type": "mtp", "draftMax": 2}
+        }))
+        .unwrap();
+        let args = serve_args(&crate::resolve::resolve(&mtp).unwrap(), "/m.gguf").join(" ");
+        assert!(args.contains(" --spec mtp --spec-draft-n-max 2 "), "{args}");
     }
 
     #[test]
