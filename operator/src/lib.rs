@@ -8,6 +8,7 @@ pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod presets;
+pub mod quantity;
 pub mod resolve;
 pub mod status;
 pub mod telemetry;

@@ -78,6 +78,15 @@ struct RunArgs {
     /// This replica's identity in the Lease (default: the pod name, else host name and process id).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Seconds a standby waits, after the Lease last changed, before it takes over.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_s: u64,
+    /// Seconds the leader keeps reconciling without a successful renewal (less than the lease duration).
+    #[arg(long, default_value_t = 10)]
+    renew_deadline_s: u64,
+    /// Seconds between attempts to take or renew the Lease (less than the renew deadline).
+    #[arg(long, default_value_t = 2)]
+    retry_period_s: u64,
 }
 
 fn main() {
@@ -110,6 +119,13 @@ fn default_identity() -> String {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Checked before anything connects: a bad setting is a start-up error, not a later surprise.
+    let timing = leader::Timing::new(
+        args.lease_duration_s,
+        args.renew_deadline_s,
+        args.retry_period_s,
+    )
+    .map_err(anyhow::Error::msg)?;
     let client = Client::try_default()
         .await
         .context("connecting to Kubernetes (KUBECONFIG or in-cluster service account)")?;
@@ -169,31 +185,32 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             name: args.lease_name.clone(),
             identity,
         };
+        let mut elector = leader::Elector::new(&client, &lease, timing);
         while !*shutdown_rx.borrow() {
-            let held = tokio::select! {
-                held = leader::acquire(&client, &lease) => held,
+            tokio::select! {
+                _ = elector.acquire() => {}
                 _ = shutdown(shutdown_rx.clone()) => break,
-            };
+            }
             metrics::set_leader(true);
-            let stop_rx = shutdown_rx.clone();
-            let lost = leader::lost(held.clone());
-            controller::run(
-                ctx.clone(),
-                args.namespace.clone(),
-                args.concurrency,
-                async move {
-                    tokio::select! {
-                        _ = lost => tracing::warn!("lost leadership; stopping the controller"),
-                        _ = shutdown(stop_rx) => {}
-                    }
-                },
-            )
-            .await;
+            // Losing the lease drops the controller at once (its in-flight reconciles are cancelled): the
+            // old leader must have stopped before the renew deadline, not after a graceful drain. A
+            // shutdown drains gracefully while the lease is still renewed, then releases it.
+            let lost = tokio::select! {
+                _ = elector.keep() => true,
+                _ = controller::run(
+                    ctx.clone(),
+                    args.namespace.clone(),
+                    args.concurrency,
+                    shutdown(shutdown_rx.clone()),
+                ) => false,
+            };
             metrics::set_leader(false);
-            drop(held); // releases the lease
+            if lost {
+                tracing::warn!("lost leadership; the controller is stopped");
+            } else {
+                elector.release().await;
+            }
         }
-        // Give the lease manager a moment to release the lease so a standby takes over at once.
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     metrics_server.abort();
     Ok(())

@@ -25,6 +25,8 @@ pub struct Resolved {
     /// GPUs per pod; 0 on CPU.
     pub gpu_count: u32,
     pub quantization: Option<Quantization>,
+    /// Device memory the agent keeps free (`gpu.vramHeadroom`), in bytes; None: the agent's default.
+    pub vram_headroom_bytes: Option<u64>,
     /// Fields the spec sets to something other than its preset's value.
     pub drift: Vec<Drift>,
 }
@@ -208,6 +210,12 @@ pub fn resolve(spec: &InferenceServiceSpec) -> Result<Resolved, String> {
         }
         _ => {}
     }
+    let vram_headroom_bytes = spec
+        .gpu
+        .vram_headroom
+        .as_ref()
+        .map(|q| crate::quantity::to_bytes(&q.0).map_err(|e| format!("gpu.vramHeadroom: {e}")))
+        .transpose()?;
     if vendor == GpuVendor::Cpu && spec.gpu.count.is_some() {
         return Err("gpu.count is set but gpu.vendor is cpu: CPU pods take no GPUs".to_string());
     }
@@ -234,6 +242,7 @@ pub fn resolve(spec: &InferenceServiceSpec) -> Result<Resolved, String> {
         arch,
         gpu_count,
         quantization,
+        vram_headroom_bytes,
         drift,
     })
 }
@@ -344,5 +353,33 @@ mod tests {
         assert!(resolve(&unknown)
             .unwrap_err()
             .contains("no AMD device-id table"));
+        let headroom = spec(serde_json::json!({
+            "model": {"uri": "file:///m.gguf"}, "gpu": {"vramHeadroom": "lots"}
+        }));
+        let e = resolve(&headroom).unwrap_err();
+        assert!(
+            e.starts_with("gpu.vramHeadroom: `lots` is not a byte quantity"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn vram_headroom_becomes_bytes_from_a_string_or_a_number() {
+        for (headroom, bytes) in [
+            (serde_json::json!("1.5Gi"), 1_610_612_736u64),
+            (serde_json::json!("2G"), 2_000_000_000),
+            (serde_json::json!(1048576), 1 << 20),
+        ] {
+            let s = spec(serde_json::json!({
+                "model": {"uri": "file:///m.gguf"}, "gpu": {"vramHeadroom": headroom}
+            }));
+            assert_eq!(
+                resolve(&s).unwrap().vram_headroom_bytes,
+                Some(bytes),
+                "{headroom}"
+            );
+        }
+        let none = spec(serde_json::json!({"model": {"uri": "file:///m.gguf"}}));
+        assert_eq!(resolve(&none).unwrap().vram_headroom_bytes, None);
     }
 }

@@ -355,6 +355,7 @@ mod tests {
             arch: None,
             gpu_count: 0,
             quantization: None,
+            vram_headroom_bytes: None,
             drift: vec![],
         }
     }

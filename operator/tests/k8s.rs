@@ -346,8 +346,13 @@ async fn editing_the_spec_rolls_the_deployment_and_reports_drift() {
     })
     .await;
     assert!(
-        args(&d).contains("--ctx 2048 --kv-type f16 --spec none --reasoning off --parallel 1"),
+        args(&d).contains("--ctx 2048 --kv-type f16 --reasoning off --parallel 1"),
         "{}",
+        args(&d)
+    );
+    assert!(
+        args(&d).ends_with(" --device cpu") && !args(&d).contains("--vram-headroom"),
+        "a CPU pod names its device; no headroom unless the spec sets one: {}",
         args(&d)
     );
     assert!(
@@ -378,7 +383,9 @@ async fn editing_the_spec_rolls_the_deployment_and_reports_drift() {
         .patch(
             "tiny",
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"context": {"size": 4096}, "parallel": 2}})),
+            &Patch::Merge(json!({"spec": {
+                "context": {"size": 4096}, "parallel": 2, "gpu": {"vramHeadroom": "1536Mi"}
+            }})),
         )
         .await
         .unwrap();
@@ -388,6 +395,11 @@ async fn editing_the_spec_rolls_the_deployment_and_reports_drift() {
     })
     .await;
     assert!(args(&rolled).contains("--parallel 2"));
+    assert!(
+        args(&rolled).contains(" --vram-headroom 1610612736 "),
+        "1536Mi in bytes: {}",
+        args(&rolled)
+    );
     // A new pod template is a rollout: the Deployment controller makes a second ReplicaSet.
     wait_for("a new ReplicaSet (the rollout)", MINUTE, || async {
         (replicasets
@@ -429,6 +441,36 @@ async fn editing_the_spec_rolls_the_deployment_and_reports_drift() {
             .then_some(())
     })
     .await;
+
+    // The schema takes any string for a quantity: a bad one is the operator's to refuse, in the status,
+    // and the running Deployment is left as it was.
+    isvcs
+        .patch(
+            "tiny",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"gpu": {"vramHeadroom": "1.5 gigs"}}})),
+        )
+        .await
+        .expect("the API server accepts any string as a quantity");
+    let o = get_status(&isvcs, "tiny", "InvalidSpec for the headroom", |o| {
+        condition(o, "SpecValid").is_some_and(|c| c.status == ConditionStatus::False)
+    })
+    .await;
+    let c = condition(&o, "SpecValid").unwrap();
+    assert_eq!(c.reason, "InvalidSpec");
+    assert!(
+        c.message
+            .starts_with("gpu.vramHeadroom: `1.5 gigs` is not a byte quantity"),
+        "{}",
+        c.message
+    );
+    assert_eq!(o.status.as_ref().unwrap().phase, Some(Phase::Failed));
+    let kept = deployments.get("tiny").await.unwrap();
+    assert!(
+        args(&kept).contains(" --vram-headroom 1610612736 "),
+        "{}",
+        args(&kept)
+    );
     delete_namespace(&s.client, &s.ns).await;
 }
 

@@ -154,6 +154,7 @@ spec:
   preset: smollm2-135m-cpu
   model: {{uri: "file:///models/{MODEL_FILE}"}}
   context: {{size: 1024}}
+  gpu: {{vramHeadroom: 512Mi}}
 "#
     ));
     isvcs.create(&PostParams::default(), &obj).await.unwrap();
@@ -172,6 +173,11 @@ spec:
         .args
         .clone()
         .unwrap();
+    let joined = pod_args.join(" ");
+    assert!(
+        joined.contains(" --vram-headroom 536870912 ") && joined.ends_with(" --device cpu"),
+        "{joined}"
+    );
     let (_agent, dropped) = start_agent(&agent_bin, &pod_args, &model, agent_port);
 
     // The kubelet's part: the readiness probe, then the pod status it would write.
@@ -285,9 +291,11 @@ spec:
             "{report:?}"
         );
     }
-    if !dropped.is_empty() {
-        eprintln!("NOTE: flags the operator passes that this kiln-agent lacks: {dropped:?}");
-    }
+    // Every flag of the pod must be one the agent of this tree accepts: a dropped one is a broken pod.
+    assert!(
+        dropped.is_empty(),
+        "the operator passes flags this kiln-agent rejects: {dropped:?}"
+    );
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     assert!(deployments.get_opt("smol").await.unwrap().is_some());
     drop(op);

@@ -12,7 +12,8 @@ use kiln_crds::InferenceService;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::json;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 const BATCH: usize = 30;
 
@@ -40,6 +41,69 @@ async fn leader_of(ops: &[&Operator]) -> Option<usize> {
     leaders.first().copied()
 }
 
+/// Samples the leader metric of every replica (by metrics port) every 200 ms for the whole test and
+/// records each moment two of them lead: the spot checks of `leader_of` alone would miss a short overlap.
+struct LeaderWatch {
+    ports: Arc<Mutex<Vec<u16>>>,
+    overlaps: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LeaderWatch {
+    fn start() -> LeaderWatch {
+        let ports = Arc::new(Mutex::new(Vec::<u16>::new()));
+        let overlaps = Arc::new(Mutex::new(Vec::new()));
+        let (p, o) = (ports.clone(), overlaps.clone());
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let started = Instant::now();
+            loop {
+                let watched = p.lock().unwrap().clone();
+                let mut leaders = Vec::new();
+                for port in watched {
+                    let url = format!("http://127.0.0.1:{port}/metrics");
+                    let Ok(r) = http.get(&url).timeout(Duration::from_secs(1)).send().await else {
+                        continue; // killed, or not up yet
+                    };
+                    if r.text()
+                        .await
+                        .is_ok_and(|t| t.contains("\nkiln_operator_leader 1\n"))
+                    {
+                        leaders.push(port);
+                    }
+                }
+                if leaders.len() > 1 {
+                    o.lock().unwrap().push(format!(
+                        "{:.1} s: replicas on metrics ports {leaders:?}",
+                        started.elapsed().as_secs_f64()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        LeaderWatch {
+            ports,
+            overlaps,
+            task,
+        }
+    }
+
+    fn watch(&self, op: &Operator) {
+        self.ports.lock().unwrap().push(op.metrics_port);
+    }
+
+    fn assert_never_two_leaders(&self) {
+        let overlaps = self.overlaps.lock().unwrap();
+        assert!(overlaps.is_empty(), "two leaders at once: {overlaps:?}");
+    }
+}
+
+impl Drop for LeaderWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_mid_reconcile_and_apiserver_restart_converge_without_duplicates() {
     let Some(admin) = kubeconfig_or_skip("failover_and_apiserver_restart") else {
@@ -61,8 +125,12 @@ async fn failover_mid_reconcile_and_apiserver_restart_converge_without_duplicate
             .await
             .unwrap();
     }
+    let test_started = Instant::now();
+    let watch = LeaderWatch::start();
     let mut a = Operator::start(&op_kc, &ns, &[]);
     let b = Operator::start(&op_kc, &ns, &[]);
+    watch.watch(&a);
+    watch.watch(&b);
     let first = wait_for("a leader", Duration::from_secs(30), || async {
         leader_of(&[&a, &b]).await
     })
@@ -114,6 +182,7 @@ async fn failover_mid_reconcile_and_apiserver_restart_converge_without_duplicate
     .await;
     // The restarted replica comes back as a standby.
     a = Operator::start(&op_kc, &ns, &[]);
+    watch.watch(&a);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         leader_of(&[&a, &standby]).await,
@@ -156,6 +225,7 @@ async fn failover_mid_reconcile_and_apiserver_restart_converge_without_duplicate
     .await;
 
     // Restart kube-apiserver (etcd keeps the state); the operator must recover and keep reconciling.
+    let restarted = Instant::now();
     let out = std::process::Command::new(format!("{REPO}/scripts/k8s/control-plane.sh"))
         .arg("restart-apiserver")
         .output()
@@ -189,6 +259,14 @@ async fn failover_mid_reconcile_and_apiserver_restart_converge_without_duplicate
         || async { leader_of(&[&a, &standby]).await },
     )
     .await;
-    eprintln!("leader after the API server restart: replica {leader_now}");
+    eprintln!(
+        "leader after the API server restart: replica {leader_now} ({:.1} s after the restart began; \
+         whole test {:.1} s)",
+        restarted.elapsed().as_secs_f64(),
+        test_started.elapsed().as_secs_f64()
+    );
+    // A few more seconds of watching: a deposed leader that has not noticed yet would show here.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    watch.assert_never_two_leaders();
     delete_namespace(&client, &ns).await;
 }

@@ -95,7 +95,7 @@ def test_rbac_is_least_privilege(helm):
     assert role["rules"] == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["kiln-operator"],
-         "verbs": ["get", "patch"]}]
+         "verbs": ["get", "update"]}]
     args = kinds["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args == ["run", "--lease-name=kiln-operator"]
     off = by_kind(template(helm, "--set", "operator.leaderElection=false"))

@@ -108,14 +108,15 @@ def test_the_api_server_enforces_least_privilege(kube):
                ("patch", "services", "ai"), ("create", "persistentvolumeclaims", "ai"),
                ("delete", "policy/poddisruptionbudgets", "ai"), ("watch", "pods"),
                ("create", "events.k8s.io/events", "ai"), ("create", "coordination.k8s.io/leases", NS),
-               ("patch", "coordination.k8s.io/leases", NS, "kiln-operator"),
+               ("update", "coordination.k8s.io/leases", NS, "kiln-operator"),
                ("get", "coordination.k8s.io/leases", NS, "kiln-operator")]
     denied = [("get", "secrets", "ai"), ("list", "configmaps", "ai"), ("delete", "pods", "ai"),
               ("create", "pods/exec", "ai"), ("patch", "kiln.dev/inferenceservices", "ai"),
               ("delete", "kiln.dev/inferenceservices", "ai"),
               ("update", "apps/deployments", "ai"), ("delete", "apps/deployments", "ai"),
               ("create", "coordination.k8s.io/leases", "default"),
-              ("patch", "coordination.k8s.io/leases", NS, "someone-else"),
+              ("update", "coordination.k8s.io/leases", NS, "someone-else"),
+              ("patch", "coordination.k8s.io/leases", NS, "kiln-operator"),
               ("list", "coordination.k8s.io/leases", NS),
               ("patch", "nodes"), ("create", "rbac.authorization.k8s.io/clusterrolebindings")]
     wrong = [a for a in allowed if not can(k, *a)] + [("NOT DENIED",) + d for d in denied if can(k, *d)]

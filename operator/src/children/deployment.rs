@@ -111,12 +111,16 @@ pub fn serve_args(resolved: &Resolved, model_path: &str) -> Vec<String> {
         resolved.context_size.to_string(),
         "--kv-type".to_string(),
         resolved.kv_cache_type.as_str().to_string(),
-        "--spec".to_string(),
-        resolved.speculative.as_str().to_string(),
     ];
+    // Plain decoding is the agent's default: no speculation flags then (`kiln-agent serve` of this tree
+    // does not take `--spec` yet, and a pod must not fail on a flag that asks for the default).
     if resolved.speculative != SpeculativeType::None {
-        args.push("--spec-draft-n-max".to_string());
-        args.push(resolved.draft_max.to_string());
+        args.extend([
+            "--spec".to_string(),
+            resolved.speculative.as_str().to_string(),
+            "--spec-draft-n-max".to_string(),
+            resolved.draft_max.to_string(),
+        ]);
     }
     args.extend([
         "--reasoning".to_string(),
@@ -136,11 +140,16 @@ pub fn serve_args(resolved: &Resolved, model_path: &str) -> Vec<String> {
     if !resolved.auto_downsize {
         args.extend(["--auto-downsize".to_string(), "false".to_string()]);
     }
-    match resolved.vendor {
-        GpuVendor::Amd => args.extend(["--device".to_string(), "rocm".to_string()]),
-        GpuVendor::Nvidia => args.extend(["--device".to_string(), "cuda".to_string()]),
-        GpuVendor::Cpu => {}
+    if let Some(bytes) = resolved.vram_headroom_bytes {
+        args.extend(["--vram-headroom".to_string(), bytes.to_string()]);
     }
+    // Always named, CPU included: an image's KILN_DEVICE must not move a CPU pod onto a device.
+    let device = match resolved.vendor {
+        GpuVendor::Amd => "rocm",
+        GpuVendor::Nvidia => "cuda",
+        GpuVendor::Cpu => "cpu",
+    };
+    args.extend(["--device".to_string(), device.to_string()]);
     args
 }
 
@@ -459,6 +468,59 @@ mod tests {
             !args.contains("--ctx-min") && !args.contains("--auto-downsize"),
             "{args}"
         );
+    }
+
+    #[test]
+    fn speculation_flags_only_when_speculating() {
+        let plain: kiln_crds::InferenceServiceSpec =
+            serde_json::from_value(serde_json::json!({"model": {"uri": "file:///m.gguf"}}))
+                .unwrap();
+        let args = serve_args(&crate::resolve::resolve(&plain).unwrap(), "/m.gguf").join(" ");
+        assert!(!args.contains("--spec"), "{args}");
+        let mtp: kiln_crds::InferenceServiceSpec = serde_json::from_value(serde_json::json!({
+            "model": {"uri": "file:///m.gguf"}, "speculative": {"type": "mtp", "draftMax": 2}
+        }))
+        .unwrap();
+        let args = serve_args(&crate::resolve::resolve(&mtp).unwrap(), "/m.gguf").join(" ");
+        assert!(args.contains(" --spec mtp --spec-draft-n-max 2 "), "{args}");
+    }
+
+    #[test]
+    fn every_vendor_names_its_device_once() {
+        for (gpu, device) in [
+            (serde_json::json!({"vendor": "amd"}), "rocm"),
+            (serde_json::json!({"vendor": "nvidia"}), "cuda"),
+            (serde_json::json!({"vendor": "cpu"}), "cpu"),
+            (serde_json::json!({}), "cpu"),
+        ] {
+            let spec: kiln_crds::InferenceServiceSpec = serde_json::from_value(
+                serde_json::json!({"model": {"uri": "file:///m.gguf"}, "gpu": gpu}),
+            )
+            .unwrap();
+            let args = serve_args(&crate::resolve::resolve(&spec).unwrap(), "/m.gguf");
+            let at: Vec<usize> = (0..args.len()).filter(|&i| args[i] == "--device").collect();
+            assert_eq!(at.len(), 1, "{args:?}");
+            assert_eq!(
+                args.get(at[0] + 1).map(String::as_str),
+                Some(device),
+                "{gpu}"
+            );
+        }
+    }
+
+    #[test]
+    fn vram_headroom_is_passed_in_bytes_only_when_set() {
+        let spec: kiln_crds::InferenceServiceSpec = serde_json::from_value(serde_json::json!({
+            "model": {"uri": "file:///m.gguf"}, "gpu": {"vendor": "amd", "vramHeadroom": "1536Mi"}
+        }))
+        .unwrap();
+        let args = serve_args(&crate::resolve::resolve(&spec).unwrap(), "/m.gguf").join(" ");
+        assert!(args.contains(" --vram-headroom 1610612736 "), "{args}");
+        let plain: kiln_crds::InferenceServiceSpec =
+            serde_json::from_value(serde_json::json!({"model": {"uri": "file:///m.gguf"}}))
+                .unwrap();
+        let args = serve_args(&crate::resolve::resolve(&plain).unwrap(), "/m.gguf").join(" ");
+        assert!(!args.contains("--vram-headroom"), "{args}");
     }
 
     #[test]
