@@ -20,7 +20,10 @@ for i in range(n):
         model="x", prompt=f"Request {i}: tell me a story.", max_tokens=max_tokens,
         temperature=0, stream=True, stream_options={"include_usage": True})
     for chunk in stream:
-        if chunk.choices and chunk.choices[0].text:
+        # Every chunk with a choice is a generated token's worth of output (random-weight models' text may
+        # be empty while a UTF-8 sequence is incomplete), so the time between the first and the last one
+        # is the decode time.
+        if chunk.choices:
             last = time.perf_counter()
             first = first or last
         if chunk.usage:
