@@ -29,6 +29,8 @@ const MAX_ROWS_PER_PASS: usize = 8;
 const BLAS_MIN_ROWS: usize = 48;
 /// Threads per block of the row kernels (`MMV_THREADS` in matvec.cu): one block per output value.
 const MMV_THREADS: u32 = 128;
+/// Threads of a warp-per-row product block (kernels/gpu/matvec.cu `MMVW_THREADS`).
+const MMVW_THREADS: u32 = 128;
 const WARPS_PER_BLOCK: u32 = 4;
 const THREADS: u32 = 32 * WARPS_PER_BLOCK;
 
@@ -74,6 +76,8 @@ pub struct CudaBackend {
     dev: CudaDevice,
     ordinal: usize,
     sm_count: usize,
+    /// How quantized matrix × few-vector products are laid out (`KILN_MMV`; see kernels/gpu/matvec.cu).
+    matvec: Matvec,
     scratch: Mutex<Scratch>,
     /// cuBLAS for prefill-sized products, when the library is on this machine.
     blas: Option<CudaBlas>,
@@ -148,6 +152,7 @@ impl CudaBackend {
             dev,
             ordinal,
             sm_count,
+            matvec: Matvec::from_env(),
             scratch: Mutex::new(Scratch::default()),
             blas,
             profile,
@@ -488,6 +493,25 @@ fn mmv_kernel(ty: GgmlType) -> Option<(&'static str, usize)> {
     })
 }
 
+/// The quantized row-kernel variants (kernels/gpu/matvec.cu), chosen with `KILN_MMV` for comparisons.
+#[derive(Clone, Copy, Debug)]
+enum Matvec {
+    /// `block`: a block of `MMV_THREADS` per output value.
+    BlockPerRow,
+    /// `warp` (default; two units in flight per lane) or `warp4` (four): a warp per output value.
+    WarpPerRow { prefix: &'static str },
+}
+
+impl Matvec {
+    fn from_env() -> Matvec {
+        match std::env::var("KILN_MMV").as_deref() {
+            Ok("block") => Matvec::BlockPerRow,
+            Ok("warp4") => Matvec::WarpPerRow { prefix: "mmvw4_" },
+            _ => Matvec::WarpPerRow { prefix: "mmvw_" },
+        }
+    }
+}
+
 /// Batches up to this many rows (a decode step, a speculative verify pass of up to 16 drafts + 1) split
 /// attention the same way.
 const INVARIANT_ROWS: usize = 17;
@@ -762,6 +786,18 @@ impl Backend for CudaBackend {
         }
         let row_bytes = u32_arg("matmul", w.ty.bytes_for(k).unwrap_or(0))?;
         let n_units = u32_arg("matmul", k / per_unit)?;
+        let (fam, cfg) = match self.matvec {
+            Matvec::BlockPerRow => (fam.to_string(), cfg),
+            Matvec::WarpPerRow { prefix } => {
+                let per_block = (MMVW_THREADS / 32) as usize;
+                let cfg = LaunchConfig {
+                    grid_dim: (u32_arg("matmul", n_out.div_ceil(per_block))?, 1, 1),
+                    block_dim: (MMVW_THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                (fam.replacen("mmv_", prefix, 1), cfg)
+            }
+        };
         for r0 in (0..rows).step_by(MAX_ROWS_PER_PASS) {
             let nr = (rows - r0).min(MAX_ROWS_PER_PASS);
             let (yq, yd, or) = (
