@@ -197,7 +197,8 @@ start_etcd() {
 
 start_apiserver() {
     # Off loopback the `kubernetes` Service gets its endpoint (ADDRESS:port) from the lease reconciler; on
-    # loopback there is nothing to reach it from.
+    # loopback there is nothing to reach it from. Kubelets (node.sh) are reached by IP for logs and exec: the
+    # node's name resolves nowhere.
     local reconciler=none
     [[ $ADDRESS == 127.0.0.1 ]] || reconciler=lease
     "$CACHE/bin/kube-apiserver" \
@@ -208,6 +209,7 @@ start_apiserver() {
         --service-account-issuer=https://kubernetes.default.svc \
         --service-account-key-file="$RUN/sa.pub" --service-account-signing-key-file="$RUN/sa.key" \
         --allow-privileged=false --profiling=false --endpoint-reconciler-type="$reconciler" \
+        --kubelet-preferred-address-types=InternalIP \
         >>"$RUN/logs/kube-apiserver.log" 2>&1 &
     echo $! >"$RUN/kube-apiserver.pid"
 }

@@ -21,6 +21,8 @@ log() { printf '[images] %s\n' "$*" >&2; }
 add_binary() {
     local rootfs=$1 bin=$2 dest=$3 lib
     install -D -m 0755 "$bin" "$rootfs$dest"
+    # The release profile keeps debug info for profiling on a workstation; the image keeps only the symbols.
+    strip --strip-debug "$rootfs$dest"
     for lib in $(ldd "$bin" | grep -oE '/[^ ]+' | sort -u); do
         install -D -m 0755 "$(readlink -f "$lib")" "$rootfs$lib"
     done

@@ -179,6 +179,10 @@ serializeImagePulls: false
 # Images are imported, never pulled: never garbage-collect them.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
+# The default thresholds (15% of the disk free for images, 10% for the node) are relative: on a big shared
+# disk that other work fills they taint the node and evict, and delete the imported images, though gigabytes
+# are free. Absolute amounts instead.
+evictionHard: {memory.available: 200Mi, nodefs.available: 2Gi, imagefs.available: 2Gi, nodefs.inodesFree: 5%}
 runtimeRequestTimeout: 2m
 syncFrequency: 10s
 nodeStatusUpdateFrequency: 2s
@@ -205,11 +209,15 @@ proxy_healthy() { curl -sf --max-time 2 http://127.0.0.1:10256/healthz >/dev/nul
 
 up() {
     KUBECTL=$(scripts/k8s-tools.sh)/kubectl
-    if alive containerd && alive kubelet && alive kube-proxy && scripts/k8s/control-plane.sh status \
-        | grep -q 'kube-apiserver: running' && node_ready 2>/dev/null; then
+    if alive containerd && alive kubelet && alive kube-proxy && node_ready \
+        && [[ $(scripts/k8s/control-plane.sh status) == *"kube-apiserver: running"* ]]; then
         log "already running ($RUN)"
         echo "KUBECONFIG=$KUBECONFIG_FILE"
         return 0
+    fi
+    if alive containerd || alive kubelet || alive kube-proxy; then
+        log "partly running: stopping it first"
+        (down)
     fi
     if ip link show "$NODE_BRIDGE" >/dev/null 2>&1 && [[ ! -f $RUN/host.saved ]]; then
         log "$NODE_BRIDGE exists but $RUN does not own it: another node runs here (or a crashed one; node.sh down"
@@ -340,6 +348,11 @@ unmount_run() {
 
 remove_cgroups() {
     local c
+    # A container process whose shim is gone (killed, crashed) is still in its pod's cgroup: end it there.
+    find /sys/fs/cgroup/*/kubepods -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u | while read -r pid; do
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    sleep 0.2
     for c in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/*/kubepods.slice /sys/fs/cgroup/*/k8s.io /sys/fs/cgroup/kubepods; do
         if [[ -d $c ]]; then find "$c" -depth -type d -exec rmdir {} \; 2>/dev/null || true; fi
     done

@@ -111,12 +111,16 @@ pub fn serve_args(resolved: &Resolved, model_path: &str) -> Vec<String> {
         resolved.context_size.to_string(),
         "--kv-type".to_string(),
         resolved.kv_cache_type.as_str().to_string(),
-        "--spec".to_string(),
-        resolved.speculative.as_str().to_string(),
     ];
+    // Speculation only when asked for: no speculation is the agent's default, and agents whose `serve`
+    // has no --spec flag (every agent so far) refuse the whole command line over it.
     if resolved.speculative != SpeculativeType::None {
-        args.push("--spec-draft-n-max".to_string());
-        args.push(resolved.draft_max.to_string());
+        args.extend([
+            "--spec".to_string(),
+            resolved.speculative.as_str().to_string(),
+            "--spec-draft-n-max".to_string(),
+            resolved.draft_max.to_string(),
+        ]);
     }
     args.extend([
         "--reasoning".to_string(),
@@ -144,13 +148,16 @@ pub fn serve_args(resolved: &Resolved, model_path: &str) -> Vec<String> {
     args
 }
 
-/// `kiln-agent fetch` arguments for a download.
-pub fn fetch_args(uri: &str, sha256: Option<&str>) -> Vec<String> {
+/// `kiln-agent fetch` arguments for a download. The cache path of the file is only known once fetched (it
+/// holds the hub's commit or a hash of the URL): `--link` puts it at `link`, the path serve is given.
+pub fn fetch_args(uri: &str, sha256: Option<&str>, link: &str) -> Vec<String> {
     let mut args = vec![
         "fetch".to_string(),
         uri.to_string(),
         "--to".to_string(),
         MODELS_DIR.to_string(),
+        "--link".to_string(),
+        link.to_string(),
     ];
     if let Some(sum) = sha256 {
         args.extend(["--sha256".to_string(), sum.to_string()]);
@@ -245,7 +252,11 @@ pub fn build(
             name: "fetch".to_string(),
             image: Some(image.clone()),
             image_pull_policy: pull_policy.clone(),
-            args: Some(fetch_args(uri, svc.spec.model.sha256.as_deref())),
+            args: Some(fetch_args(
+                uri,
+                svc.spec.model.sha256.as_deref(),
+                &source.serve_path(),
+            )),
             env: Some(common_env()),
             volume_mounts: Some(vec![
                 mount("tmp", "/tmp", false),
@@ -459,13 +470,14 @@ mod tests {
             !args.contains("--ctx-min") && !args.contains("--auto-downsize"),
             "{args}"
         );
+        assert!(!args.contains("--spec"), "no speculation, no flag: {args}");
     }
 
     #[test]
     fn fetch_args_carry_the_checksum_and_status_address() {
         assert_eq!(
-            fetch_args("hf://o/r/m.gguf", Some("ab")).join(" "),
-            "fetch hf://o/r/m.gguf --to /models --sha256 ab --status-addr 0.0.0.0:8080"
+            fetch_args("hf://o/r/m.gguf", Some("ab"), "/models/m.gguf").join(" "),
+            "fetch hf://o/r/m.gguf --to /models --link /models/m.gguf --sha256 ab --status-addr 0.0.0.0:8080"
         );
     }
 }
