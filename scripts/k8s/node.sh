@@ -6,7 +6,7 @@
 #
 #   node.sh up       install/build what is missing, start everything; idempotent; the last stdout line is
 #                    KUBECONFIG=<path>
-#   node.sh down     delete the pods, stop every process by its PID, undo mounts, links, routes, iptables rules
+#   node.sh down     stop every process by its PID (the pods' containers too), undo mounts, links, routes, iptables rules
 #                    and sysctls; idempotent (safe after a failed or partial `up`)
 #   node.sh status   say what runs
 #
@@ -277,23 +277,9 @@ stop() {
     rm -f "$RUN/$name.pid"
 }
 
-# Pods first, while kubelet runs: it stops their containers and releases their network (CNI DEL).
-delete_pods() {
-    alive kubelet || return 0
-    [[ -f $KUBECONFIG_FILE ]] || return 0
-    KUBECTL=${KUBECTL:-$(scripts/k8s-tools.sh)/kubectl}
-    kubectl_ delete deployments,replicasets,statefulsets,daemonsets,jobs --all --all-namespaces \
-        --wait=false >/dev/null 2>&1 || true
-    kubectl_ delete pods --all --all-namespaces --grace-period=5 --wait=false >/dev/null 2>&1 || true
-    local i
-    for ((i = 0; i < 150; i++)); do
-        [[ -z $(kubectl_ get pods --all-namespaces -o name 2>/dev/null) ]] && return 0
-        sleep 0.2
-    done
-    log "pods still there after 30 s; their containers are killed directly"
-}
-
-# Containers kubelet did not stop: kill their tasks (the shims then exit) and remove them.
+# The pods' containers, once kubelet is stopped: kill their tasks (the shims then exit) and remove them. Not
+# through the API: controllers (and the Kiln operator) would only start them again, and what a CNI DEL would
+# undo (the pod bridge's links, the network namespaces' mounts, IPAM files under $RUN) is removed below anyway.
 remove_containers() {
     alive containerd || return 0
     local t c
@@ -361,7 +347,6 @@ remove_cgroups() {
 down() {
     # Go on past any failure: a partial or crashed `up` is cleaned up as far as possible.
     set +e
-    delete_pods
     stop kube-proxy
     if [[ -x $CACHE/bin/kube-proxy ]]; then "$CACHE/bin/kube-proxy" --cleanup >/dev/null 2>&1 || true; fi
     stop kubelet
