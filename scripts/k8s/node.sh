@@ -204,7 +204,8 @@ oomScoreAdj: 0
 YAML
 }
 
-node_ready() { kubectl_ get node "$NODE_NAME" --no-headers 2>/dev/null | grep -qw Ready; }
+node_ready() { [[ " $(kubectl_ get node "$NODE_NAME" --no-headers 2>/dev/null) " == *" Ready "* ]]; }
+containerd_up() { ctr version >/dev/null 2>&1; }
 proxy_healthy() { curl -sf --max-time 2 http://127.0.0.1:10256/healthz >/dev/null 2>&1; }
 
 up() {
@@ -239,7 +240,7 @@ up() {
 
     containerd --config "$RUN/containerd/config.toml" >>"$RUN/logs/containerd.log" 2>&1 &
     echo $! >"$RUN/containerd.pid"
-    wait_for containerd 30 ctr version >/dev/null 2>&1
+    wait_for containerd 30 containerd_up
     ctr -n k8s.io images import "$pause_tar" >/dev/null
 
     local t1=$SECONDS
