@@ -209,6 +209,10 @@ containerd_up() { ctr version >/dev/null 2>&1; }
 proxy_healthy() { curl -sf --max-time 2 http://127.0.0.1:10256/healthz >/dev/null 2>&1; }
 
 up() {
+    if [[ $EUID != 0 ]]; then
+        log "needs root: containerd, runc, kubelet and the network set-up do"
+        return 1
+    fi
     KUBECTL=$(scripts/k8s-tools.sh)/kubectl
     if alive containerd && alive kubelet && alive kube-proxy && node_ready \
         && [[ $(scripts/k8s/control-plane.sh status) == *"kube-apiserver: running"* ]]; then
