@@ -51,3 +51,8 @@ unset KILN_TEST_KUBECONFIG
 # their CRD behind, which helm would refuse to adopt.
 step "chart, manifests, images, monitoring (helm, hadolint, promtool, a real Prometheus, the API server)"
 scripts/test-chart.sh
+
+# Last: a real single-node Kubernetes of its own (scripts/k8s/node.sh; its own state and ports): helm install,
+# kubectl apply the tiny CPU example, answers through its Service, a rolling edit, delete, helm uninstall.
+step "end to end on a real node (containerd, kubelet, kube-proxy; helm, kubectl, the official openai client)"
+tests/e2e/run.sh

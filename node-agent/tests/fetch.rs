@@ -881,6 +881,10 @@ async fn eviction_keeps_the_size_limit_but_never_removes_a_file_in_use() {
     opts.evict.max_bytes = Some((a.len() + b.len()) as u64 - 1);
     let in_use = cache::hold_in_use(&got_a.path).unwrap();
     assert!(in_use.is_some(), "a cached file has a lock beside it");
+    // Through a link into the cache (`fetch --link`, what serve is given) it is the same lock.
+    let link = dir.path().join("a-link.gguf");
+    std::os::unix::fs::symlink(&got_a.path, &link).unwrap();
+    assert!(cache::hold_in_use(&link).unwrap().is_some());
     let err = fetch_err(&srv.url("b.gguf"), &opts).await.to_string();
     assert!(err.contains("cache limit"), "{err}");
     assert!(got_a.path.exists());
@@ -952,7 +956,8 @@ async fn the_binary_serves_status_while_fetching_and_prints_the_path() {
             "--status-addr",
         ])
         .arg(format!("127.0.0.1:{port}"))
-        .args(["--log-interval-s", "0.2"])
+        .args(["--log-interval-s", "0.2", "--link"])
+        .arg(dir.path().join("m.gguf"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -981,6 +986,14 @@ async fn the_binary_serves_status_while_fetching_and_prints_the_path() {
     assert!(out.status.success(), "{stderr}");
     let path = String::from_utf8(out.stdout).unwrap();
     assert_eq!(std::fs::read(path.trim()).unwrap(), model);
+    // --link: the name serve is given points at the cached file, relative to the cache's root.
+    let link = dir.path().join("m.gguf");
+    let pointee = std::fs::read_link(&link).unwrap();
+    assert!(pointee.is_relative(), "{pointee:?}");
+    assert_eq!(
+        std::fs::canonicalize(&link).unwrap(),
+        Path::new(path.trim()).canonicalize().unwrap()
+    );
     // Progress as the operator sees it: phase Fetching, a percentage that grows below 100.
     let partial: Vec<f64> = seen
         .iter()

@@ -132,8 +132,8 @@ async fn golden_preset_makes_children_with_the_expected_fields() {
     assert_eq!(
         fetch.args.as_ref().unwrap().join(" "),
         format!(
-            "fetch hf://unsloth/Qwen3.6-27B-GGUF/Qwen3.6-27B-Q4_K_M.gguf --to /models --sha256 {SHA} \
-             --status-addr 0.0.0.0:8080"
+            "fetch hf://unsloth/Qwen3.6-27B-GGUF/Qwen3.6-27B-Q4_K_M.gguf --to /models \
+             --link /models/Qwen3.6-27B-Q4_K_M.gguf --sha256 {SHA} --status-addr 0.0.0.0:8080"
         )
     );
     let limits = agent.resources.as_ref().unwrap().limits.as_ref().unwrap();

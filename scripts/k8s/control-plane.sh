@@ -4,6 +4,7 @@
 # other source of Kubernetes binaries) with Debian's Go 1.19, cached under $KILN_CACHE/k8s-v1.20.2.
 #
 #   control-plane.sh build   build (or reuse) the cached binaries; ~13 min cold on 2 cores, instant when cached
+#   control-plane.sh build-node   also kubelet and kube-proxy (for scripts/k8s/node.sh), same cache
 #   control-plane.sh up      start everything (building first if needed); idempotent; the last stdout line is
 #                            KUBECONFIG=<path>
 #   control-plane.sh down    stop every process by its PID and remove the state directory
@@ -15,6 +16,9 @@
 # /tmp/kiln-k8s-run); two clusters on one machine need different KILN_K8S_RUN and KILN_K8S_PORT_BASE.
 # There are no kubelets: pods are scheduled (bound to Node objects) but never run, and the node lifecycle
 # controller is off so that Node objects a test creates are not tainted unreachable.
+# scripts/k8s/node.sh adds a real node: it sets KILN_K8S_ADDRESS (its node IP) for kube-apiserver to listen on,
+# which also turns on what pods need (the `kubernetes` Service's endpoint, the CA in service account tokens, the
+# node lifecycle controller).
 set -euo pipefail
 
 K8S_VERSION=1.20.2
@@ -22,12 +26,16 @@ DEBIAN_SOURCE_VERSION=1.20.5+really1.20.2-1.1+deb12u1
 CACHE=${KILN_CACHE:-$HOME/.cache/kiln}/k8s-v$K8S_VERSION
 RUN=${KILN_K8S_RUN:-${TMPDIR:-/tmp}/kiln-k8s-run}
 PORT_BASE=${KILN_K8S_PORT_BASE:-16440}
+# Where kube-apiserver listens. Loopback (the default) for tests without kubelets; scripts/k8s/node.sh passes its
+# node IP so that pods reach the API server through the `kubernetes` Service (in-cluster config, the operator pod).
+ADDRESS=${KILN_K8S_ADDRESS:-127.0.0.1}
 ETCD_CLIENT_PORT=$((PORT_BASE + 1))
 ETCD_PEER_PORT=$((PORT_BASE + 2))
 APISERVER_PORT=$((PORT_BASE + 3))
 CONTROLLER_MANAGER_PORT=$((PORT_BASE + 4))
 SCHEDULER_PORT=$((PORT_BASE + 5))
 COMPONENTS=(kube-apiserver kube-controller-manager kube-scheduler)
+NODE_COMPONENTS=(kubelet kube-proxy)
 ETCD=$CACHE/root/usr/bin/etcd
 
 log() { printf '[control-plane] %s\n' "$*" >&2; }
@@ -95,17 +103,46 @@ build_locked() {
     fi
 
     # 6) The binaries, stamped with their version (kubectl and clients read it).
+    go_build "${COMPONENTS[@]}"
+    "$CACHE/bin/kube-apiserver" --version >&2
+    log "built into $CACHE/bin"
+}
+
+# go_build COMPONENT...: builds ./cmd/COMPONENT of the prepared source tree into $CACHE/bin, with the shared Go
+# cache (a component after the first compiles only what it does not share with the others).
+go_build() {
+    export PATH=$CACHE/root/usr/lib/go-1.19/bin:$PATH GOPATH=$CACHE/gopath GOCACHE=$CACHE/gocache \
+        GO111MODULE=off GOFLAGS='' GOPROXY=off CGO_ENABLED=0
+    cd "$GOPATH/src/k8s.io/kubernetes"
     local ldflags="" pkg c
     for pkg in k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version k8s.io/kubernetes/vendor/k8s.io/component-base/version; do
         ldflags="$ldflags -X $pkg.gitVersion=v$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=20 -X $pkg.gitTreeState=clean"
     done
-    for c in "${COMPONENTS[@]}"; do
+    for c in "$@"; do
         log "go build $c"
         go build -tags selinux,notest -ldflags "-s -w $ldflags" -o "$CACHE/bin/$c.tmp" "./cmd/$c"
         mv "$CACHE/bin/$c.tmp" "$CACHE/bin/$c"
     done
-    "$CACHE/bin/kube-apiserver" --version >&2
-    log "built into $CACHE/bin"
+}
+
+# The node components (kubelet, kube-proxy) for scripts/k8s/node.sh, from the same source tree and Go cache
+# (~3 min on 2 cores once the control plane is built, instant when cached).
+node_built() {
+    local c
+    for c in "${NODE_COMPONENTS[@]}"; do [[ -x $CACHE/bin/$c ]] || return 1; done
+}
+
+build_node() {
+    build
+    if node_built; then
+        log "cached node binaries in $CACHE/bin"
+        return 0
+    fi
+    (
+        flock 9
+        node_built || (go_build "${NODE_COMPONENTS[@]}")
+    ) 9>"$CACHE/build.lock"
+    "$CACHE/bin/kubelet" --version >&2
 }
 
 # ---- running the control plane ------------------------------------------------------------------------------
@@ -114,7 +151,7 @@ alive() { [[ -f $RUN/$1.pid ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
 apiserver_ready() {
     curl -sfk --max-time 2 -H "Authorization: Bearer $(cat "$RUN/admin.token")" \
-        "https://127.0.0.1:$APISERVER_PORT/readyz" 2>/dev/null | grep -q '^ok$'
+        "https://$ADDRESS:$APISERVER_PORT/readyz" 2>/dev/null | grep -q '^ok$'
 }
 
 # wait_for WHAT SECONDS COMMAND...: polls COMMAND every 0.2 s.
@@ -136,7 +173,7 @@ kind: Config
 clusters:
 - name: kiln-test
   cluster:
-    server: https://127.0.0.1:$APISERVER_PORT
+    server: https://$ADDRESS:$APISERVER_PORT
     insecure-skip-tls-verify: true
 users:
 - name: $3
@@ -159,23 +196,36 @@ start_etcd() {
 }
 
 start_apiserver() {
+    # Off loopback the `kubernetes` Service gets its endpoint (ADDRESS:port) from the lease reconciler; on
+    # loopback there is nothing to reach it from. Kubelets (node.sh) are reached by IP for logs and exec: the
+    # node's name resolves nowhere.
+    local reconciler=none
+    [[ $ADDRESS == 127.0.0.1 ]] || reconciler=lease
     "$CACHE/bin/kube-apiserver" \
         --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
-        --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+        --bind-address="$ADDRESS" --advertise-address="$ADDRESS" --secure-port="$APISERVER_PORT" \
         --cert-dir="$RUN/certs" --token-auth-file="$RUN/tokens.csv" --authorization-mode=RBAC \
         --service-cluster-ip-range=10.96.0.0/24 \
         --service-account-issuer=https://kubernetes.default.svc \
         --service-account-key-file="$RUN/sa.pub" --service-account-signing-key-file="$RUN/sa.key" \
-        --allow-privileged=false --profiling=false --endpoint-reconciler-type=none \
+        --allow-privileged=false --profiling=false --endpoint-reconciler-type="$reconciler" \
+        --kubelet-preferred-address-types=InternalIP \
         >>"$RUN/logs/kube-apiserver.log" 2>&1 &
     echo $! >"$RUN/kube-apiserver.pid"
 }
 
 start_controller_manager() {
-    # nodelifecycle: no kubelets here, it would only taint test Nodes unreachable.
-    "$CACHE/bin/kube-controller-manager" \
+    # Pods that talk to the API server (node.sh) need the serving CA in their service account token Secret.
+    # nodelifecycle: without kubelets it would only taint test Nodes unreachable; with a real node (node.sh)
+    # it is what lifts the not-ready taint once the kubelet reports Ready.
+    local root_ca=() controllers='*,-nodelifecycle'
+    if [[ $ADDRESS != 127.0.0.1 ]]; then
+        root_ca=(--root-ca-file="$RUN/certs/apiserver.crt")
+        controllers='*'
+    fi
+    "$CACHE/bin/kube-controller-manager" "${root_ca[@]}" \
         --kubeconfig="$RUN/controller-manager.kubeconfig" --leader-elect=false \
-        --controllers='*,-nodelifecycle' \
+        --controllers="$controllers" \
         --service-account-private-key-file="$RUN/sa.key" \
         --bind-address=127.0.0.1 --secure-port="$CONTROLLER_MANAGER_PORT" --port=0 \
         --cert-dir="$RUN/certs-controller-manager" --profiling=false \
@@ -229,7 +279,7 @@ up() {
     start_scheduler
     wait_for kube-controller-manager 30 healthz "$CONTROLLER_MANAGER_PORT"
     wait_for kube-scheduler 30 healthz "$SCHEDULER_PORT"
-    log "up in $((SECONDS - t0)) s: etcd, kube-apiserver (127.0.0.1:$APISERVER_PORT), controller-manager, scheduler"
+    log "up in $((SECONDS - t0)) s: etcd, kube-apiserver ($ADDRESS:$APISERVER_PORT), controller-manager, scheduler"
     echo "KUBECONFIG=$RUN/kubeconfig"
 }
 
@@ -279,12 +329,13 @@ status() {
 
 case ${1:-} in
 build) build ;;
+build-node) build_node ;;
 up) up ;;
 down) down ;;
 status) status ;;
 restart-apiserver) restart_apiserver ;;
 *)
-    echo "usage: $0 build|up|down|status|restart-apiserver" >&2
+    echo "usage: $0 build|build-node|up|down|status|restart-apiserver" >&2
     exit 2
     ;;
 esac

@@ -10,9 +10,7 @@ from conftest import CHART
 # Metrics the dashboard and alerts read that `kiln-agent serve` does not export on main yet: the node layer's
 # GPU probe and VRAM watch, and MTP speculative decoding (names agreed with those branches).
 FROM_OTHER_BRANCHES = {
-    "kiln_gpu_vram_used_bytes", "kiln_gpu_vram_total_bytes", "kiln_gpu_busy_ratio",
-    "kiln_gpu_temperature_celsius", "kiln_gpu_power_watts", "kiln_context_downsizes_total",
-    "kiln_spec_drafted_tokens_total", "kiln_spec_accepted_tokens_total",
+    "kiln_gpu_busy_ratio", "kiln_gpu_temperature_celsius", "kiln_gpu_power_watts",
 }
 # kube-state-metrics (pod readiness); not run by these tests.
 KUBE_STATE_METRICS = {"kube_pod_status_ready", "kube_pod_status_phase", "kube_pod_labels"}

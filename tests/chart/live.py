@@ -59,20 +59,20 @@ class Agent:
     """`kiln-agent serve` with one slot and a one-request queue, so saturation is easy to create; on a build
     with the node layer's memory watch, on a fake device whose memory the test controls."""
 
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, model: Path = MODEL, extra_args=(), watch_memory=True):
         if not AGENT_BIN.exists():
             pytest.fail(f"{AGENT_BIN} is missing: build it with `cargo build --release -p kiln-agent`")
-        if not MODEL.exists():
-            pytest.fail(f"{MODEL} is missing: run scripts/fetch-models.sh")
+        if not model.exists():
+            pytest.fail(f"{model} is missing: run scripts/fetch-models.sh")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log_dir / "kiln-agent.log", "w")
         env = {k: v for k, v in os.environ.items() if k != "KILN_API_KEY"}
-        args = [AGENT_BIN, "serve", "--model", MODEL, "--port", str(self.port), "--ctx", "2048",
-                "--parallel", "1", "--queue", "1", "--threads", "1"]
+        args = [AGENT_BIN, "serve", "--model", model, "--port", str(self.port), "--ctx", "2048",
+                "--parallel", "1", "--queue", "1", "--threads", "1", *extra_args]
         help_text = subprocess.run([AGENT_BIN, "serve", "--help"], capture_output=True, text=True).stdout
         self.device_memory = None
-        if "--memory-source" in help_text:
+        if watch_memory and "--memory-source" in help_text:
             self.device_memory = log_dir / "device-memory"
             write_device_memory(self.device_memory, 0)
             args += ["--memory-source", f"fake:{self.device_memory}", "--memory-poll-ms", "100",
@@ -117,7 +117,8 @@ def live_rules(for_duration: str) -> dict:
 
 
 class Prometheus:
-    def __init__(self, bin_dir: Path, work: Path, agent_port: int):
+    def __init__(self, bin_dir: Path, work: Path, agent_port: int, more_agents: dict[str, int] | None = None):
+        """Scrapes the agent at `agent_port` as pod POD, and each of `more_agents` (pod name → port)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         (work / "live.rules.yaml").write_text(yaml.safe_dump(live_rules("2s")))
@@ -126,9 +127,9 @@ class Prometheus:
             "rule_files": ["live.rules.yaml"],
             "scrape_configs": [{
                 "job_name": "kiln-agent",
-                "static_configs": [{"targets": [f"127.0.0.1:{agent_port}"],
-                                    "labels": {"namespace": NAMESPACE, "inferenceservice": SERVICE,
-                                               "pod": POD}}],
+                "static_configs": [{"targets": [f"127.0.0.1:{port}"],
+                                    "labels": {"namespace": NAMESPACE, "inferenceservice": SERVICE, "pod": pod}}
+                                   for pod, port in {POD: agent_port, **(more_agents or {})}.items()],
             }],
         }
         (work / "prometheus.yml").write_text(yaml.safe_dump(config))

@@ -11,7 +11,9 @@ SERVE_EXPORTS = {
     "kiln_prompt_tokens_total", "kiln_prompt_cached_tokens_total", "kiln_generated_tokens_total",
     "kiln_prefill_seconds_total", "kiln_decode_seconds_total", "kiln_prefill_tokens_per_second",
     "kiln_decode_tokens_per_second", "kiln_queue_depth", "kiln_slots_busy", "kiln_slots",
-    "kiln_requests_total", "kiln_context_size",
+    "kiln_requests_total", "kiln_context_size", "kiln_context_downsizes_total",
+    "kiln_gpu_vram_used_bytes", "kiln_gpu_vram_total_bytes",
+    "kiln_spec_drafted_tokens_total", "kiln_spec_accepted_tokens_total",
     *(f"{h}_{s}" for h in ("kiln_time_to_first_token_seconds", "kiln_request_duration_seconds")
       for s in ("bucket", "sum", "count")),
 }

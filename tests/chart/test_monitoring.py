@@ -13,6 +13,8 @@ import pytest
 from conftest import CHART, ROOT, run
 from exprs import (FROM_OTHER_BRANCHES, KUBE_STATE_METRICS, PROMETHEUS_SYNTHETIC, base_metrics, dashboard_exprs,
                    metric_names, rules, substitute)
+SPEC_POD = "qwen35-mtp-0"
+
 from live import FAKE_TOTAL, HEADROOM, NAMESPACE, POD, SERVICE, Agent, Prometheus, wait_for, write_device_memory
 from test_dashboard import SERVE_EXPORTS
 
@@ -25,8 +27,24 @@ def agent(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def prom(prometheus_bin, agent, tmp_path_factory):
-    p = Prometheus(prometheus_bin, tmp_path_factory.mktemp("prometheus"), agent.port)
+def spec_agent(tmp_path_factory):
+    """A second replica that decodes speculatively (the tiny qwen35 model has an MTP head), so the
+    speculation panels and recording rules have data (see `prom`)."""
+    a = Agent(tmp_path_factory.mktemp("spec-agent"), model=ROOT / "tests" / "models" / "qwen35-tiny-q8_0.gguf",
+              extra_args=["--spec", "mtp", "--spec-draft-n-max", "3"], watch_memory=False)
+    yield a
+    a.stop()
+
+
+@pytest.fixture(scope="module")
+def prom(prometheus_bin, agent, spec_agent, tmp_path_factory):
+    p = Prometheus(prometheus_bin, tmp_path_factory.mktemp("prometheus"), agent.port,
+                   more_agents={SPEC_POD: spec_agent.port})
+    # Drafting only after Prometheus has scraped the counters at zero, so their rates are above zero.
+    wait_for("a scrape of the speculative replica",
+             lambda: p.query(f'kiln_spec_drafted_tokens_total{{pod="{SPEC_POD}"}}'), timeout=30)
+    r = httpx.post(spec_agent.url + "/v1/completions", json={"prompt": "Hello", "max_tokens": 16}, timeout=60)
+    assert r.status_code == 200, r.text
     yield p
     p.stop()
 

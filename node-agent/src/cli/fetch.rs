@@ -10,7 +10,7 @@ use kiln_agent::fetch::progress::{Progress, Reporter, StatusServer};
 use kiln_agent::fetch::{self, FetchOptions};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Args, Debug)]
@@ -59,6 +59,11 @@ pub struct FetchArgs {
     /// Seconds between progress lines in logs (when stderr is not a terminal).
     #[arg(long, default_value_t = 10.0)]
     pub log_interval_s: f64,
+    /// Also point this path (a symbolic link, replaced atomically) at the fetched file: a name known before
+    /// the fetch, for `kiln-agent serve --model` in the next container (the cache path holds the hub's
+    /// commit or a hash of the URL).
+    #[arg(long)]
+    pub link: Option<PathBuf>,
 }
 
 fn seconds(name: &str, s: f64) -> Result<Duration> {
@@ -124,6 +129,10 @@ pub fn run(args: FetchArgs) -> Result<()> {
             .await
             .with_context(|| format!("fetching {uri}"))
     })?;
+    if let Some(link) = &args.link {
+        replace_link(&fetched.path, link)?;
+        tracing::info!("fetch: {} -> {}", link.display(), fetched.path.display());
+    }
     let s = &fetched.summary;
     tracing::info!(
         "fetch: {} ready: {} ({}), {} tensors, {} bytes of weights{}",
@@ -143,4 +152,20 @@ pub fn run(args: FetchArgs) -> Result<()> {
     );
     println!("{}", fetched.path.display());
     Ok(())
+}
+
+/// Makes `link` a symbolic link to `target`, relative when both are under the link's directory (so it holds
+/// wherever the volume is mounted), through a temporary name and a rename: never missing, never half made.
+fn replace_link(target: &Path, link: &Path) -> Result<()> {
+    let dir = link.parent().unwrap_or(Path::new("."));
+    let name = link
+        .file_name()
+        .with_context(|| format!("--link {}: not a file path", link.display()))?;
+    let tmp = dir.join(format!(".{}.link-tmp", name.to_string_lossy()));
+    let pointee = target.strip_prefix(dir).unwrap_or(target);
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(pointee, &tmp)
+        .with_context(|| format!("cannot create the link {}", tmp.display()))?;
+    std::fs::rename(&tmp, link)
+        .with_context(|| format!("cannot put the link at {}", link.display()))
 }

@@ -152,10 +152,12 @@ fn try_lock(f: &File, exclusive: bool) -> io::Result<bool> {
 
 /// Marks `model` in use for as long as the guard lives, when it is a file of a Kiln cache (it has a lock
 /// file beside it); files elsewhere need no protection and get `None`. Blocks while the file is being
-/// evicted or completed (moments).
+/// evicted or completed (moments). `model` may be a link into the cache (`kiln-agent fetch --link`); the
+/// lock is opened read-only, as a server mounts the cache read-only (a shared flock needs no write access).
 pub fn hold_in_use(model: &Path) -> io::Result<Option<LockGuard>> {
-    let lock = hidden_sibling(model, "lock");
-    match OpenOptions::new().write(true).open(&lock) {
+    let model = fs::canonicalize(model).unwrap_or_else(|_| model.to_path_buf());
+    let lock = hidden_sibling(&model, "lock");
+    match OpenOptions::new().read(true).open(&lock) {
         Ok(f) => {
             FileExt::lock_shared(&f)?;
             Ok(Some(LockGuard(f)))

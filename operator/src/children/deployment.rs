@@ -112,8 +112,8 @@ pub fn serve_args(resolved: &Resolved, model_path: &str) -> Vec<String> {
         "--kv-type".to_string(),
         resolved.kv_cache_type.as_str().to_string(),
     ];
-    // Plain decoding is the agent's default: no speculation flags then (`kiln-agent serve` of this tree
-    // does not take `--spec` yet, and a pod must not fail on a flag that asks for the default).
+    // Speculation flags only when speculating: plain decoding is the agent's default, and agents older than
+    // `serve --spec` refuse the whole command line over a flag they do not know.
     if resolved.speculative != SpeculativeType::None {
         args.extend([
             "--spec".to_string(),
@@ -153,13 +153,16 @@ pub fn serve_args(resolved: &Resolved, model_path: &str) -> Vec<String> {
     args
 }
 
-/// `kiln-agent fetch` arguments for a download.
-pub fn fetch_args(uri: &str, sha256: Option<&str>) -> Vec<String> {
+/// `kiln-agent fetch` arguments for a download. The cache path of the file is only known once fetched (it
+/// holds the hub's commit or a hash of the URL): `--link` puts it at `link`, the path serve is given.
+pub fn fetch_args(uri: &str, sha256: Option<&str>, link: &str) -> Vec<String> {
     let mut args = vec![
         "fetch".to_string(),
         uri.to_string(),
         "--to".to_string(),
         MODELS_DIR.to_string(),
+        "--link".to_string(),
+        link.to_string(),
     ];
     if let Some(sum) = sha256 {
         args.extend(["--sha256".to_string(), sum.to_string()]);
@@ -254,7 +257,11 @@ pub fn build(
             name: "fetch".to_string(),
             image: Some(image.clone()),
             image_pull_policy: pull_policy.clone(),
-            args: Some(fetch_args(uri, svc.spec.model.sha256.as_deref())),
+            args: Some(fetch_args(
+                uri,
+                svc.spec.model.sha256.as_deref(),
+                &source.serve_path(),
+            )),
             env: Some(common_env()),
             volume_mounts: Some(vec![
                 mount("tmp", "/tmp", false),
@@ -468,6 +475,7 @@ mod tests {
             !args.contains("--ctx-min") && !args.contains("--auto-downsize"),
             "{args}"
         );
+        assert!(!args.contains("--spec"), "no speculation, no flag: {args}");
     }
 
     #[test]
@@ -526,8 +534,8 @@ mod tests {
     #[test]
     fn fetch_args_carry_the_checksum_and_status_address() {
         assert_eq!(
-            fetch_args("hf://o/r/m.gguf", Some("ab")).join(" "),
-            "fetch hf://o/r/m.gguf --to /models --sha256 ab --status-addr 0.0.0.0:8080"
+            fetch_args("hf://o/r/m.gguf", Some("ab"), "/models/m.gguf").join(" "),
+            "fetch hf://o/r/m.gguf --to /models --link /models/m.gguf --sha256 ab --status-addr 0.0.0.0:8080"
         );
     }
 }
