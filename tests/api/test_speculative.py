@@ -115,6 +115,19 @@ def test_json_constrained_requests_still_work(servers):
     assert answer(spec, "Give me JSON.", **kw) == answer(plain, "Give me JSON.", **kw)
 
 
+def test_one_slot_answers_after_the_warm_up(servers):
+    # With one slot, the first request lands on the slot the start-up warm-up ran on; the MTP head's mirror
+    # must have been reset with it.
+    plain, _ = servers
+    one = Server(model=QWEN35, ctx=256, parallel=1,
+                 extra_args=["--alias", "x", "--spec", "mtp", "--spec-draft-n-max", "3"])
+    try:
+        for prompt in PROMPTS[:2]:
+            assert answer(one, prompt, max_tokens=20) == answer(plain, prompt, max_tokens=20)
+    finally:
+        assert one.stop() == 0
+
+
 def test_a_model_without_an_mtp_head_is_refused():
     with pytest.raises(RuntimeError) as e:
         Server(model=MODEL, extra_args=["--spec", "mtp"])

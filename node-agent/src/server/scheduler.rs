@@ -169,7 +169,11 @@ impl Scheduler {
                 if let Err(e) = engine.prefill(&mut slots[0].seq, &[warm]) {
                     tracing::error!("warm-up failed: {e}");
                 }
-                slots[0].seq.tokens.clear();
+                // Forget the warm-up token everywhere: the cache, the checkpoints and the MTP head's
+                // mirror (clearing only the token list left a speculative slot out of step).
+                if let Err(e) = engine.reset(&mut slots[0].seq) {
+                    tracing::error!("resetting the slot after the warm-up failed: {e}");
+                }
                 r.store(true, Ordering::SeqCst);
                 tracing::info!("engine ready: {parallel} slot(s) of {ctx} tokens");
                 EngineLoop {
