@@ -130,6 +130,15 @@ async def main():
         print(f"TTFT p50 {pct(stats['ttft'], 50):.3f}s  p99 {pct(stats['ttft'], 99):.3f}s; "
               f"latency p50 {pct(stats['latency'], 50):.2f}s  p99 {pct(stats['latency'], 99):.2f}s")
         print(f"server RSS: {rss0:.1f} MiB before, {rss1:.1f} MiB after")
+        # Every client has finished: a slot still busy or a job still queued a few seconds later would be a
+        # leak (the engine updates the gauges on its next loop, up to ~50 ms after the last answer).
+        for _ in range(50):
+            gauges = {line.split()[0]: float(line.split()[1]) for line in httpx.get(url + "/metrics", timeout=10)
+                      .text.splitlines() if line.startswith(("kiln_slots_busy ", "kiln_queue_depth "))}
+            if not any(gauges.values()):
+                break
+            time.sleep(0.1)
+        print(f"after the load: busy slots {gauges.get('kiln_slots_busy')}, queued {gauges.get('kiln_queue_depth')}")
     finally:
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=120)
