@@ -76,7 +76,7 @@ __device__ __forceinline__ void mmvq(const u8* w, u32 row_bytes, u32 n_units, u3
 // The same product with one warp per output value and MMVW_THREADS / WARP_SIZE values per block: no
 // block-wide reduction, and each lane walks more of the row with U units in flight, which keeps more loads
 // outstanding per SM than a block per row (the 27B's rows are 5120 or 17408 values: 160 or 544 units).
-// On an H100 this decodes 4–6% faster than a block per row (bench/README.md). KILN_MMV=block|warp|warp4
+// On an H100 this decodes 4-6% faster than a block per row (bench/README.md). KILN_MMV=block|warp|warp4
 // selects the variant at run time.
 #define MMVW_THREADS 128
 
