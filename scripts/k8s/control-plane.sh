@@ -39,6 +39,8 @@ NODE_COMPONENTS=(kubelet kube-proxy)
 ETCD=$CACHE/root/usr/bin/etcd
 
 log() { printf '[control-plane] %s\n' "$*" >&2; }
+# alive, wait_for, stop
+source "$(dirname "${BASH_SOURCE[0]}")/pids.sh"
 
 built() {
     [[ -x $ETCD ]] || return 1
@@ -147,7 +149,6 @@ build_node() {
 
 # ---- running the control plane ------------------------------------------------------------------------------
 
-alive() { [[ -f $RUN/$1.pid ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
 apiserver_ready() {
     curl -sfk --max-time 2 -H "Authorization: Bearer $(cat "$RUN/admin.token")" \
@@ -155,16 +156,6 @@ apiserver_ready() {
 }
 
 # wait_for WHAT SECONDS COMMAND...: polls COMMAND every 0.2 s.
-wait_for() {
-    local what=$1 seconds=$2 i
-    shift 2
-    for ((i = 0; i < seconds * 5; i++)); do
-        if "$@"; then return 0; fi
-        sleep 0.2
-    done
-    log "$what did not come up within ${seconds}s; its log: $RUN/logs"
-    return 1
-}
 
 write_kubeconfig() { # FILE TOKEN USER
     cat >"$1" <<KC
@@ -283,21 +274,6 @@ up() {
     echo "KUBECONFIG=$RUN/kubeconfig"
 }
 
-# Stops one component by its PID file: SIGTERM, then SIGKILL after 10 s.
-stop() {
-    local name=$1 pid i
-    [[ -f $RUN/$name.pid ]] || return 0
-    pid=$(cat "$RUN/$name.pid")
-    if kill -0 "$pid" 2>/dev/null; then
-        kill "$pid" 2>/dev/null || true
-        for ((i = 0; i < 50; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.2
-        done
-        kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$RUN/$name.pid"
-}
 
 down_quietly() {
     local c

@@ -47,19 +47,10 @@ export CONTAINERD_ADDRESS=$RUN/containerd/containerd.sock
 KUBECONFIG_FILE=$KILN_K8S_RUN/kubeconfig
 
 log() { printf '[node] %s\n' "$*" >&2; }
-alive() { [[ -f $RUN/$1.pid ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+# alive, wait_for, stop
+source "$(dirname "${BASH_SOURCE[0]}")/pids.sh"
 
 # wait_for WHAT SECONDS COMMAND...: polls COMMAND every 0.2 s.
-wait_for() {
-    local what=$1 seconds=$2 i
-    shift 2
-    for ((i = 0; i < seconds * 5; i++)); do
-        if "$@"; then return 0; fi
-        sleep 0.2
-    done
-    log "$what did not come up within ${seconds}s; logs in $RUN/logs"
-    return 1
-}
 
 kubectl_() { "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
 
@@ -266,21 +257,6 @@ up() {
     echo "KUBECONFIG=$KUBECONFIG_FILE"
 }
 
-# Stops one process by its PID file: SIGTERM, then SIGKILL after 10 s.
-stop() {
-    local name=$1 pid i
-    [[ -f $RUN/$name.pid ]] || return 0
-    pid=$(cat "$RUN/$name.pid")
-    if kill -0 "$pid" 2>/dev/null; then
-        kill "$pid" 2>/dev/null || true
-        for ((i = 0; i < 50; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.2
-        done
-        kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$RUN/$name.pid"
-}
 
 # The pods' containers, once kubelet is stopped: kill their tasks (the shims then exit) and remove them. Not
 # through the API: controllers (and the Kiln operator) would only start them again, and what a CNI DEL would
