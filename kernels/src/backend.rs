@@ -35,6 +35,29 @@ pub(crate) fn shape_err(op: &'static str, reason: impl Into<String>) -> BackendE
     }
 }
 
+/// The layout of a KV cache of `n_ctx` positions × `n_kv_heads` × `head_dim` values in type `ty`, the same
+/// for every backend: (values per position, bytes per position, bytes of the K (or V) buffer).
+pub(crate) fn kv_layout(
+    n_ctx: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    ty: KvType,
+) -> Result<(usize, usize, usize)> {
+    let width = n_kv_heads
+        .checked_mul(head_dim)
+        .ok_or_else(|| shape_err("kv_cache", "size overflows"))?;
+    let row_bytes = ty.row_bytes(width).ok_or_else(|| {
+        shape_err(
+            "kv_cache",
+            format!("{width} values per position do not fit {ty:?} blocks"),
+        )
+    })?;
+    let bytes = n_ctx
+        .checked_mul(row_bytes)
+        .ok_or_else(|| shape_err("kv_cache", "size overflows"))?;
+    Ok((width, row_bytes, bytes))
+}
+
 /// The shape check every backend op starts with: a buffer holding fewer values than the op needs.
 pub(crate) fn check_len(op: &'static str, what: &str, have: usize, need: usize) -> Result<()> {
     if have < need {

@@ -454,16 +454,7 @@ impl Backend for CpuBackend {
         head_dim: usize,
         ty: KvType,
     ) -> Result<CpuKvCache> {
-        let width = n_kv_heads * head_dim;
-        let row_bytes = ty.row_bytes(width).ok_or_else(|| {
-            shape_err(
-                "kv_cache",
-                format!("{width} values per position do not fit {ty:?} blocks"),
-            )
-        })?;
-        let bytes = n_ctx
-            .checked_mul(row_bytes)
-            .ok_or_else(|| shape_err("kv_cache", "size overflows"))?;
+        let (width, row_bytes, bytes) = kv_layout(n_ctx, n_kv_heads, head_dim, ty)?;
         Ok(CpuKvCache {
             ty,
             n_ctx,

@@ -8,8 +8,8 @@ mod device;
 pub use device::{driver_present, ptx_entries, CudaDevice};
 
 use crate::backend::{
-    check_len, shape_err, Activation, AttentionParams, Backend, BackendError, DeltaNetParams,
-    KvType, Result, RopeParams, RopeStyle, WeightSource,
+    check_len, kv_layout, shape_err, Activation, AttentionParams, Backend, BackendError,
+    DeltaNetParams, KvType, Result, RopeParams, RopeStyle, WeightSource,
 };
 use crate::quant::{dequantize_row, GgmlType};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
@@ -971,16 +971,7 @@ impl Backend for CudaBackend {
         head_dim: usize,
         ty: KvType,
     ) -> Result<CudaKvCache> {
-        let width = n_kv_heads * head_dim;
-        let row_bytes = ty.row_bytes(width).ok_or_else(|| {
-            shape_err(
-                "kv_cache",
-                format!("{width} values per position do not fit {ty:?} blocks"),
-            )
-        })?;
-        let bytes = n_ctx
-            .checked_mul(row_bytes)
-            .ok_or_else(|| shape_err("kv_cache", "size overflows"))?;
+        let (width, row_bytes, bytes) = kv_layout(n_ctx, n_kv_heads, head_dim, ty)?;
         Ok(CudaKvCache {
             ty,
             n_ctx,
