@@ -168,8 +168,9 @@ def test_models_health_metrics(server, client, model_id):
     fams = {f.name: f for f in text_string_to_metric_families(text)}
     for name in ["kiln_prompt_tokens", "kiln_generated_tokens", "kiln_time_to_first_token_seconds",
                  "kiln_queue_depth", "kiln_slots_busy", "kiln_requests", "kiln_context_size",
-                 "kiln_decode_tokens_per_second", "kiln_prefill_tokens_per_second"]:
+                 "kiln_decode_tokens_per_second", "kiln_prefill_tokens_per_second", "kiln_ready"]:
         assert name in fams, name
+    assert [s.value for s in fams["kiln_ready"].samples] == [1.0]
     kinds = {s.labels["kind"]: s.value for s in fams["kiln_context_size"].samples}
     assert kinds == {"requested": 2048.0, "effective": 2048.0}
     assert any(s.value > 0 for s in fams["kiln_generated_tokens"].samples)

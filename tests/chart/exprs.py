@@ -7,13 +7,6 @@ import yaml
 
 from conftest import CHART
 
-# Metrics the dashboard and alerts read that `kiln-agent serve` does not export on main yet: the node layer's
-# GPU probe and VRAM watch, and MTP speculative decoding (names agreed with those branches).
-FROM_OTHER_BRANCHES = {
-    "kiln_gpu_busy_ratio", "kiln_gpu_temperature_celsius", "kiln_gpu_power_watts",
-}
-# kube-state-metrics (pod readiness); not run by these tests.
-KUBE_STATE_METRICS = {"kube_pod_status_ready", "kube_pod_status_phase", "kube_pod_labels"}
 # Prometheus' own per-target series.
 PROMETHEUS_SYNTHETIC = {"up"}
 

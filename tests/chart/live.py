@@ -55,6 +55,26 @@ def write_device_memory(path: Path, used_by_others: int):
     tmp.replace(path)
 
 
+def write_amd_sysfs(root: Path) -> Path:
+    """A sysfs tree with one RX 7900 XTX as amdgpu exposes it (the files the agent's sysfs memory source
+    reads: VRAM, busy percent, the hwmon edge temperature and average power), so an agent run with
+    `--memory-source sysfs --sysfs-root ROOT` exports every per-GPU series on a machine without the card."""
+    device = root / "sys" / "class" / "drm" / "card0" / "device"
+    files = {
+        "vendor": "0x1002", "device": "0x744c",
+        "uevent": "DRIVER=amdgpu\nPCI_ID=1002:744C\nPCI_SLOT_NAME=0000:03:00.0",
+        "mem_info_vram_total": str(24 << 30), "mem_info_vram_used": str(3 << 30),
+        "gpu_busy_percent": "37",
+        "hwmon/hwmon0/temp1_input": "45000", "hwmon/hwmon0/temp1_label": "edge",
+        "hwmon/hwmon0/power1_average": "211000000",
+    }
+    for name, text in files.items():
+        (device / name).parent.mkdir(parents=True, exist_ok=True)
+        (device / name).write_text(text + "\n")
+    (device / "drm" / "renderD128").mkdir(parents=True, exist_ok=True)
+    return root
+
+
 class Agent:
     """`kiln-agent serve` with one slot and a one-request queue, so saturation is easy to create; on a build
     with the node layer's memory watch, on a fake device whose memory the test controls."""
@@ -92,6 +112,14 @@ class Agent:
     def exported_metric_names(self) -> set:
         text = httpx.get(self.url + "/metrics", timeout=10).text
         return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+    def metric(self, name: str) -> float:
+        """The value of `name`'s first sample on /metrics (the single-series gauges)."""
+        text = httpx.get(self.url + "/metrics", timeout=10).text
+        for line in text.splitlines():
+            if line.split("{")[0].split(" ")[0] == name:
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"{name} is not on /metrics")
 
     def stop(self) -> int:
         if self.proc.poll() is None:

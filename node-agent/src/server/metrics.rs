@@ -22,6 +22,7 @@ pub struct Metrics {
     pub decode_tps: Gauge,
     pub ttft: Histogram,
     pub request_duration: Histogram,
+    pub ready: IntGauge,
     pub queue_depth: IntGauge,
     pub slots_busy: IntGauge,
     pub slots_total: IntGauge,
@@ -100,6 +101,10 @@ impl Metrics {
                     "Whole request time, generation endpoints"
                 )
                 .buckets(latency)
+            )),
+            ready: reg!(IntGauge::new(
+                "kiln_ready",
+                "1 while the model is loaded and warmed up (what /readyz and the pod's readiness probe see), else 0"
             )),
             queue_depth: reg!(IntGauge::new(
                 "kiln_queue_depth",

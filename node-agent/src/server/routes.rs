@@ -146,6 +146,8 @@ async fn readyz(State(st): St) -> Response {
 }
 
 async fn metrics(State(st): St) -> Response {
+    // Read at scrape time, so a pod stuck loading (or failed) exports 0 without anyone having to set it.
+    st.metrics.ready.set(i64::from(st.ready()));
     (
         [(
             header::CONTENT_TYPE,
