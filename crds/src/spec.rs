@@ -41,6 +41,12 @@ pub const MAX_CONTEXT: u32 = 1_048_576;
     ),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.message",
+        description = "what the service is doing, e.g. `Loading 43% (fetching the model)`"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -324,12 +330,18 @@ impl Reasoning {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelCacheSpec {
-    /// `emptyDir` (per pod, default) or `persistentVolumeClaim` (one claim owned by this service).
+    /// `emptyDir` (per pod, default), `persistentVolumeClaim` (one claim owned by this service) or
+    /// `hostPath` (the node's model cache, shared by every Kiln pod on the node: a model is downloaded once
+    /// per node and a restarted or rolled pod finds it there). The node directory is the cluster admin's
+    /// choice (the operator's `--node-cache-dir`, chart value `operator.nodeModelCache.path`), not the
+    /// spec's, so creating an InferenceService never mounts an arbitrary host directory.
     #[serde(default, rename = "type")]
     pub kind: ModelCacheType,
-    /// Claim request or emptyDir size limit (default 50Gi for a claim, no limit for emptyDir).
+    /// Claim request or emptyDir size limit (default 50Gi for a claim, no limit for emptyDir); for every
+    /// type also the cache's size limit, kept by evicting the least recently used files no pod has open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<Quantity>,
+
     /// Storage class of the claim (default: the cluster's default class).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
@@ -345,6 +357,7 @@ pub enum ModelCacheType {
     #[default]
     EmptyDir,
     PersistentVolumeClaim,
+    HostPath,
 }
 
 /// Access mode of the model cache claim.

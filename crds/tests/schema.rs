@@ -38,6 +38,7 @@ fn names_columns_and_subresources() {
             "Requested-Ctx",
             "Effective-Ctx",
             "Ready",
+            "Status",
             "Age",
             "Endpoint"
         ]

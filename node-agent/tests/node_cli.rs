@@ -154,3 +154,46 @@ fn plan_reads_a_real_gguf_header() {
     let (ok, _, err) = agent(&["plan", "--model", "/nonexistent.gguf", "--vram", "1G"]);
     assert!(!ok && err.contains("/nonexistent.gguf"), "{err}");
 }
+
+/// A node cache directory the agent's user cannot write (what the kubelet makes of a missing hostPath:
+/// root's, 0755): `kiln-agent fetch`, run as uid 65532 like the init container, fails before any download
+/// and says how to fix it. Needs root to switch users (skipped with a printed reason otherwise).
+#[test]
+fn fetch_into_a_cache_the_agent_cannot_write_says_how_to_fix_it() {
+    let root_owned = tempfile::tempdir().unwrap();
+    fs::set_permissions(
+        root_owned.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let cache = root_owned.path().join("models");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65532", "--regid=65532", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_kiln-agent"))
+        .args(["fetch", "https://127.0.0.1:9/m.gguf", "--to"])
+        .arg(&cache)
+        .output();
+    let out = match out {
+        Ok(o) if !String::from_utf8_lossy(&o.stderr).contains("setpriv:") => o,
+        Ok(o) => {
+            eprintln!(
+                "skipped: setpriv cannot switch to uid 65532 here (not root?): {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            return;
+        }
+        Err(e) => {
+            eprintln!("skipped: no setpriv: {e}");
+            return;
+        }
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("permission denied")
+            && stderr.contains("uid 65532")
+            && stderr.contains("install -d -o 65532 -g 65532"),
+        "{stderr}"
+    );
+    assert!(!cache.exists());
+}

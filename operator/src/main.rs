@@ -47,6 +47,10 @@ struct RunArgs {
     /// Pull policy for the default agent image (Always, IfNotPresent, Never).
     #[arg(long, env = "KILN_AGENT_IMAGE_PULL_POLICY", value_parser = ["Always", "IfNotPresent", "Never"])]
     agent_image_pull_policy: Option<String>,
+    /// The node directory of `modelCache.type: hostPath` caches (absolute). It must be writable by the
+    /// agent's uid 65532 on every node.
+    #[arg(long, env = "KILN_NODE_CACHE_DIR", default_value = "/var/lib/kiln/models", value_parser = parse_node_cache_dir)]
+    node_cache_dir: String,
     /// Where each agent's status is read; `{ip}` and `{port}` are the pod's IP and agent port.
     #[arg(
         long,
@@ -111,6 +115,28 @@ fn main() {
     }
 }
 
+/// An absolute directory without `.`/`..` segments (a hostPath the kubelet mounts as given).
+fn parse_node_cache_dir(s: &str) -> Result<String, String> {
+    let ok = s.len() <= 256
+        && s.starts_with('/')
+        && s.len() > 1
+        && s[1..].split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        });
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "`{s}` is not an absolute directory path of plain names (letters, digits, . _ -; no . or ..)"
+        ))
+    }
+}
+
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -155,6 +181,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         DeploymentDefaults {
             agent_image: args.agent_image.clone(),
             image_pull_policy: args.agent_image_pull_policy.clone(),
+            node_cache_dir: args.node_cache_dir.clone(),
         },
         pdb_resource,
         Duration::from_secs(args.status_interval_s),

@@ -51,6 +51,28 @@ fn condition(type_: &str, ok: bool, reason: &str, message: String) -> Condition 
     }
 }
 
+/// The last line of a container's previous exit message, cut to a length a status message can carry.
+fn last_exit_message(c: &k8s_openapi::api::core::v1::ContainerStatus) -> Option<String> {
+    let text = c
+        .last_state
+        .as_ref()?
+        .terminated
+        .as_ref()?
+        .message
+        .as_deref()?;
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?.trim();
+    const MAX: usize = 300;
+    Some(if line.len() > MAX {
+        let mut end = MAX;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &line[..end])
+    } else {
+        line.to_string()
+    })
+}
+
 /// Why a pod cannot make progress, if it cannot.
 fn stuck_reason(pod: &Pod) -> Option<String> {
     let status = pod.status.as_ref()?;
@@ -63,15 +85,18 @@ fn stuck_reason(pod: &Pod) -> Option<String> {
         if let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) {
             if let Some(reason) = w.reason.as_deref() {
                 if STUCK_REASONS.contains(&reason) {
+                    // A crash loop's own message is only "back-off …"; why the container exited is in
+                    // its last termination message (the log tail, see the Deployment's containers).
+                    let why = (reason == "CrashLoopBackOff")
+                        .then(|| last_exit_message(c))
+                        .flatten()
+                        .or_else(|| w.message.clone());
                     return Some(format!(
                         "pod {}: container {} {}{}",
                         pod.metadata.name.as_deref().unwrap_or("?"),
                         c.name,
                         reason,
-                        w.message
-                            .as_deref()
-                            .map(|m| format!(": {m}"))
-                            .unwrap_or_default()
+                        why.map(|m| format!(": {m}")).unwrap_or_default()
                     ));
                 }
             }
@@ -444,6 +469,28 @@ mod tests {
         );
         assert_eq!(failed.phase, Some(Phase::Failed));
         assert_eq!(run(0, Some(&d0), &[], &[]).phase, Some(Phase::Pending));
+    }
+
+    #[test]
+    fn a_crash_looping_fetch_says_why_it_exited() {
+        let p: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "qwen-0"},
+            "status": {"podIP": "10.0.0.1", "initContainerStatuses": [{
+                "name": "fetch", "image": "i", "imageID": "", "ready": false, "restartCount": 3,
+                "state": {"waiting": {"reason": "CrashLoopBackOff",
+                                      "message": "back-off 40s restarting failed container=fetch"}},
+                "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+                    "message": "fetch: 12% of 16.5 GB\nkiln-agent: sha256 mismatch: expected ab…, got 3f…\n"}}
+            }]}
+        }))
+        .unwrap();
+        let d0 = deployment(0);
+        let s = run(1, Some(&d0), &[p], &[]);
+        assert_eq!(s.phase, Some(Phase::Failed));
+        assert_eq!(
+            s.message.as_deref(),
+            Some("pod qwen-0: container fetch CrashLoopBackOff: kiln-agent: sha256 mismatch: expected ab…, got 3f…")
+        );
     }
 
     #[test]

@@ -140,7 +140,18 @@ BAD_VALUES = [
     (["--set", "networkPolicy.enabled=true", "--set", "networkPolicy.agentNamespaces={Bad_Name}"],
      "/networkPolicy/agentNamespaces/0"),
     (["--set", "monitoring.dashboard.labels.grafana_dashboard=1"], None),  # an int label value
+    (["--set", "agent.nodeModelCache.path=/var/lib/../../etc"], "/agent/nodeModelCache/path"),
+    (["--set", "agent.nodeModelCache.path=models"], "/agent/nodeModelCache/path"),
 ]
+
+
+def test_the_node_model_cache_directory_reaches_the_operator(helm):
+    def env(*args):
+        dep = by_kind(template(helm, *args))["Deployment"][0]
+        return {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    assert env()["KILN_NODE_CACHE_DIR"] == "/var/lib/kiln/models"
+    assert env("--set", "agent.nodeModelCache.path=/data/kiln")["KILN_NODE_CACHE_DIR"] == "/data/kiln"
 
 
 @pytest.mark.parametrize("args,path", BAD_VALUES, ids=[" ".join(a[1::2]) for a, _ in BAD_VALUES])

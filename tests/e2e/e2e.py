@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -111,7 +112,7 @@ def wait_for(what: str, timeout_s: float, probe, interval_s: float = 1.0):
 # ---- step 2 -------------------------------------------------------------------------------------------------
 
 
-def install_chart(c: Cluster, operator_image: str, agent_image: str) -> None:
+def install_chart(c: Cluster, operator_image: str, agent_image: str, node_cache: Path) -> None:
     op_repo, op_tag = operator_image.rsplit(":", 1)
     ag_repo, ag_tag = agent_image.rsplit(":", 1)
     t0 = time.monotonic()
@@ -120,7 +121,7 @@ def install_chart(c: Cluster, operator_image: str, agent_image: str) -> None:
         "--set", f"operator.image.repository={op_repo}", "--set", f"operator.image.tag={op_tag}",
         "--set", "operator.image.pullPolicy=Never",
         "--set", f"agent.image.repository={ag_repo}", "--set", f"agent.image.tag={ag_tag}",
-        "--set", "agent.image.pullPolicy=Never",
+        "--set", "agent.image.pullPolicy=Never", "--set", f"agent.nodeModelCache.path={node_cache}",
     )  # fmt: skip
 
     def operator_ready():
@@ -164,6 +165,9 @@ def example_manifest(model_uri: str, model_sha256: str) -> dict:
     isvc["spec"]["model"]["uri"] = model_uri
     isvc["spec"]["model"]["sha256"] = model_sha256
     isvc["spec"]["resources"]["requests"]["cpu"] = "500m"
+    # The node's model cache (the chart's agent.nodeModelCache.path), so the pod of step 6's rollout finds
+    # the model on the node instead of downloading it again.
+    isvc["spec"]["modelCache"] = {"type": "hostPath", "size": "1Gi"}
     return isvc
 
 
@@ -184,10 +188,18 @@ def apply_and_wait(c: Cluster, isvc: dict) -> dict:
     log(f"kubectl apply InferenceService {NS}/{name}")
     times: dict[str, float] = {}
     first_answer = None
+    progress: list[int] = []  # the download percentages status.message showed, in order
     deadline = t0 + 300
     while time.monotonic() < deadline and ("ready" not in times or first_answer is None):
         obj = c.get("inferenceservice", name, "-n", NS) or {}
         status = obj.get("status") or {}
+        loading = re.fullmatch(r"Loading (\d+)% \(fetching the model\)", status.get("message") or "")
+        if loading and (not progress or progress[-1] != int(loading[1])):
+            progress.append(int(loading[1]))
+            if len(progress) == 1:
+                # What a user watching `kubectl get` sees (the Status column is status.message).
+                log("kubectl get inferenceservice, during the download:\n"
+                    + c.kubectl("get", "inferenceservice", name, "-n", NS).rstrip())
         if status.get("phase") == "Ready" and "ready" not in times:
             times["ready"] = time.monotonic() - t0
         svc = c.get("service", name, "-n", NS)
@@ -201,6 +213,11 @@ def apply_and_wait(c: Cluster, isvc: dict) -> dict:
     if "ready" not in times or first_answer is None:
         raise Failure(f"after 300 s: status {status}, first answer {first_answer!r}")
     log(f"status.phase Ready {times['ready']:.1f} s after kubectl apply")
+    # The mirror sends the model slowly (tests/e2e/run.sh), so the operator polls the init container's
+    # /status while it downloads: the status must have shown a percentage strictly between 0 and 100.
+    log(f"download progress seen in status.message: {progress}%")
+    check(any(0 < p < 100 for p in progress), f"no `Loading N%` with 0 < N < 100 in the status (saw {progress})")
+    check(progress == sorted(progress), f"download progress went backwards: {progress}")
     log(f"TIME kubectl apply -> first answered request: {times['answer']:.1f} s (answer: {first_answer!r})")
     check("Paris" in first_answer, f"first answer {first_answer!r} lacks Paris")
     return times
@@ -222,6 +239,15 @@ def check_fetched_from_mirror(c: Cluster, name: str, model_file: str, mirror_log
     ]
     check(bool(lines), f"no GET of {model_file} from pod {pod['status']['podIP']} in {mirror_log}")
     log(f"init container fetched from the mirror: {lines[-1].strip()}")
+
+
+def check_downloaded_once(model_file: str, mirror_log: Path, node_cache: Path) -> None:
+    """After the rollout: the node cache holds the model and the mirror sent it once, to the first pod."""
+    gets = [ln for ln in mirror_log.read_text().splitlines() if f"GET /{model_file} " in ln]
+    check(len(gets) == 1, f"the model was downloaded {len(gets)} times (want once per node): {gets}")
+    cached = [p for p in node_cache.rglob("*") if p.is_file() and p.stat().st_size > 1 << 20]
+    check(len(cached) == 1, f"node cache {node_cache} holds {[str(p) for p in cached]}")
+    log(f"the rolled pod reused the node cache: one download in total, {cached[0]}")
 
 
 def agent_pods(c: Cluster, name: str) -> list[dict]:
@@ -292,10 +318,12 @@ def container_pid(c: Cluster, container_id: str) -> int:
     raise Failure(f"container {cid} is not a running containerd task")
 
 
-def check_restricted(c: Cluster, pod: dict, container: str, writable: list[str], read_only: list[str]) -> None:
+def check_restricted(
+    c: Cluster, pod: dict, container: str, writable: list[str], read_only: list[str], host_dirs: dict | None = None
+) -> None:
     """The restricted security context, on the real process: uid/gid, no capabilities, no new privileges,
     seccomp filtering, a read-only root, and writable paths only where the pod mounts an emptyDir
-    (`writable`; `read_only`: emptyDirs mounted read-only)."""
+    (`writable`; `read_only`: emptyDirs mounted read-only, or the node directory `host_dirs` names)."""
     status = next(s for s in pod["status"]["containerStatuses"] if s["name"] == container)
     pid = container_pid(c, status["containerID"])
     proc = dict(
@@ -316,7 +344,8 @@ def check_restricted(c: Cluster, pod: dict, container: str, writable: list[str],
     for path in writable + read_only:
         opts, root, _ = mounts.get(path, ([], "", ""))
         mode = "rw" if path in writable else "ro"
-        check(mode in opts and "kubernetes.io~empty-dir" in root, f"{where}: {path} is {mounts.get(path)}")
+        expected = str((host_dirs or {}).get(path, "kubernetes.io~empty-dir"))
+        check(mode in opts and expected in root, f"{where}: {path} is {mounts.get(path)}")
     virtual = ("proc", "sysfs", "tmpfs", "devtmpfs", "devpts", "mqueue", "cgroup", "cgroup2")
     rw = sorted(p for p, (opts, _, fstype) in mounts.items() if "rw" in opts and fstype not in virtual)
     # What else is writable: the files kubelet binds in (/etc/hosts, /dev/termination-log, ...) and the
@@ -454,6 +483,8 @@ def main() -> int:
     p.add_argument("--model-uri", required=True)
     p.add_argument("--model-sha256", required=True)
     p.add_argument("--mirror-log", required=True, type=Path)
+    p.add_argument("--node-cache", required=True, type=Path,
+                   help="the node's model cache directory (hostPath), writable by uid 65532")
     p.add_argument("--timings", type=Path, help="write the measured times here (JSON)")
     p.add_argument("--keep", action="store_true", help="stop after step 5, leaving everything running")
     a = p.parse_args()
@@ -470,7 +501,7 @@ def run_steps(a: argparse.Namespace, c: Cluster) -> int:
     ctx = isvc["spec"]["context"]["size"]
     try:
         log("step 2: helm install charts/kiln")
-        install_chart(c, a.operator_image, a.agent_image)
+        install_chart(c, a.operator_image, a.agent_image, a.node_cache)
         op_pod = c.items("pods", "-n", RELEASE_NS, "-l", "app.kubernetes.io/name=kiln-operator")[0]
         check_restricted(c, op_pod, "operator", writable=[], read_only=[])
         log("steps 3-4: kubectl apply the tiny CPU example (model from the mirror on the node)")
@@ -480,7 +511,8 @@ def run_steps(a: argparse.Namespace, c: Cluster) -> int:
         check_fetched_from_mirror(c, name, a.model_uri.rsplit("/", 1)[1], a.mirror_log)
         log("step 5: the Service answers; metrics; status; security context")
         check_serving(c, name, ctx)
-        check_restricted(c, agent_pods(c, name)[0], "kiln-agent", writable=["/tmp"], read_only=["/models"])
+        check_restricted(c, agent_pods(c, name)[0], "kiln-agent", writable=["/tmp"], read_only=["/models"],
+                         host_dirs={"/models": a.node_cache})
         if a.keep:
             cip = c.get("service", name, "-n", NS)["spec"]["clusterIP"]
             log(f"kept running: the OpenAI API of {NS}/{name} is at http://{cip}/v1")
@@ -489,6 +521,7 @@ def run_steps(a: argparse.Namespace, c: Cluster) -> int:
         new_ctx = ctx // 2
         edit_context(c, name, new_ctx)
         check_serving(c, name, new_ctx)
+        check_downloaded_once(a.model_uri.rsplit("/", 1)[1], a.mirror_log, a.node_cache)
         log("step 7: delete the InferenceService, helm uninstall")
         delete_and_uninstall(c, name)
     except (Failure, openai.APIError, subprocess.SubprocessError, KeyError, IndexError, OSError) as e:

@@ -5,12 +5,35 @@ The InferenceService names the file with an ordinary https:// model.uri, so the 
 HTTP: the InferenceService schema accepts only https:// for URLs (plain http:// is refused on purpose), so the
 server's certificate comes from a private CA that tests/e2e/run.sh bakes into the test's agent image.
 Every request is logged to stderr (client address, request line, status): the test checks the pod fetched.
+With --rate the body is sent at that many bytes per second, like a mirror across a slow link, so the download
+lasts long enough for its progress to show in the InferenceService's status.
 """
 
 import argparse
 import functools
 import http.server
+import shutil
 import ssl
+import time
+
+
+class ThrottledHandler(http.server.SimpleHTTPRequestHandler):
+    """Sends file bodies at `rate` bytes per second (0: as fast as the socket takes them)."""
+
+    rate = 0
+
+    def copyfile(self, source, outputfile):
+        if not self.rate:
+            shutil.copyfileobj(source, outputfile)
+            return
+        chunk = max(1, self.rate // 20)
+        start, sent = time.monotonic(), 0
+        while block := source.read(chunk):
+            outputfile.write(block)
+            sent += len(block)
+            ahead = sent / self.rate - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
 
 
 def main() -> None:
@@ -20,9 +43,11 @@ def main() -> None:
     p.add_argument("--dir", required=True, help="directory to serve")
     p.add_argument("--cert", required=True, help="server certificate (PEM)")
     p.add_argument("--key", required=True, help="server private key (PEM)")
+    p.add_argument("--rate", type=int, default=0, help="bytes per second per response body (0: unthrottled)")
     a = p.parse_args()
 
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=a.dir)
+    ThrottledHandler.rate = a.rate
+    handler = functools.partial(ThrottledHandler, directory=a.dir)
     server = http.server.ThreadingHTTPServer((a.bind, a.port), handler)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(a.cert, a.key)

@@ -20,6 +20,9 @@ export KILN_NODE_RUN=${KILN_NODE_RUN:-${TMPDIR:-/tmp}/kiln-node-run}
 NODE_IP=10.213.0.1 # scripts/k8s/node.sh's node IP
 MIRROR_PORT=18443
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
+# The mirror sends the 98 MB model at 3 MB/s (~33 s), long enough for the operator's status polls (every 10 s)
+# to catch the download's progress (`Loading N%`) in the InferenceService's status.
+MIRROR_RATE=3000000
 OPERATOR_IMAGE=ghcr.io/kiln-dev/kiln-operator:e2e
 AGENT_IMAGE=ghcr.io/kiln-dev/kiln-agent:e2e
 
@@ -60,6 +63,9 @@ trap cleanup EXIT
 
 rm -rf "$WORK"
 mkdir -p "$WORK/mirror"
+# The node's model cache (modelCache type hostPath): the admin's once-per-node step, a directory the agent's
+# uid 65532 can write.
+install -d -o 65532 -g 65532 "$WORK/node-models"
 
 log "step 1: release binaries, the model, images"
 # One package per command, as scripts/test.sh builds the agent: built together, feature unification would give
@@ -91,7 +97,7 @@ ctr -n k8s.io images import "$WORK/agent.tar" >/dev/null
 log "images built and imported in $((SECONDS - t_images)) s"
 
 python3 tests/e2e/model_server.py --bind "$NODE_IP" --port "$MIRROR_PORT" --dir "$WORK/mirror" \
-    --cert "$WORK/mirror.crt" --key "$WORK/mirror.key" 2>"$WORK/mirror.log" &
+    --cert "$WORK/mirror.crt" --key "$WORK/mirror.key" --rate "$MIRROR_RATE" 2>"$WORK/mirror.log" &
 echo $! >"$WORK/mirror.pid"
 for _ in $(seq 50); do
     curl -sf --cacert "$WORK/ca.crt" -o /dev/null -I "https://$NODE_IP:$MIRROR_PORT/$MODEL_FILE" && break
@@ -105,4 +111,4 @@ if [[ $MODE == keep ]]; then steps=(--keep); fi
 python3 tests/e2e/e2e.py --kubeconfig "$KUBECONFIG" --tools "$(scripts/k8s-tools.sh)" --node-run "$KILN_NODE_RUN" \
     --operator-image "$OPERATOR_IMAGE" --agent-image "$AGENT_IMAGE" \
     --model-uri "https://$NODE_IP:$MIRROR_PORT/$MODEL_FILE" --model-sha256 "$MODEL_SHA256" \
-    --mirror-log "$WORK/mirror.log" --timings "$WORK/timings.json" "${steps[@]}"
+    --mirror-log "$WORK/mirror.log" --node-cache "$WORK/node-models" --timings "$WORK/timings.json" "${steps[@]}"

@@ -58,6 +58,11 @@ pub enum FetchError {
     DiskFull { path: PathBuf, need: u64, free: u64 },
     #[error("{path}: the disk filled up while writing; the partial download was removed")]
     NoSpace { path: PathBuf },
+    #[error(
+        "{path}: permission denied: the model cache must be writable by this process (uid {uid}); on a \
+         node directory (modelCache hostPath) create it with `install -d -o {uid} -g {uid} DIR`"
+    )]
+    NotWritable { path: PathBuf, uid: u32 },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -78,11 +83,23 @@ impl FetchError {
         {
             return FetchError::NoSpace { path: path.into() };
         }
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            return FetchError::NotWritable {
+                path: path.into(),
+                uid: process_uid(),
+            };
+        }
         FetchError::Io {
             path: path.into(),
             source: e,
         }
     }
+}
+
+/// This process's user id (the owner of /proc/self), for error messages; u32::MAX when unknown.
+fn process_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid())
 }
 
 /// Everything a fetch needs besides the URI.
@@ -152,6 +169,12 @@ pub async fn fetch(
             "--sha256 names one file but `{uri}` is a split GGUF of {} files; the hub's checksums are used for each",
             shards.len()
         )));
+    }
+    if matches!(parsed, ModelUri::Hf { .. } | ModelUri::Url(_)) {
+        // Before any request: a cache this process cannot write fails now, with its fix, not after the
+        // hub has been asked for the file.
+        std::fs::create_dir_all(&opts.cache_dir)
+            .map_err(|e| FetchError::from_io(&opts.cache_dir, e))?;
     }
     match parsed {
         ModelUri::File(path) => {

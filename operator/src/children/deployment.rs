@@ -8,8 +8,9 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+    HostPathVolumeSource, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -21,6 +22,10 @@ use kube::ResourceExt;
 pub const AGENT_PORT: i32 = 8080;
 /// Where the model cache volume is mounted.
 const MODELS_DIR: &str = "/models";
+/// The pod's own scratch volume (an emptyDir in every container). The link to a downloaded model lives
+/// here, not in the cache: a node cache is shared by every pod on the node, and two services may name
+/// different files alike.
+const TMP_DIR: &str = "/tmp";
 /// Where `pvc://claim/...` sources are mounted (read-only), one directory per claim.
 const SOURCE_CLAIMS_DIR: &str = "/model-sources";
 /// Non-root user the agent runs as (the distroless `nonroot` id).
@@ -33,6 +38,8 @@ pub struct DeploymentDefaults {
     pub agent_image: String,
     /// Pull policy when the spec names none (None: the cluster's default for the tag).
     pub image_pull_policy: Option<String>,
+    /// The node directory of `hostPath` model caches.
+    pub node_cache_dir: String,
 }
 
 /// Where the model file comes from and where the server reads it.
@@ -77,7 +84,7 @@ impl ModelSource {
     /// The path `kiln-agent serve --model` gets.
     pub fn serve_path(&self) -> String {
         match self {
-            ModelSource::Download { file_name, .. } => format!("{MODELS_DIR}/{file_name}"),
+            ModelSource::Download { file_name, .. } => format!("{TMP_DIR}/{file_name}"),
             ModelSource::Local { path } => path.clone(),
             ModelSource::Claim { claim, path } => format!("{SOURCE_CLAIMS_DIR}/{claim}/{path}"),
         }
@@ -155,7 +162,13 @@ pub fn serve_args(resolved: &Resolved, model_path: &str) -> Vec<String> {
 
 /// `kiln-agent fetch` arguments for a download. The cache path of the file is only known once fetched (it
 /// holds the hub's commit or a hash of the URL): `--link` puts it at `link`, the path serve is given.
-pub fn fetch_args(uri: &str, sha256: Option<&str>, link: &str) -> Vec<String> {
+/// `cache_max_bytes` is the cache's size limit (least recently used files no pod has open are evicted).
+pub fn fetch_args(
+    uri: &str,
+    sha256: Option<&str>,
+    link: &str,
+    cache_max_bytes: Option<u64>,
+) -> Vec<String> {
     let mut args = vec![
         "fetch".to_string(),
         uri.to_string(),
@@ -166,6 +179,9 @@ pub fn fetch_args(uri: &str, sha256: Option<&str>, link: &str) -> Vec<String> {
     ];
     if let Some(sum) = sha256 {
         args.extend(["--sha256".to_string(), sum.to_string()]);
+    }
+    if let Some(max) = cache_max_bytes {
+        args.extend(["--cache-max-bytes".to_string(), max.to_string()]);
     }
     args.extend(["--status-addr".to_string(), format!("0.0.0.0:{AGENT_PORT}")]);
     args
@@ -251,7 +267,14 @@ pub fn build(
     let mut init_containers = Vec::new();
 
     if let ModelSource::Download { uri, .. } = &source {
-        volumes.push(model_cache_volume(svc));
+        let cache_max_bytes = svc
+            .spec
+            .model_cache
+            .size
+            .as_ref()
+            .map(|q| crate::quantity::to_bytes(&q.0).map_err(|e| format!("modelCache.size: {e}")))
+            .transpose()?;
+        volumes.push(model_cache_volume(svc, defaults));
         mounts.push(mount("models", MODELS_DIR, true));
         init_containers.push(Container {
             name: "fetch".to_string(),
@@ -261,6 +284,7 @@ pub fn build(
                 uri,
                 svc.spec.model.sha256.as_deref(),
                 &source.serve_path(),
+                cache_max_bytes,
             )),
             env: Some(common_env()),
             volume_mounts: Some(vec![
@@ -268,6 +292,9 @@ pub fn build(
                 mount("models", MODELS_DIR, false),
             ]),
             security_context: Some(restricted_container_security()),
+            // A failed fetch's last log lines (the reason: checksum, 404, cache not writable, ...)
+            // become its termination message, which the status shows.
+            termination_message_policy: Some("FallbackToLogsOnError".to_string()),
             ..Default::default()
         });
     }
@@ -306,6 +333,7 @@ pub fn build(
         liveness_probe: Some(http_probe("/healthz", 10, 3)),
         volume_mounts: Some(mounts),
         security_context: Some(restricted_container_security()),
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         ..Default::default()
     };
 
@@ -392,9 +420,19 @@ fn common_env() -> Vec<EnvVar> {
     ]
 }
 
-fn model_cache_volume(svc: &InferenceService) -> Volume {
+fn model_cache_volume(svc: &InferenceService, defaults: &DeploymentDefaults) -> Volume {
     let cache = &svc.spec.model_cache;
     match cache.kind {
+        // DirectoryOrCreate: a missing directory is created (root's, so the fetch then fails saying it
+        // cannot write there — a clear message in the status — instead of a pod stuck mounting).
+        ModelCacheType::HostPath => Volume {
+            name: "models".to_string(),
+            host_path: Some(HostPathVolumeSource {
+                path: defaults.node_cache_dir.clone(),
+                type_: Some("DirectoryOrCreate".to_string()),
+            }),
+            ..Default::default()
+        },
         ModelCacheType::EmptyDir => Volume {
             name: "models".to_string(),
             empty_dir: Some(EmptyDirVolumeSource {
@@ -424,19 +462,19 @@ mod tests {
             ModelSource::parse("hf://org/repo/sub/Model-Q4_K_M.gguf")
                 .unwrap()
                 .serve_path(),
-            "/models/Model-Q4_K_M.gguf"
+            "/tmp/Model-Q4_K_M.gguf"
         );
         assert_eq!(
             ModelSource::parse("https://h.example/x?sig=abc")
                 .unwrap()
                 .serve_path(),
-            "/models/x"
+            "/tmp/x"
         );
         assert_eq!(
             ModelSource::parse("https://h.example/dir/")
                 .unwrap()
                 .serve_path(),
-            "/models/model.gguf"
+            "/tmp/model.gguf"
         );
         assert_eq!(
             ModelSource::parse("pvc://weights/q/m.gguf")
@@ -534,8 +572,73 @@ mod tests {
     #[test]
     fn fetch_args_carry_the_checksum_and_status_address() {
         assert_eq!(
-            fetch_args("hf://o/r/m.gguf", Some("ab"), "/models/m.gguf").join(" "),
-            "fetch hf://o/r/m.gguf --to /models --link /models/m.gguf --sha256 ab --status-addr 0.0.0.0:8080"
+            fetch_args("hf://o/r/m.gguf", Some("ab"), "/tmp/m.gguf", None).join(" "),
+            "fetch hf://o/r/m.gguf --to /models --link /tmp/m.gguf --sha256 ab --status-addr 0.0.0.0:8080"
         );
+    }
+
+    fn deployment_for(cache: serde_json::Value) -> Result<Deployment, String> {
+        let spec: kiln_crds::InferenceServiceSpec = serde_json::from_value(serde_json::json!({
+            "model": {"uri": "https://mirror.example/m/Model-Q4_K_M.gguf"},
+            "modelCache": cache
+        }))
+        .unwrap();
+        let svc = InferenceService::new("qwen", spec);
+        let resolved = crate::resolve::resolve(&svc.spec).unwrap();
+        let defaults = DeploymentDefaults {
+            agent_image: "kiln-agent:test".to_string(),
+            image_pull_policy: None,
+            node_cache_dir: "/var/lib/kiln/models".to_string(),
+        };
+        build(&svc, &resolved, &defaults)
+    }
+
+    #[test]
+    fn a_host_path_cache_is_the_operators_node_directory_with_the_size_as_eviction_limit() {
+        let d = deployment_for(serde_json::json!({"type": "hostPath", "size": "40Gi"})).unwrap();
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        let models = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "models")
+            .unwrap();
+        let host = models.host_path.unwrap();
+        assert_eq!(host.path, "/var/lib/kiln/models");
+        assert_eq!(host.type_.as_deref(), Some("DirectoryOrCreate"));
+        let fetch = pod.init_containers.unwrap().remove(0);
+        let args = fetch.args.unwrap().join(" ");
+        assert!(
+            args.contains(&format!("--cache-max-bytes {}", 40u64 << 30)),
+            "{args}"
+        );
+        // The link serve opens is the pod's own, never a shared name in the node cache.
+        assert!(args.contains("--link /tmp/Model-Q4_K_M.gguf"), "{args}");
+        let serve = pod.containers[0].args.clone().unwrap().join(" ");
+        assert!(serve.contains("--model /tmp/Model-Q4_K_M.gguf"), "{serve}");
+    }
+
+    #[test]
+    fn a_cache_size_that_is_no_byte_count_is_refused() {
+        let e =
+            deployment_for(serde_json::json!({"type": "hostPath", "size": "lots"})).unwrap_err();
+        assert!(e.starts_with("modelCache.size:"), "{e}");
+        let plain = deployment_for(serde_json::json!({})).unwrap();
+        let pod = plain.spec.unwrap().template.spec.unwrap();
+        let models = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "models")
+            .unwrap();
+        assert!(models.empty_dir.is_some());
+        let args = pod
+            .init_containers
+            .unwrap()
+            .remove(0)
+            .args
+            .unwrap()
+            .join(" ");
+        assert!(!args.contains("--cache-max-bytes"), "{args}");
     }
 }
