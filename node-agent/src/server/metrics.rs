@@ -22,6 +22,7 @@ pub struct Metrics {
     pub decode_tps: Gauge,
     pub ttft: Histogram,
     pub request_duration: Histogram,
+    pub decode_batch_rows: Histogram,
     pub queue_depth: IntGauge,
     pub slots_busy: IntGauge,
     pub slots_total: IntGauge,
@@ -100,6 +101,13 @@ impl Metrics {
                     "Whole request time, generation endpoints"
                 )
                 .buckets(latency)
+            )),
+            decode_batch_rows: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "kiln_decode_batch_rows",
+                    "Sequences whose next token went through one batched decode pass"
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
             )),
             queue_depth: reg!(IntGauge::new(
                 "kiln_queue_depth",
