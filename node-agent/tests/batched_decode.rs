@@ -33,7 +33,7 @@ fn synthetic(name: &str) -> PathBuf {
 
 /// Decodes `STEPS` tokens of every sequence two ways, batched and each alone, feeding both the greedy
 /// pick of the alone run, and returns the largest logit difference seen. In step s, sequence i sits
-/// out when (i + s) % 3 == 0, so rows join and leave the batch and each row is at its own position.
+/// out when 3 divides i + s, so rows join and leave the batch and each row is at its own position.
 fn batched_vs_alone(path: &Path, kv: KvType) -> f32 {
     let (engine, _) = common::load_engine(path);
     let prompts: Vec<Vec<u32>> = PROMPT_LENS
@@ -58,7 +58,7 @@ fn batched_vs_alone(path: &Path, kv: KvType) -> f32 {
     let (mut alone, _) = new_seqs(&engine);
     let mut worst = 0f32;
     for step in 0..STEPS {
-        let member = |i: usize| (i + step) % 3 != 0;
+        let member = |i: usize| !(i + step).is_multiple_of(3);
         let mut rows: Vec<(&mut Sequence<CpuBackend>, u32)> = batched
             .iter_mut()
             .enumerate()

@@ -24,7 +24,7 @@ def batch_rows(url):
     fams = {f.name: f for f in text_string_to_metric_families(httpx.get(url + "/metrics").text)}
     samples = fams["kiln_decode_batch_rows"].samples
     count = next(s.value for s in samples if s.name.endswith("_count"))
-    single = next(s.value for s in samples if s.name.endswith("_bucket") and s.labels["le"] == "1.0")
+    single = next(s.value for s in samples if s.name.endswith("_bucket") and float(s.labels["le"]) == 1.0)
     return count - single, count
 
 
