@@ -30,6 +30,12 @@ impl<B: Backend> Engine<B> {
                 batched.push(i);
             }
         }
+        if let [i] = batched[..] {
+            // One row: the plain single-sequence pass (no per-row copies).
+            let (seq, token) = &mut rows[i];
+            out[i] = Some(self.decode(seq, *token));
+            batched.clear();
+        }
         for group in batched.chunks(self.model.max_batch().max(1)) {
             let result = {
                 let mut batch: Vec<BatchRow<'_, B>> = rows

@@ -395,6 +395,16 @@ fn pick_slot(held: &[(bool, &[u32], u64)], prompt: &[u32]) -> Option<usize> {
         .map(|(i, _)| i)
 }
 
+/// The prefilling slot (of `prefilling`, ascending) whose chunk runs this step: the first at or after
+/// `turn`, wrapping around, so prefilling slots take turns and each decode step waits for one chunk.
+fn prefill_pick(prefilling: &[usize], turn: usize) -> Option<usize> {
+    prefilling
+        .iter()
+        .find(|&&i| i >= turn)
+        .or(prefilling.first())
+        .copied()
+}
+
 /// Prompt tokens per prefill step: long prompts are cut so other slots keep decoding in between.
 pub const PREFILL_CHUNK: usize = 512;
 
@@ -502,13 +512,7 @@ impl<B: Backend> EngineLoop<B> {
                 }
             }
         }
-        // One prefill chunk per step, from the first prefilling slot at or after this step's turn.
-        let turn = self.prefill_turn;
-        if let Some(&i) = prefilling
-            .iter()
-            .find(|&&i| i >= turn)
-            .or(prefilling.first())
-        {
+        if let Some(i) = prefill_pick(&prefilling, self.prefill_turn) {
             self.prefill_turn = i + 1;
             if let Outcome::Finished = self.step_prefill(i) {
                 self.slots[i].active = None;
@@ -944,5 +948,22 @@ mod tests {
         assert_eq!(pick_slot(&held, &[7]), Some(1));
         let all_busy = [(true, &a[..], 0)];
         assert_eq!(pick_slot(&all_busy, &[1]), None);
+    }
+
+    #[test]
+    fn prefilling_slots_take_turns() {
+        assert_eq!(prefill_pick(&[], 0), None);
+        assert_eq!(prefill_pick(&[1, 3], 0), Some(1));
+        assert_eq!(prefill_pick(&[1, 3], 2), Some(3));
+        // Past the last one: back to the first.
+        assert_eq!(prefill_pick(&[1, 3], 4), Some(1));
+        // Three slots prefilling: each gets a chunk before any gets a second.
+        let (mut turn, mut order) = (0, Vec::new());
+        for _ in 0..6 {
+            let i = prefill_pick(&[0, 2, 5], turn).unwrap();
+            order.push(i);
+            turn = i + 1;
+        }
+        assert_eq!(order, [0, 2, 5, 0, 2, 5]);
     }
 }
