@@ -119,26 +119,43 @@ fn smollm2_batched_decode_equals_each_sequence_alone() {
     assert!(batched_vs_alone(&path, KvType::F16) <= TOLERANCE);
 }
 
-/// A row whose context is full fails alone: the other rows of the same call still get the logits they
-/// get alone, and the full sequence is left as it was.
+/// A row whose context is full fails alone: the other rows of the same call (still a batch of two) get
+/// the logits they get alone, and the full sequence is left as it was.
 #[test]
 fn a_full_context_fails_only_its_row() {
     let (engine, _) = common::load_engine(&test_model("qwen35-tiny-q8_0.gguf"));
     let long = prompt(1, 40);
-    let short = prompt(2, 12);
     let mut full = engine.new_sequence(long.len(), KvType::F16).unwrap();
-    let mut ok = engine.new_sequence(N_CTX, KvType::F16).unwrap();
-    let mut reference = engine.new_sequence(N_CTX, KvType::F16).unwrap();
     engine.prefill(&mut full, &long).unwrap();
-    engine.prefill(&mut ok, &short).unwrap();
-    engine.prefill(&mut reference, &short).unwrap();
-    let mut rows = vec![(&mut full, 7u32), (&mut ok, 7u32)];
+    let prompts = [prompt(2, 12), prompt(3, 5)];
+    let new_pair = || -> Vec<Sequence<CpuBackend>> {
+        prompts
+            .iter()
+            .map(|p| {
+                let mut seq = engine.new_sequence(N_CTX, KvType::F16).unwrap();
+                engine.prefill(&mut seq, p).unwrap();
+                seq
+            })
+            .collect()
+    };
+    let (mut batched, mut alone) = (new_pair(), new_pair());
+    let [a, b] = &mut batched[..] else {
+        unreachable!()
+    };
+    let mut rows = vec![(a, 7u32), (&mut full, 7u32), (b, 9u32)];
     let mut results = engine.decode_batch(&mut rows).into_iter();
+    let first = results.next().unwrap().unwrap();
     let err = results.next().unwrap().unwrap_err().to_string();
     assert!(err.contains("full"), "unexpected error: {err}");
-    let got = results.next().unwrap().unwrap();
-    let want = engine.decode(&mut reference, 7).unwrap();
-    assert!(max_abs(&got, &want) <= TOLERANCE);
+    let third = results.next().unwrap().unwrap();
+    let want = [
+        engine.decode(&mut alone[0], 7).unwrap(),
+        engine.decode(&mut alone[1], 9).unwrap(),
+    ];
+    assert!(max_abs(&first, &want[0]) <= TOLERANCE);
+    assert!(max_abs(&third, &want[1]) <= TOLERANCE);
     assert_eq!(full.tokens, long, "the refused row's sequence changed");
-    assert_eq!(ok.tokens, reference.tokens);
+    for (b, a) in batched.iter().zip(&alone) {
+        assert_eq!(b.tokens, a.tokens);
+    }
 }
