@@ -208,3 +208,67 @@ fn qwen35_mtp_speculation_is_token_identical_on_gpu() {
         assert_eq!(spec, plain, "draft max {k}");
     }
 }
+
+/// Batched decoding on the GPU (`Engine::decode_batch`: one pass over 4 sequences at different positions,
+/// per-row attention and recurrent state on the device) against each sequence decoded alone on the GPU,
+/// teacher-forced with the alone run's greedy tokens. The multi-row matmul may take another kernel than
+/// the single-row one, so the bound is the f16 one of `compare`, not bit-identity (on the CPU it is 0:
+/// tests/batched_decode.rs).
+fn batched_vs_alone_on_gpu(name: &str, kv: KvType) {
+    let Some(gpu) = gpu() else { return };
+    let path = repo().join(name);
+    let eg = engine(&GgufFile::open(&path).unwrap(), gpu);
+    let prompts: Vec<Vec<u32>> = [1usize, 9, 37, 90]
+        .iter()
+        .enumerate()
+        .map(|(s, &n)| {
+            (0..n)
+                .map(|i| ((i * 31 + s * 17 + 5) % 250) as u32)
+                .collect()
+        })
+        .collect();
+    let new_seqs = || {
+        let mut next = Vec::new();
+        let seqs: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let mut seq = eg.new_sequence(256, kv).unwrap();
+                next.push(argmax(&eg.prefill(&mut seq, p).unwrap().0) as u32);
+                seq
+            })
+            .collect();
+        (seqs, next)
+    };
+    let ((mut batched, mut next), (mut alone, _)) = (new_seqs(), new_seqs());
+    let mut worst = 0f64;
+    for step in 0..16 {
+        let mut rows: Vec<_> = batched
+            .iter_mut()
+            .zip(&next)
+            .map(|(s, &t)| (s, t))
+            .collect();
+        let results = eg.decode_batch(&mut rows);
+        for (i, got) in results.into_iter().enumerate() {
+            let got = got.unwrap();
+            let want = eg.decode(&mut alone[i], next[i]).unwrap();
+            let e = nrmse(&got, &want);
+            worst = worst.max(e);
+            assert!(
+                e <= 5e-3,
+                "{name}: step {step}, sequence {i}: nrmse {e:.3e}"
+            );
+            next[i] = argmax(&want) as u32;
+        }
+    }
+    eprintln!("{name}: batched vs alone on the GPU, worst nrmse {worst:.2e}");
+}
+
+#[test]
+fn qwen3_f16_batched_decode_on_gpu() {
+    batched_vs_alone_on_gpu("tests/golden/synthetic/qwen3-f16.gguf", KvType::F16);
+}
+
+#[test]
+fn qwen35_tiny_f16_batched_decode_on_gpu() {
+    batched_vs_alone_on_gpu("tests/models/qwen35-tiny-f16.gguf", KvType::F16);
+}

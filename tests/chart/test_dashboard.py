@@ -15,7 +15,8 @@ SERVE_EXPORTS = {
     "kiln_gpu_vram_used_bytes", "kiln_gpu_vram_total_bytes", "kiln_ready",
     "kiln_gpu_busy_ratio", "kiln_gpu_temperature_celsius", "kiln_gpu_power_watts",
     "kiln_spec_drafted_tokens_total", "kiln_spec_accepted_tokens_total",
-    *(f"{h}_{s}" for h in ("kiln_time_to_first_token_seconds", "kiln_request_duration_seconds")
+    *(f"{h}_{s}" for h in ("kiln_time_to_first_token_seconds", "kiln_request_duration_seconds",
+                            "kiln_decode_batch_rows")
       for s in ("bucket", "sum", "count")),
 }
 KNOWN = SERVE_EXPORTS | PROMETHEUS_SYNTHETIC

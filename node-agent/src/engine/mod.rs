@@ -1,6 +1,7 @@
 //! The engine: sequences with their caches, chunked prefill with prefix reuse (recurrent-state
 //! checkpoints for hybrid models), the decode loop, and MTP speculative decoding.
 
+mod batch;
 pub mod checkpoints;
 pub mod sampling;
 pub mod speculative;

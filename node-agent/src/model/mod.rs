@@ -2,12 +2,15 @@
 //! building blocks in [`transformer`]; each architecture file says how its hyperparameters and tensors
 //! are read and which features it uses.
 
+pub mod batch;
 mod gemma3;
 mod llama;
 mod qwen2;
 mod qwen3;
 pub mod qwen35;
 pub mod transformer;
+
+pub use batch::BatchRow;
 
 use crate::gguf::{GgufError, GgufFile};
 use kiln_kernels::backend::{Backend, BackendError, KvType};
@@ -303,8 +306,18 @@ pub trait Model<B: Backend>: Send + Sync {
         start: usize,
         logits: Logits,
     ) -> Result<Vec<f32>>;
-    /// Largest number of tokens one `forward` call accepts (longer prompts are fed in chunks).
+    /// Largest number of tokens one `forward` call accepts (longer prompts are fed in chunks), and of
+    /// rows one `forward_batch` call accepts.
     fn max_batch(&self) -> usize;
+    /// One decode step of several sequences: row r feeds `rows[r].token` at position `rows[r].pos` of
+    /// `rows[r].cache` and gets the logits of the next position (`n_vocab` values each). Architectures
+    /// with a batched path run all rows through one pass, reading the weights once; this default runs
+    /// them one by one. Either way the result equals each row run alone with [`Model::forward`].
+    fn forward_batch(&self, rows: &mut [BatchRow<'_, B>]) -> Result<Vec<Vec<f32>>> {
+        rows.iter_mut()
+            .map(|r| self.forward(r.cache, &[r.token], r.pos, Logits::Last))
+            .collect()
+    }
     /// [`Model::forward`] with the extras of [`PassOptions`]; architectures without them accept only
     /// plain passes.
     fn forward_with(

@@ -16,6 +16,7 @@
 //!   q, k L2-normalised per head; β = sigmoid(`ssm_beta`·x); g = softplus(`ssm_alpha`·x + dt_bias)·ssm_a;
 //!   the delta rule with q scaled by 1/√d_k; RMSNorm(o)·ssm_norm ⊙ silu(`attn_gate`·x); `ssm_out`.
 
+use super::batch::{self, BatchRow, RowScratch, Seqs};
 use super::transformer::{Loader, MAX_BATCH, MAX_DIM, MAX_LAYERS};
 use super::{
     Cache, DraftHead, LayerCache, Logits, Model, ModelError, ModelInfo, PassOptions,
@@ -26,6 +27,10 @@ use kiln_kernels::backend::{
     Activation, AttentionParams, Backend, DeltaNetParams, KvType, RopeParams, RopeStyle,
 };
 use std::sync::{Arc, Mutex};
+
+fn wrong_cache() -> ModelError {
+    ModelError::Invalid("cache was made for another model".into())
+}
 
 /// Tokens per chunk of the chunked delta rule used for prefill.
 pub const DELTA_NET_CHUNK: usize = 64;
@@ -249,6 +254,16 @@ struct Scratch<B: Backend> {
     logits: B::Tensor,
     /// MTP input: enorm(embed) | hnorm(h), 2 × n_embd per row.
     cat: B::Tensor,
+    /// One-row buffers for the per-sequence ops of a batched decode pass.
+    row: RowScratch<B>,
+}
+
+/// Which cache one layer's mixer reads and extends.
+enum Target<'a, 'b, B: Backend> {
+    /// One sequence's layer cache; its rows sit at consecutive attention entries from the given start.
+    One(&'a mut LayerCache<B>, usize),
+    /// Layer `.1` of every row's own cache (batched decoding, one row per sequence).
+    Rows(&'a mut [BatchRow<'b, B>], usize),
 }
 
 pub struct Qwen35<B: Backend> {
@@ -420,6 +435,13 @@ impl<B: Backend> Qwen35<B> {
             ff_up: t(hp.n_ff)?,
             logits: t(self.info.n_vocab)?,
             cat: t(2 * hp.n_embd)?,
+            row: RowScratch::new(
+                be,
+                qw.max(hp.kv_dim())
+                    .max(hp.value_dim())
+                    .max(hp.conv_dim())
+                    .max(hp.n_v_heads),
+            )?,
         })
     }
 
@@ -427,9 +449,8 @@ impl<B: Backend> Qwen35<B> {
         &self,
         w: &AttnWeights<B>,
         sc: &mut Scratch<B>,
-        kv: &mut B::KvCache,
+        target: Target<'_, '_, B>,
         positions: &[u32],
-        start: usize,
     ) -> Result<()> {
         let (hp, be) = (&self.hp, &*self.backend);
         let (n, hd) = (positions.len(), hp.head_dim);
@@ -473,7 +494,23 @@ impl<B: Backend> Qwen35<B> {
             window: None,
             softcap: None,
         };
-        be.attention(&sc.q, &sc.k, &sc.v, kv, start, n, params, &mut sc.att)?;
+        match target {
+            Target::One(LayerCache::Attention(kv), start) => {
+                be.attention(&sc.q, &sc.k, &sc.v, kv, start, n, params, &mut sc.att)?
+            }
+            Target::Rows(rows, il) => batch::attention_rows(
+                be,
+                rows,
+                il,
+                &sc.q,
+                &sc.k,
+                &sc.v,
+                params,
+                &mut sc.row,
+                &mut sc.att,
+            )?,
+            Target::One(LayerCache::Recurrent(_), _) => return Err(wrong_cache()),
+        }
         be.sigmoid_mul(&mut sc.att, &sc.gate, n * hp.q_dim())?;
         be.matmul(&w.wo, &sc.att, n, &mut sc.o)?;
         Ok(())
@@ -483,12 +520,32 @@ impl<B: Backend> Qwen35<B> {
         &self,
         w: &DeltaNetWeights<B>,
         sc: &mut Scratch<B>,
-        st: &mut RecurrentState<B>,
+        target: Target<'_, '_, B>,
         n: usize,
         snapshots: bool,
     ) -> Result<()> {
         let (hp, be) = (&self.hp, &*self.backend);
         let (kd, vd, cd) = (hp.key_dim(), hp.value_dim(), hp.conv_dim());
+        let p = DeltaNetParams {
+            n_k_heads: hp.n_k_heads,
+            n_v_heads: hp.n_v_heads,
+            head_k_dim: hp.head_k_dim,
+            head_v_dim: hp.head_v_dim,
+            scale: 1.0 / (hp.head_k_dim as f32).sqrt(),
+            chunk: if n > 1 { self.chunk } else { None },
+        };
+        let st = match target {
+            Target::One(LayerCache::Recurrent(st), _) => st,
+            Target::One(LayerCache::Attention(_), _) => return Err(wrong_cache()),
+            Target::Rows(rows, il) => {
+                if snapshots {
+                    return Err(ModelError::Invalid(
+                        "a batched decode pass keeps no state snapshots".into(),
+                    ));
+                }
+                return self.delta_net_rows(w, sc, rows, il, p);
+            }
+        };
         let mut snap = match (&mut st.snapshots, snapshots) {
             (Some(s), true) => Some(s),
             (None, true) => {
@@ -519,14 +576,6 @@ impl<B: Backend> Qwen35<B> {
         be.copy_rows(&sc.conv, 2 * kd, cd, &mut sc.v, 0, vd, vd, n)?;
         be.l2_norm(&mut sc.q, n * hp.n_k_heads, hp.head_k_dim, hp.rms_eps)?;
         be.l2_norm(&mut sc.k, n * hp.n_k_heads, hp.head_k_dim, hp.rms_eps)?;
-        let p = DeltaNetParams {
-            n_k_heads: hp.n_k_heads,
-            n_v_heads: hp.n_v_heads,
-            head_k_dim: hp.head_k_dim,
-            head_v_dim: hp.head_v_dim,
-            scale: 1.0 / (hp.head_k_dim as f32).sqrt(),
-            chunk: if n > 1 { self.chunk } else { None },
-        };
         match snap {
             Some(s) => {
                 be.gated_delta_net_snapshots(
@@ -568,32 +617,81 @@ impl<B: Backend> Qwen35<B> {
         Ok(())
     }
 
+    /// [`Qwen35::delta_net`] for a batched decode pass: the projections, norms and output over all
+    /// rows at once, the conv and the delta rule per row against that row's own state of layer `il`.
+    fn delta_net_rows(
+        &self,
+        w: &DeltaNetWeights<B>,
+        sc: &mut Scratch<B>,
+        rows: &mut [BatchRow<'_, B>],
+        il: usize,
+        p: DeltaNetParams,
+    ) -> Result<()> {
+        let (hp, be) = (&self.hp, &*self.backend);
+        let (kd, vd, cd) = (hp.key_dim(), hp.value_dim(), hp.conv_dim());
+        let n = rows.len();
+        be.matmul(&w.wqkv, &sc.h, n, &mut sc.wide)?;
+        be.matmul(&w.wgate, &sc.h, n, &mut sc.gate)?;
+        be.matmul(&w.beta, &sc.h, n, &mut sc.beta)?;
+        be.matmul(&w.alpha, &sc.h, n, &mut sc.alpha)?;
+        be.delta_net_gates(&mut sc.alpha, &mut sc.beta, &w.dt_bias, &w.a, n)?;
+        batch::conv1d_silu_rows(
+            be,
+            rows,
+            il,
+            &sc.wide,
+            &w.conv,
+            cd,
+            &mut sc.row,
+            &mut sc.conv,
+        )?;
+        be.copy_rows(&sc.conv, 0, cd, &mut sc.q, 0, kd, kd, n)?;
+        be.copy_rows(&sc.conv, kd, cd, &mut sc.k, 0, kd, kd, n)?;
+        be.copy_rows(&sc.conv, 2 * kd, cd, &mut sc.v, 0, vd, vd, n)?;
+        be.l2_norm(&mut sc.q, n * hp.n_k_heads, hp.head_k_dim, hp.rms_eps)?;
+        be.l2_norm(&mut sc.k, n * hp.n_k_heads, hp.head_k_dim, hp.rms_eps)?;
+        batch::gated_delta_net_rows(
+            be,
+            rows,
+            il,
+            &sc.q,
+            &sc.k,
+            &sc.v,
+            &sc.alpha,
+            &sc.beta,
+            p,
+            &mut sc.row,
+            &mut sc.att,
+        )?;
+        be.rms_norm_gated(
+            &sc.att,
+            &w.norm,
+            &sc.gate,
+            n * hp.n_v_heads,
+            hp.head_v_dim,
+            hp.rms_eps,
+            &mut sc.tmp,
+        )?;
+        be.matmul(&w.out, &sc.tmp, n, &mut sc.o)?;
+        Ok(())
+    }
+
     /// One block: x += mixer(RMSNorm(x)); x += FFN(RMSNorm(x)). `start` is the attention cache entry of
     /// the first row, `positions` the RoPE positions of the rows.
     fn block(
         &self,
         layer: &Layer<B>,
-        lc: &mut LayerCache<B>,
+        target: Target<'_, '_, B>,
         sc: &mut Scratch<B>,
         positions: &[u32],
-        start: usize,
         snapshots: bool,
     ) -> Result<()> {
         let (hp, be) = (&self.hp, &*self.backend);
         let (n, d) = (positions.len(), hp.n_embd);
         be.rms_norm(&sc.x, Some(&layer.attn_norm), n, d, hp.rms_eps, &mut sc.h)?;
-        match (&layer.mixer, lc) {
-            (Mixer::Attention(w), LayerCache::Attention(kv)) => {
-                self.attention(w, sc, kv, positions, start)?
-            }
-            (Mixer::DeltaNet(w), LayerCache::Recurrent(st)) => {
-                self.delta_net(w, sc, st, n, snapshots)?
-            }
-            _ => {
-                return Err(ModelError::Invalid(
-                    "cache was made for another model".into(),
-                ))
-            }
+        match &layer.mixer {
+            Mixer::Attention(w) => self.attention(w, sc, target, positions)?,
+            Mixer::DeltaNet(w) => self.delta_net(w, sc, target, n, snapshots)?,
         }
         be.add_assign(&mut sc.x, &sc.o, n * d)?;
         be.rms_norm(&sc.x, Some(&layer.post_norm), n, d, hp.rms_eps, &mut sc.h)?;
@@ -614,25 +712,21 @@ impl<B: Backend> Qwen35<B> {
     fn run(
         &self,
         sc: &mut Scratch<B>,
-        cache: &mut Cache<B>,
+        mut seqs: Seqs<'_, '_, B>,
         tokens: &[u32],
-        start: usize,
+        positions: &[u32],
         opts: PassOptions<'_, B>,
     ) -> Result<Vec<f32>> {
         let (hp, be) = (&self.hp, &*self.backend);
         let n = tokens.len();
         let d = hp.n_embd;
-        let positions: Vec<u32> = (start..start + n).map(|p| p as u32).collect();
         be.embed(&self.tok_embd, tokens, &mut sc.x)?;
         for (il, layer) in self.layers.iter().enumerate() {
-            self.block(
-                layer,
-                &mut cache.layers[il],
-                sc,
-                &positions,
-                start,
-                opts.snapshots,
-            )?;
+            let target = match &mut seqs {
+                Seqs::One { cache, start } => Target::One(&mut cache.layers[il], *start),
+                Seqs::Rows(rows) => Target::Rows(rows, il),
+            };
+            self.block(layer, target, sc, positions, opts.snapshots)?;
         }
         if let Some(hidden) = opts.hidden {
             be.rms_norm(&sc.x, Some(&self.output_norm), n, d, hp.rms_eps, hidden)?;
@@ -744,7 +838,25 @@ impl<B: Backend> Model<B> for Qwen35<B> {
                 )));
             }
         }
-        self.with_scratch(tokens.len(), |sc| self.run(sc, cache, tokens, start, opts))
+        let positions: Vec<u32> = (start..start + tokens.len()).map(|p| p as u32).collect();
+        self.with_scratch(tokens.len(), |sc| {
+            self.run(sc, Seqs::One { cache, start }, tokens, &positions, opts)
+        })
+    }
+
+    fn forward_batch(&self, rows: &mut [BatchRow<'_, B>]) -> Result<Vec<Vec<f32>>> {
+        batch::check_batch(rows, self.layers.len(), MAX_BATCH)?;
+        let tokens: Vec<u32> = rows.iter().map(|r| r.token).collect();
+        let positions: Vec<u32> = rows.iter().map(|r| r.pos as u32).collect();
+        let opts = PassOptions {
+            logits: Logits::All,
+            hidden: None,
+            snapshots: false,
+        };
+        let all = self.with_scratch(rows.len(), |sc| {
+            self.run(sc, Seqs::Rows(rows), &tokens, &positions, opts)
+        })?;
+        Ok(batch::split_rows(all, self.info.n_vocab))
     }
 
     fn draft_head(&self) -> Option<&dyn DraftHead<B>> {
@@ -803,10 +915,9 @@ impl<B: Backend> DraftHead<B> for Qwen35<B> {
             be.matmul(&mtp.eh_proj, &sc.cat, n, &mut sc.x)?;
             self.block(
                 &mtp.layer,
-                &mut cache.layers[0],
+                Target::One(&mut cache.layers[0], start),
                 sc,
                 &positions,
-                start,
                 false,
             )?;
             be.copy(&sc.x, (n - 1) * d, &mut sc.o, 0, d)?;

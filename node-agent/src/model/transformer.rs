@@ -1,6 +1,7 @@
 //! The dense decoder-only transformer that llama, qwen2, qwen3 and gemma3 are variations of. The
 //! architecture files fill a [`TransformerSpec`]; this file loads the tensors and runs the forward pass.
 
+use super::batch::{self, BatchRow, RowScratch, Seqs};
 use super::{Cache, LayerCache, Logits, Model, ModelError, ModelInfo, Result};
 use crate::gguf::{GgufFile, TensorInfo};
 use kiln_kernels::backend::{
@@ -157,6 +158,8 @@ struct Scratch<B: Backend> {
     up: B::Tensor,
     tmp: B::Tensor,
     logits: B::Tensor,
+    /// One-row buffers for the per-sequence attention of a batched decode pass.
+    row: RowScratch<B>,
 }
 
 pub struct Transformer<B: Backend> {
@@ -325,33 +328,28 @@ impl<B: Backend> Transformer<B> {
             up: be.tensor(rows * s.n_ff)?,
             tmp: be.tensor(rows * widest)?,
             logits: be.tensor(rows * self.info.n_vocab)?,
+            row: RowScratch::new(be, q_dim.max(kv_dim))?,
         })
     }
 
     fn run(
         &self,
         sc: &mut Scratch<B>,
-        cache: &mut Cache<B>,
+        mut seqs: Seqs<'_, '_, B>,
         tokens: &[u32],
-        start: usize,
+        positions: &[u32],
         want: Logits,
     ) -> Result<Vec<f32>> {
         let s = &self.spec;
         let be = &*self.backend;
         let n = tokens.len();
         let (d, hd) = (s.n_embd, s.head_dim);
-        let positions: Vec<u32> = (start..start + n).map(|p| p as u32).collect();
 
         be.embed(&self.tok_embd, tokens, &mut sc.x)?;
         if let Some(scale) = s.embed_scale {
             be.scale(&mut sc.x, scale, n * d)?;
         }
         for (il, layer) in self.layers.iter().enumerate() {
-            let LayerCache::Attention(kv) = &mut cache.layers[il] else {
-                return Err(ModelError::Invalid(
-                    "cache was made for another model".into(),
-                ));
-            };
             be.rms_norm(&sc.x, Some(&layer.attn_norm), n, d, s.rms_eps, &mut sc.h)?;
             be.matmul(&layer.wq, &sc.h, n, &mut sc.q)?;
             be.matmul(&layer.wk, &sc.h, n, &mut sc.k)?;
@@ -379,8 +377,8 @@ impl<B: Backend> Transformer<B> {
                 freq_scale: if local { 1.0 } else { s.rope_freq_scale },
                 style: s.rope_style,
             };
-            be.rope(&mut sc.q, &positions, rope(s.n_head))?;
-            be.rope(&mut sc.k, &positions, rope(s.n_head_kv))?;
+            be.rope(&mut sc.q, positions, rope(s.n_head))?;
+            be.rope(&mut sc.k, positions, rope(s.n_head_kv))?;
             let params = AttentionParams {
                 n_heads: s.n_head,
                 n_kv_heads: s.n_head_kv,
@@ -393,7 +391,27 @@ impl<B: Backend> Transformer<B> {
                 },
                 softcap: None,
             };
-            be.attention(&sc.q, &sc.k, &sc.v, kv, start, n, params, &mut sc.att)?;
+            match &mut seqs {
+                Seqs::One { cache, start } => {
+                    let LayerCache::Attention(kv) = &mut cache.layers[il] else {
+                        return Err(ModelError::Invalid(
+                            "cache was made for another model".into(),
+                        ));
+                    };
+                    be.attention(&sc.q, &sc.k, &sc.v, kv, *start, n, params, &mut sc.att)?;
+                }
+                Seqs::Rows(rows) => batch::attention_rows(
+                    be,
+                    rows,
+                    il,
+                    &sc.q,
+                    &sc.k,
+                    &sc.v,
+                    params,
+                    &mut sc.row,
+                    &mut sc.att,
+                )?,
+            }
             be.matmul(&layer.wo, &sc.att, n, &mut sc.o)?;
             if let Some(norm) = &layer.post_attn_norm {
                 be.rms_norm(&sc.o, Some(norm), n, d, s.rms_eps, &mut sc.tmp)?;
@@ -474,7 +492,21 @@ impl<B: Backend> Model<B> for Transformer<B> {
             *guard = Some(self.scratch(tokens.len().next_power_of_two().min(MAX_BATCH))?);
         }
         let sc = guard.as_mut().expect("scratch was just made");
-        self.run(sc, cache, tokens, start, logits)
+        let positions: Vec<u32> = (start..start + tokens.len()).map(|p| p as u32).collect();
+        self.run(sc, Seqs::One { cache, start }, tokens, &positions, logits)
+    }
+
+    fn forward_batch(&self, rows: &mut [BatchRow<'_, B>]) -> Result<Vec<Vec<f32>>> {
+        batch::check_batch(rows, self.layers.len(), MAX_BATCH)?;
+        let tokens: Vec<u32> = rows.iter().map(|r| r.token).collect();
+        let positions: Vec<u32> = rows.iter().map(|r| r.pos as u32).collect();
+        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.as_ref().is_none_or(|sc| sc.rows < rows.len()) {
+            *guard = Some(self.scratch(rows.len().next_power_of_two().min(MAX_BATCH))?);
+        }
+        let sc = guard.as_mut().expect("scratch was just made");
+        let all = self.run(sc, Seqs::Rows(rows), &tokens, &positions, Logits::All)?;
+        Ok(batch::split_rows(all, self.info.n_vocab))
     }
 
     fn max_batch(&self) -> usize {

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub ttft: Histogram,
     pub request_duration: Histogram,
     pub ready: IntGauge,
+    pub decode_batch_rows: Histogram,
     pub queue_depth: IntGauge,
     pub slots_busy: IntGauge,
     pub slots_total: IntGauge,
@@ -105,6 +106,13 @@ impl Metrics {
             ready: reg!(IntGauge::new(
                 "kiln_ready",
                 "1 while the model is loaded and warmed up (what /readyz and the pod's readiness probe see), else 0"
+            )),
+            decode_batch_rows: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "kiln_decode_batch_rows",
+                    "Sequences whose next token went through one batched decode pass"
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
             )),
             queue_depth: reg!(IntGauge::new(
                 "kiln_queue_depth",

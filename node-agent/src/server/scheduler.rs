@@ -1,14 +1,17 @@
 //! The scheduler: `--parallel` slots, each with its own `Sequence` (so a conversation's next turn prefills
 //! only its new tokens), a bounded queue, and one dedicated engine thread — compute is blocking — that
-//! interleaves the active slots step by step: each step runs one prefill chunk or one decoded token per
-//! active slot, and a request joins or leaves between steps (continuous batching at the step level).
+//! interleaves the active slots step by step, and a request joins or leaves between steps. Each step
+//! runs at most one prefill chunk (the prefilling slots take turns, so a long prompt delays the decoding
+//! slots by one chunk per step), one draft+verify round per speculative slot, and ONE forward pass for
+//! the next token of every other decoding slot (continuous batching: `Engine::decode_batch`, the
+//! weights read once per step however many slots decode). Sampling stays per slot.
 //!
 //! Resizing (`Scheduler::resize`): the engine stops admitting (queued jobs wait, none is dropped),
 //! lets in-flight requests finish until a deadline, ends the rest with a retryable error, frees every
 //! slot's cache and allocates them again at the first context of the given list that succeeds.
 //!
-//! The slots' forward passes are still separate matrix-vector products; batching them into one
-//! matrix-matrix pass across slots is a later engine change (`Model::forward` over several sequences).
+//! Speculative (MTP) slots keep their own draft and verify passes: a verify pass is already several
+//! rows of one sequence, and its state snapshots are per sequence.
 
 use super::json::JsonState;
 use super::metrics::Metrics;
@@ -190,6 +193,7 @@ impl Scheduler {
                     resizing: eng_resizing,
                     pending: None,
                     stop: eng_stop,
+                    prefill_turn: 0,
                 }
                 .run(rx);
             })?;
@@ -370,6 +374,8 @@ struct EngineLoop<B: Backend> {
     /// The resize being carried out, with its drain deadline.
     pending: Option<(ResizeRequest, Instant)>,
     stop: Arc<AtomicBool>,
+    /// The slot whose prefill goes first in the next step (prefilling slots take turns).
+    prefill_turn: usize,
 }
 
 /// How long the idle engine waits for a job before looking at the resize control again.
@@ -389,12 +395,32 @@ fn pick_slot(held: &[(bool, &[u32], u64)], prompt: &[u32]) -> Option<usize> {
         .map(|(i, _)| i)
 }
 
+/// The prefilling slot (of `prefilling`, ascending) whose chunk runs this step: the first at or after
+/// `turn`, wrapping around, so prefilling slots take turns and each decode step waits for one chunk.
+fn prefill_pick(prefilling: &[usize], turn: usize) -> Option<usize> {
+    prefilling
+        .iter()
+        .find(|&&i| i >= turn)
+        .or(prefilling.first())
+        .copied()
+}
+
 /// Prompt tokens per prefill step: long prompts are cut so other slots keep decoding in between.
 pub const PREFILL_CHUNK: usize = 512;
 
 enum Outcome {
     Continue,
     Finished,
+}
+
+/// What an active slot does in the current step.
+enum Work {
+    /// Its next prompt chunk.
+    Prefill,
+    /// A draft+verify round of its own.
+    Speculative(u32),
+    /// Its next token, in the step's batched decode pass.
+    Decode(u32),
 }
 
 impl<B: Backend> EngineLoop<B> {
@@ -463,12 +489,96 @@ impl<B: Backend> EngineLoop<B> {
                 }
                 continue;
             }
-            for i in 0..self.slots.len() {
-                if self.slots[i].active.is_some() {
-                    if let Outcome::Finished = self.step(i) {
+            self.step();
+        }
+    }
+
+    /// One scheduler step over the active slots (see the module docs).
+    fn step(&mut self) {
+        let mut prefilling = Vec::new();
+        let mut decoding = Vec::new();
+        for i in 0..self.slots.len() {
+            let Some(work) = self.work(i) else {
+                self.slots[i].active = None;
+                continue;
+            };
+            match work {
+                Work::Prefill => prefilling.push(i),
+                Work::Decode(next) => decoding.push((i, next)),
+                Work::Speculative(next) => {
+                    if let Outcome::Finished = self.step_speculative(i, next) {
                         self.slots[i].active = None;
                     }
                 }
+            }
+        }
+        if let Some(i) = prefill_pick(&prefilling, self.prefill_turn) {
+            self.prefill_turn = i + 1;
+            if let Outcome::Finished = self.step_prefill(i) {
+                self.slots[i].active = None;
+            }
+        }
+        if !decoding.is_empty() {
+            self.step_decode(&decoding);
+        }
+    }
+
+    /// What active slot `i` does this step; `None` when it is done without computing (not active, the
+    /// client left, or the request timed out).
+    fn work(&mut self, i: usize) -> Option<Work> {
+        let slot = &mut self.slots[i];
+        let a = slot.active.as_mut()?;
+        if a.job.events.is_closed() {
+            // The client disconnected: free the slot now.
+            return None;
+        }
+        if Instant::now() >= a.job.deadline {
+            let _ = a.job.events.send(Event::Error {
+                message: "the request timed out".into(),
+                timeout: true,
+            });
+            return None;
+        }
+        Some(match a.phase {
+            Phase::Prefill { .. } => Work::Prefill,
+            Phase::Decode { next } if slot.seq.draft.is_some() && a.job.json.is_none() => {
+                Work::Speculative(next)
+            }
+            Phase::Decode { next } => Work::Decode(next),
+        })
+    }
+
+    /// The next token of every slot in `rows` (slot index, token to feed) through one batched pass,
+    /// then each slot samples its own next token.
+    fn step_decode(&mut self, rows: &[(usize, u32)]) {
+        let t = Instant::now();
+        let results = {
+            let mut batch: Vec<(&mut Sequence<B>, u32)> = self
+                .slots
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, s)| {
+                    rows.iter()
+                        .find(|(r, _)| *r == i)
+                        .map(|&(_, next)| (&mut s.seq, next))
+                })
+                .collect();
+            self.engine.decode_batch(&mut batch)
+        };
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        self.metrics.decode_batch_rows.observe(rows.len() as f64);
+        // `results` follows slot order, as `rows` does (both were built by ascending slot index).
+        for (&(i, _), result) in rows.iter().zip(results) {
+            let outcome = match result {
+                Ok(logits) => {
+                    let a = self.slots[i].active.as_mut().expect("active slot");
+                    a.decode_ms += ms;
+                    self.sample_next(i, logits)
+                }
+                Err(e) => fail(&mut self.slots[i], format!("decode failed: {e}")),
+            };
+            if let Outcome::Finished = outcome {
+                self.slots[i].active = None;
             }
         }
     }
@@ -592,21 +702,11 @@ impl<B: Backend> EngineLoop<B> {
         });
     }
 
-    fn step(&mut self, i: usize) -> Outcome {
+    /// One prefill chunk of slot `i`; after the last one, its first token is sampled.
+    fn step_prefill(&mut self, i: usize) -> Outcome {
         let engine = &self.engine;
         let slot = &mut self.slots[i];
         let a = slot.active.as_mut().expect("active slot");
-        if a.job.events.is_closed() {
-            // The client disconnected: free the slot now.
-            return Outcome::Finished;
-        }
-        if Instant::now() >= a.job.deadline {
-            let _ = a.job.events.send(Event::Error {
-                message: "the request timed out".into(),
-                timeout: true,
-            });
-            return Outcome::Finished;
-        }
         let t = Instant::now();
         let logits = match a.phase {
             Phase::Prefill { pos } => {
@@ -638,17 +738,13 @@ impl<B: Backend> EngineLoop<B> {
                     Err(e) => return fail(slot, format!("prefill failed: {e}")),
                 }
             }
-            Phase::Decode { next } if slot.seq.draft.is_some() && a.job.json.is_none() => {
-                return self.step_speculative(i, next);
-            }
-            Phase::Decode { next } => match engine.decode(&mut slot.seq, next) {
-                Ok(l) => {
-                    a.decode_ms += t.elapsed().as_secs_f64() * 1000.0;
-                    l
-                }
-                Err(e) => return fail(slot, format!("decode failed: {e}")),
-            },
+            Phase::Decode { .. } => return Outcome::Continue,
         };
+        self.sample_next(i, logits)
+    }
+
+    /// Samples slot `i`'s next token from `logits` and sends it on its way.
+    fn sample_next(&mut self, i: usize, logits: Vec<f32>) -> Outcome {
         let slot = &mut self.slots[i];
         let n_ctx = slot.seq.n_ctx();
         let a = slot.active.as_mut().expect("active slot");
@@ -852,5 +948,22 @@ mod tests {
         assert_eq!(pick_slot(&held, &[7]), Some(1));
         let all_busy = [(true, &a[..], 0)];
         assert_eq!(pick_slot(&all_busy, &[1]), None);
+    }
+
+    #[test]
+    fn prefilling_slots_take_turns() {
+        assert_eq!(prefill_pick(&[], 0), None);
+        assert_eq!(prefill_pick(&[1, 3], 0), Some(1));
+        assert_eq!(prefill_pick(&[1, 3], 2), Some(3));
+        // Past the last one: back to the first.
+        assert_eq!(prefill_pick(&[1, 3], 4), Some(1));
+        // Three slots prefilling: each gets a chunk before any gets a second.
+        let (mut turn, mut order) = (0, Vec::new());
+        for _ in 0..6 {
+            let i = prefill_pick(&[0, 2, 5], turn).unwrap();
+            order.push(i);
+            turn = i + 1;
+        }
+        assert_eq!(order, [0, 2, 5, 0, 2, 5]);
     }
 }
