@@ -568,8 +568,10 @@ impl<B: Backend> Qwen35<B> {
         Ok(())
     }
 
-    /// One block: x += mixer(RMSNorm(x)); x += FFN(RMSNorm(x)). `start` is the attention cache entry of
-    /// the first row, `positions` the RoPE positions of the rows.
+    /// One block: x += mixer(RMSNorm(x)); o = FFN(RMSNorm(x)). The last residual add (x += o) is the
+    /// caller's: with `residual_pending` the next block does it fused with its first norm. `start` is
+    /// the attention cache entry of the first row, `positions` the RoPE positions of the rows.
+    #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
         layer: &Layer<B>,
@@ -578,10 +580,24 @@ impl<B: Backend> Qwen35<B> {
         positions: &[u32],
         start: usize,
         snapshots: bool,
+        residual_pending: bool,
     ) -> Result<()> {
         let (hp, be) = (&self.hp, &*self.backend);
         let (n, d) = (positions.len(), hp.n_embd);
-        be.rms_norm(&sc.x, Some(&layer.attn_norm), n, d, hp.rms_eps, &mut sc.h)?;
+        if residual_pending {
+            // The previous block's feed-forward output, added here together with this block's norm.
+            be.add_rms_norm(
+                &mut sc.x,
+                &sc.o,
+                Some(&layer.attn_norm),
+                n,
+                d,
+                hp.rms_eps,
+                &mut sc.h,
+            )?;
+        } else {
+            be.rms_norm(&sc.x, Some(&layer.attn_norm), n, d, hp.rms_eps, &mut sc.h)?;
+        }
         match (&layer.mixer, lc) {
             (Mixer::Attention(w), LayerCache::Attention(kv)) => {
                 self.attention(w, sc, kv, positions, start)?
@@ -595,8 +611,15 @@ impl<B: Backend> Qwen35<B> {
                 ))
             }
         }
-        be.add_assign(&mut sc.x, &sc.o, n * d)?;
-        be.rms_norm(&sc.x, Some(&layer.post_norm), n, d, hp.rms_eps, &mut sc.h)?;
+        be.add_rms_norm(
+            &mut sc.x,
+            &sc.o,
+            Some(&layer.post_norm),
+            n,
+            d,
+            hp.rms_eps,
+            &mut sc.h,
+        )?;
         be.matmul(&layer.ffn.gate, &sc.h, n, &mut sc.ff_gate)?;
         be.matmul(&layer.ffn.up, &sc.h, n, &mut sc.ff_up)?;
         be.gated_activation(
@@ -606,8 +629,8 @@ impl<B: Backend> Qwen35<B> {
             n * hp.n_ff,
             &mut sc.tmp,
         )?;
+        // The residual add of `sc.o` is left to the caller: the next block fuses it with its norm.
         be.matmul(&layer.ffn.down, &sc.tmp, n, &mut sc.o)?;
-        be.add_assign(&mut sc.x, &sc.o, n * d)?;
         Ok(())
     }
 
@@ -632,7 +655,11 @@ impl<B: Backend> Qwen35<B> {
                 &positions,
                 start,
                 opts.snapshots,
+                il > 0,
             )?;
+        }
+        if !self.layers.is_empty() {
+            be.add_assign(&mut sc.x, &sc.o, n * d)?;
         }
         if let Some(hidden) = opts.hidden {
             be.rms_norm(&sc.x, Some(&self.output_norm), n, d, hp.rms_eps, hidden)?;
@@ -808,7 +835,9 @@ impl<B: Backend> DraftHead<B> for Qwen35<B> {
                 &positions,
                 start,
                 false,
+                false,
             )?;
+            be.add_assign(&mut sc.x, &sc.o, n * d)?;
             be.copy(&sc.x, (n - 1) * d, &mut sc.o, 0, d)?;
             be.rms_norm(&sc.o, Some(norm), 1, d, hp.rms_eps, h_out)?;
             be.matmul(head, h_out, 1, &mut sc.logits)?;
