@@ -77,7 +77,8 @@ __device__ __forceinline__ void mmvq(const u8* w, u32 row_bytes, u32 n_units, u3
 // block-wide reduction, and each lane walks more of the row with U units in flight, which keeps more loads
 // outstanding per SM than a block per row (the 27B's rows are 5120 or 17408 values: 160 or 544 units).
 // On an H100 this decodes 4-6% faster than a block per row (bench/README.md). KILN_MMV=block|warp|warp4
-// selects the variant at run time.
+// selects the variant at run time; the default (auto) takes this one except for products with few
+// outputs, which a block per row spreads over more SMs.
 #define MMVW_THREADS 128
 
 template <int TYPE, int NR, int U>

@@ -15,17 +15,62 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     return t;
 }
 
-// out = x / sqrt(mean(x²) + eps) · weight (weight may be null).
-KILN_KERNEL void rms_norm(const float* x, const float* weight, u32 dim, float eps, float* out) {
+// Values of a row each thread holds in registers when the row fits the block that way: the row is then
+// read once, with all its loads in flight together, which matters for the decode step's single row
+// (one block for the whole GPU, so the kernel is pure latency).
+#define NORM_VALUES_PER_THREAD 8
+
+// out = x / sqrt(mean(x²) + eps) · weight (weight may be null), after x += y when y is given (the
+// residual add that precedes most norms, fused to save a launch). The block size depends only on `dim`
+// (the host picks it), so a row is summed in the same order whatever the batch: a verify pass of several
+// tokens rounds exactly as single decode steps do.
+__device__ __forceinline__ void rms_norm_row(float* x, const float* y, const float* weight, u32 dim, float eps,
+                                             float* out) {
     __shared__ float scratch[32];
-    const float* xr = x + (u64)blockIdx.x * dim;
+    float* xr = x + (u64)blockIdx.x * dim;
+    const float* yr = y ? y + (u64)blockIdx.x * dim : 0;
     float* orow = out + (u64)blockIdx.x * dim;
     float s = 0.0f;
-    for (u32 i = threadIdx.x; i < dim; i += blockDim.x) s += xr[i] * xr[i];
+    if (dim <= blockDim.x * NORM_VALUES_PER_THREAD) {
+        float v[NORM_VALUES_PER_THREAD], w[NORM_VALUES_PER_THREAD];
+#pragma unroll
+        for (int j = 0; j < NORM_VALUES_PER_THREAD; j++) {
+            const u32 i = threadIdx.x + j * blockDim.x;
+            v[j] = i < dim ? xr[i] : 0.0f;
+            if (yr && i < dim) {
+                v[j] += yr[i];
+                xr[i] = v[j];
+            }
+            w[j] = i < dim && weight ? weight[i] : 1.0f;
+            s += v[j] * v[j];
+        }
+        s = block_sum(s, scratch);
+        const float scale = 1.0f / sqrtf(s / (float)dim + eps);
+#pragma unroll
+        for (int j = 0; j < NORM_VALUES_PER_THREAD; j++) {
+            const u32 i = threadIdx.x + j * blockDim.x;
+            if (i < dim) orow[i] = v[j] * scale * w[j];
+        }
+        return;
+    }
+    // Each thread reads back only the values it wrote itself, so no barrier is needed between the loops.
+    for (u32 i = threadIdx.x; i < dim; i += blockDim.x) {
+        if (yr) xr[i] += yr[i];
+        s += xr[i] * xr[i];
+    }
     s = block_sum(s, scratch);
     const float scale = 1.0f / sqrtf(s / (float)dim + eps);
     for (u32 i = threadIdx.x; i < dim; i += blockDim.x)
         orow[i] = weight ? xr[i] * scale * weight[i] : xr[i] * scale;
+}
+
+KILN_KERNEL void rms_norm(const float* x, const float* weight, u32 dim, float eps, float* out) {
+    // x is only read when no residual is given.
+    rms_norm_row((float*)x, 0, weight, dim, eps, out);
+}
+
+KILN_KERNEL void add_rms_norm(float* x, const float* y, const float* weight, u32 dim, float eps, float* out) {
+    rms_norm_row(x, y, weight, dim, eps, out);
 }
 
 // out = rms_norm(x)·weight ⊙ silu(z): the gated norm at the end of a Gated DeltaNet layer.

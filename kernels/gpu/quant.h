@@ -201,32 +201,39 @@ __device__ __forceinline__ void unit_qk(const u8* row, u32 u, const Act& a, floa
     }
 }
 
-// Q6_K: 210 bytes per 256 (ql[128], qh[64], 16 int8 scales, d); unit = 16 values sharing one scale.
+// Q6_K: 210 bytes per 256 (ql[128], qh[64], 16 int8 scales, d); unit = 32 consecutive values (two
+// scale groups), whose low nibbles and high bit pairs are 32 contiguous bytes each. Blocks are only
+// 2-byte aligned, so both runs come through load_ints_b2; the 4 bytes it reads past each run are still
+// inside the block (qh follows ql, the scales follow qh).
 template <int NR>
 __device__ __forceinline__ void unit_q6_k(const u8* row, u32 u, const Act& a, float* acc) {
-    const u32 blk = u >> 4, hf = (u >> 3) & 1, qq = (u >> 1) & 3, g = u & 1;
+    const u32 blk = u >> 3, hf = (u >> 2) & 1, qq = u & 3;
     const u8* b = row + blk * 210;
     const float d = h2f(*(const u16*)(b + 208));
-    const float sc = (float)(i8)b[192 + 8 * hf + 2 * qq + g];
-    const u8* ql = b + 64 * hf + 32 * (qq & 1) + 16 * g;
-    const u8* qh = b + 128 + 32 * hf + 16 * g;
+    const u32 sc2 = *(const u16*)(b + 192 + 8 * hf + 2 * qq);  // the two groups' scales, one load
+    const float sc0 = (float)(i8)(sc2 & 0xFF), sc1 = (float)(i8)(sc2 >> 8);
+    int ql[8], qh[8];
+    load_ints_b2<8>(b + 64 * hf + 32 * (qq & 1), ql);
+    load_ints_b2<8>(b + 128 + 32 * hf, qh);
     const int nshift = (qq >> 1) * 4, hshift = 2 * qq;
-    int v[4];
+    int v[8];
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const int l = (load_int_b2(ql + 4 * i) >> nshift) & 0x0F0F0F0F;
-        const int hb = ((load_int_b2(qh + 4 * i) >> hshift) & 0x03030303) << 4;
+    for (int i = 0; i < 8; i++) {
+        const int l = (ql[i] >> nshift) & 0x0F0F0F0F;
+        const int hb = ((qh[i] >> hshift) & 0x03030303) << 4;
         // Subtract 32 from each byte without borrows crossing bytes.
         v[i] = (((l | hb) | 0x80808080) - 0x20202020) ^ 0x80808080;
     }
-    const u32 first = blk * 256 + 128 * hf + 32 * qq + 16 * g;
+    const u32 first = blk * 256 + 128 * hf + 32 * qq;  // 32-aligned: one activation scale
 #pragma unroll
     for (int r = 0; r < NR; r++) {
-        const int* y = a.yq + r * a.yq_stride + first / 4;
-        int s = 0;
-#pragma unroll
-        for (int i = 0; i < 4; i++) s = dp4a(v[i], y[i], s);
-        acc[r] += d * sc * a.yd[r * a.yd_stride + first / 32] * (float)s;
+        const int4 ya = *(const int4*)(a.yq + r * a.yq_stride + first / 4);
+        const int4 yb = *(const int4*)(a.yq + r * a.yq_stride + first / 4 + 4);
+        int s0 = dp4a(v[0], ya.x, 0), s1 = dp4a(v[4], yb.x, 0);
+        s0 = dp4a(v[1], ya.y, s0); s1 = dp4a(v[5], yb.y, s1);
+        s0 = dp4a(v[2], ya.z, s0); s1 = dp4a(v[6], yb.z, s1);
+        s0 = dp4a(v[3], ya.w, s0); s1 = dp4a(v[7], yb.w, s1);
+        acc[r] += d * a.yd[r * a.yd_stride + first / 32] * (sc0 * (float)s0 + sc1 * (float)s1);
     }
 }
 
@@ -235,7 +242,7 @@ __device__ __forceinline__ u32 units_per_row(int type, u32 k) {
     switch (type) {
         case T_Q8_0: return k / 16;
         case T_Q4_K: case T_Q5_K: return k / 32;
-        case T_Q6_K: return k / 16;
+        case T_Q6_K: return k / 32;
         default: return k / 32;
     }
 }

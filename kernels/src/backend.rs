@@ -262,6 +262,22 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
     /// x[..n] += y[..n].
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor, n: usize) -> Result<()>;
+    /// The residual add and the norm after it: x[..rows·dim] += y, then `rms_norm` of x into `out`.
+    /// Backends that can fuse the two (one pass, one launch) override it.
+    #[allow(clippy::too_many_arguments)]
+    fn add_rms_norm(
+        &self,
+        x: &mut Self::Tensor,
+        y: &Self::Tensor,
+        weight: Option<&Self::Weight>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &mut Self::Tensor,
+    ) -> Result<()> {
+        self.add_assign(x, y, rows * dim)?;
+        self.rms_norm(x, weight, rows, dim, eps, out)
+    }
     /// x[..n] *= s.
     fn scale(&self, x: &mut Self::Tensor, s: f32, n: usize) -> Result<()>;
     /// out[..n] = act(gate[..n]) · up[..n].

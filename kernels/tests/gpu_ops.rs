@@ -116,36 +116,82 @@ fn matmul_every_type_and_batch() {
         GgmlType::Q5_K,
         GgmlType::Q6_K,
     ];
-    let (n_out, k) = (70, 768);
+    // 70 outputs take the block-per-row kernels under the default KILN_MMV=auto; 2200 (more than 16
+    // per SM on an H100) the lanes-per-row ones, with a partly filled last block.
     for (i, ty) in types.into_iter().enumerate() {
-        let (wc, wg) = (
-            c.load_weight(weight(ty, n_out, k, i as u64 + 1)).unwrap(),
-            g.load_weight(weight(ty, n_out, k, i as u64 + 1)).unwrap(),
-        );
-        // 1..13 rows take the row kernels (8 rows a pass); 64 takes cuBLAS with f16 activations.
-        for rows in [1, 2, 3, 8, 13, 64] {
-            let x = values(100 + rows as u64, rows * k, 1.0);
-            let (xc, xg) = (put(&c, &x), put(g, &x));
-            let (mut oc, mut og) = (
-                c.tensor(rows * n_out).unwrap(),
-                g.tensor(rows * n_out).unwrap(),
-            );
-            c.matmul(&wc, &xc, rows, &mut oc).unwrap();
-            g.matmul(&wg, &xg, rows, &mut og).unwrap();
-            // Both round the activations to 8 bits (in different block sizes for the K-quants).
-            let tol = match ty {
-                GgmlType::F32 => 1e-5,
-                GgmlType::F16 if rows < 48 => 1e-5,
-                GgmlType::F16 => 1e-3,
-                _ => 1.5e-2,
-            };
-            assert_close(
-                &format!("matmul {ty} rows {rows}"),
-                &get(g, &og, rows * n_out),
-                &get(&c, &oc, rows * n_out),
-                tol,
-            );
+        for n_out in [70, 2200] {
+            matmul_matches_cpu(g, &c, ty, n_out, i as u64 + 1);
         }
+    }
+}
+
+/// One weight of `ty`, `n_out` × 768, against the CPU backend for 1..64 activation rows.
+fn matmul_matches_cpu(g: &CudaBackend, c: &CpuBackend, ty: GgmlType, n_out: usize, seed: u64) {
+    let k = 768;
+    let (wc, wg) = (
+        c.load_weight(weight(ty, n_out, k, seed)).unwrap(),
+        g.load_weight(weight(ty, n_out, k, seed)).unwrap(),
+    );
+    // 1..13 rows take the row kernels (8 rows a pass); 64 takes cuBLAS with f16 activations.
+    for rows in [1, 2, 3, 8, 13, 64] {
+        let x = values(100 + rows as u64, rows * k, 1.0);
+        let (xc, xg) = (put(c, &x), put(g, &x));
+        let (mut oc, mut og) = (
+            c.tensor(rows * n_out).unwrap(),
+            g.tensor(rows * n_out).unwrap(),
+        );
+        c.matmul(&wc, &xc, rows, &mut oc).unwrap();
+        g.matmul(&wg, &xg, rows, &mut og).unwrap();
+        // Both round the activations to 8 bits (in different block sizes for the K-quants).
+        let tol = match ty {
+            GgmlType::F32 => 1e-5,
+            GgmlType::F16 if rows < 48 => 1e-5,
+            GgmlType::F16 => 1e-3,
+            _ => 1.5e-2,
+        };
+        assert_close(
+            &format!("matmul {ty} {n_out}×{k} rows {rows}"),
+            &get(g, &og, rows * n_out),
+            &get(c, &oc, rows * n_out),
+            tol,
+        );
+    }
+}
+
+#[test]
+fn rms_norm_sizes_and_fused_residual() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    // Values held in registers (1000, the 27B's 5120 as one row), and rows too long for that (10000).
+    for (rows, dim) in [(5, 1000), (1, 5120), (2, 10000)] {
+        let n = rows * dim;
+        let (x, y) = (values(11, n, 2.0), values(12, n, 1.0));
+        let wsrc = || weight(GgmlType::F32, 1, dim, 13);
+        let (wc, wg) = (
+            c.load_weight(wsrc()).unwrap(),
+            g.load_weight(wsrc()).unwrap(),
+        );
+        let (xc, xg) = (put(&c, &x), put(g, &x));
+        let (mut oc, mut og) = (c.tensor(n).unwrap(), g.tensor(n).unwrap());
+        c.rms_norm(&xc, Some(&wc), rows, dim, 1e-6, &mut oc)
+            .unwrap();
+        g.rms_norm(&xg, Some(&wg), rows, dim, 1e-6, &mut og)
+            .unwrap();
+        let what = format!("rms_norm {rows}×{dim}");
+        assert_close(&what, &get(g, &og, n), &get(&c, &oc, n), 1e-6);
+        let (mut xc, mut xg, yc, yg) = (put(&c, &x), put(g, &x), put(&c, &y), put(g, &y));
+        c.add_rms_norm(&mut xc, &yc, Some(&wc), rows, dim, 1e-6, &mut oc)
+            .unwrap();
+        g.add_rms_norm(&mut xg, &yg, Some(&wg), rows, dim, 1e-6, &mut og)
+            .unwrap();
+        let what = format!("add_rms_norm {rows}×{dim}");
+        assert_close(&what, &get(g, &og, n), &get(&c, &oc, n), 1e-6);
+        assert_close(
+            &format!("{what}: x + y"),
+            &get(g, &xg, n),
+            &get(&c, &xc, n),
+            1e-7,
+        );
     }
 }
 

@@ -676,8 +676,10 @@ impl<B: Backend> Qwen35<B> {
         Ok(())
     }
 
-    /// One block: x += mixer(RMSNorm(x)); x += FFN(RMSNorm(x)). `start` is the attention cache entry of
-    /// the first row, `positions` the RoPE positions of the rows.
+    /// One block: x += mixer(RMSNorm(x)); o = FFN(RMSNorm(x)). The last residual add (x += o) is the
+    /// caller's: with `residual_pending` the next block does it fused with its first norm. `target` holds
+    /// the cache (and the attention cache entry of the first row), `positions` the RoPE positions of
+    /// the rows.
     fn block(
         &self,
         layer: &Layer<B>,
@@ -685,16 +687,37 @@ impl<B: Backend> Qwen35<B> {
         sc: &mut Scratch<B>,
         positions: &[u32],
         snapshots: bool,
+        residual_pending: bool,
     ) -> Result<()> {
         let (hp, be) = (&self.hp, &*self.backend);
         let (n, d) = (positions.len(), hp.n_embd);
-        be.rms_norm(&sc.x, Some(&layer.attn_norm), n, d, hp.rms_eps, &mut sc.h)?;
+        if residual_pending {
+            // The previous block's feed-forward output, added here together with this block's norm.
+            be.add_rms_norm(
+                &mut sc.x,
+                &sc.o,
+                Some(&layer.attn_norm),
+                n,
+                d,
+                hp.rms_eps,
+                &mut sc.h,
+            )?;
+        } else {
+            be.rms_norm(&sc.x, Some(&layer.attn_norm), n, d, hp.rms_eps, &mut sc.h)?;
+        }
         match &layer.mixer {
             Mixer::Attention(w) => self.attention(w, sc, target, positions)?,
             Mixer::DeltaNet(w) => self.delta_net(w, sc, target, n, snapshots)?,
         }
-        be.add_assign(&mut sc.x, &sc.o, n * d)?;
-        be.rms_norm(&sc.x, Some(&layer.post_norm), n, d, hp.rms_eps, &mut sc.h)?;
+        be.add_rms_norm(
+            &mut sc.x,
+            &sc.o,
+            Some(&layer.post_norm),
+            n,
+            d,
+            hp.rms_eps,
+            &mut sc.h,
+        )?;
         be.matmul(&layer.ffn.gate, &sc.h, n, &mut sc.ff_gate)?;
         be.matmul(&layer.ffn.up, &sc.h, n, &mut sc.ff_up)?;
         be.gated_activation(
@@ -704,8 +727,8 @@ impl<B: Backend> Qwen35<B> {
             n * hp.n_ff,
             &mut sc.tmp,
         )?;
+        // The residual add of `sc.o` is left to the caller: the next block fuses it with its norm.
         be.matmul(&layer.ffn.down, &sc.tmp, n, &mut sc.o)?;
-        be.add_assign(&mut sc.x, &sc.o, n * d)?;
         Ok(())
     }
 
@@ -726,7 +749,10 @@ impl<B: Backend> Qwen35<B> {
                 Seqs::One { cache, start } => Target::One(&mut cache.layers[il], *start),
                 Seqs::Rows(rows) => Target::Rows(rows, il),
             };
-            self.block(layer, target, sc, positions, opts.snapshots)?;
+            self.block(layer, target, sc, positions, opts.snapshots, il > 0)?;
+        }
+        if !self.layers.is_empty() {
+            be.add_assign(&mut sc.x, &sc.o, n * d)?;
         }
         if let Some(hidden) = opts.hidden {
             be.rms_norm(&sc.x, Some(&self.output_norm), n, d, hp.rms_eps, hidden)?;
@@ -919,7 +945,9 @@ impl<B: Backend> DraftHead<B> for Qwen35<B> {
                 sc,
                 &positions,
                 false,
+                false,
             )?;
+            be.add_assign(&mut sc.x, &sc.o, n * d)?;
             be.copy(&sc.x, (n - 1) * d, &mut sc.o, 0, d)?;
             be.rms_norm(&sc.o, Some(norm), 1, d, hp.rms_eps, h_out)?;
             be.matmul(head, h_out, 1, &mut sc.logits)?;

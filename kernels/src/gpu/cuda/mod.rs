@@ -488,7 +488,7 @@ fn mmv_kernel(ty: GgmlType) -> Option<(&'static str, usize)> {
         GgmlType::Q8_0 => ("mmv_q8_0", 16),
         GgmlType::Q4_K => ("mmv_q4_k", 32),
         GgmlType::Q5_K => ("mmv_q5_k", 32),
-        GgmlType::Q6_K => ("mmv_q6_k", 16),
+        GgmlType::Q6_K => ("mmv_q6_k", 32),
         _ => return None,
     })
 }
@@ -498,16 +498,38 @@ fn mmv_kernel(ty: GgmlType) -> Option<(&'static str, usize)> {
 enum Matvec {
     /// `block`: a block of `MMV_THREADS` per output value.
     BlockPerRow,
-    /// `warp` (default; two units in flight per lane) or `warp4` (four): a warp per output value.
-    WarpPerRow { prefix: &'static str },
+    /// `lanes` lanes per output value: `warp` (a warp, two units in flight per lane) or `warp4` (four).
+    Lanes { prefix: &'static str, lanes: u32 },
+    /// `auto` (default): `Lanes` (`warp`), except for products with few outputs (the recurrent layers'
+    /// 48-row gates, the 1024-row key/value projections), where a warp per row leaves most SMs idle
+    /// and a block per row spreads the same work over four times as many warps. (8 or 16 lanes per
+    /// row, fewer and longer-lived warps, measured 10-20% slower on an H100: bench/README.md.)
+    Auto { prefix: &'static str, lanes: u32 },
 }
 
 impl Matvec {
     fn from_env() -> Matvec {
-        match std::env::var("KILN_MMV").as_deref() {
-            Ok("block") => Matvec::BlockPerRow,
-            Ok("warp4") => Matvec::WarpPerRow { prefix: "mmvw4_" },
-            _ => Matvec::WarpPerRow { prefix: "mmvw_" },
+        let warp = ("mmvw_", 32);
+        let (auto, (prefix, lanes)) = match std::env::var("KILN_MMV").as_deref() {
+            Ok("block") => return Matvec::BlockPerRow,
+            Ok("warp") => (false, warp),
+            Ok("warp4") => (false, ("mmvw4_", 32)),
+            _ => (true, warp),
+        };
+        if auto {
+            Matvec::Auto { prefix, lanes }
+        } else {
+            Matvec::Lanes { prefix, lanes }
+        }
+    }
+
+    /// The variant for a product with `n_out` outputs on a GPU of `sm_count` SMs. It depends on the
+    /// weight's shape alone, so a verify batch sums every output in the same order as a decode step.
+    fn for_outputs(self, n_out: usize, sm_count: usize) -> Matvec {
+        match self {
+            Matvec::Auto { .. } if n_out < 16 * sm_count => Matvec::BlockPerRow,
+            Matvec::Auto { prefix, lanes } => Matvec::Lanes { prefix, lanes },
+            other => other,
         }
     }
 }
@@ -520,6 +542,14 @@ const INVARIANT_ROWS: usize = 17;
 /// contexts), growing so that even a full cache needs at most 1024 splits (bounded merge scratch).
 fn attention_chunk(n_ctx: usize) -> usize {
     n_ctx.div_ceil(1024).next_power_of_two().clamp(16, 2048)
+}
+
+/// Threads of an `rms_norm` block for rows of `dim` values: about four values a thread, so a single row
+/// (the decode step) is spread over up to 1024 threads instead of one block's 256 walking it serially.
+/// A function of `dim` alone, never of the row count, so a batch rounds exactly like single rows.
+fn norm_threads(dim: usize) -> u32 {
+    // Multiples of 64: whole warps on NVIDIA and on AMD's wave64 parts alike.
+    (dim.div_ceil(4).next_multiple_of(64)).clamp(64, 1024) as u32
 }
 
 fn kv_kernel_name(ty: KvType) -> &'static str {
@@ -786,10 +816,10 @@ impl Backend for CudaBackend {
         }
         let row_bytes = u32_arg("matmul", w.ty.bytes_for(k).unwrap_or(0))?;
         let n_units = u32_arg("matmul", k / per_unit)?;
-        let (fam, cfg) = match self.matvec {
-            Matvec::BlockPerRow => (fam.to_string(), cfg),
-            Matvec::WarpPerRow { prefix } => {
-                let per_block = (MMVW_THREADS / 32) as usize;
+        let (fam, cfg) = match self.matvec.for_outputs(n_out, self.sm_count) {
+            Matvec::BlockPerRow | Matvec::Auto { .. } => (fam.to_string(), cfg),
+            Matvec::Lanes { prefix, lanes } => {
+                let per_block = (MMVW_THREADS / lanes) as usize;
                 let cfg = LaunchConfig {
                     grid_dim: (u32_arg("matmul", n_out.div_ceil(per_block))?, 1, 1),
                     block_dim: (MMVW_THREADS, 1, 1),
@@ -845,7 +875,7 @@ impl Backend for CudaBackend {
         };
         let cfg = LaunchConfig {
             grid_dim: (u32_arg("rms_norm", rows)?, 1, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (norm_threads(dim), 1, 1),
             shared_mem_bytes: 0,
         };
         let (xp, op, d) = (
@@ -854,6 +884,41 @@ impl Backend for CudaBackend {
             u32_arg("rms_norm", dim)?,
         );
         launch!(self, "rms_norm", cfg, &xp, &wp, &d, &eps, &op)
+    }
+
+    fn add_rms_norm(
+        &self,
+        x: &mut CudaTensor,
+        y: &CudaTensor,
+        weight: Option<&CudaWeight>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let op = "add_rms_norm";
+        check_len(op, "input", x.len, rows * dim)?;
+        check_len(op, "residual", y.len, rows * dim)?;
+        check_len(op, "output", out.len, rows * dim)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let wp = match weight {
+            Some(w) => self.dense(w, op, dim)?,
+            None => 0u64,
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (u32_arg(op, rows)?, 1, 1),
+            block_dim: (norm_threads(dim), 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (xp, yp, op_, d) = (
+            self.ptr(&x.buf),
+            self.ptr(&y.buf),
+            self.ptr(&out.buf),
+            u32_arg(op, dim)?,
+        );
+        launch!(self, "add_rms_norm", cfg, &xp, &yp, &wp, &d, &eps, &op_)
     }
 
     fn add_bias(
