@@ -16,7 +16,7 @@ fi
 if [[ $WANT == *" tests "* || $WANT == *" all "* ]]; then
     timeout 200 .device/bin/gpu_ops --test-threads 1 --nocapture > "$OUT/gpu_ops.txt" 2>&1
     echo "gpu_ops exit $?"; grep -E "test result|panicked" "$OUT/gpu_ops.txt"
-    timeout 150 .device/bin/gpu_models --test-threads 1 --nocapture > "$OUT/gpu_models.txt" 2>&1
+    timeout 240 .device/bin/gpu_models --test-threads 1 --nocapture > "$OUT/gpu_models.txt" 2>&1
     echo "gpu_models exit $?"; grep -E "worst|test result|panicked" "$OUT/gpu_models.txt"
 fi
 M=/tmp/q27.gguf
@@ -56,7 +56,7 @@ if [[ $WANT == *" serve "* || $WANT == *" all "* ]]; then
         python3 -m pip install -q --no-index --find-links .device/wheels openai pytest httpx
     mkdir -p /tmp/kt
     KILN_DEVICE=cuda:0 KILN_TEST_MODEL=$PWD/tests/models/qwen35-tiny-q8_0.gguf KILN_AGENT_BIN=$PWD/.device/bin/kiln-agent \
-        CARGO_TARGET_DIR=/tmp/kt timeout 300 python3 -m pytest tests/api/test_speculative.py tests/api/test_downsize.py \
+        CARGO_TARGET_DIR=/tmp/kt timeout 300 python3 -m pytest tests/api/test_speculative.py tests/api/test_batching.py tests/api/test_downsize.py \
         -q -k "not without_an_mtp_head and not promtool and not drain_queues" > "$OUT/api-gpu.txt" 2>&1
     echo "API tests on cuda:0 exit $?"; tail -3 "$OUT/api-gpu.txt"; grep -h "model loaded" /tmp/kt/kiln-serve-*.log | head -2
     KILN_AGENT_BIN=.device/bin/kiln-agent timeout 120 tests/gpu/downsize.sh > "$OUT/downsize.txt" 2>&1
