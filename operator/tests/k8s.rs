@@ -125,7 +125,7 @@ async fn golden_preset_makes_children_with_the_expected_fields() {
     let agent = &pod.containers[0];
     assert_eq!(
         agent.args.as_ref().unwrap().join(" "),
-        "serve --model /models/Qwen3.6-27B-Q4_K_M.gguf --ctx 131072 --kv-type q4_0 --spec mtp \
+        "serve --model /tmp/Qwen3.6-27B-Q4_K_M.gguf --ctx 131072 --kv-type q4_0 --spec mtp \
          --spec-draft-n-max 3 --reasoning off --parallel 1 --host 0.0.0.0 --port 8080 --device rocm"
     );
     let fetch = &pod.init_containers.as_ref().unwrap()[0];
@@ -133,7 +133,7 @@ async fn golden_preset_makes_children_with_the_expected_fields() {
         fetch.args.as_ref().unwrap().join(" "),
         format!(
             "fetch hf://unsloth/Qwen3.6-27B-GGUF/Qwen3.6-27B-Q4_K_M.gguf --to /models \
-             --link /models/Qwen3.6-27B-Q4_K_M.gguf --sha256 {SHA} --status-addr 0.0.0.0:8080"
+             --link /tmp/Qwen3.6-27B-Q4_K_M.gguf --sha256 {SHA} --status-addr 0.0.0.0:8080"
         )
     );
     let limits = agent.resources.as_ref().unwrap().limits.as_ref().unwrap();
