@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -305,6 +306,77 @@ def check_serving(c: Cluster, name: str, ctx: int) -> None:
     log(f"status: phase {st['phase']}, effective context {ctx}, endpoint {st['endpoint']}")
 
 
+def check_prometheus_scrapes(c: Cluster, name: str, prometheus_dir: Path, work: Path) -> None:
+    """A real Prometheus (Debian's, scripts/prometheus.sh) scrapes the operator through the chart's metrics
+    Service and the agent through its InferenceService's Service, with the chart's rules loaded unchanged:
+    both targets are up, the operator reports one leader and its reconciles, the agent is ready, and every
+    rule evaluates without error on real series."""
+    op = c.get("service", f"{OPERATOR}-metrics", "-n", RELEASE_NS)
+    op_target = f"{op['spec']['clusterIP']}:{op['spec']['ports'][0]['port']}"
+    agent_target = f"{c.get('service', name, '-n', NS)['spec']['clusterIP']}:80"
+    pod = agent_pods(c, name)[0]["metadata"]["name"]
+    work.mkdir(parents=True, exist_ok=True)
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(REPO / "charts/kiln/rules/kiln.rules.yaml")],
+        "scrape_configs": [
+            {"job_name": "kiln-operator", "static_configs": [{"targets": [op_target]}]},
+            {"job_name": "kiln-agent", "static_configs": [{"targets": [agent_target], "labels": {
+                "namespace": NS, "inferenceservice": name, "pod": pod}}]},
+        ],
+    }  # fmt: skip
+    (work / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = 19090
+    log_file = open(work / "prometheus.log", "w")
+    proc = subprocess.Popen(
+        [prometheus_dir / "prometheus", "--config.file", work / "prometheus.yml", "--storage.tsdb.path",
+         work / "data", "--web.listen-address", f"127.0.0.1:{port}"],
+        stdout=log_file, stderr=subprocess.STDOUT, cwd=work,
+    )  # fmt: skip
+
+    def api(path: str, **params) -> dict | list:
+        url = f"http://127.0.0.1:{port}/api/v1/{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                body = json.loads(r.read())
+        except OSError as e:  # URLError is an OSError: not up yet
+            raise Failure(f"Prometheus {path}: {e}") from e
+        if body.get("status") != "success":
+            raise Failure(f"Prometheus {path} {params}: {body}")
+        return body["data"]
+
+    def query(expr: str) -> list:
+        return api("query", query=expr)["result"]
+
+    try:
+        for job in ("kiln-operator", "kiln-agent"):
+            wait_for(f"Prometheus scraping {job}", 60, lambda j=job: query(f'up{{job="{j}"}} == 1'))
+        leader = wait_for("the operator's leader series", 30, lambda: query("kiln_operator_leader"))
+        check([s["value"][1] for s in leader] == ["1"], f"kiln_operator_leader: {leader}")
+        reconciles = wait_for("reconciles", 30, lambda: query("sum(kiln_operator_reconciles_total) > 0"))
+        ready = wait_for("the agent's readiness", 30, lambda: query(f'kiln_ready{{pod="{pod}"}} == 1'))
+        check(ready[0]["metric"]["inferenceservice"] == name, f"kiln_ready labels {ready[0]['metric']}")
+
+        def evaluated():
+            rules = [r for g in api("rules")["groups"] for r in g["rules"]]
+            return rules if rules and all(r.get("lastEvaluation", "").startswith("20") for r in rules) else None
+
+        rules = wait_for("every rule evaluated", 30, evaluated)
+        bad = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
+        check(not bad, f"rules with errors: {bad}")
+        firing = [r["name"] for r in rules if r.get("state") == "firing"]
+        check(not firing, f"alerts firing on a healthy install: {firing}")
+        log(f"Prometheus scraped the operator ({op_target}: leader 1, {float(reconciles[0]['value'][1]):.0f} "
+            f"reconciles) and the agent ({agent_target}: kiln_ready 1); {len(rules)} rules evaluated, none "
+            "failing or firing")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log_file.close()
+
+
 def container_pid(c: Cluster, container_id: str) -> int:
     """The host PID of a running container's first process, from containerd (this machine is the node)."""
     cid = container_id.split("://", 1)[-1]
@@ -483,6 +555,8 @@ def main() -> int:
     p.add_argument("--model-uri", required=True)
     p.add_argument("--model-sha256", required=True)
     p.add_argument("--mirror-log", required=True, type=Path)
+    p.add_argument("--prometheus", required=True, type=Path, help="directory with prometheus (scripts/prometheus.sh)")
+    p.add_argument("--work", required=True, type=Path, help="scratch directory (Prometheus' data)")
     p.add_argument("--node-cache", required=True, type=Path,
                    help="the node's model cache directory (hostPath), writable by uid 65532")
     p.add_argument("--timings", type=Path, help="write the measured times here (JSON)")
@@ -511,6 +585,7 @@ def run_steps(a: argparse.Namespace, c: Cluster) -> int:
         check_fetched_from_mirror(c, name, a.model_uri.rsplit("/", 1)[1], a.mirror_log)
         log("step 5: the Service answers; metrics; status; security context")
         check_serving(c, name, ctx)
+        check_prometheus_scrapes(c, name, a.prometheus, a.work / "prometheus")
         check_restricted(c, agent_pods(c, name)[0], "kiln-agent", writable=["/tmp"], read_only=["/models"],
                          host_dirs={"/models": a.node_cache})
         if a.keep:

@@ -111,4 +111,4 @@ if [[ $MODE == keep ]]; then steps=(--keep); fi
 python3 tests/e2e/e2e.py --kubeconfig "$KUBECONFIG" --tools "$(scripts/k8s-tools.sh)" --node-run "$KILN_NODE_RUN" \
     --operator-image "$OPERATOR_IMAGE" --agent-image "$AGENT_IMAGE" \
     --model-uri "https://$NODE_IP:$MIRROR_PORT/$MODEL_FILE" --model-sha256 "$MODEL_SHA256" \
-    --mirror-log "$WORK/mirror.log" --node-cache "$WORK/node-models" --timings "$WORK/timings.json" "${steps[@]}"
+    --mirror-log "$WORK/mirror.log" --prometheus "$(scripts/prometheus.sh)" --work "$WORK" --node-cache "$WORK/node-models" --timings "$WORK/timings.json" "${steps[@]}"

@@ -593,16 +593,16 @@ mod tests {
         build(&svc, &resolved, &defaults)
     }
 
+    fn models_volume(pod: &PodSpec) -> Volume {
+        let volumes = pod.volumes.as_deref().unwrap_or_default();
+        volumes.iter().find(|v| v.name == "models").unwrap().clone()
+    }
+
     #[test]
     fn a_host_path_cache_is_the_operators_node_directory_with_the_size_as_eviction_limit() {
         let d = deployment_for(serde_json::json!({"type": "hostPath", "size": "40Gi"})).unwrap();
         let pod = d.spec.unwrap().template.spec.unwrap();
-        let models = pod
-            .volumes
-            .unwrap()
-            .into_iter()
-            .find(|v| v.name == "models")
-            .unwrap();
+        let models = models_volume(&pod);
         let host = models.host_path.unwrap();
         assert_eq!(host.path, "/var/lib/kiln/models");
         assert_eq!(host.type_.as_deref(), Some("DirectoryOrCreate"));
@@ -625,12 +625,7 @@ mod tests {
         assert!(e.starts_with("modelCache.size:"), "{e}");
         let plain = deployment_for(serde_json::json!({})).unwrap();
         let pod = plain.spec.unwrap().template.spec.unwrap();
-        let models = pod
-            .volumes
-            .unwrap()
-            .into_iter()
-            .find(|v| v.name == "models")
-            .unwrap();
+        let models = models_volume(&pod);
         assert!(models.empty_dir.is_some());
         let args = pod
             .init_containers
