@@ -20,11 +20,27 @@ KILN_KERNEL void swiglu(const float* gate, const float* up, u32 n, float* out) {
 }
 
 // GELU (tanh form) as ggml's CPU backend computes it: the input rounded to f16, the result too.
+__device__ __forceinline__ float gelu_f16(float v) {
+    const float x = h2f(f2h(v));
+    return h2f(f2h(0.5f * x * (1.0f + tanhf(0.7978846f * x * (1.0f + 0.044715f * x * x)))));
+}
+
 KILN_KERNEL void geglu(const float* gate, const float* up, u32 n, float* out) {
-    GRID_LOOP(i, n) {
-        const float x = h2f(f2h(gate[i]));
-        const float g = 0.5f * x * (1.0f + tanhf(0.7978846f * x * (1.0f + 0.044715f * x * x)));
-        out[i] = h2f(f2h(g)) * up[i];
+    GRID_LOOP(i, n) out[i] = gelu_f16(gate[i]) * up[i];
+}
+
+// The stacked forms: row r of x is n gate values then n up values (one product over [gate; up]).
+KILN_KERNEL void swiglu_stacked(const float* x, u32 rows, u32 n, float* out) {
+    GRID_LOOP(i, (u64)rows * n) {
+        const u64 r = i / n, c = i % n;
+        out[i] = silu(x[2 * r * n + c]) * x[2 * r * n + n + c];
+    }
+}
+
+KILN_KERNEL void geglu_stacked(const float* x, u32 rows, u32 n, float* out) {
+    GRID_LOOP(i, (u64)rows * n) {
+        const u64 r = i / n, c = i % n;
+        out[i] = gelu_f16(x[2 * r * n + c]) * x[2 * r * n + n + c];
     }
 }
 

@@ -213,6 +213,14 @@ pub trait Backend: Send + Sync {
 
     /// Takes a weight from the model file. The CPU backend keeps a zero-copy view.
     fn load_weight(&self, src: WeightSource) -> Result<Self::Weight>;
+    /// Loads `parts` (one type, one row width) as ONE weight whose rows are theirs in order, so products
+    /// that read the same input take one launch and one pass over a larger matrix. `Ok(None)`: this
+    /// backend keeps weights separate (the CPU's are zero-copy views of the file and must stay so); the
+    /// caller then loads each part with [`load_weight`](Backend::load_weight).
+    fn load_stacked(&self, parts: Vec<WeightSource>) -> Result<Option<Self::Weight>> {
+        let _ = parts;
+        Ok(None)
+    }
     /// Bytes the weight occupies on the device.
     fn weight_bytes(&self, w: &Self::Weight) -> usize;
 
@@ -286,6 +294,16 @@ pub trait Backend: Send + Sync {
         act: Activation,
         gate: &Self::Tensor,
         up: &Self::Tensor,
+        n: usize,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+    /// [`gated_activation`](Backend::gated_activation) over the output of one product with a stacked
+    /// [gate; up] weight: row r of `x` holds `n` gate values then `n` up values; `out` gets `rows` rows of `n`.
+    fn gated_activation_stacked(
+        &self,
+        act: Activation,
+        x: &Self::Tensor,
+        rows: usize,
         n: usize,
         out: &mut Self::Tensor,
     ) -> Result<()>;

@@ -158,6 +158,99 @@ fn matmul_matches_cpu(g: &CudaBackend, c: &CpuBackend, ty: GgmlType, n_out: usiz
     }
 }
 
+/// Two products over one stacked [gate; up] weight equal the two separate ones, and the stacked gated
+/// activation equals the plain one on the separate outputs (and the CPU's stacked form).
+#[test]
+fn stacked_weight_and_gated_activation() {
+    let c = cpu();
+    assert!(
+        c.load_stacked(vec![weight(GgmlType::Q4_K, 8, 256, 1)])
+            .unwrap()
+            .is_none(),
+        "the CPU keeps zero-copy views: it must not stack"
+    );
+    let Some(g) = gpu() else { return };
+    let (n_ff, k, ty) = (300, 768, GgmlType::Q4_K);
+    let parts = || vec![weight(ty, n_ff, k, 7), weight(ty, n_ff, k, 8)];
+    let stacked = g.load_stacked(parts()).unwrap().expect("CUDA stacks");
+    let (wg, wu) = (
+        g.load_weight(weight(ty, n_ff, k, 7)).unwrap(),
+        g.load_weight(weight(ty, n_ff, k, 8)).unwrap(),
+    );
+    assert!(
+        g.load_stacked(vec![
+            weight(ty, n_ff, k, 7),
+            weight(GgmlType::Q8_0, n_ff, k, 8)
+        ])
+        .is_err(),
+        "parts of different types must be refused"
+    );
+    for rows in [1, 3, 13, 64] {
+        let x = put(g, &values(200 + rows as u64, rows * k, 1.0));
+        let mut both = g.tensor(rows * 2 * n_ff).unwrap();
+        let (mut gate, mut up) = (
+            g.tensor(rows * n_ff).unwrap(),
+            g.tensor(rows * n_ff).unwrap(),
+        );
+        g.matmul(&stacked, &x, rows, &mut both).unwrap();
+        g.matmul(&wg, &x, rows, &mut gate).unwrap();
+        g.matmul(&wu, &x, rows, &mut up).unwrap();
+        let (b, gv, uv) = (
+            get(g, &both, rows * 2 * n_ff),
+            get(g, &gate, rows * n_ff),
+            get(g, &up, rows * n_ff),
+        );
+        let split: (Vec<f32>, Vec<f32>) = (
+            b.chunks(2 * n_ff)
+                .flat_map(|r| r[..n_ff].to_vec())
+                .collect(),
+            b.chunks(2 * n_ff)
+                .flat_map(|r| r[n_ff..].to_vec())
+                .collect(),
+        );
+        // The row kernels sum each output the same way whatever the weight's height: identical. cuBLAS
+        // (64 rows) may pick another algorithm for the taller matrix.
+        let tol = if rows < 48 { 0.0 } else { 1e-5 };
+        assert_close(&format!("stacked gate rows {rows}"), &split.0, &gv, tol);
+        assert_close(&format!("stacked up rows {rows}"), &split.1, &uv, tol);
+        let bc = put(&c, &b);
+        for act in [Activation::SwiGlu, Activation::GeGlu] {
+            let n = rows * n_ff;
+            let (mut og, mut os, mut oc) = (
+                g.tensor(n).unwrap(),
+                g.tensor(n).unwrap(),
+                c.tensor(n).unwrap(),
+            );
+            g.gated_activation(act, &gate, &up, n, &mut og).unwrap();
+            g.gated_activation_stacked(act, &both, rows, n_ff, &mut os)
+                .unwrap();
+            c.gated_activation_stacked(act, &bc, rows, n_ff, &mut oc)
+                .unwrap();
+            let want = get(g, &og, n);
+            assert_close(
+                &format!("{act:?} stacked rows {rows}"),
+                &get(g, &os, n),
+                &want,
+                10.0 * tol,
+            );
+            // GELU's f16 roundings of these larger products (|x| up to ~20) flip where the GPU's tanhf
+            // and the CPU's differ by an ulp; norms_and_elementwise checks the formula at 1e-5.
+            let tol = if act == Activation::GeGlu { 1e-3 } else { 1e-5 };
+            assert_close(
+                &format!("{act:?} stacked CPU rows {rows}"),
+                &get(&c, &oc, n),
+                &want,
+                tol,
+            );
+        }
+        assert!(
+            g.gated_activation_stacked(Activation::SwiGlu, &gate, rows, n_ff, &mut up)
+                .is_err(),
+            "an input holding only half the stacked row must be refused"
+        );
+    }
+}
+
 #[test]
 fn rms_norm_sizes_and_fused_residual() {
     let Some(g) = gpu() else { return };

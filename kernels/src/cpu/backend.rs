@@ -424,6 +424,29 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn gated_activation_stacked(
+        &self,
+        act: Activation,
+        x: &Vec<f32>,
+        rows: usize,
+        n: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let total = rows
+            .checked_mul(n)
+            .ok_or_else(|| shape_err("gated_activation_stacked", "size overflows"))?;
+        check_len("gated_activation_stacked", "input", x.len(), 2 * total)?;
+        check_len("gated_activation_stacked", "output", out.len(), total)?;
+        for (r, o) in out[..total].chunks_exact_mut(n.max(1)).enumerate() {
+            let (gate, up) = x[2 * n * r..2 * n * (r + 1)].split_at(n);
+            match act {
+                Activation::SwiGlu => ops::swiglu(gate, up, o),
+                Activation::GeGlu => ops::geglu(gate, up, o),
+            }
+        }
+        Ok(())
+    }
+
     fn rope(&self, x: &mut Vec<f32>, positions: &[u32], p: RopeParams) -> Result<()> {
         let width = p.n_heads * p.head_dim;
         check_len("rope", "input", x.len(), positions.len() * width)?;

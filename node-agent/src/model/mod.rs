@@ -3,6 +3,7 @@
 //! are read and which features it uses.
 
 pub mod batch;
+mod gate_up;
 mod gemma3;
 mod llama;
 mod qwen2;

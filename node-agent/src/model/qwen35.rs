@@ -17,6 +17,7 @@
 //!   the delta rule with q scaled by 1/√d_k; RMSNorm(o)·ssm_norm ⊙ silu(`attn_gate`·x); `ssm_out`.
 
 use super::batch::{self, BatchRow, RowScratch, Seqs};
+use super::gate_up::GateUp;
 use super::transformer::{Loader, MAX_BATCH, MAX_DIM, MAX_LAYERS};
 use super::{
     Cache, DraftHead, LayerCache, Logits, Model, ModelError, ModelInfo, PassOptions,
@@ -203,8 +204,7 @@ pub enum Mixer<B: Backend> {
 }
 
 pub struct Ffn<B: Backend> {
-    pub gate: B::Weight,
-    pub up: B::Weight,
+    pub gate_up: GateUp<B>,
     pub down: B::Weight,
 }
 
@@ -283,8 +283,7 @@ pub struct Qwen35<B: Backend> {
 fn load_ffn<B: Backend>(ld: &Loader<B>, hp: &Hparams, il: usize) -> Result<Ffn<B>> {
     let n = |s: &str| format!("blk.{il}.{s}.weight");
     Ok(Ffn {
-        gate: ld.load(&n("ffn_gate"), hp.n_ff, hp.n_embd)?,
-        up: ld.load(&n("ffn_up"), hp.n_ff, hp.n_embd)?,
+        gate_up: GateUp::load(ld, &n("ffn_gate"), &n("ffn_up"), hp.n_ff, hp.n_embd)?,
         down: ld.load(&n("ffn_down"), hp.n_embd, hp.n_ff)?,
     })
 }
@@ -431,7 +430,7 @@ impl<B: Backend> Qwen35<B> {
             tmp: t(qw.max(hp.value_dim()).max(hp.n_ff))?,
             alpha: t(hp.n_v_heads)?,
             beta: t(hp.n_v_heads)?,
-            ff_gate: t(hp.n_ff)?,
+            ff_gate: t(GateUp::<B>::GATE_BUF_WIDTH * hp.n_ff)?,
             ff_up: t(hp.n_ff)?,
             logits: t(self.info.n_vocab)?,
             cat: t(2 * hp.n_embd)?,
@@ -718,13 +717,13 @@ impl<B: Backend> Qwen35<B> {
             hp.rms_eps,
             &mut sc.h,
         )?;
-        be.matmul(&layer.ffn.gate, &sc.h, n, &mut sc.ff_gate)?;
-        be.matmul(&layer.ffn.up, &sc.h, n, &mut sc.ff_up)?;
-        be.gated_activation(
+        layer.ffn.gate_up.apply(
+            be,
             Activation::SwiGlu,
-            &sc.ff_gate,
-            &sc.ff_up,
-            n * hp.n_ff,
+            &sc.h,
+            n,
+            hp.n_ff,
+            [&mut sc.ff_gate, &mut sc.ff_up],
             &mut sc.tmp,
         )?;
         // The residual add of `sc.o` is left to the caller: the next block fuses it with its norm.

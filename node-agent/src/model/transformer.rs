@@ -2,6 +2,7 @@
 //! architecture files fill a [`TransformerSpec`]; this file loads the tensors and runs the forward pass.
 
 use super::batch::{self, BatchRow, RowScratch, Seqs};
+use super::gate_up::GateUp;
 use super::{Cache, LayerCache, Logits, Model, ModelError, ModelInfo, Result};
 use crate::gguf::{GgufFile, TensorInfo};
 use kiln_kernels::backend::{
@@ -138,8 +139,7 @@ struct Layer<B: Backend> {
     qk_norm: Option<[B::Weight; 2]>,
     post_attn_norm: Option<B::Weight>,
     ffn_norm: B::Weight,
-    w_gate: B::Weight,
-    w_up: B::Weight,
+    gate_up: GateUp<B>,
     w_down: B::Weight,
     post_ffn_norm: Option<B::Weight>,
 }
@@ -186,6 +186,28 @@ pub(crate) struct Loader<'a, B: Backend> {
 impl<B: Backend> Loader<'_, B> {
     /// Loads `name`, checking it is `rows × cols` (a vector when `rows == 1`).
     pub(crate) fn load(&self, name: &str, rows: usize, cols: usize) -> Result<B::Weight> {
+        Ok(self.backend.load_weight(self.source(name, rows, cols)?)?)
+    }
+
+    /// Loads `parts` (name, rows), each `rows × cols` and all of one type, as one stacked weight where
+    /// the backend supports it (`None`: it does not, or the types differ; load them one by one).
+    pub(crate) fn load_stacked(
+        &self,
+        parts: &[(&str, usize)],
+        cols: usize,
+    ) -> Result<Option<B::Weight>> {
+        let sources = parts
+            .iter()
+            .map(|&(name, rows)| self.source(name, rows, cols))
+            .collect::<Result<Vec<_>>>()?;
+        if sources.windows(2).any(|w| w[0].ty != w[1].ty) {
+            return Ok(None);
+        }
+        Ok(self.backend.load_stacked(sources)?)
+    }
+
+    /// The checked, zero-copy view of tensor `name` as a `rows × cols` weight.
+    fn source(&self, name: &str, rows: usize, cols: usize) -> Result<WeightSource> {
         let t = self.file.require_tensor(name)?;
         self.check(t, rows, cols)?;
         let start = t.offset as usize;
@@ -196,13 +218,13 @@ impl<B: Backend> Loader<'_, B> {
                 reason: "data outside the file".into(),
             }
         })?;
-        Ok(self.backend.load_weight(WeightSource {
+        Ok(WeightSource {
             name: name.to_string(),
             ty: t.ty,
             rows,
             cols,
             bytes,
-        })?)
+        })
     }
 
     pub(crate) fn opt(&self, name: &str, rows: usize, cols: usize) -> Result<Option<B::Weight>> {
@@ -279,8 +301,7 @@ impl<B: Backend> Transformer<B> {
                     None
                 },
                 ffn_norm: ld.load(&n("ffn_norm"), 1, d)?,
-                w_gate: ld.load(&n("ffn_gate"), spec.n_ff, d)?,
-                w_up: ld.load(&n("ffn_up"), spec.n_ff, d)?,
+                gate_up: GateUp::load(&ld, &n("ffn_gate"), &n("ffn_up"), spec.n_ff, d)?,
                 w_down: ld.load(&n("ffn_down"), d, spec.n_ff)?,
                 post_ffn_norm: if spec.post_norms {
                     Some(ld.load(&n("post_ffw_norm"), 1, d)?)
@@ -324,7 +345,7 @@ impl<B: Backend> Transformer<B> {
             v: be.tensor(rows * kv_dim)?,
             att: be.tensor(rows * q_dim)?,
             o: be.tensor(rows * widest)?,
-            gate: be.tensor(rows * s.n_ff)?,
+            gate: be.tensor(rows * GateUp::<B>::GATE_BUF_WIDTH * s.n_ff)?,
             up: be.tensor(rows * s.n_ff)?,
             tmp: be.tensor(rows * widest)?,
             logits: be.tensor(rows * self.info.n_vocab)?,
@@ -420,9 +441,15 @@ impl<B: Backend> Transformer<B> {
             be.add_assign(&mut sc.x, &sc.o, n * d)?;
 
             be.rms_norm(&sc.x, Some(&layer.ffn_norm), n, d, s.rms_eps, &mut sc.h)?;
-            be.matmul(&layer.w_gate, &sc.h, n, &mut sc.gate)?;
-            be.matmul(&layer.w_up, &sc.h, n, &mut sc.up)?;
-            be.gated_activation(s.activation, &sc.gate, &sc.up, n * s.n_ff, &mut sc.tmp)?;
+            layer.gate_up.apply(
+                be,
+                s.activation,
+                &sc.h,
+                n,
+                s.n_ff,
+                [&mut sc.gate, &mut sc.up],
+                &mut sc.tmp,
+            )?;
             be.matmul(&layer.w_down, &sc.tmp, n, &mut sc.o)?;
             if let Some(norm) = &layer.post_ffn_norm {
                 be.rms_norm(&sc.o, Some(norm), n, d, s.rms_eps, &mut sc.tmp)?;

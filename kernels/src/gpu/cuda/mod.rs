@@ -478,6 +478,35 @@ impl CudaBackend {
     }
 }
 
+/// A weight's type is one CUDA computes with and its bytes are exactly `rows` rows of `cols` values.
+fn check_source(src: &WeightSource) -> Result<()> {
+    let supported = matches!(src.ty, GgmlType::F32 | GgmlType::F16) || mmv_kernel(src.ty).is_some();
+    if !supported {
+        return Err(shape_err(
+            "load_weight",
+            format!("{}: type {} is not supported on CUDA yet", src.name, src.ty),
+        ));
+    }
+    let row_bytes = src.ty.bytes_for(src.cols).ok_or_else(|| {
+        shape_err(
+            "load_weight",
+            format!("{}: row of {} is not block-aligned", src.name, src.cols),
+        )
+    })?;
+    let need = src
+        .rows
+        .checked_mul(row_bytes)
+        .ok_or_else(|| shape_err("load_weight", "size overflows"))?;
+    let have = src.bytes.as_slice().len();
+    if have != need {
+        return Err(shape_err(
+            "load_weight",
+            format!("{}: {have} bytes, expected {need}", src.name),
+        ));
+    }
+    Ok(())
+}
+
 fn mmv_kernel(ty: GgmlType) -> Option<(&'static str, usize)> {
     // (kernel family, values per unit)
     Some(match ty {
@@ -594,31 +623,8 @@ impl Backend for CudaBackend {
     }
 
     fn load_weight(&self, src: WeightSource) -> Result<CudaWeight> {
-        let supported =
-            matches!(src.ty, GgmlType::F32 | GgmlType::F16) || mmv_kernel(src.ty).is_some();
-        if !supported {
-            return Err(shape_err(
-                "load_weight",
-                format!("{}: type {} is not supported on CUDA yet", src.name, src.ty),
-            ));
-        }
-        let row_bytes = src.ty.bytes_for(src.cols).ok_or_else(|| {
-            shape_err(
-                "load_weight",
-                format!("{}: row of {} is not block-aligned", src.name, src.cols),
-            )
-        })?;
-        let need = src
-            .rows
-            .checked_mul(row_bytes)
-            .ok_or_else(|| shape_err("load_weight", "size overflows"))?;
+        check_source(&src)?;
         let bytes = src.bytes.as_slice();
-        if bytes.len() != need {
-            return Err(shape_err(
-                "load_weight",
-                format!("{}: {} bytes, expected {need}", src.name, bytes.len()),
-            ));
-        }
         let dense = if src.rows == 1 {
             let mut v = vec![0f32; src.cols];
             dequantize_row(src.ty, bytes, &mut v)?;
@@ -633,6 +639,49 @@ impl Backend for CudaBackend {
             data: self.upload(bytes)?,
             dense,
         })
+    }
+
+    fn load_stacked(&self, parts: Vec<WeightSource>) -> Result<Option<CudaWeight>> {
+        let Some(first) = parts.first() else {
+            return Err(shape_err("load_stacked", "no parts"));
+        };
+        let (ty, cols) = (first.ty, first.cols);
+        let mut rows = 0usize;
+        for p in &parts {
+            check_source(p)?;
+            if (p.ty, p.cols) != (ty, cols) {
+                return Err(shape_err(
+                    "load_stacked",
+                    format!(
+                        "{} is {} × {} values, {} is {ty} × {cols}",
+                        p.name, p.ty, p.cols, first.name
+                    ),
+                ));
+            }
+            rows = rows
+                .checked_add(p.rows)
+                .ok_or_else(|| shape_err("load_stacked", "size overflows"))?;
+        }
+        // Rows are stored one after another, so the parts' bytes concatenated are the stacked matrix.
+        let total: usize = parts.iter().map(|p| p.bytes.as_slice().len()).sum();
+        let mut data = self.alloc_zeros::<u8>(total)?;
+        let mut at = 0;
+        for p in &parts {
+            let b = p.bytes.as_slice();
+            let mut dst = data.slice_mut(at..at + b.len());
+            self.dev
+                .stream
+                .memcpy_htod(b, &mut dst)
+                .map_err(|e| dev_err("load_stacked", e))?;
+            at += b.len();
+        }
+        Ok(Some(CudaWeight {
+            ty,
+            rows,
+            cols,
+            data,
+            dense: None,
+        }))
     }
 
     fn weight_bytes(&self, w: &CudaWeight) -> usize {
@@ -977,6 +1026,34 @@ impl Backend for CudaBackend {
             u32_arg("gated_activation", n)?,
         );
         launch!(self, name, grid(n, 256), &gp, &upp, &n32, &op)
+    }
+
+    fn gated_activation_stacked(
+        &self,
+        act: Activation,
+        x: &CudaTensor,
+        rows: usize,
+        n: usize,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let total = rows
+            .checked_mul(n)
+            .ok_or_else(|| shape_err("gated_activation_stacked", "size overflows"))?;
+        check_len("gated_activation_stacked", "input", x.len, 2 * total)?;
+        check_len("gated_activation_stacked", "output", out.len, total)?;
+        if total == 0 {
+            return Ok(());
+        }
+        let name = match act {
+            Activation::SwiGlu => "swiglu_stacked",
+            Activation::GeGlu => "geglu_stacked",
+        };
+        let (xp, op) = (self.ptr(&x.buf), self.ptr(&out.buf));
+        let (r32, n32) = (
+            u32_arg("gated_activation_stacked", rows)?,
+            u32_arg("gated_activation_stacked", n)?,
+        );
+        launch!(self, name, grid(total, 256), &xp, &r32, &n32, &op)
     }
 
     fn rope(&self, x: &mut CudaTensor, positions: &[u32], p: RopeParams) -> Result<()> {
