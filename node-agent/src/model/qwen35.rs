@@ -524,7 +524,6 @@ impl<B: Backend> Qwen35<B> {
         snapshots: bool,
     ) -> Result<()> {
         let (hp, be) = (&self.hp, &*self.backend);
-        let (kd, vd, cd) = (hp.key_dim(), hp.value_dim(), hp.conv_dim());
         let p = DeltaNetParams {
             n_k_heads: hp.n_k_heads,
             n_v_heads: hp.n_v_heads,
@@ -554,11 +553,7 @@ impl<B: Backend> Qwen35<B> {
             }
             (_, false) => None,
         };
-        be.matmul(&w.wqkv, &sc.h, n, &mut sc.wide)?;
-        be.matmul(&w.wgate, &sc.h, n, &mut sc.gate)?;
-        be.matmul(&w.beta, &sc.h, n, &mut sc.beta)?;
-        be.matmul(&w.alpha, &sc.h, n, &mut sc.alpha)?;
-        be.delta_net_gates(&mut sc.alpha, &mut sc.beta, &w.dt_bias, &w.a, n)?;
+        self.delta_net_inputs(w, sc, n)?;
         match snap.as_mut() {
             Some(s) => be.conv1d_silu_snapshots(
                 &sc.wide,
@@ -570,11 +565,7 @@ impl<B: Backend> Qwen35<B> {
             )?,
             None => be.conv1d_silu(&sc.wide, &w.conv, &mut st.conv, n, &mut sc.conv)?,
         }
-        be.copy_rows(&sc.conv, 0, cd, &mut sc.q, 0, kd, kd, n)?;
-        be.copy_rows(&sc.conv, kd, cd, &mut sc.k, 0, kd, kd, n)?;
-        be.copy_rows(&sc.conv, 2 * kd, cd, &mut sc.v, 0, vd, vd, n)?;
-        be.l2_norm(&mut sc.q, n * hp.n_k_heads, hp.head_k_dim, hp.rms_eps)?;
-        be.l2_norm(&mut sc.k, n * hp.n_k_heads, hp.head_k_dim, hp.rms_eps)?;
+        self.split_qkv(sc, n)?;
         match snap {
             Some(s) => {
                 be.gated_delta_net_snapshots(
@@ -603,6 +594,46 @@ impl<B: Backend> Qwen35<B> {
                 &mut sc.att,
             )?,
         }
+        self.delta_net_output(w, sc, n)
+    }
+
+    /// The recurrent layer's projections of the normed input `sc.h` (conv input, output gate, and the
+    /// decay/write gates), shared by the single-sequence and batched passes.
+    fn delta_net_inputs(
+        &self,
+        w: &DeltaNetWeights<B>,
+        sc: &mut Scratch<B>,
+        n: usize,
+    ) -> Result<()> {
+        let be = &*self.backend;
+        be.matmul(&w.wqkv, &sc.h, n, &mut sc.wide)?;
+        be.matmul(&w.wgate, &sc.h, n, &mut sc.gate)?;
+        be.matmul(&w.beta, &sc.h, n, &mut sc.beta)?;
+        be.matmul(&w.alpha, &sc.h, n, &mut sc.alpha)?;
+        be.delta_net_gates(&mut sc.alpha, &mut sc.beta, &w.dt_bias, &w.a, n)?;
+        Ok(())
+    }
+
+    /// Splits the conv output into q, k and v and L2-normalises q and k per head.
+    fn split_qkv(&self, sc: &mut Scratch<B>, n: usize) -> Result<()> {
+        let (hp, be) = (&self.hp, &*self.backend);
+        let (kd, vd, cd) = (hp.key_dim(), hp.value_dim(), hp.conv_dim());
+        be.copy_rows(&sc.conv, 0, cd, &mut sc.q, 0, kd, kd, n)?;
+        be.copy_rows(&sc.conv, kd, cd, &mut sc.k, 0, kd, kd, n)?;
+        be.copy_rows(&sc.conv, 2 * kd, cd, &mut sc.v, 0, vd, vd, n)?;
+        be.l2_norm(&mut sc.q, n * hp.n_k_heads, hp.head_k_dim, hp.rms_eps)?;
+        be.l2_norm(&mut sc.k, n * hp.n_k_heads, hp.head_k_dim, hp.rms_eps)?;
+        Ok(())
+    }
+
+    /// The gated RMSNorm of the delta rule's output and the output projection into `sc.o`.
+    fn delta_net_output(
+        &self,
+        w: &DeltaNetWeights<B>,
+        sc: &mut Scratch<B>,
+        n: usize,
+    ) -> Result<()> {
+        let (hp, be) = (&self.hp, &*self.backend);
         be.rms_norm_gated(
             &sc.att,
             &w.norm,
@@ -626,14 +657,10 @@ impl<B: Backend> Qwen35<B> {
         il: usize,
         p: DeltaNetParams,
     ) -> Result<()> {
-        let (hp, be) = (&self.hp, &*self.backend);
-        let (kd, vd, cd) = (hp.key_dim(), hp.value_dim(), hp.conv_dim());
+        let be = &*self.backend;
+        let cd = self.hp.conv_dim();
         let n = rows.len();
-        be.matmul(&w.wqkv, &sc.h, n, &mut sc.wide)?;
-        be.matmul(&w.wgate, &sc.h, n, &mut sc.gate)?;
-        be.matmul(&w.beta, &sc.h, n, &mut sc.beta)?;
-        be.matmul(&w.alpha, &sc.h, n, &mut sc.alpha)?;
-        be.delta_net_gates(&mut sc.alpha, &mut sc.beta, &w.dt_bias, &w.a, n)?;
+        self.delta_net_inputs(w, sc, n)?;
         batch::conv1d_silu_rows(
             be,
             rows,
@@ -644,11 +671,7 @@ impl<B: Backend> Qwen35<B> {
             &mut sc.row,
             &mut sc.conv,
         )?;
-        be.copy_rows(&sc.conv, 0, cd, &mut sc.q, 0, kd, kd, n)?;
-        be.copy_rows(&sc.conv, kd, cd, &mut sc.k, 0, kd, kd, n)?;
-        be.copy_rows(&sc.conv, 2 * kd, cd, &mut sc.v, 0, vd, vd, n)?;
-        be.l2_norm(&mut sc.q, n * hp.n_k_heads, hp.head_k_dim, hp.rms_eps)?;
-        be.l2_norm(&mut sc.k, n * hp.n_k_heads, hp.head_k_dim, hp.rms_eps)?;
+        self.split_qkv(sc, n)?;
         batch::gated_delta_net_rows(
             be,
             rows,
@@ -662,17 +685,7 @@ impl<B: Backend> Qwen35<B> {
             &mut sc.row,
             &mut sc.att,
         )?;
-        be.rms_norm_gated(
-            &sc.att,
-            &w.norm,
-            &sc.gate,
-            n * hp.n_v_heads,
-            hp.head_v_dim,
-            hp.rms_eps,
-            &mut sc.tmp,
-        )?;
-        be.matmul(&w.out, &sc.tmp, n, &mut sc.o)?;
-        Ok(())
+        self.delta_net_output(w, sc, n)
     }
 
     /// One block: x += mixer(RMSNorm(x)); o = FFN(RMSNorm(x)). The last residual add (x += o) is the
