@@ -6,7 +6,7 @@
 //! one-row buffer for those ops and its result copied back: a few KB per row and layer, next to the
 //! megabytes of weights the batched matmuls save.
 
-use super::{Cache, LayerCache, ModelError, RecurrentState, Result};
+use super::{wrong_cache, Cache, LayerCache, ModelError, RecurrentState, Result};
 use kiln_kernels::backend::{AttentionParams, Backend, DeltaNetParams};
 
 /// One row of a batched decode pass: the next token of one sequence, at cache entry (and RoPE
@@ -26,6 +26,49 @@ pub(crate) enum Seqs<'a, 'b, B: Backend> {
     },
     /// One row per sequence (batched decoding).
     Rows(&'a mut [BatchRow<'b, B>]),
+}
+
+/// Which cache one layer reads and extends: layer `il`'s view of [`Seqs`].
+pub(crate) enum LayerTarget<'a, 'b, B: Backend> {
+    /// One sequence's layer cache; its rows sit at consecutive attention entries from the given start.
+    One(&'a mut LayerCache<B>, usize),
+    /// Layer `.1` of every row's own cache (batched decoding, one row per sequence).
+    Rows(&'a mut [BatchRow<'b, B>], usize),
+}
+
+impl<'a, 'b, B: Backend> Seqs<'a, 'b, B> {
+    /// Layer `il`'s target.
+    pub(crate) fn layer(&mut self, il: usize) -> Result<LayerTarget<'_, 'b, B>> {
+        Ok(match self {
+            Seqs::One { cache, start } => {
+                LayerTarget::One(cache.layers.get_mut(il).ok_or_else(wrong_cache)?, *start)
+            }
+            Seqs::Rows(rows) => LayerTarget::Rows(rows, il),
+        })
+    }
+}
+
+/// Attention of one layer for `n` rows of (already RoPE'd) q, k, v into `out`: against one sequence's
+/// KV cache, or per row against each row's own (see [`attention_rows`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention<B: Backend>(
+    be: &B,
+    target: LayerTarget<'_, '_, B>,
+    q: &B::Tensor,
+    k: &B::Tensor,
+    v: &B::Tensor,
+    n: usize,
+    p: AttentionParams,
+    rs: &mut RowScratch<B>,
+    out: &mut B::Tensor,
+) -> Result<()> {
+    match target {
+        LayerTarget::One(LayerCache::Attention(kv), start) => {
+            Ok(be.attention(q, k, v, kv, start, n, p, out)?)
+        }
+        LayerTarget::One(LayerCache::Recurrent(_), _) => Err(wrong_cache()),
+        LayerTarget::Rows(rows, il) => attention_rows(be, rows, il, q, k, v, p, rs, out),
+    }
 }
 
 /// The checks every batched pass makes before touching any cache, so a refused batch changes nothing:
@@ -93,9 +136,7 @@ impl<B: Backend> RowScratch<B> {
 fn kv_of<'c, B: Backend>(row: &'c mut BatchRow<'_, B>, il: usize) -> Result<&'c mut B::KvCache> {
     match row.cache.layers.get_mut(il) {
         Some(LayerCache::Attention(kv)) => Ok(kv),
-        _ => Err(ModelError::Invalid(
-            "cache was made for another model".into(),
-        )),
+        _ => Err(wrong_cache()),
     }
 }
 
@@ -106,16 +147,14 @@ fn state_of<'c, B: Backend>(
 ) -> Result<&'c mut RecurrentState<B>> {
     match row.cache.layers.get_mut(il) {
         Some(LayerCache::Recurrent(st)) => Ok(st),
-        _ => Err(ModelError::Invalid(
-            "cache was made for another model".into(),
-        )),
+        _ => Err(wrong_cache()),
     }
 }
 
 /// Attention of layer `il` for every row: row r's (already RoPE'd) q, k, v rows are stored into and
 /// attend over row r's own KV cache at its own position; the result goes to row r of `out`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn attention_rows<B: Backend>(
+fn attention_rows<B: Backend>(
     be: &B,
     rows: &mut [BatchRow<'_, B>],
     il: usize,

@@ -259,11 +259,14 @@ pub(crate) fn check_forward<B: Backend>(
         )));
     }
     if cache.layers.len() != n_layers {
-        return Err(ModelError::Invalid(
-            "cache was made for another model".into(),
-        ));
+        return Err(wrong_cache());
     }
     Ok(())
+}
+
+/// A cache (or one of its layers) that does not have the shape of the model running on it.
+pub(crate) fn wrong_cache() -> ModelError {
+    ModelError::Invalid("cache was made for another model".into())
 }
 
 /// What one forward pass should produce besides logits (speculative decoding needs these).

@@ -16,11 +16,11 @@
 //!   q, k L2-normalised per head; β = sigmoid(`ssm_beta`·x); g = softplus(`ssm_alpha`·x + dt_bias)·ssm_a;
 //!   the delta rule with q scaled by 1/√d_k; RMSNorm(o)·ssm_norm ⊙ silu(`attn_gate`·x); `ssm_out`.
 
-use super::batch::{self, BatchRow, RowScratch, Seqs};
+use super::batch::{self, BatchRow, LayerTarget, RowScratch, Seqs};
 use super::gate_up::GateUp;
 use super::transformer::{Loader, MAX_BATCH, MAX_DIM, MAX_LAYERS};
 use super::{
-    Cache, DraftHead, LayerCache, Logits, Model, ModelError, ModelInfo, PassOptions,
+    wrong_cache, Cache, DraftHead, LayerCache, Logits, Model, ModelError, ModelInfo, PassOptions,
     RecurrentState, Result,
 };
 use crate::gguf::{GgufFile, Value};
@@ -28,10 +28,6 @@ use kiln_kernels::backend::{
     Activation, AttentionParams, Backend, DeltaNetParams, KvType, RopeParams, RopeStyle,
 };
 use std::sync::{Arc, Mutex};
-
-fn wrong_cache() -> ModelError {
-    ModelError::Invalid("cache was made for another model".into())
-}
 
 /// Tokens per chunk of the chunked delta rule used for prefill.
 pub const DELTA_NET_CHUNK: usize = 64;
@@ -258,14 +254,6 @@ struct Scratch<B: Backend> {
     row: RowScratch<B>,
 }
 
-/// Which cache one layer's mixer reads and extends.
-enum Target<'a, 'b, B: Backend> {
-    /// One sequence's layer cache; its rows sit at consecutive attention entries from the given start.
-    One(&'a mut LayerCache<B>, usize),
-    /// Layer `.1` of every row's own cache (batched decoding, one row per sequence).
-    Rows(&'a mut [BatchRow<'b, B>], usize),
-}
-
 pub struct Qwen35<B: Backend> {
     pub hp: Hparams,
     info: ModelInfo,
@@ -448,7 +436,7 @@ impl<B: Backend> Qwen35<B> {
         &self,
         w: &AttnWeights<B>,
         sc: &mut Scratch<B>,
-        target: Target<'_, '_, B>,
+        target: LayerTarget<'_, '_, B>,
         positions: &[u32],
     ) -> Result<()> {
         let (hp, be) = (&self.hp, &*self.backend);
@@ -493,23 +481,17 @@ impl<B: Backend> Qwen35<B> {
             window: None,
             softcap: None,
         };
-        match target {
-            Target::One(LayerCache::Attention(kv), start) => {
-                be.attention(&sc.q, &sc.k, &sc.v, kv, start, n, params, &mut sc.att)?
-            }
-            Target::Rows(rows, il) => batch::attention_rows(
-                be,
-                rows,
-                il,
-                &sc.q,
-                &sc.k,
-                &sc.v,
-                params,
-                &mut sc.row,
-                &mut sc.att,
-            )?,
-            Target::One(LayerCache::Recurrent(_), _) => return Err(wrong_cache()),
-        }
+        batch::attention(
+            be,
+            target,
+            &sc.q,
+            &sc.k,
+            &sc.v,
+            n,
+            params,
+            &mut sc.row,
+            &mut sc.att,
+        )?;
         be.sigmoid_mul(&mut sc.att, &sc.gate, n * hp.q_dim())?;
         be.matmul(&w.wo, &sc.att, n, &mut sc.o)?;
         Ok(())
@@ -519,7 +501,7 @@ impl<B: Backend> Qwen35<B> {
         &self,
         w: &DeltaNetWeights<B>,
         sc: &mut Scratch<B>,
-        target: Target<'_, '_, B>,
+        target: LayerTarget<'_, '_, B>,
         n: usize,
         snapshots: bool,
     ) -> Result<()> {
@@ -533,9 +515,9 @@ impl<B: Backend> Qwen35<B> {
             chunk: if n > 1 { self.chunk } else { None },
         };
         let st = match target {
-            Target::One(LayerCache::Recurrent(st), _) => st,
-            Target::One(LayerCache::Attention(_), _) => return Err(wrong_cache()),
-            Target::Rows(rows, il) => {
+            LayerTarget::One(LayerCache::Recurrent(st), _) => st,
+            LayerTarget::One(LayerCache::Attention(_), _) => return Err(wrong_cache()),
+            LayerTarget::Rows(rows, il) => {
                 if snapshots {
                     return Err(ModelError::Invalid(
                         "a batched decode pass keeps no state snapshots".into(),
@@ -695,7 +677,7 @@ impl<B: Backend> Qwen35<B> {
     fn block(
         &self,
         layer: &Layer<B>,
-        target: Target<'_, '_, B>,
+        target: LayerTarget<'_, '_, B>,
         sc: &mut Scratch<B>,
         positions: &[u32],
         snapshots: bool,
@@ -757,11 +739,14 @@ impl<B: Backend> Qwen35<B> {
         let d = hp.n_embd;
         be.embed(&self.tok_embd, tokens, &mut sc.x)?;
         for (il, layer) in self.layers.iter().enumerate() {
-            let target = match &mut seqs {
-                Seqs::One { cache, start } => Target::One(&mut cache.layers[il], *start),
-                Seqs::Rows(rows) => Target::Rows(rows, il),
-            };
-            self.block(layer, target, sc, positions, opts.snapshots, il > 0)?;
+            self.block(
+                layer,
+                seqs.layer(il)?,
+                sc,
+                positions,
+                opts.snapshots,
+                il > 0,
+            )?;
         }
         if !self.layers.is_empty() {
             be.add_assign(&mut sc.x, &sc.o, n * d)?;
@@ -953,7 +938,7 @@ impl<B: Backend> DraftHead<B> for Qwen35<B> {
             be.matmul(&mtp.eh_proj, &sc.cat, n, &mut sc.x)?;
             self.block(
                 &mtp.layer,
-                Target::One(&mut cache.layers[0], start),
+                LayerTarget::One(&mut cache.layers[0], start),
                 sc,
                 &positions,
                 false,

@@ -412,27 +412,17 @@ impl<B: Backend> Transformer<B> {
                 },
                 softcap: None,
             };
-            match &mut seqs {
-                Seqs::One { cache, start } => {
-                    let LayerCache::Attention(kv) = &mut cache.layers[il] else {
-                        return Err(ModelError::Invalid(
-                            "cache was made for another model".into(),
-                        ));
-                    };
-                    be.attention(&sc.q, &sc.k, &sc.v, kv, *start, n, params, &mut sc.att)?;
-                }
-                Seqs::Rows(rows) => batch::attention_rows(
-                    be,
-                    rows,
-                    il,
-                    &sc.q,
-                    &sc.k,
-                    &sc.v,
-                    params,
-                    &mut sc.row,
-                    &mut sc.att,
-                )?,
-            }
+            batch::attention(
+                be,
+                seqs.layer(il)?,
+                &sc.q,
+                &sc.k,
+                &sc.v,
+                n,
+                params,
+                &mut sc.row,
+                &mut sc.att,
+            )?;
             be.matmul(&layer.wo, &sc.att, n, &mut sc.o)?;
             if let Some(norm) = &layer.post_attn_norm {
                 be.rms_norm(&sc.o, Some(norm), n, d, s.rms_eps, &mut sc.tmp)?;

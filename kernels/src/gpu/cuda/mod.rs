@@ -309,6 +309,27 @@ impl CudaBackend {
         Ok(self.ptr(d))
     }
 
+    /// What the `rms_norm` kernels share: the optional weight's address (null: none), one block per row
+    /// of [`norm_threads`] threads, and the row length as a kernel argument.
+    fn norm_launch(
+        &self,
+        op: &'static str,
+        weight: Option<&CudaWeight>,
+        rows: usize,
+        dim: usize,
+    ) -> Result<(u64, LaunchConfig, u32)> {
+        let wp = match weight {
+            Some(w) => self.dense(w, op, dim)?,
+            None => 0u64,
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (u32_arg(op, rows)?, 1, 1),
+            block_dim: (norm_threads(dim), 1, 1),
+            shared_mem_bytes: 0,
+        };
+        Ok((wp, cfg, u32_arg(op, dim)?))
+    }
+
     fn lock_scratch(&self) -> std::sync::MutexGuard<'_, Scratch> {
         self.scratch.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -918,20 +939,8 @@ impl Backend for CudaBackend {
         if rows == 0 {
             return Ok(());
         }
-        let wp = match weight {
-            Some(w) => self.dense(w, "rms_norm", dim)?,
-            None => 0u64,
-        };
-        let cfg = LaunchConfig {
-            grid_dim: (u32_arg("rms_norm", rows)?, 1, 1),
-            block_dim: (norm_threads(dim), 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (xp, op, d) = (
-            self.ptr(&x.buf),
-            self.ptr(&out.buf),
-            u32_arg("rms_norm", dim)?,
-        );
+        let (wp, cfg, d) = self.norm_launch("rms_norm", weight, rows, dim)?;
+        let (xp, op) = (self.ptr(&x.buf), self.ptr(&out.buf));
         launch!(self, "rms_norm", cfg, &xp, &wp, &d, &eps, &op)
     }
 
@@ -952,21 +961,8 @@ impl Backend for CudaBackend {
         if rows == 0 {
             return Ok(());
         }
-        let wp = match weight {
-            Some(w) => self.dense(w, op, dim)?,
-            None => 0u64,
-        };
-        let cfg = LaunchConfig {
-            grid_dim: (u32_arg(op, rows)?, 1, 1),
-            block_dim: (norm_threads(dim), 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (xp, yp, op_, d) = (
-            self.ptr(&x.buf),
-            self.ptr(&y.buf),
-            self.ptr(&out.buf),
-            u32_arg(op, dim)?,
-        );
+        let (wp, cfg, d) = self.norm_launch(op, weight, rows, dim)?;
+        let (xp, yp, op_) = (self.ptr(&x.buf), self.ptr(&y.buf), self.ptr(&out.buf));
         launch!(self, "add_rms_norm", cfg, &xp, &yp, &wp, &d, &eps, &op_)
     }
 
