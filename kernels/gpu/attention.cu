@@ -203,3 +203,33 @@ KILN_KERNEL void kv_store(int kt, const float* x, u32 rows, u32 width, u8* cache
         }
     }
 }
+
+// Prefill through the vendor BLAS (kernels/src/gpu/cuda/attention_blas.rs): the scaled scores of G heads
+// × `rows` query rows against `n_keys` keys (f32, row-major per head) → causal softmax probabilities in
+// f16 (what the second product reads). Row r sits at position start + r and sees keys 0..start + r.
+// One block per (head, row).
+KILN_KERNEL void attn_softmax_rows(const float* s, u32 rows, u32 n_keys, u32 start, u16* p) {
+    __shared__ float scratch[32];
+    const u64 base = (u64)blockIdx.x * n_keys;
+    const u32 r = blockIdx.x % rows;
+    const u32 visible = min(n_keys, start + r + 1);
+    float m = -1e30f;
+    for (u32 j = threadIdx.x; j < visible; j += blockDim.x) m = fmaxf(m, s[base + j]);
+    m = warp_max(m);
+    const u32 warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE, warps = blockDim.x / WARP_SIZE;
+    if (lane == 0) scratch[warp] = m;
+    __syncthreads();
+    m = -1e30f;
+    for (u32 w = 0; w < warps; w++) m = fmaxf(m, scratch[w]);
+    __syncthreads();
+    float sum = 0.0f;
+    for (u32 j = threadIdx.x; j < visible; j += blockDim.x) sum += expf(s[base + j] - m);
+    sum = warp_sum(sum);
+    if (lane == 0) scratch[warp] = sum;
+    __syncthreads();
+    sum = 0.0f;
+    for (u32 w = 0; w < warps; w++) sum += scratch[w];
+    const float inv = 1.0f / sum;
+    for (u32 j = threadIdx.x; j < n_keys; j += blockDim.x)
+        p[base + j] = f2h(j < visible ? expf(s[base + j] - m) * inv : 0.0f);
+}

@@ -1,5 +1,6 @@
 // Element-wise ops and copies: one thread per value, grid-stride loops.
 #include "compat.h"
+#include "quant.h"
 
 #define GRID_LOOP(i, n) for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)gridDim.x * blockDim.x)
 
@@ -29,23 +30,31 @@ KILN_KERNEL void geglu(const float* gate, const float* up, u32 n, float* out) {
     GRID_LOOP(i, n) out[i] = gelu_f16(gate[i]) * up[i];
 }
 
-// The stacked forms: row r of x is n gate values then n up values (one product over [gate; up]).
-KILN_KERNEL void swiglu_stacked(const float* x, u32 rows, u32 n, float* out) {
+// The stacked forms: row r of x is n gate values then n up values (one product over [gate; up]). With
+// `yq` given (n a multiple of 32) the output is also quantized for the down projection (quantize_group):
+// every lane of a warp runs the same iterations, since rows · n is then a multiple of 32.
+KILN_KERNEL void swiglu_stacked(const float* x, u32 rows, u32 n, float* out, i8* yq, float2* yd) {
     GRID_LOOP(i, (u64)rows * n) {
         const u64 r = i / n, c = i % n;
         out[i] = silu(x[2 * r * n + c]) * x[2 * r * n + n + c];
+        if (yq) quantize_group(out[i], i, true, yq, yd);
     }
 }
 
-KILN_KERNEL void geglu_stacked(const float* x, u32 rows, u32 n, float* out) {
+KILN_KERNEL void geglu_stacked(const float* x, u32 rows, u32 n, float* out, i8* yq, float2* yd) {
     GRID_LOOP(i, (u64)rows * n) {
         const u64 r = i / n, c = i % n;
         out[i] = gelu_f16(x[2 * r * n + c]) * x[2 * r * n + n + c];
+        if (yq) quantize_group(out[i], i, true, yq, yd);
     }
 }
 
-KILN_KERNEL void sigmoid_mul(float* x, const float* gate, u32 n) {
-    GRID_LOOP(i, n) x[i] *= sigmoidf(gate[i]);
+// x *= sigmoid(gate) (the attention output gate), quantized for the output projection when `yq` is given.
+KILN_KERNEL void sigmoid_mul(float* x, const float* gate, u32 n, i8* yq, float2* yd) {
+    GRID_LOOP(i, n) {
+        x[i] *= sigmoidf(gate[i]);
+        if (yq) quantize_group(x[i], i, true, yq, yd);
+    }
 }
 
 KILN_KERNEL void copy_rows(const float* src, u64 src_off, u64 src_stride, float* dst, u64 dst_off,

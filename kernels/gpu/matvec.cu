@@ -4,20 +4,12 @@
 #include "compat.h"
 #include "quant.h"
 
-// Activations → int8 with one scale per 32 values (the dp4a operand). One thread per value; the 32
-// values of a block are consecutive lanes.
-KILN_KERNEL void quantize_act(const float* x, u32 n, int* yq, float* yd) {
+// Activations → int8 with one (scale, scaled sum) per 32 values (the dp4a operand; see quantize_group).
+// One thread per value; the 32 values of a group are consecutive lanes. Used where the producer of the
+// activations did not quantize them itself.
+KILN_KERNEL void quantize_act(const float* x, u32 n, i8* yq, float2* yd) {
     const u32 i = blockIdx.x * blockDim.x + threadIdx.x;
-    const float v = i < n ? x[i] : 0.0f;
-    float amax = fabsf(v);
-#pragma unroll
-    for (int m = 16; m > 0; m >>= 1) amax = fmaxf(amax, shfl_xor(amax, m));
-    const float d = amax / 127.0f;
-    const int q = amax == 0.0f ? 0 : (int)roundf(v / d);
-    if (i < n) {
-        ((i8*)yq)[i] = (i8)q;
-        if (i % 32 == 0) yd[i / 32] = d;
-    }
+    quantize_group(i < n ? x[i] : 0.0f, i, i < n, yq, yd);
 }
 
 // One block of MMV_THREADS threads per output value: the threads stride over the row's units two at a
@@ -56,7 +48,7 @@ __device__ __forceinline__ void unit(const u8* row, u32 u, const Act& a, float* 
 
 template <int TYPE, int NR>
 __device__ __forceinline__ void mmvq(const u8* w, u32 row_bytes, u32 n_units, u32 n_out, const int* yq,
-                                     const float* yd, u32 k, float* out) {
+                                     const float2* yd, u32 k, float* out) {
     const u32 o = blockIdx.x;
     if (o >= n_out) return;
     const u8* row = w + (u64)o * row_bytes;
@@ -76,34 +68,104 @@ __device__ __forceinline__ void mmvq(const u8* w, u32 row_bytes, u32 n_units, u3
 // The same product with one warp per output value and MMVW_THREADS / WARP_SIZE values per block: no
 // block-wide reduction, and each lane walks more of the row with U units in flight, which keeps more loads
 // outstanding per SM than a block per row (the 27B's rows are 5120 or 17408 values: 160 or 544 units).
-// On an H100 this decodes 4-6% faster than a block per row (bench/README.md). KILN_MMV=block|warp|warp4
+// On an H100 this decodes 4-6% faster than a block per row (bench/README.md). KILN_MMV=block|warp|auto
 // selects the variant at run time; the default (auto) takes this one except for products with few
 // outputs, which a block per row spreads over more SMs.
 #define MMVW_THREADS 128
 
-template <int TYPE, int NR, int U>
-__device__ __forceinline__ void mmvq_warp(const u8* w, u32 row_bytes, u32 n_units, u32 n_out, const int* yq,
-                                          const float* yd, u32 k, float* out) {
-    const u32 warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
-    const u32 o = blockIdx.x * (MMVW_THREADS / WARP_SIZE) + warp;
-    if (o >= n_out) return;  // the whole warp leaves together
-    const u8* row = w + (u64)o * row_bytes;
-    const Act a = {yq, yd, k / 4, k / 32};
-    float acc[NR];
+// Output rows o .. o + RPW - 1 of a product, by the calling warp: lane-strided units, U in flight per
+// lane. With RPW = 2 each unit's activations, loaded once (the second unit call's loads are the same
+// addresses with no store between, so the compiler reuses them), serve two weight rows: for a verify
+// batch of 4 rows a unit reads 12 bytes of activations (from L1) per weight byte, and that L1 traffic,
+// not HBM, bounded the product.
+template <int TYPE, int NR, int U, int RPW>
+__device__ __forceinline__ void warp_rows(const u8* row, u32 row_bytes, u32 n_units, const Act& a, u32 n_out,
+                                          u32 o, float* out) {
+    const u32 lane = threadIdx.x % WARP_SIZE;
+    const bool second = RPW > 1 && o + 1 < n_out;
+    const u8* row1 = second ? row + row_bytes : row;  // the last warp may have one row: repeat it
+    float acc[RPW][NR];
 #pragma unroll
-    for (int r = 0; r < NR; r++) acc[r] = 0.0f;
+    for (int q = 0; q < RPW; q++)
+#pragma unroll
+        for (int r = 0; r < NR; r++) acc[q][r] = 0.0f;
     u32 u = lane;
     for (; u + (U - 1) * WARP_SIZE < n_units; u += U * WARP_SIZE) {
 #pragma unroll
-        for (int j = 0; j < U; j++) unit<TYPE, NR>(row, u + j * WARP_SIZE, a, acc);
+        for (int j = 0; j < U; j++) {
+            unit<TYPE, NR>(row, u + j * WARP_SIZE, a, acc[0]);
+            if (RPW > 1) unit<TYPE, NR>(row1, u + j * WARP_SIZE, a, acc[RPW - 1]);
+        }
     }
-    for (; u < n_units; u += WARP_SIZE) unit<TYPE, NR>(row, u, a, acc);
+    for (; u < n_units; u += WARP_SIZE) {
+        unit<TYPE, NR>(row, u, a, acc[0]);
+        if (RPW > 1) unit<TYPE, NR>(row1, u, a, acc[RPW - 1]);
+    }
 #pragma unroll
-    for (int r = 0; r < NR; r++) {
-        const float t = warp_sum(acc[r]);
-        if (lane == 0) out[(u64)r * n_out + o] = t;
+    for (int q = 0; q < RPW; q++) {
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            const float t = warp_sum(acc[q][r]);
+            if (lane == 0 && (q == 0 || second)) out[(u64)r * n_out + o + q] = t;
+        }
     }
 }
+
+template <int TYPE, int NR, int U, int RPW>
+__device__ __forceinline__ void mmvq_warp(const u8* w, u32 row_bytes, u32 n_units, u32 n_out, const int* yq,
+                                          const float2* yd, u32 k, float* out) {
+    const u32 o = (blockIdx.x * (MMVW_THREADS / WARP_SIZE) + threadIdx.x / WARP_SIZE) * RPW;
+    if (o >= n_out) return;  // the whole warp leaves together
+    const Act a = {yq, yd, k / 4, k / 32};
+    warp_rows<TYPE, NR, U, RPW>(w + (u64)o * row_bytes, row_bytes, n_units, a, n_out, o, out);
+}
+
+// Several products of the same activations in one launch (the recurrent layer's four input projections,
+// attention's q, k and v): each part has its own weight (any quantized type) and output, and the blocks
+// are dealt out to the parts in order, a warp per output row as in mmvq_warp. One launch instead of up to
+// four, and the small products (the 48-row gates) share the GPU with the big ones instead of each
+// running nearly alone. The layout matches `MatvecGroup` in kernels/src/gpu/cuda/mod.rs.
+#define MMVG_MAX_PARTS 4
+struct MatvecPart {
+    const u8* w;
+    float* out;
+    u32 row_bytes, n_units, n_out, type, first_block, pad;
+};
+struct MatvecGroup {
+    MatvecPart p[MMVG_MAX_PARTS];
+    u32 n_parts, pad;
+};
+
+template <int NR>
+__device__ __forceinline__ void mmvq_group(const MatvecGroup& g, const int* yq, const float2* yd, u32 k) {
+    // Selected with constant indices (no dynamic indexing of the parameter struct, which would copy it
+    // to local memory).
+    MatvecPart p = g.p[0];
+#pragma unroll
+    for (u32 j = 1; j < MMVG_MAX_PARTS; j++)
+        if (j < g.n_parts && blockIdx.x >= g.p[j].first_block) p = g.p[j];
+    const u32 o = (blockIdx.x - p.first_block) * (MMVW_THREADS / WARP_SIZE) + threadIdx.x / WARP_SIZE;
+    if (o >= p.n_out) return;
+    const Act a = {yq, yd, k / 4, k / 32};
+    const u8* row = p.w + (u64)o * p.row_bytes;
+    switch (p.type) {
+        case T_Q4_0: warp_rows<T_Q4_0, NR, 2, 1>(row, p.row_bytes, p.n_units, a, p.n_out, o, p.out); break;
+        case T_Q4_1: warp_rows<T_Q4_1, NR, 2, 1>(row, p.row_bytes, p.n_units, a, p.n_out, o, p.out); break;
+        case T_Q5_0: warp_rows<T_Q5_0, NR, 2, 1>(row, p.row_bytes, p.n_units, a, p.n_out, o, p.out); break;
+        case T_Q5_1: warp_rows<T_Q5_1, NR, 2, 1>(row, p.row_bytes, p.n_units, a, p.n_out, o, p.out); break;
+        case T_Q8_0: warp_rows<T_Q8_0, NR, 2, 1>(row, p.row_bytes, p.n_units, a, p.n_out, o, p.out); break;
+        case T_Q4_K: warp_rows<T_Q4_K, NR, 2, 1>(row, p.row_bytes, p.n_units, a, p.n_out, o, p.out); break;
+        case T_Q5_K: warp_rows<T_Q5_K, NR, 2, 1>(row, p.row_bytes, p.n_units, a, p.n_out, o, p.out); break;
+        case T_Q6_K: warp_rows<T_Q6_K, NR, 2, 1>(row, p.row_bytes, p.n_units, a, p.n_out, o, p.out); break;
+        default: break;
+    }
+}
+
+#define MMVG(NR)                                                                                    \
+    KILN_KERNEL void mmvg_##NR(MatvecGroup g, const int* yq, const float2* yd, u32 k) {            \
+        mmvq_group<NR>(g, yq, yd, k);                                                               \
+    }
+MMVG(1) MMVG(2) MMVG(3) MMVG(4) MMVG(5) MMVG(6) MMVG(7) MMVG(8)
 
 // f16/f32 weights against f32 activations (no activation rounding), 8 (f16) or 4 (f32) values a unit.
 template <bool HALF, int NR>
@@ -134,29 +196,31 @@ __device__ __forceinline__ void mmvf(const u8* w, u32 n_out, const float* x, u32
 
 #define MMVQ(name, TYPE, NR)                                                                          \
     KILN_KERNEL void name##_##NR(const u8* w, u32 row_bytes, u32 n_units, u32 n_out, const int* yq,    \
-                                 const float* yd, u32 k, float* out) {                                 \
+                                 const float2* yd, u32 k, float* out) {                                 \
         mmvq<TYPE, NR>(w, row_bytes, n_units, n_out, yq, yd, k, out);                                 \
     }
 #define MMVQ_ALL(name, TYPE) \
     MMVQ(name, TYPE, 1) MMVQ(name, TYPE, 2) MMVQ(name, TYPE, 3) MMVQ(name, TYPE, 4) \
     MMVQ(name, TYPE, 5) MMVQ(name, TYPE, 6) MMVQ(name, TYPE, 7) MMVQ(name, TYPE, 8)
 
-#define MMVW(name, TYPE, NR, U)                                                                       \
+#define MMVW(name, TYPE, NR, U, RPW)                                                                  \
     KILN_KERNEL void name##_##NR(const u8* w, u32 row_bytes, u32 n_units, u32 n_out, const int* yq,    \
-                                 const float* yd, u32 k, float* out) {                                 \
-        mmvq_warp<TYPE, NR, U>(w, row_bytes, n_units, n_out, yq, yd, k, out);                         \
+                                 const float2* yd, u32 k, float* out) {                                 \
+        mmvq_warp<TYPE, NR, U, RPW>(w, row_bytes, n_units, n_out, yq, yd, k, out);                    \
     }
-#define MMVW_ALL(name, TYPE, U)                                                                     \
-    MMVW(name, TYPE, 1, U) MMVW(name, TYPE, 2, U) MMVW(name, TYPE, 3, U) MMVW(name, TYPE, 4, U) \
-    MMVW(name, TYPE, 5, U) MMVW(name, TYPE, 6, U) MMVW(name, TYPE, 7, U) MMVW(name, TYPE, 8, U)
-#define MMVW_TYPES(prefix, U)                                                                  \
-    MMVW_ALL(prefix##_q4_0, T_Q4_0, U) MMVW_ALL(prefix##_q4_1, T_Q4_1, U)                      \
-    MMVW_ALL(prefix##_q5_0, T_Q5_0, U) MMVW_ALL(prefix##_q5_1, T_Q5_1, U)                      \
-    MMVW_ALL(prefix##_q8_0, T_Q8_0, U) MMVW_ALL(prefix##_q4_k, T_Q4_K, U)                      \
-    MMVW_ALL(prefix##_q5_k, T_Q5_K, U) MMVW_ALL(prefix##_q6_k, T_Q6_K, U)
+#define MMVW_ALL(name, TYPE, U, RPW)                                                            \
+    MMVW(name, TYPE, 1, U, RPW) MMVW(name, TYPE, 2, U, RPW) MMVW(name, TYPE, 3, U, RPW)         \
+    MMVW(name, TYPE, 4, U, RPW) MMVW(name, TYPE, 5, U, RPW) MMVW(name, TYPE, 6, U, RPW)         \
+    MMVW(name, TYPE, 7, U, RPW) MMVW(name, TYPE, 8, U, RPW)
+#define MMVW_TYPES(prefix, U, RPW)                                                             \
+    MMVW_ALL(prefix##_q4_0, T_Q4_0, U, RPW) MMVW_ALL(prefix##_q4_1, T_Q4_1, U, RPW)            \
+    MMVW_ALL(prefix##_q5_0, T_Q5_0, U, RPW) MMVW_ALL(prefix##_q5_1, T_Q5_1, U, RPW)            \
+    MMVW_ALL(prefix##_q8_0, T_Q8_0, U, RPW) MMVW_ALL(prefix##_q4_k, T_Q4_K, U, RPW)            \
+    MMVW_ALL(prefix##_q5_k, T_Q5_K, U, RPW) MMVW_ALL(prefix##_q6_k, T_Q6_K, U, RPW)
 
-MMVW_TYPES(mmvw, 2)
-MMVW_TYPES(mmvw4, 4)
+// mmvw_*: a warp per output row; mmvp_*: a warp per pair of rows (the verify batch's default).
+MMVW_TYPES(mmvw, 2, 1)
+MMVW_TYPES(mmvp, 2, 2)
 
 MMVQ_ALL(mmv_q4_0, T_Q4_0)
 MMVQ_ALL(mmv_q4_1, T_Q4_1)
@@ -196,12 +260,25 @@ KILN_KERNEL void dequant_row(int type, const u8* src, u32 n, float* out) {
 
 // Prefill (many activation rows): the weight matrix is expanded to f16 once per call and multiplied by
 // the f16 activations with the vendor BLAS (tensor cores), which beats any per-row kernel past ~8 rows.
-// One thread per pair of values; `dequant_value` is general, so every type takes the same path.
+// One thread per group of 32 values (k a multiple of 32), written as four 16-byte stores: the expansion
+// runs near memory speed, where one value per thread through dequant_value ran ~5x slower.
 KILN_KERNEL void dequant_f16(int type, const u8* src, u32 rows, u32 k, u32 row_bytes, u16* out) {
-    const u64 n = (u64)rows * k;
-    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
-        const u64 r = i / k;
-        out[i] = f2h(dequant_value(type, src + r * row_bytes, (u32)(i % k)));
+    const u32 groups = k / 32;
+    const u64 n = (u64)rows * groups;
+    for (u64 t = (u64)blockIdx.x * blockDim.x + threadIdx.x; t < n; t += (u64)gridDim.x * blockDim.x) {
+        const u64 r = t / groups;
+        const u32 g = (u32)(t % groups);
+        float v[32];
+        dequant_group(type, src + r * row_bytes, g, v);
+        uint4* dst = (uint4*)(out + r * k + (u64)g * 32);
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            u32 w[4];
+#pragma unroll
+            for (int p = 0; p < 4; p++)
+                w[p] = (u32)f2h(v[8 * c + 2 * p]) | ((u32)f2h(v[8 * c + 2 * p + 1]) << 16);
+            dst[c] = make_uint4(w[0], w[1], w[2], w[3]);
+        }
     }
 }
 

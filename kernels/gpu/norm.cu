@@ -1,5 +1,6 @@
 // Row normalisations: one block per row, the sum of squares reduced across the block.
 #include "compat.h"
+#include "quant.h"
 
 #define NORM_THREADS 256
 
@@ -23,9 +24,10 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 // out = x / sqrt(mean(x²) + eps) · weight (weight may be null), after x += y when y is given (the
 // residual add that precedes most norms, fused to save a launch). The block size depends only on `dim`
 // (the host picks it), so a row is summed in the same order whatever the batch: a verify pass of several
-// tokens rounds exactly as single decode steps do.
+// tokens rounds exactly as single decode steps do. With `yq` given (dim a multiple of 32), the output is
+// also quantized for the product that reads it next (quantize_group), saving that product's own pass.
 __device__ __forceinline__ void rms_norm_row(float* x, const float* y, const float* weight, u32 dim, float eps,
-                                             float* out) {
+                                             float* out, i8* yq, float2* yd) {
     __shared__ float scratch[32];
     float* xr = x + (u64)blockIdx.x * dim;
     const float* yr = y ? y + (u64)blockIdx.x * dim : 0;
@@ -49,7 +51,9 @@ __device__ __forceinline__ void rms_norm_row(float* x, const float* y, const flo
 #pragma unroll
         for (int j = 0; j < NORM_VALUES_PER_THREAD; j++) {
             const u32 i = threadIdx.x + j * blockDim.x;
-            if (i < dim) orow[i] = v[j] * scale * w[j];
+            const float o = v[j] * scale * w[j];
+            if (i < dim) orow[i] = o;
+            if (yq) quantize_group(o, (u64)blockIdx.x * dim + i, i < dim, yq, yd);
         }
         return;
     }
@@ -60,30 +64,39 @@ __device__ __forceinline__ void rms_norm_row(float* x, const float* y, const flo
     }
     s = block_sum(s, scratch);
     const float scale = 1.0f / sqrtf(s / (float)dim + eps);
-    for (u32 i = threadIdx.x; i < dim; i += blockDim.x)
-        orow[i] = weight ? xr[i] * scale * weight[i] : xr[i] * scale;
+    for (u32 i = threadIdx.x; i < dim; i += blockDim.x) {
+        const float o = weight ? xr[i] * scale * weight[i] : xr[i] * scale;
+        orow[i] = o;
+        if (yq) quantize_group(o, (u64)blockIdx.x * dim + i, true, yq, yd);
+    }
 }
 
-KILN_KERNEL void rms_norm(const float* x, const float* weight, u32 dim, float eps, float* out) {
+KILN_KERNEL void rms_norm(const float* x, const float* weight, u32 dim, float eps, float* out, i8* yq,
+                          float2* yd) {
     // x is only read when no residual is given.
-    rms_norm_row((float*)x, 0, weight, dim, eps, out);
+    rms_norm_row((float*)x, 0, weight, dim, eps, out, yq, yd);
 }
 
-KILN_KERNEL void add_rms_norm(float* x, const float* y, const float* weight, u32 dim, float eps, float* out) {
-    rms_norm_row(x, y, weight, dim, eps, out);
+KILN_KERNEL void add_rms_norm(float* x, const float* y, const float* weight, u32 dim, float eps, float* out,
+                              i8* yq, float2* yd) {
+    rms_norm_row(x, y, weight, dim, eps, out, yq, yd);
 }
 
-// out = rms_norm(x)·weight ⊙ silu(z): the gated norm at the end of a Gated DeltaNet layer.
+// out = rms_norm(x)·weight ⊙ silu(z): the gated norm at the end of a Gated DeltaNet layer (quantized too
+// when `yq` is given, as in rms_norm_row).
 KILN_KERNEL void rms_norm_gated(const float* x, const float* weight, const float* z, u32 dim, float eps,
-                                float* out) {
+                                float* out, i8* yq, float2* yd) {
     __shared__ float scratch[32];
     const u64 base = (u64)blockIdx.x * dim;
     float s = 0.0f;
     for (u32 i = threadIdx.x; i < dim; i += blockDim.x) s += x[base + i] * x[base + i];
     s = block_sum(s, scratch);
     const float scale = 1.0f / sqrtf(s / (float)dim + eps);
-    for (u32 i = threadIdx.x; i < dim; i += blockDim.x)
-        out[base + i] = x[base + i] * scale * weight[i] * silu(z[base + i]);
+    for (u32 i = threadIdx.x; i < dim; i += blockDim.x) {
+        const float o = x[base + i] * scale * weight[i] * silu(z[base + i]);
+        out[base + i] = o;
+        if (yq) quantize_group(o, base + i, true, yq, yd);
+    }
 }
 
 // In place: x / sqrt(Σx² + eps).
@@ -95,4 +108,27 @@ KILN_KERNEL void l2_norm(float* x, u32 dim, float eps) {
     s = block_sum(s, scratch);
     const float scale = 1.0f / sqrtf(s + eps);
     for (u32 i = threadIdx.x; i < dim; i += blockDim.x) xr[i] *= scale;
+}
+
+// The recurrent layer's conv output (rows of [q | k | v]) split into q and k, each L2-normalised per head
+// of `head_k` values as l2_norm does, and v: one launch for what were three copies and two norms. Grid
+// (2·n_k_heads + ⌈v_dim / blockDim⌉, rows): a block either normalises one q or k head or copies a run of v.
+KILN_KERNEL void split_qkv_l2(const float* conv, u32 n_k_heads, u32 head_k, u32 v_dim, float eps, float* q,
+                              float* k, float* v) {
+    __shared__ float scratch[32];
+    const u32 r = blockIdx.y, kd = n_k_heads * head_k;
+    const float* src = conv + (u64)r * (2 * kd + v_dim);
+    if (blockIdx.x < 2 * n_k_heads) {
+        const u32 part = blockIdx.x / n_k_heads, h = blockIdx.x % n_k_heads;
+        const float* hs = src + part * kd + h * head_k;
+        float* dst = (part ? k : q) + (u64)r * kd + h * head_k;
+        float s = 0.0f;
+        for (u32 i = threadIdx.x; i < head_k; i += blockDim.x) s += hs[i] * hs[i];
+        s = block_sum(s, scratch);
+        const float scale = 1.0f / sqrtf(s + eps);
+        for (u32 i = threadIdx.x; i < head_k; i += blockDim.x) dst[i] = hs[i] * scale;
+        return;
+    }
+    const u32 i = (blockIdx.x - 2 * n_k_heads) * blockDim.x + threadIdx.x;
+    if (i < v_dim) v[(u64)r * v_dim + i] = src[2 * kd + i];
 }

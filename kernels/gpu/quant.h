@@ -17,15 +17,35 @@
 #define T_Q6_K 14
 
 // The activations one unit is dotted with: `NR` rows, each `yq_stride` ints of packed int8 values and
-// `yd_stride` scales (one per 32 values).
+// `yd_stride` groups of 32 values, each group's (scale d, d · Σ its int8 values). The scaled sum is what
+// the offset and min terms of Q4_0/Q4_1/Q5/K-quants need, so no unit sums the activations itself.
 struct Act {
     const int* yq;
-    const float* yd;
+    const float2* yd;
     u32 yq_stride;
     u32 yd_stride;
 };
 
-__device__ __forceinline__ int ones_dot(int y, int acc) { return dp4a(0x01010101, y, acc); }
+// Quantizes value `i` of an activation row (groups of 32 consecutive values) to int8 with its group's
+// (scale, scaled sum): the form every quantized product reads. Called by all 32 lanes that hold one
+// group, lane l holding value i with i % 32 == l % 32, so the group's max and sum are warp shuffles; a
+// lane past the data passes valid = false (counts as 0, stores nothing). Producers (the norms, the
+// gated activations) call it on their outputs, which saves the separate quantize_act launch.
+__device__ __forceinline__ void quantize_group(float v, u64 i, bool valid, i8* yq, float2* yd) {
+    v = valid ? v : 0.0f;
+    float amax = fabsf(v);
+#pragma unroll
+    for (int m = 16; m > 0; m >>= 1) amax = fmaxf(amax, shfl_xor(amax, m));
+    const float d = amax / 127.0f;
+    const int q = amax == 0.0f ? 0 : (int)roundf(v / d);
+    int sum = q;
+#pragma unroll
+    for (int m = 16; m > 0; m >>= 1) sum += shfl_xor_int(sum, m);
+    if (valid) {
+        yq[i] = (i8)q;
+        if (i % 32 == 0) yd[i / 32] = make_float2(d, d * (float)sum);
+    }
+}
 
 // Bit j of `bits` (j < 4) moved to bit 4 of byte j: the fifth bit of four Q5 values.
 __device__ __forceinline__ int spread_bit4(u32 bits) {
@@ -53,14 +73,14 @@ __device__ __forceinline__ void unit_q4_0(const u8* row, u32 u, const Act& a, fl
 #pragma unroll
     for (int r = 0; r < NR; r++) {
         const int* y = a.yq + r * a.yq_stride + u * 8;
-        int sumi = 0, sumy = 0;
+        int sumi = 0;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             sumi = dp4a(q[i] & 0x0F0F0F0F, y[i], sumi);
             sumi = dp4a((q[i] >> 4) & 0x0F0F0F0F, y[4 + i], sumi);
-            sumy = ones_dot(y[i], ones_dot(y[4 + i], sumy));
         }
-        acc[r] += d * a.yd[r * a.yd_stride + u] * (float)(sumi - 8 * sumy);
+        const float2 ys = a.yd[r * a.yd_stride + u];
+        acc[r] += d * (ys.x * (float)sumi - 8.0f * ys.y);
     }
 }
 
@@ -75,14 +95,14 @@ __device__ __forceinline__ void unit_q4_1(const u8* row, u32 u, const Act& a, fl
 #pragma unroll
     for (int r = 0; r < NR; r++) {
         const int* y = a.yq + r * a.yq_stride + u * 8;
-        int sumi = 0, sumy = 0;
+        int sumi = 0;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             sumi = dp4a(q[i] & 0x0F0F0F0F, y[i], sumi);
             sumi = dp4a((q[i] >> 4) & 0x0F0F0F0F, y[4 + i], sumi);
-            sumy = ones_dot(y[i], ones_dot(y[4 + i], sumy));
         }
-        acc[r] += a.yd[r * a.yd_stride + u] * (d * (float)sumi + m * (float)sumy);
+        const float2 ys = a.yd[r * a.yd_stride + u];
+        acc[r] += d * ys.x * (float)sumi + m * ys.y;
     }
 }
 
@@ -104,15 +124,14 @@ __device__ __forceinline__ void unit_q5(const u8* row, u32 u, const Act& a, floa
 #pragma unroll
     for (int r = 0; r < NR; r++) {
         const int* y = a.yq + r * a.yq_stride + u * 8;
-        int sumi = 0, sumy = 0;
+        int sumi = 0;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             sumi = dp4a(lo[i], y[i], sumi);
             sumi = dp4a(hi[i], y[4 + i], sumi);
-            sumy = ones_dot(y[i], ones_dot(y[4 + i], sumy));
         }
-        const float dy = a.yd[r * a.yd_stride + u];
-        acc[r] += HAS_MIN ? dy * (d * (float)sumi + m * (float)sumy) : d * dy * (float)(sumi - 16 * sumy);
+        const float2 ys = a.yd[r * a.yd_stride + u];
+        acc[r] += HAS_MIN ? d * ys.x * (float)sumi + m * ys.y : d * (ys.x * (float)sumi - 16.0f * ys.y);
     }
 }
 
@@ -131,7 +150,7 @@ __device__ __forceinline__ void unit_q8_0(const u8* row, u32 u, const Act& a, fl
         int sumi = 0;
 #pragma unroll
         for (int i = 0; i < 4; i++) sumi = dp4a(q[i], y[i], sumi);
-        acc[r] += d * a.yd[r * a.yd_stride + blk] * (float)sumi;
+        acc[r] += d * a.yd[r * a.yd_stride + blk].x * (float)sumi;
     }
 }
 
@@ -187,17 +206,17 @@ __device__ __forceinline__ void unit_qk(const u8* row, u32 u, const Act& a, floa
         const int4 ya = *(const int4*)(a.yq + r * a.yq_stride + first / 4);
         const int4 yb = *(const int4*)(a.yq + r * a.yq_stride + first / 4 + 8);
         const int y0[4] = {ya.x, ya.y, ya.z, ya.w}, y1[4] = {yb.x, yb.y, yb.z, yb.w};
-        int s0i = 0, s1i = 0, y0s = 0, y1s = 0;
+        int s0i = 0, s1i = 0;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             s0i = dp4a(lo[i], y0[i], s0i);
             s1i = dp4a(hi[i], y1[i], s1i);
-            y0s = ones_dot(y0[i], y0s);
-            y1s = ones_dot(y1[i], y1s);
         }
-        const float2 yd = *(const float2*)(a.yd + r * a.yd_stride + blk * 8 + 2 * k);
-        acc[r] += d * (yd.x * sc0 * (float)s0i + yd.y * sc1 * (float)s1i) -
-                  dmin * (yd.x * m0 * (float)y0s + yd.y * m1 * (float)y1s);
+        // Sub-blocks 2k and 2k+1: (scale, scaled sum) of each, one 16-byte load. The min term covers a
+        // whole sub-block of 32 values, of which this unit holds 16: the h = 0 unit adds it for both.
+        const float4 ys = *(const float4*)(a.yd + r * a.yd_stride + blk * 8 + 2 * k);
+        acc[r] += d * (ys.x * sc0 * (float)s0i + ys.z * sc1 * (float)s1i) -
+                  (h == 0 ? dmin * (m0 * ys.y + m1 * ys.w) : 0.0f);
     }
 }
 
@@ -233,7 +252,7 @@ __device__ __forceinline__ void unit_q6_k(const u8* row, u32 u, const Act& a, fl
         s0 = dp4a(v[1], ya.y, s0); s1 = dp4a(v[5], yb.y, s1);
         s0 = dp4a(v[2], ya.z, s0); s1 = dp4a(v[6], yb.z, s1);
         s0 = dp4a(v[3], ya.w, s0); s1 = dp4a(v[7], yb.w, s1);
-        acc[r] += d * a.yd[r * a.yd_stride + first / 32] * (sc0 * (float)s0 + sc1 * (float)s1);
+        acc[r] += d * a.yd[r * a.yd_stride + first / 32].x * (sc0 * (float)s0 + sc1 * (float)s1);
     }
 }
 
@@ -296,5 +315,80 @@ __device__ __forceinline__ float dequant_value(int type, const u8* row, u32 i) {
             return h2f(*(const u16*)(b + 208)) * (float)(i8)b[192 + j / 16] * (float)((lo | (hb << 4)) - 32);
         }
         default: return 0.0f;
+    }
+}
+
+// The 32 values of group `g` of a row (values 32g .. 32g+31) dequantized, each block's scales decoded
+// once for the group: the prefill path expands whole weight matrices with it. Same results as
+// dequant_value, value by value.
+__device__ __forceinline__ void dequant_group(int type, const u8* row, u32 g, float* v) {
+    switch (type) {
+        case T_Q4_0: case T_Q4_1: {
+            const bool mn = type == T_Q4_1;
+            const u8* b = row + g * (mn ? 20 : 18);
+            const float d = h2f(*(const u16*)b), m = mn ? h2f(*(const u16*)(b + 2)) : 0.0f;
+            const u8* q = b + (mn ? 4 : 2);
+#pragma unroll
+            for (int j = 0; j < 16; j++) {
+                v[j] = mn ? d * (float)(q[j] & 0xF) + m : d * (float)((q[j] & 0xF) - 8);
+                v[j + 16] = mn ? d * (float)(q[j] >> 4) + m : d * (float)((q[j] >> 4) - 8);
+            }
+            return;
+        }
+        case T_Q5_0: case T_Q5_1: {
+            const bool mn = type == T_Q5_1;
+            const u8* b = row + g * (mn ? 24 : 22);
+            const float d = h2f(*(const u16*)b), m = mn ? h2f(*(const u16*)(b + 2)) : 0.0f;
+            const u8* hp = b + (mn ? 4 : 2);
+            const u32 qh = (u32)load_int_b2(hp);
+#pragma unroll
+            for (int j = 0; j < 32; j++) {
+                const int lo = j < 16 ? (hp[4 + j] & 0xF) : (hp[4 + j - 16] >> 4);
+                const int q = lo | (int)(((qh >> j) & 1u) << 4);
+                v[j] = mn ? d * (float)q + m : d * (float)(q - 16);
+            }
+            return;
+        }
+        case T_Q8_0: {
+            const u8* b = row + g * 34;
+            const float d = h2f(*(const u16*)b);
+#pragma unroll
+            for (int j = 0; j < 32; j++) v[j] = d * (float)(i8)b[2 + j];
+            return;
+        }
+        case T_Q4_K: case T_Q5_K: {
+            const bool five = type == T_Q5_K;
+            const u8* b = row + (g / 8) * (five ? 176 : 144);
+            const u32 sub = g % 8;
+            int sc, m;
+            scale_min_k4(sub, b + 4, &sc, &m);
+            const float d = h2f(*(const u16*)b) * (float)sc, dm = h2f(*(const u16*)(b + 2)) * (float)m;
+            const u8* q = b + (five ? 48 : 16) + 32 * (sub / 2);
+#pragma unroll
+            for (int l = 0; l < 32; l++) {
+                int x = (sub & 1) ? (q[l] >> 4) : (q[l] & 0xF);
+                if (five) x |= ((b[16 + l] >> sub) & 1) << 4;
+                v[l] = d * (float)x - dm;
+            }
+            return;
+        }
+        case T_Q6_K: {
+            const u8* b = row + (g / 8) * 210;
+            const u32 r = (g % 8) * 32, hf = r / 128, qq = (r % 128) / 32;
+            const float d = h2f(*(const u16*)(b + 208));
+            const float s0 = d * (float)(i8)b[192 + r / 16], s1 = d * (float)(i8)b[192 + r / 16 + 1];
+#pragma unroll
+            for (int l = 0; l < 32; l++) {
+                const u8 lb = b[64 * hf + 32 * (qq & 1) + l];
+                const int lo = (qq >> 1) ? (lb >> 4) : (lb & 0xF);
+                const int hb = (b[128 + 32 * hf + l] >> (2 * qq)) & 3;
+                v[l] = (l < 16 ? s0 : s1) * (float)((lo | (hb << 4)) - 32);
+            }
+            return;
+        }
+        default: {
+#pragma unroll
+            for (int j = 0; j < 32; j++) v[j] = dequant_value(type, row, g * 32 + j);
+        }
     }
 }

@@ -250,6 +250,19 @@ pub trait Backend: Send + Sync {
         rows: usize,
         out: &mut Self::Tensor,
     ) -> Result<()>;
+    /// Several products of the same input, out_i = W_i · x (the projections a layer makes of one
+    /// normed input). Default: one [`Backend::matmul`] each; a GPU backend makes them one launch.
+    fn matmul_group(
+        &self,
+        parts: &mut [(&Self::Weight, &mut Self::Tensor)],
+        x: &Self::Tensor,
+        rows: usize,
+    ) -> Result<()> {
+        for (w, out) in parts.iter_mut() {
+            self.matmul(w, x, rows, out)?;
+        }
+        Ok(())
+    }
     /// Per row of `dim` values: x / rms(x) · weight (weight optional).
     fn rms_norm(
         &self,
@@ -349,8 +362,15 @@ pub trait Backend: Send + Sync {
         width: usize,
         rows: usize,
     ) -> Result<()>;
-    /// x[..n] *= sigmoid(gate[..n]).
-    fn sigmoid_mul(&self, x: &mut Self::Tensor, gate: &Self::Tensor, n: usize) -> Result<()>;
+    /// x *= sigmoid(gate) over `rows` rows of `dim` values (the shape lets a GPU backend quantize the
+    /// result for the product that follows).
+    fn sigmoid_mul(
+        &self,
+        x: &mut Self::Tensor,
+        gate: &Self::Tensor,
+        rows: usize,
+        dim: usize,
+    ) -> Result<()>;
     /// Per row of `dim` values: RMSNorm(x)·weight ⊙ silu(z).
     #[allow(clippy::too_many_arguments)]
     fn rms_norm_gated(
@@ -365,6 +385,25 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
     /// In place, per row of `dim` values: x / √(Σx² + eps).
     fn l2_norm(&self, x: &mut Self::Tensor, rows: usize, dim: usize, eps: f32) -> Result<()>;
+    /// Rows of `[q | k | v]` (q and k `n_k_heads × head_k` values, v `v_dim`) split into q, k and v,
+    /// with each head of q and k L2-normalised ([`Backend::l2_norm`]): a Gated DeltaNet's conv output.
+    /// Default: three [`Backend::copy_rows`] and two norms; a GPU backend does it in one launch.
+    #[allow(clippy::too_many_arguments)]
+    fn split_qkv_l2(
+        &self,
+        qkv: &Self::Tensor,
+        rows: usize,
+        n_k_heads: usize,
+        head_k: usize,
+        v_dim: usize,
+        eps: f32,
+        out: [&mut Self::Tensor; 3],
+    ) -> Result<()>
+    where
+        Self: Sized,
+    {
+        split_qkv_l2_by_parts(self, qkv, rows, n_k_heads, head_k, v_dim, eps, out)
+    }
     /// Causal depthwise conv1d then SiLU over `rows` tokens of `weight.rows` channels (`x`, `out`: rows
     /// × channels). `weight` holds `kernel` taps per channel, oldest first; `state` holds the
     /// previous `kernel − 1` inputs of each channel (channel-major) and is advanced past the new rows.
@@ -450,4 +489,25 @@ pub trait Backend: Send + Sync {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+}
+
+/// [`Backend::split_qkv_l2`] from the backend's copies and norms.
+#[allow(clippy::too_many_arguments)]
+pub fn split_qkv_l2_by_parts<B: Backend>(
+    be: &B,
+    qkv: &B::Tensor,
+    rows: usize,
+    n_k_heads: usize,
+    head_k: usize,
+    v_dim: usize,
+    eps: f32,
+    [q, k, v]: [&mut B::Tensor; 3],
+) -> Result<()> {
+    let kd = n_k_heads * head_k;
+    let cd = 2 * kd + v_dim;
+    be.copy_rows(qkv, 0, cd, q, 0, kd, kd, rows)?;
+    be.copy_rows(qkv, kd, cd, k, 0, kd, kd, rows)?;
+    be.copy_rows(qkv, 2 * kd, cd, v, 0, v_dim, v_dim, rows)?;
+    be.l2_norm(q, rows * n_k_heads, head_k, eps)?;
+    be.l2_norm(k, rows * n_k_heads, head_k, eps)
 }

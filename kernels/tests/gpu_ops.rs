@@ -3,7 +3,7 @@
 
 use kiln_kernels::backend::*;
 use kiln_kernels::cpu::CpuBackend;
-use kiln_kernels::gpu::cuda::{driver_present, CudaBackend};
+use kiln_kernels::gpu::cuda::{driver_present, CudaBackend, CudaTensor};
 use kiln_kernels::quant::{quantize_row, GgmlType};
 use std::sync::{Arc, OnceLock};
 
@@ -16,10 +16,12 @@ fn gpu() -> Option<&'static CudaBackend> {
         }
         match CudaBackend::new(0) {
             Ok(b) => Some(b),
-            Err(e) => {
-                eprintln!("skipping: no usable CUDA device: {e}");
+            // A driver without a device skips; anything else (the kernels failing to compile) fails.
+            Err(e) if e.to_string().contains("NO_DEVICE") => {
+                eprintln!("skipping: no CUDA device: {e}");
                 None
             }
+            Err(e) => panic!("the CUDA backend failed to open: {e}"),
         }
     })
     .as_ref()
@@ -116,10 +118,11 @@ fn matmul_every_type_and_batch() {
         GgmlType::Q5_K,
         GgmlType::Q6_K,
     ];
-    // 70 outputs take the block-per-row kernels under the default KILN_MMV=auto; 2200 (more than 16
-    // per SM on an H100) the lanes-per-row ones, with a partly filled last block.
+    // 70 outputs take the block-per-row kernels under the default KILN_MMV=auto; 2201 (more than 16
+    // per SM on an H100) the warp-per-row ones (a warp per pair of rows from 2 activation rows on), with
+    // a partly filled last block whose last warp has a single row.
     for (i, ty) in types.into_iter().enumerate() {
-        for n_out in [70, 2200] {
+        for n_out in [70, 2201] {
             matmul_matches_cpu(g, &c, ty, n_out, i as u64 + 1);
         }
     }
@@ -373,8 +376,8 @@ fn norms_and_elementwise() {
     g.add_assign(&mut ag, &yg, n).unwrap();
     c.scale(&mut ac, 0.37, n).unwrap();
     g.scale(&mut ag, 0.37, n).unwrap();
-    c.sigmoid_mul(&mut ac, &yc, n).unwrap();
-    g.sigmoid_mul(&mut ag, &yg, n).unwrap();
+    c.sigmoid_mul(&mut ac, &yc, rows, dim).unwrap();
+    g.sigmoid_mul(&mut ag, &yg, rows, dim).unwrap();
     assert_close(
         "bias+add+scale+sigmoid_mul",
         &get(g, &ag, n),
@@ -455,9 +458,10 @@ fn attention_every_cache_type_head_size_and_group() {
                     c.kv_cache(n_ctx, n_kv, d, ty).unwrap(),
                     g.kv_cache(n_ctx, n_kv, d, ty).unwrap(),
                 );
-                // A prompt of 7 rows, then two single-token steps: prefill and decode paths, with history.
+                // A prompt of 7 rows, then two single-token steps, a verify-sized batch and a prompt chunk
+                // past the verify size (cuBLAS without window/softcap): every path, with history.
                 let mut start = 0;
-                for (step, rows) in [7usize, 1, 1, 5].into_iter().enumerate() {
+                for (step, rows) in [7usize, 1, 1, 5, 30].into_iter().enumerate() {
                     let q = values(10 + step as u64, rows * n_heads * d, 1.0);
                     let k = values(20 + step as u64, rows * n_kv * d, 1.0);
                     let v = values(30 + step as u64, rows * n_kv * d, 1.0);
@@ -487,8 +491,13 @@ fn attention_every_cache_type_head_size_and_group() {
                         &mut og,
                     )
                     .unwrap();
-                    // The CPU emulates ggml's f16 rounding of q and of the V sums; the GPU keeps f32.
-                    let tol = if ty == KvType::F32 { 1e-5 } else { 3e-3 };
+                    // The CPU emulates ggml's f16 rounding of q and of the V sums; the GPU keeps f32,
+                    // except on the cuBLAS path (f16 operands).
+                    let tol = if ty == KvType::F32 && rows <= 17 {
+                        1e-5
+                    } else {
+                        3e-3
+                    };
                     assert_close(
                         &format!(
                             "attention {ty:?} d{d} {n_heads}/{n_kv} win {window:?} step {step}"
@@ -751,4 +760,142 @@ fn gated_delta_net_conv_and_gates() {
         );
     }
     let _ = Arc::new(0);
+}
+
+/// Producers that quantize their output for the next product (the norms, the gated activations, the
+/// attention gate) give that product exactly what quantizing the same values separately gives.
+#[test]
+fn producers_quantize_for_the_next_product() {
+    let Some(g) = gpu() else { return };
+    let (rows, dim) = (3, 1024);
+    let n = rows * dim;
+    let w = g.load_weight(weight(GgmlType::Q4_K, 300, dim, 41)).unwrap();
+    let norm_w = g.load_weight(weight(GgmlType::F32, 1, dim, 42)).unwrap();
+    // The product of `w` with what `produce` wrote into its output, then with a fresh copy of it.
+    let check = |what: &str, produce: &dyn Fn(&mut CudaTensor)| {
+        let mut out = g.tensor(n).unwrap();
+        produce(&mut out);
+        let mut fused = g.tensor(rows * 300).unwrap();
+        g.matmul(&w, &out, rows, &mut fused).unwrap();
+        let copy = put(g, &get(g, &out, n));
+        let mut plain = g.tensor(rows * 300).unwrap();
+        g.matmul(&w, &copy, rows, &mut plain).unwrap();
+        assert_eq!(
+            get(g, &fused, rows * 300),
+            get(g, &plain, rows * 300),
+            "{what}: product of the producer's quantization"
+        );
+    };
+    let (x, y) = (put(g, &values(43, n, 2.0)), put(g, &values(44, n, 1.0)));
+    check("rms_norm", &|o| {
+        g.rms_norm(&x, Some(&norm_w), rows, dim, 1e-6, o).unwrap()
+    });
+    check("add_rms_norm", &|o| {
+        let mut xx = put(g, &values(43, n, 2.0));
+        g.add_rms_norm(&mut xx, &y, Some(&norm_w), rows, dim, 1e-6, o)
+            .unwrap()
+    });
+    check("sigmoid_mul", &|o| {
+        g.copy(&x, 0, o, 0, n).unwrap();
+        g.sigmoid_mul(o, &y, rows, dim).unwrap()
+    });
+    let stacked = put(g, &values(45, 2 * n, 3.0));
+    check("gated_activation_stacked", &|o| {
+        g.gated_activation_stacked(Activation::SwiGlu, &stacked, rows, dim, o)
+            .unwrap()
+    });
+    let head_w = g.load_weight(weight(GgmlType::F32, 1, 128, 46)).unwrap();
+    check("rms_norm_gated", &|o| {
+        g.rms_norm_gated(&x, &head_w, &y, n / 128, 128, 1e-6, o)
+            .unwrap()
+    });
+}
+
+/// Products of one input as one launch (the recurrent layer's mixed Q5_K/Q4_K projections, a Q6_K and
+/// a 48-row one) equal the CPU's separate products, for a decode step and a verify batch.
+#[test]
+fn grouped_products_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let k = 1024;
+    let shapes = [
+        (GgmlType::Q5_K, 700),
+        (GgmlType::Q4_K, 300),
+        (GgmlType::Q6_K, 129),
+        (GgmlType::Q8_0, 48),
+    ];
+    let wc: Vec<_> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, &(ty, n))| c.load_weight(weight(ty, n, k, 50 + i as u64)).unwrap())
+        .collect();
+    let wg: Vec<_> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, &(ty, n))| g.load_weight(weight(ty, n, k, 50 + i as u64)).unwrap())
+        .collect();
+    for rows in [1, 4, 11] {
+        let x = values(60 + rows as u64, rows * k, 1.0);
+        let (xc, xg) = (put(&c, &x), put(g, &x));
+        let mut oc: Vec<_> = shapes
+            .iter()
+            .map(|s| c.tensor(rows * s.1).unwrap())
+            .collect();
+        let mut og: Vec<_> = shapes
+            .iter()
+            .map(|s| g.tensor(rows * s.1).unwrap())
+            .collect();
+        let mut parts: Vec<_> = wc.iter().zip(oc.iter_mut()).collect();
+        c.matmul_group(&mut parts, &xc, rows).unwrap();
+        let mut parts: Vec<_> = wg.iter().zip(og.iter_mut()).collect();
+        g.matmul_group(&mut parts, &xg, rows).unwrap();
+        for (i, s) in shapes.iter().enumerate() {
+            assert_close(
+                &format!("grouped part {i} ({} × {k}, {rows} rows)", s.0),
+                &get(g, &og[i], rows * s.1),
+                &get(&c, &oc[i], rows * s.1),
+                1.5e-2,
+            );
+        }
+    }
+}
+
+/// The recurrent layer's q/k/v split with per-head L2 norms in one kernel equals the CPU's copies and
+/// norms.
+#[test]
+fn split_qkv_l2_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let (rows, heads, hk, vd) = (3, 4, 128, 1024);
+    let cd = 2 * heads * hk + vd;
+    let x = values(70, rows * cd, 2.0);
+    let (xc, xg) = (put(&c, &x), put(g, &x));
+    let kd = rows * heads * hk;
+    let mut tc: Vec<_> = [kd, kd, rows * vd]
+        .iter()
+        .map(|&n| c.tensor(n).unwrap())
+        .collect();
+    let mut tg: Vec<_> = [kd, kd, rows * vd]
+        .iter()
+        .map(|&n| g.tensor(n).unwrap())
+        .collect();
+    let [q, k, v] = &mut tc[..] else {
+        unreachable!()
+    };
+    c.split_qkv_l2(&xc, rows, heads, hk, vd, 1e-6, [q, k, v])
+        .unwrap();
+    let [q, k, v] = &mut tg[..] else {
+        unreachable!()
+    };
+    g.split_qkv_l2(&xg, rows, heads, hk, vd, 1e-6, [q, k, v])
+        .unwrap();
+    for (i, name) in ["q", "k", "v"].iter().enumerate() {
+        let n = [kd, kd, rows * vd][i];
+        assert_close(
+            &format!("split_qkv_l2 {name}"),
+            &get(g, &tg[i], n),
+            &get(&c, &tc[i], n),
+            1e-6,
+        );
+    }
 }

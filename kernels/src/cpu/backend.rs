@@ -539,7 +539,14 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn sigmoid_mul(&self, x: &mut Vec<f32>, gate: &Vec<f32>, n: usize) -> Result<()> {
+    fn sigmoid_mul(
+        &self,
+        x: &mut Vec<f32>,
+        gate: &Vec<f32>,
+        rows: usize,
+        dim: usize,
+    ) -> Result<()> {
+        let n = rows * dim;
         check_len("sigmoid_mul", "x", x.len(), n)?;
         check_len("sigmoid_mul", "gate", gate.len(), n)?;
         for (x, &g) in x[..n].iter_mut().zip(&gate[..n]) {

@@ -441,12 +441,20 @@ impl<B: Backend> Qwen35<B> {
     ) -> Result<()> {
         let (hp, be) = (&self.hp, &*self.backend);
         let (n, hd) = (positions.len(), hp.head_dim);
-        be.matmul(&w.wq, &sc.h, n, &mut sc.wide)?;
+        // The keys go through `sc.att` (free until the attention writes it) so the three products
+        // can be one group.
+        be.matmul_group(
+            &mut [
+                (&w.wq, &mut sc.wide),
+                (&w.wk, &mut sc.att),
+                (&w.wv, &mut sc.v),
+            ],
+            &sc.h,
+            n,
+        )?;
         // Per head: [q (hd) | gate (hd)].
         be.copy_rows(&sc.wide, 0, 2 * hd, &mut sc.tmp, 0, hd, hd, n * hp.n_head)?;
         be.copy_rows(&sc.wide, hd, 2 * hd, &mut sc.gate, 0, hd, hd, n * hp.n_head)?;
-        be.matmul(&w.wk, &sc.h, n, &mut sc.wide)?;
-        be.matmul(&w.wv, &sc.h, n, &mut sc.v)?;
         be.rms_norm(
             &sc.tmp,
             Some(&w.q_norm),
@@ -456,7 +464,7 @@ impl<B: Backend> Qwen35<B> {
             &mut sc.q,
         )?;
         be.rms_norm(
-            &sc.wide,
+            &sc.att,
             Some(&w.k_norm),
             n * hp.n_head_kv,
             hd,
@@ -492,7 +500,7 @@ impl<B: Backend> Qwen35<B> {
             &mut sc.row,
             &mut sc.att,
         )?;
-        be.sigmoid_mul(&mut sc.att, &sc.gate, n * hp.q_dim())?;
+        be.sigmoid_mul(&mut sc.att, &sc.gate, n, hp.q_dim())?;
         be.matmul(&w.wo, &sc.att, n, &mut sc.o)?;
         Ok(())
     }
@@ -588,10 +596,16 @@ impl<B: Backend> Qwen35<B> {
         n: usize,
     ) -> Result<()> {
         let be = &*self.backend;
-        be.matmul(&w.wqkv, &sc.h, n, &mut sc.wide)?;
-        be.matmul(&w.wgate, &sc.h, n, &mut sc.gate)?;
-        be.matmul(&w.beta, &sc.h, n, &mut sc.beta)?;
-        be.matmul(&w.alpha, &sc.h, n, &mut sc.alpha)?;
+        be.matmul_group(
+            &mut [
+                (&w.wqkv, &mut sc.wide),
+                (&w.wgate, &mut sc.gate),
+                (&w.beta, &mut sc.beta),
+                (&w.alpha, &mut sc.alpha),
+            ],
+            &sc.h,
+            n,
+        )?;
         be.delta_net_gates(&mut sc.alpha, &mut sc.beta, &w.dt_bias, &w.a, n)?;
         Ok(())
     }
@@ -599,12 +613,15 @@ impl<B: Backend> Qwen35<B> {
     /// Splits the conv output into q, k and v and L2-normalises q and k per head.
     fn split_qkv(&self, sc: &mut Scratch<B>, n: usize) -> Result<()> {
         let (hp, be) = (&self.hp, &*self.backend);
-        let (kd, vd, cd) = (hp.key_dim(), hp.value_dim(), hp.conv_dim());
-        be.copy_rows(&sc.conv, 0, cd, &mut sc.q, 0, kd, kd, n)?;
-        be.copy_rows(&sc.conv, kd, cd, &mut sc.k, 0, kd, kd, n)?;
-        be.copy_rows(&sc.conv, 2 * kd, cd, &mut sc.v, 0, vd, vd, n)?;
-        be.l2_norm(&mut sc.q, n * hp.n_k_heads, hp.head_k_dim, hp.rms_eps)?;
-        be.l2_norm(&mut sc.k, n * hp.n_k_heads, hp.head_k_dim, hp.rms_eps)?;
+        be.split_qkv_l2(
+            &sc.conv,
+            n,
+            hp.n_k_heads,
+            hp.head_k_dim,
+            hp.value_dim(),
+            hp.rms_eps,
+            [&mut sc.q, &mut sc.k, &mut sc.v],
+        )?;
         Ok(())
     }
 

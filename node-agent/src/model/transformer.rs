@@ -372,9 +372,15 @@ impl<B: Backend> Transformer<B> {
         }
         for (il, layer) in self.layers.iter().enumerate() {
             be.rms_norm(&sc.x, Some(&layer.attn_norm), n, d, s.rms_eps, &mut sc.h)?;
-            be.matmul(&layer.wq, &sc.h, n, &mut sc.q)?;
-            be.matmul(&layer.wk, &sc.h, n, &mut sc.k)?;
-            be.matmul(&layer.wv, &sc.h, n, &mut sc.v)?;
+            be.matmul_group(
+                &mut [
+                    (&layer.wq, &mut sc.q),
+                    (&layer.wk, &mut sc.k),
+                    (&layer.wv, &mut sc.v),
+                ],
+                &sc.h,
+                n,
+            )?;
             if let Some([bq, bk, bv]) = &layer.bias {
                 be.add_bias(&mut sc.q, bq, n, s.n_head * hd)?;
                 be.add_bias(&mut sc.k, bk, n, s.n_head_kv * hd)?;

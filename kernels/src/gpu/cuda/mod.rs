@@ -8,8 +8,8 @@ mod device;
 pub use device::{driver_present, ptx_entries, CudaDevice};
 
 use crate::backend::{
-    check_len, kv_layout, shape_err, Activation, AttentionParams, Backend, BackendError,
-    DeltaNetParams, KvType, Result, RopeParams, RopeStyle, WeightSource,
+    check_len, kv_layout, shape_err, split_qkv_l2_by_parts, Activation, AttentionParams, Backend,
+    BackendError, DeltaNetParams, KvType, Result, RopeParams, RopeStyle, WeightSource,
 };
 use crate::quant::{dequantize_row, GgmlType};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
@@ -60,16 +60,21 @@ pub struct CudaKvCache {
 /// Buffers an op needs only while it runs, grown on demand and reused (the stream orders their uses).
 #[derive(Default)]
 struct Scratch {
+    /// Quantized activations: int8 values, and per 32 of them (scale, scale · sum) as two f32s.
     act_q: Option<CudaSlice<u8>>,
     act_d: Option<CudaSlice<f32>>,
     att_acc: Option<CudaSlice<f32>>,
     att_ml: Option<CudaSlice<f32>>,
+    /// Attention probabilities (f16) of the cuBLAS prefill path (its scores go in `att_acc`).
+    att_p: Option<CudaSlice<u16>>,
     /// The f16 image of a weight matrix and of the activations, for the BLAS prefill path.
     w_f16: Option<CudaSlice<u16>>,
     x_f16: Option<CudaSlice<u16>>,
-    /// What `act_q`/`act_d` hold: (address, rows, k) of the activations last quantized, valid while
-    /// no other kernel has run since (see [`CudaBackend::launches`]).
-    act_of: Option<(u64, usize, usize, u64)>,
+    /// What `x_f16` holds, as `act_of` for `act_q`.
+    x_f16_of: Option<(u64, usize, u64)>,
+    /// What `act_q`/`act_d` hold: (address, number of values, launch count) of the activations last
+    /// quantized, valid while no other kernel has run since (see [`CudaBackend::launches`]).
+    act_of: Option<(u64, usize, u64)>,
 }
 
 pub struct CudaBackend {
@@ -78,6 +83,12 @@ pub struct CudaBackend {
     sm_count: usize,
     /// How quantized matrix × few-vector products are laid out (`KILN_MMV`; see kernels/gpu/matvec.cu).
     matvec: Matvec,
+    /// Fewer launches per step (default; `KILN_CUDA_FUSE=0` turns it off for comparisons): producers
+    /// quantize their outputs for the next product, products of one input share a launch, and the
+    /// recurrent layer's q/k/v split and norms are one kernel.
+    fuse: bool,
+    /// Prefill attention through cuBLAS (default; `KILN_ATTN_BLAS=0` keeps the split kernel).
+    attn_blas: bool,
     scratch: Mutex<Scratch>,
     /// cuBLAS for prefill-sized products, when the library is on this machine.
     blas: Option<CudaBlas>,
@@ -129,6 +140,10 @@ macro_rules! launch {
     }};
 }
 
+mod attention_blas;
+mod matvec;
+use matvec::{mmv_kernel, Matvec};
+
 impl CudaBackend {
     pub fn new(ordinal: usize) -> Result<Self> {
         let dev = CudaDevice::open(ordinal)?;
@@ -153,6 +168,8 @@ impl CudaBackend {
             ordinal,
             sm_count,
             matvec: Matvec::from_env(),
+            fuse: std::env::var("KILN_CUDA_FUSE").map_or(true, |v| v != "0"),
+            attn_blas: std::env::var("KILN_ATTN_BLAS").map_or(true, |v| v != "0"),
             scratch: Mutex::new(Scratch::default()),
             blas,
             profile,
@@ -204,21 +221,31 @@ impl CudaBackend {
                 u32_arg("matmul", k)?,
                 u32_arg("matmul", w.ty.bytes_for(k).unwrap_or(0))?,
             );
+            if !k.is_multiple_of(32) {
+                return Err(shape_err(
+                    "matmul",
+                    format!("rows of {k} values (multiple of 32 needed)"),
+                ));
+            }
             let wp = self.ptr(&w.data);
-            let cfg = grid((n_out * k).min(1 << 26), 256);
+            let cfg = grid((n_out * k / 32).min(1 << 26), 256);
             launch!(self, "dequant_f16", cfg, &ty, &wp, &r, &k32, &rb, &wh)?;
             wh
         };
         let xh = self.ensure(&mut s.x_f16, rows * k)?;
         let n = (rows * k) as u64;
-        launch!(
-            self,
-            "f32_to_f16",
-            grid((rows * k).min(1 << 26), 256),
-            &xp,
-            &n,
-            &xh
-        )?;
+        // Products of one input in a row (q/k/v, the recurrent projections) convert it once.
+        let now = self.launches.load(std::sync::atomic::Ordering::Relaxed);
+        if s.x_f16_of != Some((xp, rows * k, now)) {
+            launch!(
+                self,
+                "f32_to_f16",
+                grid((rows * k).min(1 << 26), 256),
+                &xp,
+                &n,
+                &xh
+            )?;
+        }
         let (alpha, beta) = (1.0f32, 0.0f32);
         let (m, nn, kk) = (
             i32::try_from(n_out).map_err(|_| shape_err("matmul", "too many outputs"))?,
@@ -253,7 +280,10 @@ impl CudaBackend {
                 )
             }
             .map_err(|e| dev_err("cublasGemmEx", format!("{e:?}")))
-        })
+        })?;
+        let now = self.launches.load(std::sync::atomic::Ordering::Relaxed);
+        s.x_f16_of = Some((xp, rows * k, now));
+        Ok(())
     }
 
     /// (free, total) device memory in bytes.
@@ -528,62 +558,6 @@ fn check_source(src: &WeightSource) -> Result<()> {
     Ok(())
 }
 
-fn mmv_kernel(ty: GgmlType) -> Option<(&'static str, usize)> {
-    // (kernel family, values per unit)
-    Some(match ty {
-        GgmlType::Q4_0 => ("mmv_q4_0", 32),
-        GgmlType::Q4_1 => ("mmv_q4_1", 32),
-        GgmlType::Q5_0 => ("mmv_q5_0", 32),
-        GgmlType::Q5_1 => ("mmv_q5_1", 32),
-        GgmlType::Q8_0 => ("mmv_q8_0", 16),
-        GgmlType::Q4_K => ("mmv_q4_k", 32),
-        GgmlType::Q5_K => ("mmv_q5_k", 32),
-        GgmlType::Q6_K => ("mmv_q6_k", 32),
-        _ => return None,
-    })
-}
-
-/// The quantized row-kernel variants (kernels/gpu/matvec.cu), chosen with `KILN_MMV` for comparisons.
-#[derive(Clone, Copy, Debug)]
-enum Matvec {
-    /// `block`: a block of `MMV_THREADS` per output value.
-    BlockPerRow,
-    /// `lanes` lanes per output value: `warp` (a warp, two units in flight per lane) or `warp4` (four).
-    Lanes { prefix: &'static str, lanes: u32 },
-    /// `auto` (default): `Lanes` (`warp`), except for products with few outputs (the recurrent layers'
-    /// 48-row gates, the 1024-row key/value projections), where a warp per row leaves most SMs idle
-    /// and a block per row spreads the same work over four times as many warps. (8 or 16 lanes per
-    /// row, fewer and longer-lived warps, measured 10-20% slower on an H100: bench/README.md.)
-    Auto { prefix: &'static str, lanes: u32 },
-}
-
-impl Matvec {
-    fn from_env() -> Matvec {
-        let warp = ("mmvw_", 32);
-        let (auto, (prefix, lanes)) = match std::env::var("KILN_MMV").as_deref() {
-            Ok("block") => return Matvec::BlockPerRow,
-            Ok("warp") => (false, warp),
-            Ok("warp4") => (false, ("mmvw4_", 32)),
-            _ => (true, warp),
-        };
-        if auto {
-            Matvec::Auto { prefix, lanes }
-        } else {
-            Matvec::Lanes { prefix, lanes }
-        }
-    }
-
-    /// The variant for a product with `n_out` outputs on a GPU of `sm_count` SMs. It depends on the
-    /// weight's shape alone, so a verify batch sums every output in the same order as a decode step.
-    fn for_outputs(self, n_out: usize, sm_count: usize) -> Matvec {
-        match self {
-            Matvec::Auto { .. } if n_out < 16 * sm_count => Matvec::BlockPerRow,
-            Matvec::Auto { prefix, lanes } => Matvec::Lanes { prefix, lanes },
-            other => other,
-        }
-    }
-}
-
 /// Batches up to this many rows (a decode step, a speculative verify pass of up to 16 drafts + 1) split
 /// attention the same way.
 const INVARIANT_ROWS: usize = 17;
@@ -818,111 +792,16 @@ impl Backend for CudaBackend {
         rows: usize,
         out: &mut CudaTensor,
     ) -> Result<()> {
-        let (k, n_out) = (w.cols, w.rows);
-        check_len("matmul", "input", x.len, rows * k)?;
-        check_len("matmul", "output", out.len, rows * n_out)?;
-        if rows == 0 {
-            return Ok(());
-        }
-        let (k32, n_out32) = (u32_arg("matmul", k)?, u32_arg("matmul", n_out)?);
-        let cfg = LaunchConfig {
-            grid_dim: (n_out32, 1, 1),
-            block_dim: (MMV_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (wp, xp, op) = (self.ptr(&w.data), self.ptr(&x.buf), self.ptr(&out.buf));
-        if rows >= BLAS_MIN_ROWS && w.ty != GgmlType::F32 {
-            if let Some(blas) = &self.blas {
-                return self.matmul_blas(blas, w, xp, rows, op);
-            }
-        }
-        if matches!(w.ty, GgmlType::F16 | GgmlType::F32) {
-            let (fam, align) = if w.ty == GgmlType::F16 {
-                ("mmv_f16", 2)
-            } else {
-                ("mmv_f32", 1)
-            };
-            if !k.is_multiple_of(align) {
-                return Err(shape_err(
-                    "matmul",
-                    format!("f16 rows of {k} values (even needed)"),
-                ));
-            }
-            for r0 in (0..rows).step_by(MAX_ROWS_PER_PASS) {
-                let nr = (rows - r0).min(MAX_ROWS_PER_PASS);
-                let (xr, or) = (xp + (r0 * k * 4) as u64, op + (r0 * n_out * 4) as u64);
-                launch!(
-                    self,
-                    &format!("{fam}_{nr}"),
-                    cfg,
-                    &wp,
-                    &n_out32,
-                    &xr,
-                    &k32,
-                    &or
-                )?;
-            }
-            return Ok(());
-        }
-        let (fam, per_unit) = mmv_kernel(w.ty)
-            .ok_or_else(|| shape_err("matmul", format!("type {} on CUDA", w.ty)))?;
-        if !k.is_multiple_of(32) {
-            return Err(shape_err(
-                "matmul",
-                format!("rows of {k} values (multiple of 32 needed)"),
-            ));
-        }
-        let n = rows * k;
-        let mut s = self.lock_scratch();
-        let qp = self.ensure(&mut s.act_q, n)?;
-        let dp = self.ensure(&mut s.act_d, n / 32)?;
-        let now = self.launches.load(std::sync::atomic::Ordering::Relaxed);
-        let fresh = s
-            .act_of
-            .is_some_and(|(p, r, kk, at)| (p, r, kk) == (xp, rows, k) && at == now);
-        if !fresh {
-            let n32 = u32_arg("matmul", n)?;
-            launch!(self, "quantize_act", grid(n, 256), &xp, &n32, &qp, &dp)?;
-        }
-        let row_bytes = u32_arg("matmul", w.ty.bytes_for(k).unwrap_or(0))?;
-        let n_units = u32_arg("matmul", k / per_unit)?;
-        let (fam, cfg) = match self.matvec.for_outputs(n_out, self.sm_count) {
-            Matvec::BlockPerRow | Matvec::Auto { .. } => (fam.to_string(), cfg),
-            Matvec::Lanes { prefix, lanes } => {
-                let per_block = (MMVW_THREADS / lanes) as usize;
-                let cfg = LaunchConfig {
-                    grid_dim: (u32_arg("matmul", n_out.div_ceil(per_block))?, 1, 1),
-                    block_dim: (MMVW_THREADS, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                (fam.replacen("mmv_", prefix, 1), cfg)
-            }
-        };
-        for r0 in (0..rows).step_by(MAX_ROWS_PER_PASS) {
-            let nr = (rows - r0).min(MAX_ROWS_PER_PASS);
-            let (yq, yd, or) = (
-                qp + (r0 * k) as u64,
-                dp + (r0 * k / 32 * 4) as u64,
-                op + (r0 * n_out * 4) as u64,
-            );
-            launch!(
-                self,
-                &format!("{fam}_{nr}"),
-                cfg,
-                &wp,
-                &row_bytes,
-                &n_units,
-                &n_out32,
-                &yq,
-                &yd,
-                &k32,
-                &or
-            )?;
-        }
-        // The products above read the quantized activations and wrote only `out`.
-        let now = self.launches.load(std::sync::atomic::Ordering::Relaxed);
-        s.act_of = Some((xp, rows, k, now));
-        Ok(())
+        self.product(w, x, rows, out)
+    }
+
+    fn matmul_group(
+        &self,
+        parts: &mut [(&CudaWeight, &mut CudaTensor)],
+        x: &CudaTensor,
+        rows: usize,
+    ) -> Result<()> {
+        self.product_group(parts, x, rows)
     }
 
     fn rms_norm(
@@ -941,7 +820,11 @@ impl Backend for CudaBackend {
         }
         let (wp, cfg, d) = self.norm_launch("rms_norm", weight, rows, dim)?;
         let (xp, op) = (self.ptr(&x.buf), self.ptr(&out.buf));
-        launch!(self, "rms_norm", cfg, &xp, &wp, &d, &eps, &op)
+        let mut s = self.lock_scratch();
+        let (yq, yd) = self.act_target(&mut s, rows, dim)?;
+        launch!(self, "rms_norm", cfg, &xp, &wp, &d, &eps, &op, &yq, &yd)?;
+        self.act_produced(&mut s, (yq, yd), op, rows * dim);
+        Ok(())
     }
 
     fn add_rms_norm(
@@ -963,7 +846,23 @@ impl Backend for CudaBackend {
         }
         let (wp, cfg, d) = self.norm_launch(op, weight, rows, dim)?;
         let (xp, yp, op_) = (self.ptr(&x.buf), self.ptr(&y.buf), self.ptr(&out.buf));
-        launch!(self, "add_rms_norm", cfg, &xp, &yp, &wp, &d, &eps, &op_)
+        let mut s = self.lock_scratch();
+        let (yq, yd) = self.act_target(&mut s, rows, dim)?;
+        launch!(
+            self,
+            "add_rms_norm",
+            cfg,
+            &xp,
+            &yp,
+            &wp,
+            &d,
+            &eps,
+            &op_,
+            &yq,
+            &yd
+        )?;
+        self.act_produced(&mut s, (yq, yd), op_, rows * dim);
+        Ok(())
     }
 
     fn add_bias(
@@ -1049,7 +948,11 @@ impl Backend for CudaBackend {
             u32_arg("gated_activation_stacked", rows)?,
             u32_arg("gated_activation_stacked", n)?,
         );
-        launch!(self, name, grid(total, 256), &xp, &r32, &n32, &op)
+        let mut s = self.lock_scratch();
+        let (yq, yd) = self.act_target(&mut s, rows, n)?;
+        launch!(self, name, grid(total, 256), &xp, &r32, &n32, &op, &yq, &yd)?;
+        self.act_produced(&mut s, (yq, yd), op, rows * n);
+        Ok(())
     }
 
     fn rope(&self, x: &mut CudaTensor, positions: &[u32], p: RopeParams) -> Result<()> {
@@ -1208,6 +1111,10 @@ impl Backend for CudaBackend {
             &start32
         )?;
 
+        if self.attention_by_blas(rows, &p) {
+            let (qp, op_) = (self.ptr(&q.buf), self.ptr(&out.buf));
+            return self.attention_blas(qp, kv, start, rows, &p, op_);
+        }
         let kv_len = start + rows;
         let chunk = if rows <= INVARIANT_ROWS {
             // Decode and verify batches: splits of a fixed size that depends only on the cache's
@@ -1300,7 +1207,16 @@ impl Backend for CudaBackend {
         )
     }
 
-    fn sigmoid_mul(&self, x: &mut CudaTensor, gate: &CudaTensor, n: usize) -> Result<()> {
+    fn sigmoid_mul(
+        &self,
+        x: &mut CudaTensor,
+        gate: &CudaTensor,
+        rows: usize,
+        dim: usize,
+    ) -> Result<()> {
+        let n = rows
+            .checked_mul(dim)
+            .ok_or_else(|| shape_err("sigmoid_mul", "size overflows"))?;
         check_len("sigmoid_mul", "x", x.len, n)?;
         check_len("sigmoid_mul", "gate", gate.len, n)?;
         let (xp, gp, n32) = (
@@ -1308,7 +1224,11 @@ impl Backend for CudaBackend {
             self.ptr(&gate.buf),
             u32_arg("sigmoid_mul", n)?,
         );
-        launch!(self, "sigmoid_mul", grid(n, 256), &xp, &gp, &n32)
+        let mut s = self.lock_scratch();
+        let (yq, yd) = self.act_target(&mut s, rows, dim)?;
+        launch!(self, "sigmoid_mul", grid(n, 256), &xp, &gp, &n32, &yq, &yd)?;
+        self.act_produced(&mut s, (yq, yd), xp, rows * dim);
+        Ok(())
     }
 
     fn rms_norm_gated(
@@ -1340,7 +1260,81 @@ impl Backend for CudaBackend {
             self.ptr(&out.buf),
             u32_arg(op, dim)?,
         );
-        launch!(self, "rms_norm_gated", cfg, &xp, &wp, &zp, &d, &eps, &op_)
+        let mut s = self.lock_scratch();
+        let (yq, yd) = self.act_target(&mut s, rows, dim)?;
+        launch!(
+            self,
+            "rms_norm_gated",
+            cfg,
+            &xp,
+            &wp,
+            &zp,
+            &d,
+            &eps,
+            &op_,
+            &yq,
+            &yd
+        )?;
+        self.act_produced(&mut s, (yq, yd), op_, rows * dim);
+        Ok(())
+    }
+
+    fn split_qkv_l2(
+        &self,
+        qkv: &CudaTensor,
+        rows: usize,
+        n_k_heads: usize,
+        head_k: usize,
+        v_dim: usize,
+        eps: f32,
+        [q, k, v]: [&mut CudaTensor; 3],
+    ) -> Result<()> {
+        let op = "split_qkv_l2";
+        let kd = n_k_heads
+            .checked_mul(head_k)
+            .ok_or_else(|| shape_err(op, "size overflows"))?;
+        let cd = kd
+            .checked_mul(2)
+            .and_then(|w| w.checked_add(v_dim))
+            .ok_or_else(|| shape_err(op, "size overflows"))?;
+        check_len(op, "input", qkv.len, rows * cd)?;
+        check_len(op, "q", q.len, rows * kd)?;
+        check_len(op, "k", k.len, rows * kd)?;
+        check_len(op, "v", v.len, rows * v_dim)?;
+        if rows == 0 || cd == 0 {
+            return Ok(());
+        }
+        // 256 threads: the block size of l2_norm, so the sums round the same.
+        let blocks = 2 * n_k_heads + v_dim.div_ceil(256);
+        let cfg = LaunchConfig {
+            grid_dim: (u32_arg(op, blocks)?, u32_arg(op, rows)?, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (nh, hk, vd) = (
+            u32_arg(op, n_k_heads)?,
+            u32_arg(op, head_k)?,
+            u32_arg(op, v_dim)?,
+        );
+        let (xp, qp, kp, vp) = (
+            self.ptr(&qkv.buf),
+            self.ptr(&q.buf),
+            self.ptr(&k.buf),
+            self.ptr(&v.buf),
+        );
+        if !self.fuse {
+            return split_qkv_l2_by_parts(
+                self,
+                qkv,
+                rows,
+                n_k_heads,
+                head_k,
+                v_dim,
+                eps,
+                [q, k, v],
+            );
+        }
+        launch!(self, op, cfg, &xp, &nh, &hk, &vd, &eps, &qp, &kp, &vp)
     }
 
     fn l2_norm(&self, x: &mut CudaTensor, rows: usize, dim: usize, eps: f32) -> Result<()> {

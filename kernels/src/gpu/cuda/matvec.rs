@@ -1,0 +1,318 @@
+//! Quantized matrix × few-vector products on the CUDA backend (kernels/gpu/matvec.cu): the activations
+//! quantized once (by their producer where it can, else by `quantize_act`) and reused by every product
+//! of them until another kernel runs, one launch per product, or per group of products of one input.
+
+use super::{
+    dev_err, grid, shape_err, u32_arg, CudaBackend, CudaTensor, CudaWeight, Scratch, BLAS_MIN_ROWS,
+    MAX_ROWS_PER_PASS, MMVW_THREADS, MMV_THREADS,
+};
+use crate::backend::{check_len, Result};
+use crate::quant::GgmlType;
+use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+
+pub(super) fn mmv_kernel(ty: GgmlType) -> Option<(&'static str, usize)> {
+    // (kernel family, values per unit)
+    Some(match ty {
+        GgmlType::Q4_0 => ("mmv_q4_0", 32),
+        GgmlType::Q4_1 => ("mmv_q4_1", 32),
+        GgmlType::Q5_0 => ("mmv_q5_0", 32),
+        GgmlType::Q5_1 => ("mmv_q5_1", 32),
+        GgmlType::Q8_0 => ("mmv_q8_0", 16),
+        GgmlType::Q4_K => ("mmv_q4_k", 32),
+        GgmlType::Q5_K => ("mmv_q5_k", 32),
+        GgmlType::Q6_K => ("mmv_q6_k", 32),
+        _ => return None,
+    })
+}
+
+/// The quantized row-kernel variants (kernels/gpu/matvec.cu), chosen with `KILN_MMV` for comparisons.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Matvec {
+    /// `block`: a block of `MMV_THREADS` per output value.
+    BlockPerRow,
+    /// `warp`: a warp per output value (`mmvw_*`, two units in flight per lane), or per pair of
+    /// output values (`mmvp_*`) for passes of at least `pairs_from` activation rows.
+    Warp { pairs_from: usize },
+    /// `auto` (default): `Warp`, except for products with few outputs (the recurrent layers' 48-row
+    /// gates, the 1024-row key/value projections), where a warp per row leaves most SMs idle and a
+    /// block per row spreads the same work over four times as many warps. (8 or 16 lanes per row,
+    /// fewer and longer-lived warps, measured 10-20% slower on an H100: bench/README.md.)
+    Auto { pairs_from: usize },
+}
+
+impl Matvec {
+    /// `KILN_MMV` = `block` | `warp` | `auto` (default); `KILN_MMV_PAIRS` = the activation rows from
+    /// which a warp takes two output rows (default 2: the verify and batched passes; `off`: never).
+    pub(super) fn from_env() -> Matvec {
+        let pairs_from = match std::env::var("KILN_MMV_PAIRS").as_deref() {
+            Ok("off") => usize::MAX,
+            Ok(n) => n.parse().unwrap_or(2),
+            Err(_) => 2,
+        };
+        match std::env::var("KILN_MMV").as_deref() {
+            Ok("block") => Matvec::BlockPerRow,
+            Ok("warp") => Matvec::Warp { pairs_from },
+            _ => Matvec::Auto { pairs_from },
+        }
+    }
+
+    /// The variant for a product with `n_out` outputs on a GPU of `sm_count` SMs. It depends on the
+    /// weight's shape alone, so a verify batch sums every output in the same order as a decode step
+    /// (a warp's second row is summed exactly as a warp of its own would).
+    fn for_outputs(self, n_out: usize, sm_count: usize) -> Matvec {
+        match self {
+            Matvec::Auto { .. } if n_out < 16 * sm_count => Matvec::BlockPerRow,
+            Matvec::Auto { pairs_from } => Matvec::Warp { pairs_from },
+            other => other,
+        }
+    }
+}
+
+/// The largest output a producer quantizes for the next product (values): a decode step's or a verify or
+/// batched pass's activations (17 rows of the 27B's 17,408-wide FFN), not a prefill chunk's.
+const FUSED_QUANT_MAX_VALUES: usize = 1 << 19;
+
+/// Products one group launch holds (`MMVG_MAX_PARTS` in matvec.cu).
+const GROUP_MAX_PARTS: usize = 4;
+
+/// One product of a group launch; the layout of `MatvecPart` in kernels/gpu/matvec.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct MatvecPart {
+    w: u64,
+    out: u64,
+    row_bytes: u32,
+    n_units: u32,
+    n_out: u32,
+    ty: u32,
+    first_block: u32,
+    pad: u32,
+}
+
+/// The layout of `MatvecGroup` in kernels/gpu/matvec.cu, passed by value as the kernel's first argument.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct MatvecGroup {
+    parts: [MatvecPart; GROUP_MAX_PARTS],
+    n_parts: u32,
+    pad: u32,
+}
+
+// SAFETY: plain old data with the C layout the kernel declares.
+unsafe impl DeviceRepr for MatvecGroup {}
+
+impl CudaBackend {
+    pub(super) fn product(
+        &self,
+        w: &CudaWeight,
+        x: &CudaTensor,
+        rows: usize,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let (k, n_out) = (w.cols, w.rows);
+        check_len("matmul", "input", x.len, rows * k)?;
+        check_len("matmul", "output", out.len, rows * n_out)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let (k32, n_out32) = (u32_arg("matmul", k)?, u32_arg("matmul", n_out)?);
+        let cfg = LaunchConfig {
+            grid_dim: (n_out32, 1, 1),
+            block_dim: (MMV_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (wp, xp, op) = (self.ptr(&w.data), self.ptr(&x.buf), self.ptr(&out.buf));
+        if rows >= BLAS_MIN_ROWS && w.ty != GgmlType::F32 {
+            if let Some(blas) = &self.blas {
+                return self.matmul_blas(blas, w, xp, rows, op);
+            }
+        }
+        if matches!(w.ty, GgmlType::F16 | GgmlType::F32) {
+            let (fam, align) = if w.ty == GgmlType::F16 {
+                ("mmv_f16", 2)
+            } else {
+                ("mmv_f32", 1)
+            };
+            if !k.is_multiple_of(align) {
+                return Err(shape_err(
+                    "matmul",
+                    format!("f16 rows of {k} values (even needed)"),
+                ));
+            }
+            for r0 in (0..rows).step_by(MAX_ROWS_PER_PASS) {
+                let nr = (rows - r0).min(MAX_ROWS_PER_PASS);
+                let (xr, or) = (xp + (r0 * k * 4) as u64, op + (r0 * n_out * 4) as u64);
+                launch!(
+                    self,
+                    &format!("{fam}_{nr}"),
+                    cfg,
+                    &wp,
+                    &n_out32,
+                    &xr,
+                    &k32,
+                    &or
+                )?;
+            }
+            return Ok(());
+        }
+        let (fam, per_unit) = mmv_kernel(w.ty)
+            .ok_or_else(|| shape_err("matmul", format!("type {} on CUDA", w.ty)))?;
+        if !k.is_multiple_of(32) {
+            return Err(shape_err(
+                "matmul",
+                format!("rows of {k} values (multiple of 32 needed)"),
+            ));
+        }
+        let mut s = self.lock_scratch();
+        let (qp, dp) = self.quantized_act(&mut s, xp, rows, k)?;
+        let row_bytes = u32_arg("matmul", w.ty.bytes_for(k).unwrap_or(0))?;
+        let n_units = u32_arg("matmul", k / per_unit)?;
+        let variant = self.matvec.for_outputs(n_out, self.sm_count);
+        for r0 in (0..rows).step_by(MAX_ROWS_PER_PASS) {
+            let nr = (rows - r0).min(MAX_ROWS_PER_PASS);
+            let (name, cfg) = match variant {
+                Matvec::BlockPerRow | Matvec::Auto { .. } => (format!("{fam}_{nr}"), cfg),
+                Matvec::Warp { pairs_from } => {
+                    let (prefix, per_warp) = if nr >= pairs_from {
+                        ("mmvp_", 2)
+                    } else {
+                        ("mmvw_", 1)
+                    };
+                    let per_block = (MMVW_THREADS / 32) as usize * per_warp;
+                    let cfg = LaunchConfig {
+                        grid_dim: (u32_arg("matmul", n_out.div_ceil(per_block))?, 1, 1),
+                        block_dim: (MMVW_THREADS, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    (format!("{}_{nr}", fam.replacen("mmv_", prefix, 1)), cfg)
+                }
+            };
+            let (yq, yd, or) = (
+                qp + (r0 * k) as u64,
+                dp + (r0 * k / 32 * 8) as u64,
+                op + (r0 * n_out * 4) as u64,
+            );
+            launch!(self, &name, cfg, &wp, &row_bytes, &n_units, &n_out32, &yq, &yd, &k32, &or)?;
+        }
+        // The products above read the quantized activations and wrote only `out`.
+        self.act_produced(&mut s, (qp, dp), xp, rows * k);
+        Ok(())
+    }
+
+    /// Products of one input as a single launch (`mmvg_*`, a warp per output row): when every weight
+    /// is quantized, shares the row length and the rows are few enough for the row kernels. Otherwise,
+    /// or with `KILN_CUDA_FUSE=0`, one [`Self::product`] each.
+    pub(super) fn product_group(
+        &self,
+        parts: &mut [(&CudaWeight, &mut CudaTensor)],
+        x: &CudaTensor,
+        rows: usize,
+    ) -> Result<()> {
+        let k = parts.first().map_or(0, |(w, _)| w.cols);
+        let one_launch = self.fuse
+            && (2..=GROUP_MAX_PARTS).contains(&parts.len())
+            && rows > 0
+            && rows < BLAS_MIN_ROWS
+            && k.is_multiple_of(32)
+            && parts
+                .iter()
+                .all(|(w, _)| w.cols == k && mmv_kernel(w.ty).is_some());
+        if !one_launch {
+            for (w, out) in parts.iter_mut() {
+                self.product(w, x, rows, out)?;
+            }
+            return Ok(());
+        }
+        check_len("matmul", "input", x.len, rows * k)?;
+        let per_block = (MMVW_THREADS / 32) as usize;
+        let mut g = MatvecGroup {
+            n_parts: parts.len() as u32,
+            ..Default::default()
+        };
+        let mut blocks = 0usize;
+        for (slot, (w, out)) in g.parts.iter_mut().zip(parts.iter()) {
+            check_len("matmul", "output", out.len, rows * w.rows)?;
+            let (_, per_unit) = mmv_kernel(w.ty).expect("checked above");
+            *slot = MatvecPart {
+                w: self.ptr(&w.data),
+                out: self.ptr(&out.buf),
+                row_bytes: u32_arg("matmul", w.ty.bytes_for(k).unwrap_or(0))?,
+                n_units: u32_arg("matmul", k / per_unit)?,
+                n_out: u32_arg("matmul", w.rows)?,
+                ty: w.ty as u32,
+                first_block: u32_arg("matmul", blocks)?,
+                pad: 0,
+            };
+            blocks += w.rows.div_ceil(per_block);
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (u32_arg("matmul", blocks)?, 1, 1),
+            block_dim: (MMVW_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let xp = self.ptr(&x.buf);
+        let k32 = u32_arg("matmul", k)?;
+        let mut s = self.lock_scratch();
+        let (qp, dp) = self.quantized_act(&mut s, xp, rows, k)?;
+        for r0 in (0..rows).step_by(MAX_ROWS_PER_PASS) {
+            let nr = (rows - r0).min(MAX_ROWS_PER_PASS);
+            let mut pass = g;
+            for p in pass.parts.iter_mut().take(parts.len()) {
+                p.out += (r0 * p.n_out as usize * 4) as u64;
+            }
+            let (yq, yd) = (qp + (r0 * k) as u64, dp + (r0 * k / 32 * 8) as u64);
+            launch!(self, &format!("mmvg_{nr}"), cfg, &pass, &yq, &yd, &k32)?;
+        }
+        self.act_produced(&mut s, (qp, dp), xp, rows * k);
+        Ok(())
+    }
+
+    /// The scratch addresses of `x` (`rows × k`) quantized: reused when the last kernel launched left
+    /// them there (its producer quantized them, or a product of the same input ran just before), else
+    /// quantized now.
+    fn quantized_act(&self, s: &mut Scratch, xp: u64, rows: usize, k: usize) -> Result<(u64, u64)> {
+        let n = rows * k;
+        let qp = self.ensure(&mut s.act_q, n)?;
+        let dp = self.ensure(&mut s.act_d, n / 16)?;
+        let now = self.launches.load(std::sync::atomic::Ordering::Relaxed);
+        let fresh = s
+            .act_of
+            .is_some_and(|(p, nv, at)| (p, nv) == (xp, n) && at == now);
+        if !fresh {
+            let n32 = u32_arg("matmul", n)?;
+            launch!(self, "quantize_act", grid(n, 256), &xp, &n32, &qp, &dp)?;
+        }
+        Ok((qp, dp))
+    }
+
+    /// Where a kernel producing `rows × dim` activations (a norm, a gated activation) also writes them
+    /// quantized for the product that reads them next: the scratch's (values, scales) addresses, or
+    /// nulls when it should not (rows that are not whole groups of 32; outputs larger than a decode or
+    /// verify pass makes, whose products go through BLAS). A product of exactly those values then skips
+    /// its own `quantize_act` (see [`Self::act_produced`]); the quantized layout is flat (value i, group
+    /// i / 32), so a product may read them as rows of another length, e.g. a gated norm's per-head rows.
+    pub(super) fn act_target(
+        &self,
+        s: &mut Scratch,
+        rows: usize,
+        dim: usize,
+    ) -> Result<(u64, u64)> {
+        let n = rows.saturating_mul(dim);
+        if !self.fuse || n > FUSED_QUANT_MAX_VALUES || !dim.is_multiple_of(32) {
+            return Ok((0, 0));
+        }
+        Ok((
+            self.ensure(&mut s.act_q, n)?,
+            self.ensure(&mut s.act_d, n / 16)?,
+        ))
+    }
+
+    /// Records that the launch just made left the `n` values at `out` quantized in the scratch (when
+    /// `target` came from [`Self::act_target`] and was not null).
+    pub(super) fn act_produced(&self, s: &mut Scratch, target: (u64, u64), out: u64, n: usize) {
+        if target.0 != 0 {
+            let now = self.launches.load(std::sync::atomic::Ordering::Relaxed);
+            s.act_of = Some((out, n, now));
+        }
+    }
+}
