@@ -49,10 +49,13 @@ fn gpu() -> Option<Arc<CudaBackend>> {
     }
     match CudaBackend::new(0) {
         Ok(g) => Some(Arc::new(g)),
-        Err(e) => {
-            eprintln!("skipping: no usable CUDA device: {e}");
+        // A driver without a device skips; anything else (the kernels failing to compile) is a failure,
+        // not a reason to skip.
+        Err(e) if e.to_string().contains("NO_DEVICE") => {
+            eprintln!("skipping: no CUDA device: {e}");
             None
         }
+        Err(e) => panic!("the CUDA backend failed to open: {e}"),
     }
 }
 
