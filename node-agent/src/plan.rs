@@ -300,6 +300,10 @@ pub struct RecurrentBytes {
     pub bytes: u64,
 }
 
+/// The cap on the GPU prefill attention's scores and probabilities (`SCORE_BYTES_MAX` in
+/// kernels/src/gpu/cuda/attention_blas.rs).
+pub const ATTENTION_SCORES_MAX: u64 = 256 << 20;
+
 /// The compute buffers: what a forward pass of one micro-batch needs besides weights and caches.
 /// Sized for the worst case the engine reserves, so a long prompt never allocates mid-request:
 /// - `logits`: ubatch × vocab f32 — every row of a prompt micro-batch may be an output (speculative
@@ -308,8 +312,11 @@ pub struct RecurrentBytes {
 ///   input, and at the peak the FFN's gate, up and their product (or the attention/DeltaNet input
 ///   projections when wider); buffers are reused layer to layer, so this does not scale with depth.
 /// - `attention_scratch`: a quantized KV cache is expanded to f16 for one layer's K and V when a
-///   batch attends over it (2 × ctx × KV heads × head dim × 2 bytes); zero for f16/f32 KV. This is the
-///   only compute term that grows with the context.
+///   batch attends over it (2 × ctx × KV heads × head dim × 2 bytes; zero for f16/f32 KV), plus what
+///   the GPU backend's prefill attention holds for one head group: its scores (f32) and probabilities
+///   (f16) for a run of query rows, heads per group × ubatch × ctx × 6 bytes, at most
+///   [`ATTENTION_SCORES_MAX`] (it takes the rows in shorter runs beyond that). With the logits, the only
+///   compute terms that grow with the context.
 /// - `delta_net_scratch`: the chunked delta rule's per-chunk matrices (ubatch × V-heads × chunk f32,
 ///   four of them: the intra-chunk scores, the decay mask, the WY factor and its inverse).
 /// - `runtime`: the device context, kernel modules and BLAS workspace ([`RUNTIME_RESERVE`]).
@@ -464,10 +471,17 @@ impl PlanOptions {
             0
         };
         let activations = ub * (4 * m.n_embd as u64 + 3 * widest) * 4 + mtp_act;
-        let attention_scratch = match self.kv_type {
+        let expanded_kv = match self.kv_type {
             KvType::F16 | KvType::F32 => 0,
             _ => 2 * ctx64 * (m.n_head_kv * m.head_dim_k.max(m.head_dim_v)) as u64 * 2,
         };
+        let group = (m.n_head / m.n_head_kv.max(1)).max(1) as u64;
+        let scores = if m.n_head > 0 {
+            (group * ub * ctx64 * 6).min(ATTENTION_SCORES_MAX)
+        } else {
+            0
+        };
+        let attention_scratch = expanded_kv + scores;
         let delta_net = m
             .recurrent
             .as_ref()

@@ -114,7 +114,7 @@ fn plan_for_the_27b_shape_at_128k() {
         "--spec",
         "mtp",
         "--vram",
-        "21200M",
+        "21500M",
     ]);
     assert!(ok);
     assert_eq!(j["context"], 98304);
