@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Decode speed, side by side in one GPU-machine call: a baseline kiln-agent ($BASE, e.g. main's build),
-# this build under each KILN_MMV variant given, and llama.cpp (built in the background by
+# this build under each variant given (an environment setting such as KILN_CUDA_FUSE=0, or a bare
+# KILN_MMV value), and llama.cpp (built in the background by
 # build-llama-cuda.sh while the tests run), on the 27B-shaped synthetic Q4_K_M with q4_0 KV.
 # Usage (repo root, after device-env.sh): BASE=path/to/old/kiln-agent bench/gpu/decode-compare.sh OUT VARIANT...
+# e.g. `... OUT KILN_CUDA_FUSE=1 KILN_CUDA_FUSE=0`.
 set -uo pipefail
 OUT=$1; shift
 M=/tmp/q27.gguf
@@ -23,7 +25,9 @@ timeout 240 .device/bin/gpu_ops --test-threads 1 > "$OUT/gpu_ops.txt" 2>&1
 echo "gpu_ops exit $?"; grep -E "test result|panicked|FAILED" "$OUT/gpu_ops.txt" | head -5
 timeout 200 .device/bin/gpu_models --test-threads 1 --nocapture > "$OUT/gpu_models.txt" 2>&1
 echo "gpu_models exit $?"; grep -E "worst|test result|panicked" "$OUT/gpu_models.txt" | head -12
-kiln() { echo "KILN_MMV=$1: $(KILN_MMV=$1 .device/bin/kiln-agent "${args[@]}" 2>/dev/null | tee -a "$OUT/kiln-runs.txt" | summary)"; }
+setting() { [[ $1 == *=* ]] && echo "$1" || echo "KILN_MMV=$1"; }
+kiln() { local s; s=$(setting "$1")
+    echo "$s: $(env "$s" .device/bin/kiln-agent "${args[@]}" 2>/dev/null | tee -a "$OUT/kiln-runs.txt" | summary)"; }
 base() { [[ -n ${BASE:-} ]] && echo "base: $("$BASE" "${args[@]}" 2>/dev/null | tee -a "$OUT/kiln-runs.txt" | summary)"; }
 # Round 1: the baseline and every variant; then llama.cpp; round 2: the baseline and the first variant
 # again (the pair reported, measured twice in the same call).
@@ -37,7 +41,7 @@ kiln "$1" 2
 # call has the time left (DEPTH_BY: seconds since the start after which it is skipped).
 if (( SECONDS < ${DEPTH_BY:-400} )); then
     d=32768
-    echo "kiln depth $d: $(KILN_MMV=$1 .device/bin/kiln-agent bench --device cuda:0 -m $M --kv-type q4_0 --verify-max 0 \
+    echo "kiln depth $d: $(env "$(setting "$1")" .device/bin/kiln-agent bench --device cuda:0 -m $M --kv-type q4_0 --verify-max 0 \
         --ctx 131072 --prompt-tokens 0 --depth $d --gen-tokens 32 --reps 1 2>/dev/null | grep '"decode_tok_s"')"
     [[ -x $L ]] && $L -m $M -ngl 99 -fa 1 -ctk q4_0 -ctv q4_0 -p 0 -n 32 -d $d -r 1 2>&1 | grep tg32 | sed "s/^/llama depth $d: /"
 fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU-machine session (see bench/gpu/README.md): the GPU tests, then Kiln and llama.cpp side by side on
 # the 27B-shaped synthetic Qwen3.6 (Q4_K_M, q4_0 KV). Expects the carried .device/ (binaries, llama.cpp src).
-# Writes logs to $OUT. Usage: bench/gpu/run-device.sh [tests] [profile] [bench] [memory] [depth] (or all)
+# Writes logs to $OUT. Usage: bench/gpu/run-device.sh [tests] [profile] [bench] [prefill] [memory] [serve]
+# [depth] (or all)
 set -uo pipefail
 source bench/gpu/device-env.sh
 WANT=" ${*:-all} "
@@ -9,7 +10,7 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 sm=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-if [[ $WANT == *" bench "* || $WANT == *" depth "* || $WANT == *" all "* ]]; then
+if [[ $WANT == *" bench "* || $WANT == *" depth "* || $WANT == *" prefill "* || $WANT == *" all "* ]]; then
     (bench/gpu/build-llama-cuda.sh .device/llama-src.tar.xz /tmp/llama "$sm" > /tmp/llama-build.log 2>&1
      echo "llama.cpp build exit $?" >> /tmp/llama-build.log) &
 fi
@@ -28,12 +29,28 @@ if [[ $WANT == *" profile "* || $WANT == *" all "* ]]; then
     KILN_CUDA_PROFILE=1 "${K0[@]}" --prompt-tokens 0 --gen-tokens 16 --reps 1 > "$OUT/profile-decode.txt" 2>&1
     KILN_CUDA_PROFILE=1 "${K0[@]}" --prompt-tokens 512 --gen-tokens 0 --reps 1 > "$OUT/profile-prefill.txt" 2>&1
     head -25 "$OUT/profile-decode.txt" | grep -v '^  "'; head -14 "$OUT/profile-prefill.txt" | grep -v '^  "'
+    # The verify passes of 1..4 tokens after a 512-token prompt (the products' suffix is the row count).
+    KILN_CUDA_PROFILE=1 .device/bin/kiln-agent bench --device cuda:0 -m $M --kv-type q4_0 --verify-max 4 \
+        --prompt-tokens 512 --gen-tokens 0 --reps 1 > "$OUT/profile-verify.txt" 2>&1
+    grep -v '^  "' "$OUT/profile-verify.txt" | grep -A30 'kernel profile'
 fi
 if [[ $WANT == *" bench "* || $WANT == *" all "* ]]; then
     "${K[@]}" --prompt-tokens 512 --gen-tokens 64 --reps 3 --ctx 4096 | tee "$OUT/kiln-bench.json" | grep -E 'tok_s"'
     wait
     tail -1 /tmp/llama-build.log
     [[ -x $L ]] && $L -m $M -ngl 99 -fa 1 -ctk q4_0 -ctv q4_0 -p 512 -n 64 -r 3 2>&1 | tee "$OUT/llama-bench.txt" | tail -5
+fi
+if [[ $WANT == *" prefill "* || $WANT == *" all "* ]]; then
+    # An 8K-token prompt (the issue's prefill target), Kiln with its cuBLAS prefill attention and with the
+    # split kernel (KILN_ATTN_BLAS=0), then llama.cpp; and where Kiln's prefill time goes.
+    for v in 1 0 1; do
+        echo "kiln KILN_ATTN_BLAS=$v prefill 8192: $(KILN_ATTN_BLAS=$v "${K0[@]}" --ctx 8448 --prompt-tokens 8192 \
+            --gen-tokens 0 --reps 1 | grep '"prefill_tok_s"')"
+    done
+    KILN_CUDA_PROFILE=1 "${K0[@]}" --ctx 8448 --prompt-tokens 8192 --gen-tokens 0 --reps 1 > "$OUT/profile-prefill8k.txt" 2>&1
+    grep -v '^  "' "$OUT/profile-prefill8k.txt" | grep -A12 'kernel profile'
+    wait
+    [[ -x $L ]] && $L -m $M -ngl 99 -fa 1 -ctk q4_0 -ctv q4_0 -p 8192 -n 0 -r 2 2>&1 | tee "$OUT/llama-pp8192.txt" | grep pp8192
 fi
 if [[ $WANT == *" memory "* || $WANT == *" all "* ]]; then
     # Peak device memory of the 27B at 128K context, q4_0 KV, with the verify-pass snapshots and the MTP
