@@ -265,6 +265,24 @@ pub(crate) fn check_forward<B: Backend>(
 }
 
 /// A cache (or one of its layers) that does not have the shape of the model running on it.
+/// Runs `f` on a model's reusable scratch buffers, first made anew when they hold fewer than `rows`
+/// rows: sized to the next power of two (at most `max_rows`), so a prompt's chunks and the decode steps
+/// after it reuse one set. `rows_of` reads a scratch's row count, `make` builds one of a given size.
+pub(crate) fn with_scratch<S, T>(
+    slot: &std::sync::Mutex<Option<S>>,
+    rows: usize,
+    max_rows: usize,
+    rows_of: impl Fn(&S) -> usize,
+    make: impl FnOnce(usize) -> Result<S>,
+    f: impl FnOnce(&mut S) -> Result<T>,
+) -> Result<T> {
+    let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if guard.as_ref().is_none_or(|sc| rows_of(sc) < rows) {
+        *guard = Some(make(rows.next_power_of_two().min(max_rows))?);
+    }
+    f(guard.as_mut().expect("scratch was just made"))
+}
+
 pub(crate) fn wrong_cache() -> ModelError {
     ModelError::Invalid("cache was made for another model".into())
 }

@@ -797,11 +797,14 @@ impl<B: Backend> Qwen35<B> {
         rows: usize,
         f: impl FnOnce(&mut Scratch<B>) -> Result<T>,
     ) -> Result<T> {
-        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.as_ref().is_none_or(|sc| sc.rows < rows) {
-            *guard = Some(self.scratch(rows.next_power_of_two().min(MAX_BATCH))?);
-        }
-        f(guard.as_mut().expect("scratch was just made"))
+        super::with_scratch(
+            &self.scratch,
+            rows,
+            MAX_BATCH,
+            |sc| sc.rows,
+            |r| self.scratch(r),
+            f,
+        )
     }
 }
 

@@ -329,6 +329,21 @@ impl<B: Backend> Transformer<B> {
         })
     }
 
+    fn with_scratch<T>(
+        &self,
+        rows: usize,
+        f: impl FnOnce(&mut Scratch<B>) -> Result<T>,
+    ) -> Result<T> {
+        super::with_scratch(
+            &self.scratch,
+            rows,
+            MAX_BATCH,
+            |sc| sc.rows,
+            |r| self.scratch(r),
+            f,
+        )
+    }
+
     fn scratch(&self, rows: usize) -> Result<Scratch<B>> {
         let s = &self.spec;
         let be = &*self.backend;
@@ -509,26 +524,19 @@ impl<B: Backend> Model<B> for Transformer<B> {
         logits: Logits,
     ) -> Result<Vec<f32>> {
         super::check_forward(cache, self.layers.len(), tokens, start, MAX_BATCH)?;
-        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        // Grow the scratch to the next power of two so a prompt's chunks and later decode steps reuse it.
-        if guard.as_ref().is_none_or(|sc| sc.rows < tokens.len()) {
-            *guard = Some(self.scratch(tokens.len().next_power_of_two().min(MAX_BATCH))?);
-        }
-        let sc = guard.as_mut().expect("scratch was just made");
         let positions: Vec<u32> = (start..start + tokens.len()).map(|p| p as u32).collect();
-        self.run(sc, Seqs::One { cache, start }, tokens, &positions, logits)
+        self.with_scratch(tokens.len(), |sc| {
+            self.run(sc, Seqs::One { cache, start }, tokens, &positions, logits)
+        })
     }
 
     fn forward_batch(&self, rows: &mut [BatchRow<'_, B>]) -> Result<Vec<Vec<f32>>> {
         batch::check_batch(rows, self.layers.len(), MAX_BATCH)?;
         let tokens: Vec<u32> = rows.iter().map(|r| r.token).collect();
         let positions: Vec<u32> = rows.iter().map(|r| r.pos as u32).collect();
-        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.as_ref().is_none_or(|sc| sc.rows < rows.len()) {
-            *guard = Some(self.scratch(rows.len().next_power_of_two().min(MAX_BATCH))?);
-        }
-        let sc = guard.as_mut().expect("scratch was just made");
-        let all = self.run(sc, Seqs::Rows(rows), &tokens, &positions, Logits::All)?;
+        let all = self.with_scratch(rows.len(), |sc| {
+            self.run(sc, Seqs::Rows(rows), &tokens, &positions, Logits::All)
+        })?;
         Ok(batch::split_rows(all, self.info.n_vocab))
     }
 
