@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export KILN_CACHE=${KILN_CACHE:-$HOME/.cache/kiln}
-step() { printf '\n== %s\n' "$*"; }
+# Each step header says how long the run has taken so far (CI's budget: keep the whole run well under 45 min).
+step() { printf '\n== %s (at %d s)\n' "$*" "$SECONDS"; }
 
 step "fetch test assets"
 scripts/fetch-models.sh all
@@ -56,3 +57,4 @@ scripts/test-chart.sh
 # kubectl apply the tiny CPU example, answers through its Service, a rolling edit, delete, helm uninstall.
 step "end to end on a real node (containerd, kubelet, kube-proxy; helm, kubectl, the official openai client)"
 tests/e2e/run.sh
+printf '\n== all passed in %d s\n' "$SECONDS"
