@@ -195,7 +195,7 @@ impl CudaBackend {
             launch!(self, &name, cfg, &wp, &row_bytes, &n_units, &n_out32, &yq, &yd, &k32, &or)?;
         }
         // The products above read the quantized activations and wrote only `out`.
-        self.act_produced(&mut s, (qp, dp), xp, rows * k);
+        s.act_of = Some(self.stamp(xp, rows * k));
         Ok(())
     }
 
@@ -263,7 +263,7 @@ impl CudaBackend {
             let (yq, yd) = (qp + (r0 * k) as u64, dp + (r0 * k / 32 * 8) as u64);
             launch!(self, &format!("mmvg_{nr}"), cfg, &pass, &yq, &yd, &k32)?;
         }
-        self.act_produced(&mut s, (qp, dp), xp, rows * k);
+        s.act_of = Some(self.stamp(xp, rows * k));
         Ok(())
     }
 
@@ -274,45 +274,38 @@ impl CudaBackend {
         let n = rows * k;
         let qp = self.ensure(&mut s.act_q, n)?;
         let dp = self.ensure(&mut s.act_d, n / 16)?;
-        let now = self.launches.load(std::sync::atomic::Ordering::Relaxed);
-        let fresh = s
-            .act_of
-            .is_some_and(|(p, nv, at)| (p, nv) == (xp, n) && at == now);
-        if !fresh {
+        if s.act_of != Some(self.stamp(xp, n)) {
             let n32 = u32_arg("matmul", n)?;
             launch!(self, "quantize_act", grid(n, 256), &xp, &n32, &qp, &dp)?;
         }
         Ok((qp, dp))
     }
 
-    /// Where a kernel producing `rows × dim` activations (a norm, a gated activation) also writes them
-    /// quantized for the product that reads them next: the scratch's (values, scales) addresses, or
-    /// nulls when it should not (rows that are not whole groups of 32; outputs larger than a decode or
-    /// verify pass makes, whose products go through BLAS). A product of exactly those values then skips
-    /// its own `quantize_act` (see [`Self::act_produced`]); the quantized layout is flat (value i, group
-    /// i / 32), so a product may read them as rows of another length, e.g. a gated norm's per-head rows.
-    pub(super) fn act_target(
+    /// Runs `launch`, a kernel producing `rows × dim` activations at `out` (a norm, a gated activation),
+    /// with the scratch addresses (values, scales) where it also writes them quantized for the product
+    /// that reads them next, or nulls when it should not (rows that are not whole groups of 32; outputs
+    /// larger than a decode or verify pass makes, whose products go through BLAS). A product of exactly
+    /// those values then skips its own `quantize_act` ([`Self::quantized_act`]); the quantized layout is
+    /// flat (value i, group i / 32), so a product may read them as rows of another length, e.g. a gated
+    /// norm's per-head rows.
+    pub(super) fn producing(
         &self,
-        s: &mut Scratch,
+        out: u64,
         rows: usize,
         dim: usize,
-    ) -> Result<(u64, u64)> {
+        launch: impl FnOnce(u64, u64) -> Result<()>,
+    ) -> Result<()> {
         let n = rows.saturating_mul(dim);
         if !self.fuse || n > FUSED_QUANT_MAX_VALUES || !dim.is_multiple_of(32) {
-            return Ok((0, 0));
+            return launch(0, 0);
         }
-        Ok((
+        let mut s = self.lock_scratch();
+        let (yq, yd) = (
             self.ensure(&mut s.act_q, n)?,
             self.ensure(&mut s.act_d, n / 16)?,
-        ))
-    }
-
-    /// Records that the launch just made left the `n` values at `out` quantized in the scratch (when
-    /// `target` came from [`Self::act_target`] and was not null).
-    pub(super) fn act_produced(&self, s: &mut Scratch, target: (u64, u64), out: u64, n: usize) {
-        if target.0 != 0 {
-            let now = self.launches.load(std::sync::atomic::Ordering::Relaxed);
-            s.act_of = Some((out, n, now));
-        }
+        );
+        launch(yq, yd)?;
+        s.act_of = Some(self.stamp(out, n));
+        Ok(())
     }
 }

@@ -72,8 +72,7 @@ struct Scratch {
     x_f16: Option<CudaSlice<u16>>,
     /// What `x_f16` holds, as `act_of` for `act_q`.
     x_f16_of: Option<(u64, usize, u64)>,
-    /// What `act_q`/`act_d` hold: (address, number of values, launch count) of the activations last
-    /// quantized, valid while no other kernel has run since (see [`CudaBackend::launches`]).
+    /// What `act_q`/`act_d` hold: the [`CudaBackend::stamp`] of the activations last quantized.
     act_of: Option<(u64, usize, u64)>,
 }
 
@@ -235,8 +234,7 @@ impl CudaBackend {
         let xh = self.ensure(&mut s.x_f16, rows * k)?;
         let n = (rows * k) as u64;
         // Products of one input in a row (q/k/v, the recurrent projections) convert it once.
-        let now = self.launches.load(std::sync::atomic::Ordering::Relaxed);
-        if s.x_f16_of != Some((xp, rows * k, now)) {
+        if s.x_f16_of != Some(self.stamp(xp, rows * k)) {
             launch!(
                 self,
                 "f32_to_f16",
@@ -281,8 +279,7 @@ impl CudaBackend {
             }
             .map_err(|e| dev_err("cublasGemmEx", format!("{e:?}")))
         })?;
-        let now = self.launches.load(std::sync::atomic::Ordering::Relaxed);
-        s.x_f16_of = Some((xp, rows * k, now));
+        s.x_f16_of = Some(self.stamp(xp, rows * k));
         Ok(())
     }
 
@@ -362,6 +359,13 @@ impl CudaBackend {
 
     fn lock_scratch(&self) -> std::sync::MutexGuard<'_, Scratch> {
         self.scratch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What a scratch buffer derived from the `n` values at `ptr` is tagged with: it stays valid while
+    /// no other kernel has been launched since (see [`CudaBackend::launches`]).
+    fn stamp(&self, ptr: u64, n: usize) -> (u64, usize, u64) {
+        let now = self.launches.load(std::sync::atomic::Ordering::Relaxed);
+        (ptr, n, now)
     }
 }
 
@@ -820,11 +824,9 @@ impl Backend for CudaBackend {
         }
         let (wp, cfg, d) = self.norm_launch("rms_norm", weight, rows, dim)?;
         let (xp, op) = (self.ptr(&x.buf), self.ptr(&out.buf));
-        let mut s = self.lock_scratch();
-        let (yq, yd) = self.act_target(&mut s, rows, dim)?;
-        launch!(self, "rms_norm", cfg, &xp, &wp, &d, &eps, &op, &yq, &yd)?;
-        self.act_produced(&mut s, (yq, yd), op, rows * dim);
-        Ok(())
+        self.producing(op, rows, dim, |yq, yd| {
+            launch!(self, "rms_norm", cfg, &xp, &wp, &d, &eps, &op, &yq, &yd)
+        })
     }
 
     fn add_rms_norm(
@@ -846,23 +848,21 @@ impl Backend for CudaBackend {
         }
         let (wp, cfg, d) = self.norm_launch(op, weight, rows, dim)?;
         let (xp, yp, op_) = (self.ptr(&x.buf), self.ptr(&y.buf), self.ptr(&out.buf));
-        let mut s = self.lock_scratch();
-        let (yq, yd) = self.act_target(&mut s, rows, dim)?;
-        launch!(
-            self,
-            "add_rms_norm",
-            cfg,
-            &xp,
-            &yp,
-            &wp,
-            &d,
-            &eps,
-            &op_,
-            &yq,
-            &yd
-        )?;
-        self.act_produced(&mut s, (yq, yd), op_, rows * dim);
-        Ok(())
+        self.producing(op_, rows, dim, |yq, yd| {
+            launch!(
+                self,
+                "add_rms_norm",
+                cfg,
+                &xp,
+                &yp,
+                &wp,
+                &d,
+                &eps,
+                &op_,
+                &yq,
+                &yd
+            )
+        })
     }
 
     fn add_bias(
@@ -948,11 +948,9 @@ impl Backend for CudaBackend {
             u32_arg("gated_activation_stacked", rows)?,
             u32_arg("gated_activation_stacked", n)?,
         );
-        let mut s = self.lock_scratch();
-        let (yq, yd) = self.act_target(&mut s, rows, n)?;
-        launch!(self, name, grid(total, 256), &xp, &r32, &n32, &op, &yq, &yd)?;
-        self.act_produced(&mut s, (yq, yd), op, rows * n);
-        Ok(())
+        self.producing(op, rows, n, |yq, yd| {
+            launch!(self, name, grid(total, 256), &xp, &r32, &n32, &op, &yq, &yd)
+        })
     }
 
     fn rope(&self, x: &mut CudaTensor, positions: &[u32], p: RopeParams) -> Result<()> {
@@ -1224,11 +1222,9 @@ impl Backend for CudaBackend {
             self.ptr(&gate.buf),
             u32_arg("sigmoid_mul", n)?,
         );
-        let mut s = self.lock_scratch();
-        let (yq, yd) = self.act_target(&mut s, rows, dim)?;
-        launch!(self, "sigmoid_mul", grid(n, 256), &xp, &gp, &n32, &yq, &yd)?;
-        self.act_produced(&mut s, (yq, yd), xp, rows * dim);
-        Ok(())
+        self.producing(xp, rows, dim, |yq, yd| {
+            launch!(self, "sigmoid_mul", grid(n, 256), &xp, &gp, &n32, &yq, &yd)
+        })
     }
 
     fn rms_norm_gated(
@@ -1260,23 +1256,21 @@ impl Backend for CudaBackend {
             self.ptr(&out.buf),
             u32_arg(op, dim)?,
         );
-        let mut s = self.lock_scratch();
-        let (yq, yd) = self.act_target(&mut s, rows, dim)?;
-        launch!(
-            self,
-            "rms_norm_gated",
-            cfg,
-            &xp,
-            &wp,
-            &zp,
-            &d,
-            &eps,
-            &op_,
-            &yq,
-            &yd
-        )?;
-        self.act_produced(&mut s, (yq, yd), op_, rows * dim);
-        Ok(())
+        self.producing(op_, rows, dim, |yq, yd| {
+            launch!(
+                self,
+                "rms_norm_gated",
+                cfg,
+                &xp,
+                &wp,
+                &zp,
+                &d,
+                &eps,
+                &op_,
+                &yq,
+                &yd
+            )
+        })
     }
 
     fn split_qkv_l2(
@@ -1304,6 +1298,18 @@ impl Backend for CudaBackend {
         if rows == 0 || cd == 0 {
             return Ok(());
         }
+        if !self.fuse {
+            return split_qkv_l2_by_parts(
+                self,
+                qkv,
+                rows,
+                n_k_heads,
+                head_k,
+                v_dim,
+                eps,
+                [q, k, v],
+            );
+        }
         // 256 threads: the block size of l2_norm, so the sums round the same.
         let blocks = 2 * n_k_heads + v_dim.div_ceil(256);
         let cfg = LaunchConfig {
@@ -1322,18 +1328,6 @@ impl Backend for CudaBackend {
             self.ptr(&k.buf),
             self.ptr(&v.buf),
         );
-        if !self.fuse {
-            return split_qkv_l2_by_parts(
-                self,
-                qkv,
-                rows,
-                n_k_heads,
-                head_k,
-                v_dim,
-                eps,
-                [q, k, v],
-            );
-        }
         launch!(self, op, cfg, &xp, &nh, &hk, &vd, &eps, &qp, &kp, &vp)
     }
 
