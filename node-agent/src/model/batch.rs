@@ -72,12 +72,13 @@ pub(crate) fn attention<B: Backend>(
 }
 
 /// The checks every batched pass makes before touching any cache, so a refused batch changes nothing:
-/// 1..=`max_batch` rows, each position inside its cache's context, caches made for this model.
+/// 1..=`max_batch` rows, each position inside its cache's context, caches made for this model. Gives
+/// the pass's inputs: the rows' tokens and their positions.
 pub(crate) fn check_batch<B: Backend>(
     rows: &[BatchRow<'_, B>],
     n_layers: usize,
     max_batch: usize,
-) -> Result<()> {
+) -> Result<(Vec<u32>, Vec<u32>)> {
     if rows.is_empty() || rows.len() > max_batch {
         return Err(ModelError::Invalid(format!(
             "a batched pass takes 1..={max_batch} rows, got {}",
@@ -88,7 +89,10 @@ pub(crate) fn check_batch<B: Backend>(
         super::check_forward(row.cache, n_layers, &[row.token], row.pos, max_batch)
             .map_err(|e| ModelError::Invalid(format!("batch row {r}: {e}")))?;
     }
-    Ok(())
+    Ok((
+        rows.iter().map(|r| r.token).collect(),
+        rows.iter().map(|r| r.pos as u32).collect(),
+    ))
 }
 
 /// The logits of a batched pass (rows × n_vocab, row-major) split into one vector per row.

@@ -888,9 +888,7 @@ impl<B: Backend> Model<B> for Qwen35<B> {
     }
 
     fn forward_batch(&self, rows: &mut [BatchRow<'_, B>]) -> Result<Vec<Vec<f32>>> {
-        batch::check_batch(rows, self.layers.len(), MAX_BATCH)?;
-        let tokens: Vec<u32> = rows.iter().map(|r| r.token).collect();
-        let positions: Vec<u32> = rows.iter().map(|r| r.pos as u32).collect();
+        let (tokens, positions) = batch::check_batch(rows, self.layers.len(), MAX_BATCH)?;
         let opts = PassOptions {
             logits: Logits::All,
             hidden: None,
