@@ -99,7 +99,9 @@ __device__ __forceinline__ void attn_split(const float* q, const u8* kc, const u
             }
         }
     }
-    for (u32 g = 0; g < G; g++) {
+#pragma unroll
+    for (u32 g = 0; g < ATT_GMAX; g++) {
+        if (g >= G) continue;  // constant indices: a runtime g would put acc in local memory
         if (lane * EPL < D) {
 #pragma unroll
             for (int e = 0; e < EPL; e++) sh_acc[warp][g][lane * EPL + e] = acc[g][e];
@@ -147,20 +149,305 @@ ATTN_D(f16, T_F16)
 ATTN_D(q8_0, T_Q8_0)
 ATTN_D(q4_0, T_Q4_0)
 
-// Merges the splits of each (row, head): block per (row, head), thread per value.
+// The same split attention for q4_0 and q8_0 caches, heads of 64..256 values, a key per lane. Each warp
+// takes tiles of 32 keys: it loads the tile's K (lane j: key j's head, into registers) and V (the whole
+// tile, coalesced, into shared memory) in one round trip; lane j dots key j with the G query heads in
+// four-way byte products against q quantized to q8_0 (as ggml and the CPU backend dot a quantized K
+// cache), so no reduction runs per key; the tile's softmax weights go through shared memory and the warp
+// adds the tile's V rows, each lane owning D/32 values. (attn_split's per-key warp reductions and byte
+// loads left a long context's decode at a tenth of memory speed.)
+//
+// Splits: with `chunk` > 0 (prompt chunks) every row uses splits of that many keys. With `chunk` = 0
+// (decode and verify batches) a row's splits are sized from its own position, at most `row_splits` of
+// them: short contexts get splits of one tile per warp, long ones longer splits rather than more partial
+// sums to merge. A row's keys then fall into the same splits, tiles and order whether the row runs alone
+// or in a verify batch (gridDim.y covers the batch's last row; the splits a row does not reach are empty,
+// exact zeros in the merge), so speculative decoding gives exactly the tokens greedy gives.
+//
+// Written for 32-lane warps (a tile is 32 keys, a quantization group 32 lanes): NVIDIA and RDNA. Wave64
+// parts (CDNA) get no attn_tile_* kernels, so a backend there must take attn_split_*.
+#if WARP_SIZE == 32
+#define ATQ_WARPS 4
+#define ATQ_MIN_CHUNK (ATQ_WARPS * 32)
+#define ATQ_BLOCKS 3  // resident blocks per SM the register budget is cut for
+
+// Keys per split for a row at `pos` with up to `n_splits` splits (chunk = 0 above).
+__device__ __forceinline__ u32 tiled_chunk(u32 pos, u32 n_splits) {
+    const u32 even = ((pos + n_splits) / n_splits + 31) / 32 * 32;  // ceil((pos + 1) / n) to whole tiles
+    return max((u32)ATQ_MIN_CHUNK, even);
+}
+
+// The 32-bit word at even byte offset `o` of a run held as words (o is a constant once loops unroll).
+__device__ __forceinline__ u32 word_at(const u32* w, int o) {
+    if (o % 4 == 0) return w[o / 4];
+    return (u32)((((u64)w[o / 4 + 1] << 32) | w[o / 4]) >> (8 * (o % 4)));
+}
+
+// Loads N words from a pointer aligned to VEC words (4, 2 or 1), VEC at a time.
+template <int N, int VEC>
+__device__ __forceinline__ void load_words(const u32* src, u32* dst) {
+#pragma unroll
+    for (int i = 0; i < N; i += VEC) {
+        if constexpr (VEC == 4) {
+            const uint4 t = *(const uint4*)(src + i);
+            dst[i] = t.x; dst[i + 1] = t.y; dst[i + 2] = t.z; dst[i + 3] = t.w;
+        } else if constexpr (VEC == 2) {
+            const uint2 t = *(const uint2*)(src + i);
+            dst[i] = t.x; dst[i + 1] = t.y;
+        } else {
+            dst[i] = src[i];
+        }
+    }
+}
+
+template <int KT, int D>
+__device__ __forceinline__ void attn_tile(const float* q, const u8* kc, const u8* vc, u32 row_bytes, u32 n_heads,
+                                          u32 n_kv_heads, u32 start, u32 window, float scale, float softcap,
+                                          u32 chunk, u32 row_splits, float* part_acc, float* part_ml) {
+    constexpr int NB = D / 32, EPL = D / 32, BB = KT == T_Q4_0 ? 18 : 34;
+    constexpr int W = NB * BB / 4;  // words of one head's cached row (NB is even: whole words)
+    constexpr int VEC = W % 4 == 0 ? 4 : W % 2 == 0 ? 2 : 1;
+    constexpr int TILE_WORDS = ATQ_WARPS * 32 * W, MERGE_WORDS = ATQ_WARPS * ATT_GMAX * D;
+    // The V tiles while the keys are walked, then the warps' sums for the merge at the end.
+    __shared__ __align__(16) u32 sh_raw[TILE_WORDS > MERGE_WORDS ? TILE_WORDS : MERGE_WORDS];
+    __shared__ __align__(16) int sh_q[ATT_GMAX][D / 4];
+    __shared__ float sh_qd[ATT_GMAX][NB];
+    __shared__ int sh_qs[ATT_GMAX][NB];
+    __shared__ __align__(16) float sh_p[ATQ_WARPS][32][ATT_GMAX];
+    __shared__ float sh_ml[ATQ_WARPS][ATT_GMAX][2];
+    const u32 kvh = blockIdx.x, split = blockIdx.y, r = blockIdx.z, n_splits = gridDim.y;
+    const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const u32 G = n_heads / n_kv_heads;
+    const u32 pos = start + r;
+    const u32 ch = chunk > 0 ? chunk : tiled_chunk(pos, row_splits);
+    const u32 lo = (window > 0 && pos + 1 > window) ? pos + 1 - window : 0;
+    const u32 s_lo = max(lo, split * ch);
+    const u32 s_hi = min(pos + 1, (split + 1) * ch);  // exclusive
+    const u32 hoff = kvh * NB * BB;
+
+    // q of the group's heads → q8_0 (ggml's reference rounding: d = amax / 127 kept as f16, q = rint(x/d)),
+    // a 32-value group per warp and pass; every pass's q value is loaded before any is used.
+    constexpr int QPASS = (ATT_GMAX * NB + ATQ_WARPS - 1) / ATQ_WARPS;
+    float qv[QPASS];
+#pragma unroll
+    for (int i = 0; i < QPASS; i++) {
+        const u32 gb = warp + ATQ_WARPS * i, g = gb / NB, b = gb % NB;
+        qv[i] = g < G ? q[((u64)r * n_heads + kvh * G + g) * D + b * 32 + lane] : 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < QPASS; i++) {
+        const u32 gb = warp + ATQ_WARPS * i, g = gb / NB, b = gb % NB;
+        if (g < G) {
+            const float amax = warp_max(fabsf(qv[i]));
+            const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+            const int qi = max(-128, min(127, (int)rintf(qv[i] * id)));
+            int sum = qi;
+#pragma unroll
+            for (int m = 16; m > 0; m >>= 1) sum += shfl_xor_int(sum, m);
+            ((i8*)sh_q[g])[b * 32 + lane] = (i8)qi;
+            if (lane == 0) {
+                sh_qd[g][b] = h2f(f2h(amax / 127.0f));
+                sh_qs[g][b] = sum;
+            }
+        }
+    }
+    __syncthreads();
+
+    float acc[ATT_GMAX][EPL], m[ATT_GMAX], l[ATT_GMAX];
+#pragma unroll
+    for (int g = 0; g < ATT_GMAX; g++) {
+        m[g] = -1e30f;
+        l[g] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < EPL; e++) acc[g][e] = 0.0f;
+    }
+    u32* sh_v = sh_raw + warp * 32 * W;  // this warp's V tile: 32 rows of W words
+    // The lane's V values: EPL consecutive values of block vb, from byte vo of the head's row.
+    const u32 vb = lane * EPL / 32, vj = lane * EPL % 32;
+    const u32 vo = vb * BB + 2 + (KT == T_Q4_0 ? vj % 16 : vj);
+    const u32 vshift = KT == T_Q4_0 && vj >= 16 ? 4 : 0;
+
+    for (u32 base = s_lo + warp * 32; base < s_hi; base += ATQ_WARPS * 32) {
+        const u32 key = base + lane;
+        const bool valid = key < s_hi;
+        const u32 n = min(32u, s_hi - base);
+        // One round trip: this lane's key, and the tile's V rows (vector t of the tile = row t / (W/VEC)).
+        u32 kw[W];
+        if (valid) load_words<W, VEC>((const u32*)(kc + (u64)key * row_bytes + hoff), kw);
+        u32 vt[W];
+#pragma unroll
+        for (int i = 0; i < W; i += VEC) {
+            const u32 t = lane + 32 * (i / VEC), row = t / (W / VEC), part = t % (W / VEC);
+            if (row < n) load_words<VEC, VEC>((const u32*)(vc + (u64)(base + row) * row_bytes + hoff) + part * VEC, vt + i);
+        }
+#pragma unroll
+        for (int i = 0; i < W; i += VEC) {
+            const u32 t = lane + 32 * (i / VEC), row = t / (W / VEC), part = t % (W / VEC);
+            if (row < n) {
+#pragma unroll
+                for (int x = 0; x < VEC; x++) sh_v[row * W + part * VEC + x] = vt[i + x];
+            }
+        }
+
+        float s[ATT_GMAX];
+#pragma unroll
+        for (int g = 0; g < ATT_GMAX; g++) s[g] = 0.0f;
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+            const int o = b * BB;
+            const float dk = h2f((u16)(o % 4 ? kw[o / 4] >> 16 : kw[o / 4] & 0xFFFF));
+            int kq[8];
+#pragma unroll
+            for (int i = 0; i < (KT == T_Q4_0 ? 4 : 8); i++) kq[i] = (int)word_at(kw, o + 2 + 4 * i);
+#pragma unroll
+            for (int g = 0; g < ATT_GMAX; g++) {
+                if (g < (int)G) {
+                    const int4 y0 = *(const int4*)&sh_q[g][b * 8];
+                    const int4 y1 = *(const int4*)&sh_q[g][b * 8 + 4];
+                    int sumi = 0;
+                    if (KT == T_Q4_0) {
+                        const int y[8] = {y0.x, y0.y, y0.z, y0.w, y1.x, y1.y, y1.z, y1.w};
+#pragma unroll
+                        for (int i = 0; i < 4; i++) {
+                            sumi = dp4a(kq[i] & 0x0F0F0F0F, y[i], sumi);
+                            sumi = dp4a((kq[i] >> 4) & 0x0F0F0F0F, y[4 + i], sumi);
+                        }
+                        sumi -= 8 * sh_qs[g][b];
+                    } else {
+                        sumi = dp4a(kq[0], y0.x, sumi); sumi = dp4a(kq[1], y0.y, sumi);
+                        sumi = dp4a(kq[2], y0.z, sumi); sumi = dp4a(kq[3], y0.w, sumi);
+                        sumi = dp4a(kq[4], y1.x, sumi); sumi = dp4a(kq[5], y1.y, sumi);
+                        sumi = dp4a(kq[6], y1.z, sumi); sumi = dp4a(kq[7], y1.w, sumi);
+                    }
+                    s[g] += dk * sh_qd[g][b] * (float)sumi;
+                }
+            }
+        }
+        float c[ATT_GMAX];
+#pragma unroll
+        for (int g = 0; g < ATT_GMAX; g++) {
+            c[g] = 1.0f;
+            if (g < (int)G) {
+                float sc = s[g] * scale;
+                if (softcap > 0.0f) sc = softcap * tanhf(sc / softcap);
+                sc = valid ? sc : -1e30f;
+                const float mn = fmaxf(m[g], warp_max(sc));
+                c[g] = expf(m[g] - mn);
+                m[g] = mn;
+                const float pe = valid ? expf(sc - mn) : 0.0f;
+                l[g] = l[g] * c[g] + pe;
+                sh_p[warp][lane][g] = pe;
+            }
+        }
+        sync_warp();
+#pragma unroll
+        for (int g = 0; g < ATT_GMAX; g++)
+#pragma unroll
+            for (int e = 0; e < EPL; e++) acc[g][e] *= c[g];
+#pragma unroll 2
+        for (u32 j = 0; j < n; j++) {
+            const u8* vrow = (const u8*)(sh_v + j * W);
+            const float dv = h2f(*(const u16*)(vrow + vb * BB));
+            float v[EPL];
+#pragma unroll
+            for (int h = 0; h < EPL / 2; h++) {
+                const u32 two = *(const u16*)(vrow + vo + 2 * h);
+#pragma unroll
+                for (int t = 0; t < 2; t++) {
+                    const u32 byte = (two >> (8 * t)) & 0xFF;
+                    v[2 * h + t] = KT == T_Q4_0 ? (float)((int)((byte >> vshift) & 0xF) - 8) : (float)(i8)byte;
+                }
+            }
+            const float4 p0 = *(const float4*)&sh_p[warp][j][0];
+            const float4 p1 = *(const float4*)&sh_p[warp][j][4];
+            const float p[8] = {p0.x * dv, p0.y * dv, p0.z * dv, p0.w * dv, p1.x * dv, p1.y * dv, p1.z * dv, p1.w * dv};
+#pragma unroll
+            for (int g = 0; g < ATT_GMAX; g++)
+                if (g < (int)G)
+#pragma unroll
+                    for (int e = 0; e < EPL; e++) acc[g][e] += p[g] * v[e];
+        }
+        sync_warp();
+    }
+    __syncthreads();  // the V tiles' memory becomes the merge's
+    float* sh_acc = (float*)sh_raw;  // [ATQ_WARPS][ATT_GMAX][D]
+#pragma unroll
+    for (int g = 0; g < ATT_GMAX; g++) {
+        if (g < (int)G) {  // constant indices: a runtime g would put acc in local memory
+            l[g] = warp_sum(l[g]);
+#pragma unroll
+            for (int e = 0; e < EPL; e++) sh_acc[(warp * ATT_GMAX + g) * D + lane * EPL + e] = acc[g][e];
+            if (lane == 0) {
+                sh_ml[warp][g][0] = m[g];
+                sh_ml[warp][g][1] = l[g];
+            }
+        }
+    }
+    __syncthreads();
+    for (u32 t = threadIdx.x; t < G * D; t += blockDim.x) {
+        const u32 g = t / D, dd = t % D;
+        float M = -1e30f;
+        for (int w = 0; w < ATQ_WARPS; w++) M = fmaxf(M, sh_ml[w][g][0]);
+        float L = 0.0f, A = 0.0f;
+        for (int w = 0; w < ATQ_WARPS; w++) {
+            const float f = expf(sh_ml[w][g][0] - M);
+            L += sh_ml[w][g][1] * f;
+            A += sh_acc[(w * ATT_GMAX + g) * D + dd] * f;
+        }
+        const u64 idx = ((u64)r * n_heads + kvh * G + g) * n_splits + split;
+        part_acc[idx * D + dd] = A;
+        if (dd == 0) {
+            part_ml[idx * 2] = M;
+            part_ml[idx * 2 + 1] = L;
+        }
+    }
+}
+
+#define ATTQ(KTN, KT, D)                                                                               \
+    KILN_KERNEL __launch_bounds__(ATQ_WARPS * 32, ATQ_BLOCKS) void attn_tile_##KTN##_##D(const float* q, const u8* kc, const u8* vc, u32 row_bytes,   \
+                                           u32 n_heads, u32 n_kv_heads, u32 start, u32 window,          \
+                                           float scale, float softcap, u32 chunk, u32 row_splits,       \
+                                           float* part_acc, float* part_ml) {                            \
+        attn_tile<KT, D>(q, kc, vc, row_bytes, n_heads, n_kv_heads, start, window, scale, softcap,      \
+                         chunk, row_splits, part_acc, part_ml);                                         \
+    }
+ATTQ(q4_0, T_Q4_0, 64) ATTQ(q4_0, T_Q4_0, 128) ATTQ(q4_0, T_Q4_0, 256)
+ATTQ(q8_0, T_Q8_0, 64) ATTQ(q8_0, T_Q8_0, 128) ATTQ(q8_0, T_Q8_0, 256)
+#endif
+
+// Merges the splits of each (row, head). Block (row·head, 32-value slice of the head), 8 warps: each warp
+// sums every eighth split for its lane's value, then the warps are added. Long contexts have hundreds of
+// splits, which one thread per value walking them all serially left to a few SMs.
+#define MERGE_WARPS (256 / WARP_SIZE)  // the host launches 256 threads
 KILN_KERNEL void attn_merge(const float* part_acc, const float* part_ml, u32 n_splits, u32 d, float* out) {
+    __shared__ float sh_a[MERGE_WARPS][WARP_SIZE], sh_l[MERGE_WARPS], sh_m[MERGE_WARPS];
     const u64 rh = blockIdx.x;
+    const u32 warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
+    const u32 i = blockIdx.y * WARP_SIZE + lane;
     const float* ml = part_ml + rh * n_splits * 2;
     float M = -1e30f;
-    for (u32 s = 0; s < n_splits; s++) M = fmaxf(M, ml[2 * s]);
-    for (u32 i = threadIdx.x; i < d; i += blockDim.x) {
-        float L = 0.0f, A = 0.0f;
-        for (u32 s = 0; s < n_splits; s++) {
-            const float f = expf(ml[2 * s] - M);
-            L += ml[2 * s + 1] * f;
-            A += part_acc[(rh * n_splits + s) * d + i] * f;
+    for (u32 s = threadIdx.x; s < n_splits; s += blockDim.x) M = fmaxf(M, ml[2 * s]);
+    M = warp_max(M);
+    if (lane == 0) sh_m[warp] = M;
+    __syncthreads();
+    M = sh_m[0];
+    for (u32 w = 1; w < MERGE_WARPS; w++) M = fmaxf(M, sh_m[w]);
+    float L = 0.0f, A = 0.0f;
+    for (u32 s = warp; s < n_splits; s += MERGE_WARPS) {
+        const float f = expf(ml[2 * s] - M);
+        L += ml[2 * s + 1] * f;
+        if (i < d) A += part_acc[(rh * n_splits + s) * d + i] * f;
+    }
+    sh_a[warp][lane] = A;
+    if (lane == 0) sh_l[warp] = L;
+    __syncthreads();
+    if (warp == 0 && i < d) {
+        float LL = 0.0f, AA = 0.0f;
+        for (u32 w = 0; w < MERGE_WARPS; w++) {
+            LL += sh_l[w];
+            AA += sh_a[w][lane];
         }
-        out[rh * d + i] = L > 0.0f ? A / L : 0.0f;
+        out[rh * d + i] = LL > 0.0f ? AA / LL : 0.0f;
     }
 }
 

@@ -45,6 +45,18 @@ __device__ __forceinline__ int shfl_xor_int(int v, int mask) {
 #endif
 }
 
+// Orders the shared-memory writes of a warp before its lanes read each other's (CUDA's independent
+// thread scheduling needs the barrier; a wavefront runs in lock step, so AMD needs only the fence).
+__device__ __forceinline__ void sync_warp() {
+#if defined(KILN_HIP)
+    __builtin_amdgcn_fence(__ATOMIC_RELEASE, "wavefront");
+    __builtin_amdgcn_wave_barrier();
+    __builtin_amdgcn_fence(__ATOMIC_ACQUIRE, "wavefront");
+#else
+    __syncwarp();
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int m = WARP_SIZE / 2; m > 0; m >>= 1) v += shfl_xor(v, m);

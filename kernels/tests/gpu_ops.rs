@@ -616,6 +616,129 @@ fn attention_long_context_splits() {
     );
 }
 
+/// The flagship's attention shape (24 query heads over 4 KV heads of 256, q4_0 cache) decoding after
+/// 2,000 cached positions: many splits of the tiled kernel, and a 4-row verify batch giving each row
+/// bit-for-bit what the row gives alone (what makes speculative decoding token-identical to greedy).
+#[test]
+fn attention_q4_0_decode_after_a_long_prompt_and_verify_invariance() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let (d, n_kv, n_ctx, filled) = (256, 4, 2100, 2000);
+    let params = |n_heads| AttentionParams {
+        n_heads,
+        n_kv_heads: n_kv,
+        head_dim: d,
+        scale: 1.0 / 16.0,
+        window: None,
+        softcap: None,
+    };
+    let mut kc = c.kv_cache(n_ctx, n_kv, d, KvType::Q4_0).unwrap();
+    let mut kg = g.kv_cache(n_ctx, n_kv, d, KvType::Q4_0).unwrap();
+    let mut kg2 = g.kv_cache(n_ctx, n_kv, d, KvType::Q4_0).unwrap();
+    // Fill the caches with one query head per KV head (cheap on the CPU); the decode below uses 24.
+    let (k, v) = (
+        values(2, filled * n_kv * d, 1.0),
+        values(3, filled * n_kv * d, 1.0),
+    );
+    let q = values(1, filled * n_kv * d, 1.0);
+    let mut o = c.tensor(filled * n_kv * d).unwrap();
+    c.attention(
+        &put(&c, &q),
+        &put(&c, &k),
+        &put(&c, &v),
+        &mut kc,
+        0,
+        filled,
+        params(n_kv),
+        &mut o,
+    )
+    .unwrap();
+    for cache in [&mut kg, &mut kg2] {
+        let mut o = g.tensor(filled * n_kv * d).unwrap();
+        g.attention(
+            &put(g, &q),
+            &put(g, &k),
+            &put(g, &v),
+            cache,
+            0,
+            filled,
+            params(n_kv),
+            &mut o,
+        )
+        .unwrap();
+    }
+    let (nh, rows) = (24, 4);
+    let (q, k, v) = (
+        values(4, rows * nh * d, 1.0),
+        values(5, rows * n_kv * d, 1.0),
+        values(6, rows * n_kv * d, 1.0),
+    );
+    let width = nh * d;
+    let (mut oc, mut og) = (c.tensor(width).unwrap(), g.tensor(width).unwrap());
+    let (q0, k0, v0) = (&q[..width], &k[..n_kv * d], &v[..n_kv * d]);
+    c.attention(
+        &put(&c, q0),
+        &put(&c, k0),
+        &put(&c, v0),
+        &mut kc,
+        filled,
+        1,
+        params(nh),
+        &mut oc,
+    )
+    .unwrap();
+    g.attention(
+        &put(g, q0),
+        &put(g, k0),
+        &put(g, v0),
+        &mut kg,
+        filled,
+        1,
+        params(nh),
+        &mut og,
+    )
+    .unwrap();
+    let alone0 = get(g, &og, width);
+    assert_close("q4_0 decode at 2000", &alone0, &get(&c, &oc, width), 3e-3);
+    let mut alone = alone0;
+    for r in 1..rows {
+        let kvw = n_kv * d;
+        g.attention(
+            &put(g, &q[r * width..(r + 1) * width]),
+            &put(g, &k[r * kvw..(r + 1) * kvw]),
+            &put(g, &v[r * kvw..(r + 1) * kvw]),
+            &mut kg,
+            filled + r,
+            1,
+            params(nh),
+            &mut og,
+        )
+        .unwrap();
+        alone.extend(get(g, &og, width));
+    }
+    let mut ob = g.tensor(rows * width).unwrap();
+    g.attention(
+        &put(g, &q),
+        &put(g, &k),
+        &put(g, &v),
+        &mut kg2,
+        filled,
+        rows,
+        params(nh),
+        &mut ob,
+    )
+    .unwrap();
+    let batched = get(g, &ob, rows * width);
+    let same = alone
+        .iter()
+        .zip(&batched)
+        .all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(
+        same,
+        "a verify batch's rows differ from the same rows decoded alone"
+    );
+}
+
 #[test]
 fn gated_delta_net_conv_and_gates() {
     let Some(g) = gpu() else { return };

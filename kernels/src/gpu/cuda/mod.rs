@@ -88,6 +88,9 @@ pub struct CudaBackend {
     fuse: bool,
     /// Prefill attention through cuBLAS (default; `KILN_ATTN_BLAS=0` keeps the split kernel).
     attn_blas: bool,
+    /// Decode attention over q4_0/q8_0 caches by `attn_tile_*`, a key per lane (default;
+    /// `KILN_ATTN_TILE=0` keeps `attn_split_*`, a warp per key).
+    attn_tile: bool,
     scratch: Mutex<Scratch>,
     /// cuBLAS for prefill-sized products, when the library is on this machine.
     blas: Option<CudaBlas>,
@@ -169,6 +172,7 @@ impl CudaBackend {
             matvec: Matvec::from_env(),
             fuse: std::env::var("KILN_CUDA_FUSE").map_or(true, |v| v != "0"),
             attn_blas: std::env::var("KILN_ATTN_BLAS").map_or(true, |v| v != "0"),
+            attn_tile: std::env::var("KILN_ATTN_TILE").map_or(true, |v| v != "0"),
             scratch: Mutex::new(Scratch::default()),
             blas,
             profile,
@@ -571,6 +575,9 @@ const INVARIANT_ROWS: usize = 17;
 fn attention_chunk(n_ctx: usize) -> usize {
     n_ctx.div_ceil(1024).next_power_of_two().clamp(16, 2048)
 }
+
+/// The fewest keys of an `attn_tile_*` split (`ATQ_MIN_CHUNK`: a tile of 32 keys for each of 4 warps).
+const TILED_MIN_CHUNK: usize = 128;
 
 /// Threads of an `rms_norm` block for rows of `dim` values: about four values a thread, so a single row
 /// (the decode step) is spread over up to 1024 threads instead of one block's 256 walking it serially.
@@ -1114,21 +1121,32 @@ impl Backend for CudaBackend {
             return self.attention_blas(qp, kv, start, rows, &p, op_);
         }
         let kv_len = start + rows;
-        let chunk = if rows <= INVARIANT_ROWS {
+        // attn_tile_*: a key per lane, tiles of 32 keys per warp; needs whole 4-byte aligned heads.
+        let tiled = self.attn_tile && matches!(kv.ty, KvType::Q8_0 | KvType::Q4_0) && d >= 64;
+        // (chunk, row splits, grid splits): keys per split (0: each row sizes its own splits, at most
+        // `row splits` of them: attn_tile's decode mode) and the splits the grid covers.
+        let (chunk, row_splits, n_splits) = if rows <= INVARIANT_ROWS && tiled {
+            // Each row splits its keys by its own position (attn_tile's `tiled_chunk`), so a row sums
+            // the same keys in the same order alone or in a verify batch; the grid covers the batch's
+            // last row, and the rows before it leave their extra splits empty. About three blocks per SM.
+            let target = (3 * self.sm_count).div_ceil(p.n_kv_heads);
+            (0, target, target.min(kv_len.div_ceil(TILED_MIN_CHUNK)))
+        } else if rows <= INVARIANT_ROWS {
             // Decode and verify batches: splits of a fixed size that depends only on the cache's
             // capacity, never on the batch or the position. Each row then sums the same keys in the same
             // order whether it runs alone or in a verify batch, so speculative decoding gives exactly the
             // tokens plain decoding gives. (Splits past a row's last key are empty: exact zeros.)
-            attention_chunk(kv.n_ctx)
+            let chunk = attention_chunk(kv.n_ctx);
+            (chunk, 0, kv_len.div_ceil(chunk))
         } else {
             // Prefill: enough splits to give every SM work, at most 2048 keys per block.
             let by_parallelism = (2 * self.sm_count).div_ceil(rows * p.n_kv_heads);
             let n_splits = by_parallelism
                 .max(kv_len.div_ceil(2048))
                 .clamp(1, kv_len.div_ceil(16).max(1));
-            kv_len.div_ceil(n_splits)
+            let chunk = kv_len.div_ceil(n_splits);
+            (chunk, 0, kv_len.div_ceil(chunk))
         };
-        let n_splits = kv_len.div_ceil(chunk);
         let parts = rows * p.n_heads * n_splits;
         let mut s = self.lock_scratch();
         let accp = self.ensure(&mut s.att_acc, parts * d)?;
@@ -1146,14 +1164,51 @@ impl Backend for CudaBackend {
             u32_arg(op, chunk)?,
         );
         let softcap = p.softcap.unwrap_or(0.0);
-        let name = format!("attn_split_{}_{d}", kv_kernel_name(kv.ty));
-        launch!(
-            self, &name, cfg, &qp, &kc, &vc, &rb32, &nh, &nkv, &start32, &win, &p.scale, &softcap,
-            &chunk32, &accp, &mlp
-        )?;
+        let kt = kv_kernel_name(kv.ty);
+        if tiled {
+            let splits32 = u32_arg(op, row_splits)?;
+            launch!(
+                self,
+                &format!("attn_tile_{kt}_{d}"),
+                cfg,
+                &qp,
+                &kc,
+                &vc,
+                &rb32,
+                &nh,
+                &nkv,
+                &start32,
+                &win,
+                &p.scale,
+                &softcap,
+                &chunk32,
+                &splits32,
+                &accp,
+                &mlp
+            )?;
+        } else {
+            launch!(
+                self,
+                &format!("attn_split_{kt}_{d}"),
+                cfg,
+                &qp,
+                &kc,
+                &vc,
+                &rb32,
+                &nh,
+                &nkv,
+                &start32,
+                &win,
+                &p.scale,
+                &softcap,
+                &chunk32,
+                &accp,
+                &mlp
+            )?;
+        }
         let merge = LaunchConfig {
-            grid_dim: (u32_arg(op, rows * p.n_heads)?, 1, 1),
-            block_dim: (d.min(256) as u32, 1, 1),
+            grid_dim: (u32_arg(op, rows * p.n_heads)?, d.div_ceil(32) as u32, 1),
+            block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
         let (ns, d32, op_) = (n_splits as u32, d as u32, self.ptr(&out.buf));
