@@ -1,0 +1,101 @@
+//! Times the quantized matrix × vector products of a 27B-shaped Qwen3.6 decode step on the GPU (one
+//! activation row, and a 4-row verify batch) and prints the weight bytes read per second.
+//!
+//! `cargo run -p kiln-kernels --release --example gpu_matvec_bench` on a machine with an NVIDIA GPU.
+//! Each shape is loaded in enough copies to overflow the L2 cache, and the calls rotate over them, so
+//! every call reads its weights from device memory as a decode step does. `KILN_MMV=...` selects the
+//! product layout (kernels/src/gpu/cuda/matvec.rs).
+
+use std::time::Instant;
+
+use kiln_kernels::backend::{Backend, HostBytes, WeightSource};
+use kiln_kernels::gpu::cuda::CudaBackend;
+use kiln_kernels::quant::GgmlType;
+
+/// Random quantized bytes with every block's f16 scales set to small sane values.
+fn weights(ty: GgmlType, n_out: usize, k: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let mut w: Vec<u8> = (0..n_out * ty.bytes_for(k).unwrap())
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s as u8
+        })
+        .collect();
+    let scale = half::f16::from_f32(0.01).to_le_bytes();
+    let at = if ty == GgmlType::Q6_K { 208 } else { 0 };
+    for block in w.chunks_exact_mut(ty.type_size()) {
+        block[at..at + 2].copy_from_slice(&scale);
+        if matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K) {
+            block[2..4].copy_from_slice(&scale);
+        }
+    }
+    w
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let g = CudaBackend::new(0)?;
+    // (type, outputs, inputs): the FFN's stacked gate+up and down, the recurrent layer's input and
+    // output projections, attention's q (with its gate) and o, and the LM head.
+    let shapes = [
+        (GgmlType::Q4_K, 34816, 5120),
+        (GgmlType::Q4_K, 5120, 17408),
+        (GgmlType::Q6_K, 5120, 17408),
+        (GgmlType::Q4_K, 10240, 5120),
+        (GgmlType::Q5_K, 10240, 5120),
+        (GgmlType::Q4_K, 5120, 6144),
+        (GgmlType::Q4_K, 12288, 5120),
+        (GgmlType::Q6_K, 248320, 5120),
+    ];
+    println!(
+        "{:6} {:>7} {:>6} {:>5} {:>9} {:>8}",
+        "type", "n_out", "k", "rows", "us/call", "GB/s"
+    );
+    for (ty, n_out, k) in shapes {
+        let bytes = n_out * ty.bytes_for(k).unwrap();
+        let copies = (200_000_000 / bytes).clamp(1, 16);
+        let ws = (0..copies)
+            .map(|c| {
+                g.load_weight(WeightSource {
+                    name: format!("w{c}"),
+                    ty,
+                    rows: n_out,
+                    cols: k,
+                    bytes: HostBytes::from_vec(weights(ty, n_out, k, c as u64 + 1)),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for rows in [1, 4] {
+            let mut x = g.tensor(rows * k)?;
+            let xs: Vec<f32> = (0..rows * k)
+                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                .collect();
+            g.write(&mut x, 0, &xs)?;
+            let mut out = g.tensor(rows * n_out)?;
+            for w in &ws {
+                g.matmul(w, &x, rows, &mut out)?;
+            }
+            g.synchronize()?;
+            let calls = (2_000_000_000 / bytes).clamp(copies, 400);
+            let mut times = Vec::new();
+            for _ in 0..5 {
+                let t = Instant::now();
+                for i in 0..calls {
+                    g.matmul(&ws[i % copies], &x, rows, &mut out)?;
+                }
+                g.synchronize()?;
+                times.push(t.elapsed().as_secs_f64() / calls as f64);
+            }
+            times.sort_by(f64::total_cmp);
+            let t = times[2];
+            println!(
+                "{:6} {n_out:>7} {k:>6} {rows:>5} {:>9.1} {:>8.0}",
+                ty.name(),
+                t * 1e6,
+                bytes as f64 / t / 1e9
+            );
+        }
+    }
+    Ok(())
+}
