@@ -50,6 +50,32 @@ __device__ __forceinline__ u32 head_bytes(int kt, u32 values) {
     }
 }
 
+// Merges the block's warps' running (max, sum, accumulators) for each of the G heads and stores the
+// split's partial sums (part_acc: [rows][n_heads][n_splits][D]; part_ml: the same of (max, sum)).
+// sh_acc is [WARPS][ATT_GMAX][D] and sh_ml [WARPS][ATT_GMAX][2], flattened.
+template <int D, int WARPS>
+__device__ __forceinline__ void store_partials(const float* sh_acc, const float* sh_ml, u32 G, u32 r, u32 n_heads,
+                                               u32 kvh, u32 split, u32 n_splits, float* part_acc,
+                                               float* part_ml) {
+    for (u32 t = threadIdx.x; t < G * D; t += blockDim.x) {
+        const u32 g = t / D, d = t % D;
+        float M = -1e30f;
+        for (int w = 0; w < WARPS; w++) M = fmaxf(M, sh_ml[(w * ATT_GMAX + g) * 2]);
+        float L = 0.0f, A = 0.0f;
+        for (int w = 0; w < WARPS; w++) {
+            const float f = expf(sh_ml[(w * ATT_GMAX + g) * 2] - M);
+            L += sh_ml[(w * ATT_GMAX + g) * 2 + 1] * f;
+            A += sh_acc[(w * ATT_GMAX + g) * D + d] * f;
+        }
+        const u64 idx = ((u64)r * n_heads + kvh * G + g) * n_splits + split;
+        part_acc[idx * D + d] = A;
+        if (d == 0) {
+            part_ml[idx * 2] = M;
+            part_ml[idx * 2 + 1] = L;
+        }
+    }
+}
+
 // part_acc: [rows][n_heads][n_splits][D] unnormalised sums; part_ml: [rows][n_heads][n_splits][2] (max, sum).
 template <int KT, int D>
 __device__ __forceinline__ void attn_split(const float* q, const u8* kc, const u8* vc, u32 row_bytes,
@@ -112,31 +138,17 @@ __device__ __forceinline__ void attn_split(const float* q, const u8* kc, const u
         }
     }
     __syncthreads();
-    // Merge the four warps: thread t handles value t % D of head t / D.
-    for (u32 t = threadIdx.x; t < G * D; t += blockDim.x) {
-        const u32 g = t / D, d = t % D;
-        float M = -1e30f;
-        for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, sh_ml[w][g][0]);
-        float L = 0.0f, A = 0.0f;
-        for (int w = 0; w < ATT_WARPS; w++) {
-            const float f = expf(sh_ml[w][g][0] - M);
-            L += sh_ml[w][g][1] * f;
-            A += sh_acc[w][g][d] * f;
-        }
-        const u64 idx = ((u64)r * n_heads + kvh * G + g) * n_splits + split;
-        part_acc[idx * D + d] = A;
-        if (d == 0) {
-            part_ml[idx * 2] = M;
-            part_ml[idx * 2 + 1] = L;
-        }
-    }
+    store_partials<D, ATT_WARPS>(&sh_acc[0][0][0], &sh_ml[0][0][0], G, r, n_heads, kvh, split, n_splits, part_acc,
+                                 part_ml);
 }
 
+// The same parameters as attn_tile_* (one launch site); `row_splits` is attn_tile's alone.
 #define ATTN(KTN, KT, D)                                                                               \
     KILN_KERNEL void attn_split_##KTN##_##D(const float* q, const u8* kc, const u8* vc, u32 row_bytes,  \
                                             u32 n_heads, u32 n_kv_heads, u32 start, u32 window,         \
-                                            float scale, float softcap, u32 chunk, float* part_acc,     \
-                                            float* part_ml) {                                            \
+                                            float scale, float softcap, u32 chunk, u32 row_splits,      \
+                                            float* part_acc, float* part_ml) {                           \
+        (void)row_splits;                                                                               \
         attn_split<KT, D>(q, kc, vc, row_bytes, n_heads, n_kv_heads, start, window, scale, softcap,     \
                           chunk, part_acc, part_ml);                                                    \
     }
@@ -384,23 +396,7 @@ __device__ __forceinline__ void attn_tile(const float* q, const u8* kc, const u8
         }
     }
     __syncthreads();
-    for (u32 t = threadIdx.x; t < G * D; t += blockDim.x) {
-        const u32 g = t / D, dd = t % D;
-        float M = -1e30f;
-        for (int w = 0; w < ATQ_WARPS; w++) M = fmaxf(M, sh_ml[w][g][0]);
-        float L = 0.0f, A = 0.0f;
-        for (int w = 0; w < ATQ_WARPS; w++) {
-            const float f = expf(sh_ml[w][g][0] - M);
-            L += sh_ml[w][g][1] * f;
-            A += sh_acc[(w * ATT_GMAX + g) * D + dd] * f;
-        }
-        const u64 idx = ((u64)r * n_heads + kvh * G + g) * n_splits + split;
-        part_acc[idx * D + dd] = A;
-        if (dd == 0) {
-            part_ml[idx * 2] = M;
-            part_ml[idx * 2 + 1] = L;
-        }
-    }
+    store_partials<D, ATQ_WARPS>(sh_acc, &sh_ml[0][0][0], G, r, n_heads, kvh, split, n_splits, part_acc, part_ml);
 }
 
 #define ATTQ(KTN, KT, D)                                                                               \

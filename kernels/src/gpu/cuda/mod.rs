@@ -1164,48 +1164,13 @@ impl Backend for CudaBackend {
             u32_arg(op, chunk)?,
         );
         let softcap = p.softcap.unwrap_or(0.0);
-        let kt = kv_kernel_name(kv.ty);
-        if tiled {
-            let splits32 = u32_arg(op, row_splits)?;
-            launch!(
-                self,
-                &format!("attn_tile_{kt}_{d}"),
-                cfg,
-                &qp,
-                &kc,
-                &vc,
-                &rb32,
-                &nh,
-                &nkv,
-                &start32,
-                &win,
-                &p.scale,
-                &softcap,
-                &chunk32,
-                &splits32,
-                &accp,
-                &mlp
-            )?;
-        } else {
-            launch!(
-                self,
-                &format!("attn_split_{kt}_{d}"),
-                cfg,
-                &qp,
-                &kc,
-                &vc,
-                &rb32,
-                &nh,
-                &nkv,
-                &start32,
-                &win,
-                &p.scale,
-                &softcap,
-                &chunk32,
-                &accp,
-                &mlp
-            )?;
-        }
+        let kernel = if tiled { "attn_tile" } else { "attn_split" };
+        let name = format!("{kernel}_{}_{d}", kv_kernel_name(kv.ty));
+        let splits32 = u32_arg(op, row_splits)?;
+        launch!(
+            self, &name, cfg, &qp, &kc, &vc, &rb32, &nh, &nkv, &start32, &win, &p.scale, &softcap,
+            &chunk32, &splits32, &accp, &mlp
+        )?;
         let merge = LaunchConfig {
             grid_dim: (u32_arg(op, rows * p.n_heads)?, d.div_ceil(32) as u32, 1),
             block_dim: (256, 1, 1),
