@@ -6,6 +6,8 @@
 //! source (`$KILN_LLAMA_CPP_SRC`, default the llama-cpp-python 0.3.36 sdist that `scripts/fetch-llama-cpp-src.sh` unpacks under `~/.cache/kiln`). Whatever is
 //! missing is skipped with a printed reason.
 
+mod common;
+
 use kiln_agent::chat::{ChatError, ChatTemplate};
 use kiln_agent::gguf::GgufFile;
 use kiln_agent::tokenizer::Tokenizer;
@@ -16,33 +18,12 @@ fn home() -> PathBuf {
     PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
 }
 
-fn model_path(file: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("KILN_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home().join(".cache/kiln/models"));
-    let path = dir.join(file);
-    if path.exists() {
-        Some(path)
-    } else {
-        println!(
-            "SKIP: {} is missing (scripts/fetch-models.sh or KILN_MODELS)",
-            path.display()
-        );
-        None
-    }
-}
-
 fn llama_cpp_templates() -> Option<PathBuf> {
     let candidates = match std::env::var_os("KILN_LLAMA_CPP_SRC") {
         Some(dir) => vec![PathBuf::from(dir)],
-        None => vec![
-            home().join(
-                ".cache/kiln/llama-cpp-python-0.3.36/src/llama_cpp_python-0.3.36/vendor/llama.cpp",
-            ),
-            home().join(
-                ".cache/kiln/llama-cpp-python-0.3.36/src/llama_cpp_python-0.3.36/vendor/llama.cpp",
-            ),
-        ],
+        None => vec![home().join(
+            ".cache/kiln/llama-cpp-python-0.3.36/src/llama_cpp_python-0.3.36/vendor/llama.cpp",
+        )],
     };
     let found = candidates
         .iter()
@@ -127,7 +108,7 @@ fn qwen_template(file: &str) -> Option<ChatTemplate> {
 
 #[test]
 fn smollm2_template_matches_jinja2() {
-    let Some(path) = model_path("SmolLM2-135M-Instruct.Q4_1.gguf") else {
+    let Some(path) = common::cached_model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };
     let gguf = GgufFile::open(&path).unwrap();
@@ -207,7 +188,7 @@ fn models_without_a_template_fall_back_to_chatml_or_gemma_turns() {
          <|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"
     );
 
-    let Some(path) = model_path("gemma-3-270m-q4_k_m.gguf") else {
+    let Some(path) = common::cached_model("gemma-3-270m-q4_k_m.gguf") else {
         return;
     };
     let gguf = GgufFile::open(&path).unwrap();

@@ -5,6 +5,8 @@
 //! tmpfs mounted by the test; it runs as root), and the Hugging Face hub's resolve protocol. Every case
 //! ends in a complete verified file or a clean, explained failure with nothing corrupt in the cache.
 
+mod common;
+
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -21,7 +23,7 @@ use kiln_agent::gguf::Value;
 use kiln_kernels::quant::GgmlType;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -95,29 +97,6 @@ fn retype(mut file: Vec<u8>, tensor: &str, ty: GgmlType) -> Vec<u8> {
 
 fn sha(b: &[u8]) -> String {
     format!("{:x}", Sha256::digest(b))
-}
-
-fn real_model(file: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("KILN_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kiln/models")
-        });
-    let path = dir.join(file);
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var_os("KILN_REQUIRE_MODELS").is_some_and(|v| v == "1") {
-        panic!(
-            "{} is missing and KILN_REQUIRE_MODELS=1 (run scripts/fetch-models.sh)",
-            path.display()
-        );
-    }
-    eprintln!(
-        "skipped: {} is missing (run scripts/fetch-models.sh)",
-        path.display()
-    );
-    None
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -418,7 +397,7 @@ async fn fetch_err(uri: &str, opts: &FetchOptions) -> FetchError {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_model_downloads_verified_and_is_reused_from_the_cache() {
-    let Some(src) = real_model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
+    let Some(src) = common::cached_model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };
     let bytes = std::fs::read(&src).unwrap();
@@ -470,7 +449,7 @@ async fn the_real_model_downloads_verified_and_is_reused_from_the_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_k_quant_model_matches_its_declared_quantization() {
     // Gemma 3 270M Q4_K_M: rows of 640 are not whole K-quant blocks, so most matrices fall back to Q5_0.
-    let Some(src) = real_model("gemma-3-270m-q4_k_m.gguf") else {
+    let Some(src) = common::cached_model("gemma-3-270m-q4_k_m.gguf") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

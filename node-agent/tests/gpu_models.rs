@@ -1,11 +1,16 @@
 //! Whole models on the CUDA backend against the CPU backend: the committed synthetic models of every
-//! architecture (llama GQA f32, qwen2 f16/q4_0, qwen3 f16/q8_0) and the tiny qwen35 hybrid (f16, q8_0).
+//! architecture (llama GQA f32, qwen2 f16/q4_0, qwen3 f16/q8_0), the tiny qwen35 hybrid (f16, q8_0), and
+//! the real trained models of scripts/fetch-models.sh (SmolLM2-135M, Gemma-3-270M) where `KILN_MODELS`
+//! or the model cache holds them (bench/gpu/README.md: how they reach the GPU machine).
 //! Teacher-forced: both backends are fed the CPU's greedy tokens, and the logits are compared at every
 //! step of a prompt plus 40 generated tokens, so one near-tie cannot derail the comparison.
 //! Tolerances: f16/f32 weights agree to ~1e-3; quantized weights see 8-bit activations on both backends,
 //! rounded in different block layouts, and the random synthetic models amplify that to a few percent.
 //! Runs where an NVIDIA GPU is present; elsewhere it prints why it skipped.
 
+mod common;
+
+use common::repo;
 use kiln_agent::engine::Engine;
 use kiln_agent::gguf::GgufFile;
 use kiln_kernels::backend::{Backend, KvType};
@@ -13,10 +18,6 @@ use kiln_kernels::cpu::CpuBackend;
 use kiln_kernels::gpu::cuda::{driver_present, CudaBackend};
 use std::path::PathBuf;
 use std::sync::Arc;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn argmax(v: &[f32]) -> usize {
     v.iter()
@@ -178,6 +179,22 @@ fn qwen35_tiny_q8_0_q4_0_cache() {
         5e-2,
         0.15,
     );
+}
+
+/// A real model (llama architecture, Q4_1 layers, Q8_0 embeddings, trained weights), q8_0 cache.
+#[test]
+fn smollm2_135m_q4_1_real_model() {
+    if let Some(path) = common::cached_model("SmolLM2-135M-Instruct.Q4_1.gguf") {
+        compare(path, KvType::Q8_0, 5e-2, 0.15);
+    }
+}
+
+/// A real model of the gemma3 architecture (sliding-window layers, GELU, Q4_K/Q5_0/Q6_K/Q8_0), f16 cache.
+#[test]
+fn gemma3_270m_q4_k_m_real_model() {
+    if let Some(path) = common::cached_model("gemma-3-270m-q4_k_m.gguf") {
+        compare(path, KvType::F16, 5e-2, 0.15);
+    }
 }
 
 /// MTP speculative decoding on the GPU: greedy output token-identical to plain greedy decoding for draft
