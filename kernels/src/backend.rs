@@ -485,10 +485,93 @@ pub trait Backend: Send + Sync {
         )))
     }
 
+    /// Per row of `x` (`rows` rows of `n` values): the index of the largest value ([`argmax`]'s order) —
+    /// greedy sampling where the values are, reading back one id a row. Default: read, then [`argmax`].
+    fn argmax_rows(&self, x: &Self::Tensor, rows: usize, n: usize) -> Result<Vec<u32>> {
+        let values = read_rows(self, "argmax_rows", x, rows, n)?;
+        Ok(values.chunks_exact(n).map(argmax).collect())
+    }
+
+    /// Per row: the `k` largest values (all of them if a row has fewer) with their indices, in
+    /// [`top_k`]'s order — the candidates of top-k sampling, read back instead of the whole row.
+    /// Default: read, then [`top_k`].
+    fn top_k_rows(
+        &self,
+        x: &Self::Tensor,
+        rows: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<Vec<Vec<(u32, f32)>>> {
+        let values = read_rows(self, "top_k_rows", x, rows, n)?;
+        Ok(values.chunks_exact(n).map(|row| top_k(row, k)).collect())
+    }
+
     /// Waits for queued work (no-op on the CPU).
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+}
+
+/// `rows` rows of `n` values of `x`, read back for the sampling defaults (n ≥ 1, checked).
+fn read_rows<B: Backend + ?Sized>(
+    be: &B,
+    op: &'static str,
+    x: &B::Tensor,
+    rows: usize,
+    n: usize,
+) -> Result<Vec<f32>> {
+    if n == 0 {
+        return Err(shape_err(op, "rows of 0 values"));
+    }
+    let len = rows
+        .checked_mul(n)
+        .ok_or_else(|| shape_err(op, "rows × n overflows"))?;
+    let mut values = vec![0f32; len];
+    be.read(x, 0, &mut values)?;
+    Ok(values)
+}
+
+/// The sampling order: larger values first, the lower index among equal values (llama.cpp's greedy
+/// tie rule), NaN after every number.
+fn comes_before(a: (usize, f32), b: (usize, f32)) -> bool {
+    match (a.1.is_nan(), b.1.is_nan()) {
+        (false, true) => true,
+        (true, false) => false,
+        (true, true) => a.0 < b.0,
+        (false, false) => a.1 > b.1 || (a.1 == b.1 && a.0 < b.0),
+    }
+}
+
+/// The index of the first value in [`comes_before`] order (0 for an empty row).
+pub fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate().skip(1) {
+        if comes_before((i, v), (best, values[best])) {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// The `k` first values in [`comes_before`] order with their indices (fewer if the row is shorter).
+pub fn top_k(values: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    let by = |a: &usize, b: &usize| {
+        if comes_before((*a, values[*a]), (*b, values[*b])) {
+            std::cmp::Ordering::Less
+        } else if a == b {
+            std::cmp::Ordering::Equal
+        } else {
+            std::cmp::Ordering::Greater
+        }
+    };
+    let k = k.min(values.len());
+    if k < values.len() {
+        order.select_nth_unstable_by(k, by);
+        order.truncate(k);
+    }
+    order.sort_unstable_by(by);
+    order.into_iter().map(|i| (i as u32, values[i])).collect()
 }
 
 /// [`Backend::split_qkv_l2`] from the backend's copies and norms.

@@ -14,6 +14,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("elementwise.cu", include_str!("../../gpu/elementwise.cu")),
     ("recurrent.cu", include_str!("../../gpu/recurrent.cu")),
     ("attention.cu", include_str!("../../gpu/attention.cu")),
+    ("sampling.cu", include_str!("../../gpu/sampling.cu")),
 ];
 
 /// One translation unit for a run-time compiler: the files concatenated, their local `#include "…"`

@@ -144,6 +144,7 @@ macro_rules! launch {
 
 mod attention_blas;
 mod matvec;
+mod sampling;
 use matvec::{mmv_kernel, Matvec};
 
 impl CudaBackend {
@@ -1449,6 +1450,28 @@ impl Backend for CudaBackend {
         snapshots: &mut CudaTensor,
     ) -> Result<()> {
         self.delta_rule([q, k, v, g, beta], state, rows, p, out, Some(snapshots))
+    }
+
+    fn argmax_rows(&self, x: &CudaTensor, rows: usize, n: usize) -> Result<Vec<u32>> {
+        self.argmax_rows_on_device(x, rows, n)
+    }
+
+    fn top_k_rows(
+        &self,
+        x: &CudaTensor,
+        rows: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<Vec<Vec<(u32, f32)>>> {
+        if k > sampling::TOP_K_MAX {
+            let mut values = vec![0f32; rows.saturating_mul(n)];
+            self.read(x, 0, &mut values)?;
+            return Ok(values
+                .chunks_exact(n.max(1))
+                .map(|row| crate::backend::top_k(row, k))
+                .collect());
+        }
+        self.top_k_rows_on_device(x, rows, n, k)
     }
 
     fn synchronize(&self) -> Result<()> {

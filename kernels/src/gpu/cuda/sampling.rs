@@ -1,0 +1,94 @@
+//! Sampling on the CUDA backend (kernels/gpu/sampling.cu): a row's argmax or its k largest values found
+//! where the logits are, so a step reads back an id or k candidates instead of the whole row.
+
+use super::{dev_err, u32_arg, CudaBackend, CudaTensor};
+use crate::backend::{check_len, shape_err, top_k, Backend, Result};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+/// Threads of a sampling block (`SAMPLE_THREADS` in sampling.cu): one block per row.
+const SAMPLE_THREADS: u32 = 1024;
+/// The largest k `top_k_rows` takes on the device (a sampler's top-k is tens); beyond, the row is read.
+pub(super) const TOP_K_MAX: usize = 4096;
+
+impl CudaBackend {
+    pub(super) fn argmax_rows_on_device(
+        &self,
+        x: &CudaTensor,
+        rows: usize,
+        n: usize,
+    ) -> Result<Vec<u32>> {
+        let op = "argmax_rows";
+        if n == 0 {
+            return Err(shape_err(op, "rows of 0 values"));
+        }
+        check_len(op, "input", x.len, rows.saturating_mul(n))?;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let ids: CudaSlice<u32> = self.alloc_zeros(rows)?;
+        let (xp, n32, ip) = (self.ptr(&x.buf), u32_arg(op, n)?, self.ptr(&ids));
+        launch!(self, op, row_blocks(op, rows)?, &xp, &n32, &ip)?;
+        let mut out = vec![0u32; rows];
+        self.dev
+            .stream
+            .memcpy_dtoh(&ids, &mut out)
+            .map_err(|e| dev_err(op, e))?;
+        self.synchronize()?;
+        Ok(out)
+    }
+
+    pub(super) fn top_k_rows_on_device(
+        &self,
+        x: &CudaTensor,
+        rows: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<Vec<Vec<(u32, f32)>>> {
+        let op = "top_k_rows";
+        if n == 0 {
+            return Err(shape_err(op, "rows of 0 values"));
+        }
+        check_len(op, "input", x.len, rows.saturating_mul(n))?;
+        let k = k.min(n);
+        if rows == 0 || k == 0 {
+            return Ok(vec![Vec::new(); rows]);
+        }
+        let ids: CudaSlice<u32> = self.alloc_zeros(rows * k)?;
+        let vals: CudaSlice<f32> = self.alloc_zeros(rows * k)?;
+        let (xp, n32, k32) = (self.ptr(&x.buf), u32_arg(op, n)?, u32_arg(op, k)?);
+        let (ip, vp) = (self.ptr(&ids), self.ptr(&vals));
+        launch!(self, op, row_blocks(op, rows)?, &xp, &n32, &k32, &ip, &vp)?;
+        let (mut id_host, mut val_host) = (vec![0u32; rows * k], vec![0f32; rows * k]);
+        self.dev
+            .stream
+            .memcpy_dtoh(&ids, &mut id_host)
+            .map_err(|e| dev_err(op, e))?;
+        self.dev
+            .stream
+            .memcpy_dtoh(&vals, &mut val_host)
+            .map_err(|e| dev_err(op, e))?;
+        self.synchronize()?;
+        // The kernel leaves each row's k pairs unordered, but equal values in index order (it writes them
+        // in runs of ascending index), so ordering them by value and then position orders them as the
+        // CPU reference does.
+        Ok(id_host
+            .chunks_exact(k)
+            .zip(val_host.chunks_exact(k))
+            .map(|(ids, vals)| {
+                let picked: Vec<f32> = vals.to_vec();
+                top_k(&picked, k)
+                    .into_iter()
+                    .map(|(j, v)| (ids[j as usize], v))
+                    .collect()
+            })
+            .collect())
+    }
+}
+
+fn row_blocks(op: &'static str, rows: usize) -> Result<LaunchConfig> {
+    Ok(LaunchConfig {
+        grid_dim: (u32_arg(op, rows)?, 1, 1),
+        block_dim: (SAMPLE_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
