@@ -3,7 +3,10 @@
 #   nvcc  — from PyPI (nvidia-cuda-nvcc + headers), pinned to 13.0.x to match the GPU machine's driver;
 #   hipcc — Debian bookworm's ROCm 5.2.3 (hipcc, HIP headers, device libraries), unpacked, not installed,
 #           plus the gfx1100 ISA bitcode that 5.2 lacks (made from the gfx1030 one; see notes/toolchain.md).
-# Cached under $KILN_CACHE keyed by version. Usage: scripts/gpu-toolchains.sh cuda|hip  → prints the root.
+#   nvrtc — from PyPI (nvidia-cuda-nvrtc, 13.0.x): the run-time compiler the CUDA backend uses, so the
+#           kernels are also compiled exactly as a GPU machine compiles them (kernels/tests/nvrtc.rs).
+# Cached under $KILN_CACHE keyed by version. Usage: scripts/gpu-toolchains.sh cuda|hip|nvrtc → prints the
+# root (nvrtc: the folder holding libnvrtc.so.13).
 set -euo pipefail
 CACHE=${KILN_CACHE:-$HOME/.cache/kiln}
 CUDA_VERSION=13.0.88
@@ -26,6 +29,18 @@ cuda() {
     echo "$root"
 }
 
+nvrtc() {
+    local root=$CACHE/nvrtc-$CUDA_VERSION
+    if [[ ! -f $root/libnvrtc.so.13 ]]; then
+        local tmp=$root.tmp
+        rm -rf "$tmp"
+        python3 -m pip install --quiet --no-deps --target "$tmp/py" "nvidia-cuda-nvrtc==$CUDA_VERSION" >&2
+        rm -rf "$root"
+        mv "$tmp/py/nvidia/cu13/lib" "$root"
+        rm -rf "$tmp"
+    fi
+    echo "$root"
+}
 hip() {
     local root=$CACHE/rocm-$HIP_VERSION
     if [[ ! -x $root/usr/bin/hipcc ]]; then
@@ -52,5 +67,6 @@ hip() {
 case ${1:-} in
     cuda) cuda ;;
     hip) hip ;;
-    *) echo "usage: $0 cuda|hip" >&2; exit 2 ;;
+    nvrtc) nvrtc ;;
+    *) echo "usage: $0 cuda|hip|nvrtc" >&2; exit 2 ;;
 esac

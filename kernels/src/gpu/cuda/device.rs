@@ -103,20 +103,16 @@ fn cache_dir() -> Option<PathBuf> {
     Some(base.join("kiln").join("kernels"))
 }
 
-/// PTX for the device's architecture: from the on-disk cache when this exact source was compiled for it
-/// before, else from NVRTC (then cached; a cache that cannot be written is only a slower start).
-fn compiled_kernels(cc: (i32, i32)) -> Result<String> {
-    let src = super::super::single_source();
-    let arch = format!("compute_{}{}", cc.0, cc.1);
-    let key = format!("{:016x}-{arch}.ptx", super::super::source_hash(&src));
-    let cached = cache_dir().map(|d| d.join(&key));
-    if let Some(p) = &cached {
-        if let Ok(text) = std::fs::read_to_string(p) {
-            return Ok(text);
-        }
-    }
+/// Whether NVRTC (libnvrtc.so), the run-time compiler of Kiln's kernels, can be loaded here.
+pub fn nvrtc_present() -> bool {
     // SAFETY: only probes for the library with dlopen.
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Kiln's kernels (one translation unit, `single_source`) compiled by NVRTC to PTX for `arch`
+/// (`compute_90`, ...), with the options the backend uses. Needs no GPU, only libnvrtc.so.
+pub fn compile_kernels(arch: &str) -> Result<String> {
+    if !nvrtc_present() {
         return Err(BackendError::Device(
             "cuda: NVRTC (libnvrtc.so) is needed to compile Kiln's kernels for this GPU and was not found"
                 .into(),
@@ -130,9 +126,26 @@ fn compiled_kernels(cc: (i32, i32)) -> Result<String> {
         ],
         ..Default::default()
     };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(&src, opts)
-        .map_err(|e| dev_err("compiling kernels with NVRTC", format!("{e:?}")))?
-        .to_src();
+    Ok(
+        cudarc::nvrtc::compile_ptx_with_opts(super::super::single_source(), opts)
+            .map_err(|e| dev_err("compiling kernels with NVRTC", format!("{e:?}")))?
+            .to_src(),
+    )
+}
+
+/// PTX for the device's architecture: from the on-disk cache when this exact source was compiled for it
+/// before, else from NVRTC (then cached; a cache that cannot be written is only a slower start).
+fn compiled_kernels(cc: (i32, i32)) -> Result<String> {
+    let src = super::super::single_source();
+    let arch = format!("compute_{}{}", cc.0, cc.1);
+    let key = format!("{:016x}-{arch}.ptx", super::super::source_hash(&src));
+    let cached = cache_dir().map(|d| d.join(&key));
+    if let Some(p) = &cached {
+        if let Ok(text) = std::fs::read_to_string(p) {
+            return Ok(text);
+        }
+    }
+    let ptx = compile_kernels(&arch)?;
     if let Some(p) = &cached {
         if let Some(dir) = p.parent() {
             let tmp = p.with_extension("tmp");

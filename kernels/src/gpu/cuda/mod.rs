@@ -5,7 +5,7 @@
 
 mod device;
 
-pub use device::{driver_present, ptx_entries, CudaDevice};
+pub use device::{compile_kernels, driver_present, nvrtc_present, ptx_entries, CudaDevice};
 
 use crate::backend::{
     check_len, kv_layout, shape_err, split_qkv_l2_by_parts, Activation, AttentionParams, Backend,
