@@ -1463,14 +1463,6 @@ impl Backend for CudaBackend {
         n: usize,
         k: usize,
     ) -> Result<Vec<Vec<(u32, f32)>>> {
-        if k > sampling::TOP_K_MAX {
-            let mut values = vec![0f32; rows.saturating_mul(n)];
-            self.read(x, 0, &mut values)?;
-            return Ok(values
-                .chunks_exact(n.max(1))
-                .map(|row| crate::backend::top_k(row, k))
-                .collect());
-        }
         self.top_k_rows_on_device(x, rows, n, k)
     }
 

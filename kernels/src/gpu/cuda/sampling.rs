@@ -8,7 +8,7 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 /// Threads of a sampling block (`SAMPLE_THREADS` in sampling.cu): one block per row.
 const SAMPLE_THREADS: u32 = 1024;
 /// The largest k `top_k_rows` takes on the device (a sampler's top-k is tens); beyond, the row is read.
-pub(super) const TOP_K_MAX: usize = 4096;
+const TOP_K_MAX: usize = 4096;
 
 impl CudaBackend {
     pub(super) fn argmax_rows_on_device(
@@ -52,6 +52,11 @@ impl CudaBackend {
         let k = k.min(n);
         if rows == 0 || k == 0 {
             return Ok(vec![Vec::new(); rows]);
+        }
+        if k > TOP_K_MAX {
+            let mut values = vec![0f32; rows * n];
+            self.read(x, 0, &mut values)?;
+            return Ok(values.chunks_exact(n).map(|row| top_k(row, k)).collect());
         }
         let ids: CudaSlice<u32> = self.alloc_zeros(rows * k)?;
         let vals: CudaSlice<f32> = self.alloc_zeros(rows * k)?;
