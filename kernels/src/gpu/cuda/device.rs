@@ -112,6 +112,10 @@ pub fn nvrtc_present() -> bool {
 /// Kiln's kernels (one translation unit, `single_source`) compiled by NVRTC to PTX for `arch`
 /// (`compute_90`, ...), with the options the backend uses. Needs no GPU, only libnvrtc.so.
 pub fn compile_kernels(arch: &str) -> Result<String> {
+    compile_source(super::super::single_source(), arch)
+}
+
+fn compile_source(src: String, arch: &str) -> Result<String> {
     if !nvrtc_present() {
         return Err(BackendError::Device(
             "cuda: NVRTC (libnvrtc.so) is needed to compile Kiln's kernels for this GPU and was not found"
@@ -126,11 +130,9 @@ pub fn compile_kernels(arch: &str) -> Result<String> {
         ],
         ..Default::default()
     };
-    Ok(
-        cudarc::nvrtc::compile_ptx_with_opts(super::super::single_source(), opts)
-            .map_err(|e| dev_err("compiling kernels with NVRTC", format!("{e:?}")))?
-            .to_src(),
-    )
+    Ok(cudarc::nvrtc::compile_ptx_with_opts(src, opts)
+        .map_err(|e| dev_err("compiling kernels with NVRTC", format!("{e:?}")))?
+        .to_src())
 }
 
 /// PTX for the device's architecture: from the on-disk cache when this exact source was compiled for it
@@ -145,7 +147,7 @@ fn compiled_kernels(cc: (i32, i32)) -> Result<String> {
             return Ok(text);
         }
     }
-    let ptx = compile_kernels(&arch)?;
+    let ptx = compile_source(src, &arch)?;
     if let Some(p) = &cached {
         if let Some(dir) = p.parent() {
             let tmp = p.with_extension("tmp");

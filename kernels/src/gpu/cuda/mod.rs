@@ -74,6 +74,9 @@ struct Scratch {
     x_f16_of: Option<(u64, usize, u64)>,
     /// What `act_q`/`act_d` hold: the [`CudaBackend::stamp`] of the activations last quantized.
     act_of: Option<(u64, usize, u64)>,
+    /// The sampling kernels' results (ids, and top-k's values), read back by the same call.
+    sample_ids: Option<CudaSlice<u32>>,
+    sample_vals: Option<CudaSlice<f32>>,
 }
 
 pub struct CudaBackend {

@@ -3,7 +3,7 @@
 
 use super::{dev_err, u32_arg, CudaBackend, CudaTensor};
 use crate::backend::{check_len, shape_err, top_k, Backend, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
 
 /// Threads of a sampling block (`SAMPLE_THREADS` in sampling.cu): one block per row.
 const SAMPLE_THREADS: u32 = 1024;
@@ -25,14 +25,12 @@ impl CudaBackend {
         if rows == 0 {
             return Ok(Vec::new());
         }
-        let ids: CudaSlice<u32> = self.alloc_zeros(rows)?;
-        let (xp, n32, ip) = (self.ptr(&x.buf), u32_arg(op, n)?, self.ptr(&ids));
+        let mut s = self.lock_scratch();
+        let ip = self.ensure(&mut s.sample_ids, rows)?;
+        let (xp, n32) = (self.ptr(&x.buf), u32_arg(op, n)?);
         launch!(self, op, row_blocks(op, rows)?, &xp, &n32, &ip)?;
         let mut out = vec![0u32; rows];
-        self.dev
-            .stream
-            .memcpy_dtoh(&ids, &mut out)
-            .map_err(|e| dev_err(op, e))?;
+        read_back(self, op, s.sample_ids.as_ref(), &mut out)?;
         self.synchronize()?;
         Ok(out)
     }
@@ -58,21 +56,16 @@ impl CudaBackend {
             self.read(x, 0, &mut values)?;
             return Ok(values.chunks_exact(n).map(|row| top_k(row, k)).collect());
         }
-        let ids: CudaSlice<u32> = self.alloc_zeros(rows * k)?;
-        let vals: CudaSlice<f32> = self.alloc_zeros(rows * k)?;
+        let mut s = self.lock_scratch();
+        let ip = self.ensure(&mut s.sample_ids, rows * k)?;
+        let vp = self.ensure(&mut s.sample_vals, rows * k)?;
         let (xp, n32, k32) = (self.ptr(&x.buf), u32_arg(op, n)?, u32_arg(op, k)?);
-        let (ip, vp) = (self.ptr(&ids), self.ptr(&vals));
         launch!(self, op, row_blocks(op, rows)?, &xp, &n32, &k32, &ip, &vp)?;
         let (mut id_host, mut val_host) = (vec![0u32; rows * k], vec![0f32; rows * k]);
-        self.dev
-            .stream
-            .memcpy_dtoh(&ids, &mut id_host)
-            .map_err(|e| dev_err(op, e))?;
-        self.dev
-            .stream
-            .memcpy_dtoh(&vals, &mut val_host)
-            .map_err(|e| dev_err(op, e))?;
+        read_back(self, op, s.sample_ids.as_ref(), &mut id_host)?;
+        read_back(self, op, s.sample_vals.as_ref(), &mut val_host)?;
         self.synchronize()?;
+        drop(s);
         // The kernel leaves each row's k pairs unordered, but equal values in index order (it writes them
         // in runs of ascending index), so ordering them by value and then position orders them as the
         // CPU reference does.
@@ -80,14 +73,30 @@ impl CudaBackend {
             .chunks_exact(k)
             .zip(val_host.chunks_exact(k))
             .map(|(ids, vals)| {
-                let picked: Vec<f32> = vals.to_vec();
-                top_k(&picked, k)
+                top_k(vals, k)
                     .into_iter()
                     .map(|(j, v)| (ids[j as usize], v))
                     .collect()
             })
             .collect())
     }
+}
+
+/// Queues the copy of the first `out.len()` values of a scratch buffer the call just filled to the host
+/// (the caller synchronizes before reading `out`).
+fn read_back<T: DeviceRepr + Default + Copy>(
+    be: &CudaBackend,
+    op: &'static str,
+    slot: Option<&CudaSlice<T>>,
+    out: &mut [T],
+) -> Result<()> {
+    let src = slot
+        .ok_or_else(|| dev_err(op, "scratch not allocated"))?
+        .slice(0..out.len());
+    be.dev
+        .stream
+        .memcpy_dtoh(&src, out)
+        .map_err(|e| dev_err(op, e))
 }
 
 fn row_blocks(op: &'static str, rows: usize) -> Result<LaunchConfig> {
