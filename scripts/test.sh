@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export KILN_CACHE=${KILN_CACHE:-$HOME/.cache/kiln}
+# No incremental-compilation caches: a from-scratch run (CI) never reuses them, and they were gigabytes of the
+# disk the end-to-end node then lacked (the kubelet evicts pods when the disk runs short).
+export CARGO_INCREMENTAL=0
 # Each step header says how long the run has taken so far (CI's budget: keep the whole run well under 45 min).
 step() { printf '\n== %s (at %d s)\n' "$*" "$SECONDS"; }
 

@@ -172,8 +172,9 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 # The default thresholds (15% of the disk free for images, 10% for the node) are relative: on a big shared
 # disk that other work fills they taint the node and evict, and delete the imported images, though gigabytes
-# are free. Absolute amounts instead.
-evictionHard: {memory.available: 200Mi, nodefs.available: 2Gi, imagefs.available: 2Gi, nodefs.inodesFree: 5%}
+# are free. Absolute amounts instead, small ones: a test node's pods write megabytes, and a CI disk that a
+# whole build has filled must not taint it (tests/e2e/run.sh checks the free space before it starts).
+evictionHard: {memory.available: 200Mi, nodefs.available: 512Mi, imagefs.available: 512Mi, nodefs.inodesFree: 5%}
 runtimeRequestTimeout: 2m
 syncFrequency: 10s
 nodeStatusUpdateFrequency: 2s

@@ -62,7 +62,17 @@ esac
 trap cleanup EXIT
 
 rm -rf "$WORK"
-mkdir -p "$WORK/mirror"
+mkdir -p "$WORK/mirror" "$KILN_NODE_RUN"
+# The node's state, the images and the model cache share this disk; below 512 MiB free the kubelet taints the
+# node and evicts (scripts/k8s/node.sh). Say so plainly rather than as a pod that never schedules.
+need_mib=2048
+free_mib=$(df -Pm "$KILN_NODE_RUN" | awk 'NR == 2 {print $4}')
+log "disk free for the node: $free_mib MiB ($KILN_NODE_RUN)"
+if ((free_mib < need_mib)); then
+    log "needs at least $need_mib MiB free on the disk of $KILN_NODE_RUN (the images, the model, the node's state)"
+    df -h "$KILN_NODE_RUN" "$TARGET" >&2
+    exit 1
+fi
 # The node's model cache (modelCache type hostPath): the admin's once-per-node step, a directory the agent's
 # uid 65532 can write.
 install -d -o 65532 -g 65532 "$WORK/node-models"
