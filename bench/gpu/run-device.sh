@@ -2,7 +2,7 @@
 # One GPU-machine session (see bench/gpu/README.md): the GPU tests, then Kiln and llama.cpp side by side on
 # the 27B-shaped synthetic Qwen3.6 (Q4_K_M, q4_0 KV). Expects the carried .device/ (binaries, llama.cpp src).
 # Writes logs to $OUT. Usage: bench/gpu/run-device.sh [tests] [profile] [bench] [prefill] [memory] [serve]
-# [depth] (or all)
+# [depth] [sampling] (or all)
 set -uo pipefail
 source bench/gpu/device-env.sh
 WANT=" ${*:-all} "
@@ -10,7 +10,8 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 sm=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-if [[ $WANT == *" bench "* || $WANT == *" depth "* || $WANT == *" prefill "* || $WANT == *" all "* ]]; then
+if [[ $WANT == *" bench "* || $WANT == *" depth "* || $WANT == *" prefill "* || $WANT == *" sampling "* ||
+      $WANT == *" all "* ]]; then
     (bench/gpu/build-llama-cuda.sh .device/llama-src.tar.xz /tmp/llama "$sm" > /tmp/llama-build.log 2>&1
      echo "llama.cpp build exit $?" >> /tmp/llama-build.log) &
 fi
@@ -92,4 +93,14 @@ if [[ $WANT == *" depth "* || $WANT == *" all "* ]]; then
         "${K0[@]}" --prompt-tokens 0 --depth $d --gen-tokens 32 --reps 1 --ctx $((d + 64)) | grep -E '"decode_tok_s"' | sed "s/^/kiln depth $d: /"
         [[ -x $L ]] && $L -m $M -ngl 99 -fa 1 -ctk q4_0 -ctv q4_0 -p 0 -n 32 -d $d -r 1 2>&1 | grep tg32 | sed "s/^/llama depth $d: /"
     done
+fi
+if [[ $WANT == *" sampling "* || $WANT == *" all "* ]]; then
+    # Greedy decode with the argmax picked on the device against whole logit rows read back and picked on
+    # the host (KILN_DEVICE_SAMPLING=0), alternating, then llama.cpp's tg64 in the same call.
+    for v in 1 0 1 0; do
+        echo "kiln KILN_DEVICE_SAMPLING=$v: $(KILN_DEVICE_SAMPLING=$v "${K[@]}" --prompt-tokens 512 --gen-tokens 64 \
+            --reps 3 --ctx 4096 | tr -d '\n ' | grep -oE '"decode_tok_s":[0-9.]+|"relative_to_1":\[[0-9.,]+\]' | tr '\n' ' ')"
+    done
+    wait  # the llama.cpp build
+    [[ -x $L ]] && $L -m $M -ngl 99 -fa 1 -ctk q4_0 -ctv q4_0 -p 0 -n 64 -r 3 2>&1 | grep tg64 | sed "s/^/llama: /"
 fi

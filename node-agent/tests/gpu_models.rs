@@ -6,6 +6,7 @@
 //! step of a prompt plus 40 generated tokens, so one near-tie cannot derail the comparison.
 //! Tolerances: f16/f32 weights agree to ~1e-3; quantized weights see 8-bit activations on both backends,
 //! rounded in different block layouts, and the random synthetic models amplify that to a few percent.
+//! Also MTP and sampling on the device against plain greedy and host-side sampling on the GPU.
 //! Runs where an NVIDIA GPU is present; elsewhere it prints why it skipped.
 
 mod common;
@@ -226,6 +227,54 @@ fn qwen35_mtp_speculation_is_token_identical_on_gpu() {
             s.rounds, s.acceptance_rate
         );
         assert_eq!(spec, plain, "draft max {k}");
+    }
+}
+
+/// Sampling where the logits are (`argmax_rows` / `top_k_rows` on the device, as the engine asks for
+/// them) picks exactly the tokens that reading whole rows back and sampling on the host picks, from the
+/// same GPU logits: greedy (plain and MTP speculative) and top-k sampling.
+#[test]
+fn qwen35_sampling_on_the_device_matches_whole_rows() {
+    use kiln_agent::engine::sampling::{Sampler, SamplingParams};
+    let Some(gpu) = gpu() else { return };
+    let file = GgufFile::open(repo().join("tests/models/qwen35-tiny-f16.gguf")).unwrap();
+    let eg = engine(&file, gpu);
+    let prompt: Vec<u32> = (0..40).map(|i| ((i * 7919 + 13) % 300) as u32).collect();
+    let n = 32;
+    let top_k = SamplingParams {
+        temperature: 0.9,
+        top_k: 20,
+        seed: 4,
+        ..Default::default()
+    };
+    for params in [SamplingParams::greedy(), top_k] {
+        let mut seq = eg.new_sequence(256, KvType::F16).unwrap();
+        let mut sampler = Sampler::new(params.clone());
+        let (mut logits, _) = eg.prefill(&mut seq, &prompt).unwrap();
+        let mut whole = Vec::new();
+        for _ in 0..n {
+            let t = sampler.sample(&mut logits, &seq.tokens);
+            whole.push(t);
+            logits = eg.decode(&mut seq, t).unwrap();
+        }
+        let speculative: &[Option<usize>] = if params.temperature == 0.0 {
+            &[None, Some(3)]
+        } else {
+            &[None]
+        };
+        for &k in speculative {
+            let mut seq = eg.new_sequence(256, KvType::F16).unwrap();
+            if let Some(k) = k {
+                eg.enable_speculation(&mut seq, k).unwrap();
+            }
+            let mut sampler = Sampler::new(params.clone());
+            let (picked, _) = eg
+                .generate(&mut seq, &prompt, n, &mut sampler, &|_| false, &mut |_| {
+                    true
+                })
+                .unwrap();
+            assert_eq!(picked, whole, "{params:?}, draft max {k:?}");
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use common::{long_prompt, qwen35_engine};
 use kiln_agent::engine::checkpoints::CheckpointPolicy;
 use kiln_agent::engine::sampling::{Sampler, SamplingParams};
 use kiln_agent::engine::{Engine, FinishReason, GenerationStats};
+use kiln_agent::model::Readout;
 use kiln_kernels::backend::KvType;
 use kiln_kernels::cpu::CpuBackend;
 
@@ -164,6 +165,41 @@ fn sampled_speculation_runs_and_repeats() {
     assert!(a
         .iter()
         .all(|&t| (t as usize) < engine.model.info().n_vocab));
+}
+
+/// The engine samples from what it asks the backend to read back (the argmax, the top k); the tokens
+/// must be those of sampling whole logit rows, plainly and speculatively.
+#[test]
+fn sampling_from_readouts_matches_whole_rows() {
+    let engine = qwen35_engine("qwen35-tiny-f16.gguf");
+    let prompt = &long_prompt()[..12];
+    let n = 24;
+    let top_k = SamplingParams {
+        temperature: 0.9,
+        top_k: 20,
+        seed: 4,
+        ..Default::default()
+    };
+    for params in [SamplingParams::greedy(), top_k] {
+        let readout = Sampler::new(params.clone()).readout();
+        assert_ne!(readout, Readout::Logits, "{params:?}");
+        // Whole rows: the engine's plain prefill and decode, sampled here.
+        let mut seq = engine.new_sequence(N_CTX, KvType::F16).unwrap();
+        let mut sampler = Sampler::new(params.clone());
+        let (mut logits, _) = engine.prefill(&mut seq, prompt).unwrap();
+        let mut whole = Vec::new();
+        for _ in 0..n {
+            let t = sampler.sample(&mut logits, &seq.tokens);
+            whole.push(t);
+            logits = engine.decode(&mut seq, t).unwrap();
+        }
+        let (plain, _) = run(&engine, prompt, n, None, params.clone());
+        assert_eq!(plain, whole, "{params:?}");
+        if params.temperature == 0.0 {
+            let (spec, _) = run(&engine, prompt, n, Some(3), params.clone());
+            assert_eq!(spec, whole, "{params:?}");
+        }
+    }
 }
 
 #[test]

@@ -1,13 +1,13 @@
 //! `kiln-agent bench`: prompt-processing and generation speed, measured the way llama-bench does (a
 //! prompt of N tokens from an empty cache; M single-token steps from an empty cache), median of reps.
-//! Also the cost of a speculative verify pass of 1..=K tokens (all logits, recurrent-state snapshots)
+//! Decoding is greedy, its argmax picked where the logits are, as a temperature-0 request runs. Also the
+//! cost of a speculative verify pass of 1..=K tokens (every row's argmax, recurrent-state snapshots)
 //! after the prompt, relative to one token: speculation pays when accepted tokens per round outgrow it.
 
 use super::ModelArgs;
 use anyhow::Result;
 use clap::Args;
-use kiln_agent::engine::sampling::argmax;
-use kiln_agent::model::{Logits, PassOptions};
+use kiln_agent::model::{Logits, Output, PassOptions, Readout};
 use kiln_kernels::backend::Backend;
 use serde_json::json;
 use std::time::Instant;
@@ -98,9 +98,13 @@ fn bench<B: Backend + 'static>(args: BenchArgs, mut ld: super::Loaded<B>) -> Res
             }
             let mut token = prompt[0];
             let t = Instant::now();
+            // Greedy, as a temperature-0 request decodes: the argmax is picked on the device.
             for _ in 0..args.gen_tokens {
-                let logits = engine.decode(&mut seq, token)?;
-                token = argmax(&logits);
+                let out = engine.decode_with(&mut seq, token, Readout::Argmax)?;
+                token = match out {
+                    Output::Argmax(ids) => ids[0],
+                    _ => anyhow::bail!("decode read back no argmax"),
+                };
             }
             tg.push(args.gen_tokens as f64 / t.elapsed().as_secs_f64());
         }
@@ -157,6 +161,7 @@ fn verify_curve<B: Backend + 'static>(
             let t = Instant::now();
             let opts = PassOptions {
                 logits: Logits::All,
+                readout: Readout::Argmax,
                 hidden: None,
                 snapshots: recurrent,
             };

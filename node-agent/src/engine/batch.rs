@@ -3,7 +3,7 @@
 //! step instead of once per sequence.
 
 use super::{Engine, Sequence};
-use crate::model::{BatchRow, ModelError, Result};
+use crate::model::{BatchRow, ModelError, Output, Readout, Result};
 use kiln_kernels::backend::Backend;
 
 impl<B: Backend> Engine<B> {
@@ -16,11 +16,27 @@ impl<B: Backend> Engine<B> {
     /// overwritten), so only a row that fails again loses its request; with recurrent layers the
     /// states of every row may be half-advanced, so every row of that pass fails.
     pub fn decode_batch(&self, rows: &mut [(&mut Sequence<B>, u32)]) -> Vec<Result<Vec<f32>>> {
-        let mut out: Vec<Option<Result<Vec<f32>>>> = (0..rows.len()).map(|_| None).collect();
+        let readouts = vec![Readout::Logits; rows.len()];
+        self.decode_batch_with(rows, &readouts)
+            .into_iter()
+            .map(|r| r.and_then(Output::into_logits))
+            .collect()
+    }
+
+    /// [`Engine::decode_batch`], each row decoded alone read back as its `readouts` entry asks (rows
+    /// of a batched pass come back as whole logits: with the weights read once for several rows, the
+    /// read-back is not what costs).
+    pub fn decode_batch_with(
+        &self,
+        rows: &mut [(&mut Sequence<B>, u32)],
+        readouts: &[Readout],
+    ) -> Vec<Result<Output>> {
+        let mut out: Vec<Option<Result<Output>>> = (0..rows.len()).map(|_| None).collect();
+        let readout = |i: usize| readouts.get(i).copied().unwrap_or_default();
         let mut batched = Vec::new();
         for (i, (seq, token)) in rows.iter_mut().enumerate() {
             if seq.draft.is_some() {
-                out[i] = Some(self.decode(seq, *token));
+                out[i] = Some(self.decode_with(seq, *token, readout(i)));
             } else if seq.tokens.len() >= seq.n_ctx() {
                 out[i] = Some(Err(ModelError::Invalid(format!(
                     "the context of {} tokens is full",
@@ -33,7 +49,7 @@ impl<B: Backend> Engine<B> {
         if let [i] = batched[..] {
             // One row: the plain single-sequence pass (no per-row copies).
             let (seq, token) = &mut rows[i];
-            out[i] = Some(self.decode(seq, *token));
+            out[i] = Some(self.decode_with(seq, *token, readout(i)));
             batched.clear();
         }
         for group in batched.chunks(self.model.max_batch().max(1)) {
@@ -55,7 +71,7 @@ impl<B: Backend> Engine<B> {
                     for (&i, l) in group.iter().zip(logits) {
                         let (seq, token) = &mut rows[i];
                         seq.tokens.push(*token);
-                        out[i] = Some(Ok(l));
+                        out[i] = Some(Ok(Output::Logits(l)));
                     }
                 }
                 Ok(logits) => {
@@ -77,7 +93,7 @@ impl<B: Backend> Engine<B> {
         rows: &mut [(&mut Sequence<B>, u32)],
         group: &[usize],
         error: &str,
-        out: &mut [Option<Result<Vec<f32>>>],
+        out: &mut [Option<Result<Output>>],
     ) {
         tracing::warn!(
             "a batched decode pass of {} rows failed: {error}",
@@ -91,7 +107,7 @@ impl<B: Backend> Engine<B> {
                     "batched decode failed: {error}"
                 )))
             } else {
-                self.decode(seq, *token)
+                self.decode_with(seq, *token, Readout::Logits)
             });
         }
     }

@@ -6,7 +6,7 @@ pub mod checkpoints;
 pub mod sampling;
 pub mod speculative;
 
-use crate::model::{Cache, Logits, Model, PassOptions, Result};
+use crate::model::{Cache, Logits, Model, ModelError, Output, PassOptions, Readout, Result};
 use checkpoints::{CheckpointPolicy, Checkpoints};
 use kiln_kernels::backend::{Backend, KvType};
 use sampling::Sampler;
@@ -67,6 +67,10 @@ pub struct GenerationStats {
     pub speculative: Option<SpecStats>,
 }
 
+pub(crate) fn no_row() -> ModelError {
+    ModelError::Invalid("a pass returned no row to sample from".into())
+}
+
 pub(crate) fn per_second(n: usize, ms: f64) -> f64 {
     if ms > 0.0 {
         n as f64 * 1000.0 / ms
@@ -96,15 +100,29 @@ impl<B: Backend> Engine<B> {
     /// checkpoint at or below the common prefix is restored (or, without one, the sequence starts
     /// over). The last token is always recomputed, since its logits are needed.
     pub fn prefill(&self, seq: &mut Sequence<B>, tokens: &[u32]) -> Result<(Vec<f32>, usize)> {
+        let (out, keep) = self.prefill_with(seq, tokens, Readout::Logits)?;
+        Ok((out.into_logits()?, keep))
+    }
+
+    /// [`Engine::prefill`], the last token's logits read back as `readout` asks.
+    pub fn prefill_with(
+        &self,
+        seq: &mut Sequence<B>,
+        tokens: &[u32],
+        readout: Readout,
+    ) -> Result<(Output, usize)> {
         let keep = self.reuse_prefix(seq, tokens)?;
-        let mut logits = Vec::new();
+        let mut last = None;
         let mut done = keep;
         while done < tokens.len() {
-            let (l, n) = self.prefill_chunk(seq, &tokens[done..], self.model.max_batch())?;
-            logits = l;
+            let rest = &tokens[done..];
+            let (out, n) = self.prefill_chunk(seq, rest, self.model.max_batch(), readout)?;
+            last = Some(out);
             done += n;
         }
-        Ok((logits, keep))
+        // reuse_prefix always leaves the last token to run.
+        let out = last.ok_or_else(|| ModelError::Invalid("nothing to prefill".into()))?;
+        Ok((out, keep))
     }
 
     /// The first half of [`Engine::prefill`], for callers that feed the prompt in steps (the server):
@@ -140,14 +158,15 @@ impl<B: Backend> Engine<B> {
 
     /// Runs the next part of a prompt: at most `max` tokens of `rest` (the prompt's tokens not yet in
     /// `seq`), cut at the next checkpoint position, saving the checkpoint when one falls due (the end
-    /// of `rest` is the end of the prompt). Returns the logits of the last token run and how many
-    /// tokens were run.
+    /// of `rest` is the end of the prompt). Returns the last token's logits, read back as `readout`
+    /// asks, and how many tokens were run.
     pub fn prefill_chunk(
         &self,
         seq: &mut Sequence<B>,
         rest: &[u32],
         max: usize,
-    ) -> Result<(Vec<f32>, usize)> {
+        readout: Readout,
+    ) -> Result<(Output, usize)> {
         let start = seq.tokens.len();
         let mut n = rest.len().min(max.clamp(1, self.model.max_batch()));
         let recurrent = seq.cache.has_recurrent();
@@ -156,7 +175,7 @@ impl<B: Backend> Engine<B> {
                 n = n.min(due - start);
             }
         }
-        let logits = self.pass(seq, &rest[..n], Logits::Last)?;
+        let logits = self.pass(seq, &rest[..n], Logits::Last, readout)?;
         let done = start + n;
         if recurrent && seq.checkpoints.due(done, n == rest.len()) {
             let dim = self.model.info().n_embd;
@@ -200,7 +219,13 @@ impl<B: Backend> Engine<B> {
     }
 
     /// One forward pass appending `chunk` to `seq`; with an MTP head, the head's cache mirrors it.
-    fn pass(&self, seq: &mut Sequence<B>, chunk: &[u32], logits: Logits) -> Result<Vec<f32>> {
+    fn pass(
+        &self,
+        seq: &mut Sequence<B>,
+        chunk: &[u32],
+        logits: Logits,
+        readout: Readout,
+    ) -> Result<Output> {
         let start = seq.tokens.len();
         let out = match (&mut seq.draft, self.model.draft_head()) {
             (Some(d), Some(head)) => {
@@ -210,6 +235,7 @@ impl<B: Backend> Engine<B> {
                 }
                 let opts = PassOptions {
                     logits,
+                    readout,
                     hidden: Some(&mut d.hidden),
                     snapshots: false,
                 };
@@ -221,7 +247,16 @@ impl<B: Backend> Engine<B> {
                 d.mirror(&*self.backend, head, &seq.tokens, None)?;
                 return Ok(out);
             }
-            _ => self.model.forward(&mut seq.cache, chunk, start, logits)?,
+            _ => {
+                let opts = PassOptions {
+                    logits,
+                    readout,
+                    hidden: None,
+                    snapshots: false,
+                };
+                self.model
+                    .forward_with(&mut seq.cache, chunk, start, opts)?
+            }
         };
         seq.tokens.extend_from_slice(chunk);
         Ok(out)
@@ -240,7 +275,17 @@ impl<B: Backend> Engine<B> {
 
     /// Appends one token and returns the logits for the next position.
     pub fn decode(&self, seq: &mut Sequence<B>, token: u32) -> Result<Vec<f32>> {
-        self.pass(seq, &[token], Logits::Last)
+        self.decode_with(seq, token, Readout::Logits)?.into_logits()
+    }
+
+    /// [`Engine::decode`], the logits read back as `readout` asks.
+    pub fn decode_with(
+        &self,
+        seq: &mut Sequence<B>,
+        token: u32,
+        readout: Readout,
+    ) -> Result<Output> {
+        self.pass(seq, &[token], Logits::Last, readout)
     }
 
     /// Prefills `prompt`, then samples up to `max_tokens` tokens. `on_token` sees each new token and
@@ -259,7 +304,8 @@ impl<B: Backend> Engine<B> {
             return self.generate_speculative(seq, prompt, max_tokens, sampler, is_end, on_token);
         }
         let t0 = Instant::now();
-        let (mut logits, cached) = self.prefill(seq, prompt)?;
+        let (readout, n_vocab) = (sampler.readout(), self.model.info().n_vocab);
+        let (mut logits, cached) = self.prefill_with(seq, prompt, readout)?;
         let prefill_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let computed = prompt.len() - cached;
 
@@ -270,7 +316,8 @@ impl<B: Backend> Engine<B> {
             if out.len() >= max_tokens {
                 break FinishReason::Length;
             }
-            let token = sampler.sample(&mut logits, &seq.tokens);
+            let row = logits.last_row(n_vocab).ok_or_else(no_row)?;
+            let token = sampler.sample_row(row, &seq.tokens);
             out.push(token);
             let go_on = on_token(token);
             if is_end(token) {
@@ -286,7 +333,7 @@ impl<B: Backend> Engine<B> {
                 break FinishReason::Context;
             }
             let t = Instant::now();
-            logits = self.decode(seq, token)?;
+            logits = self.decode_with(seq, token, readout)?;
             decode_ms += t.elapsed().as_secs_f64() * 1000.0;
             decoded += 1;
         };

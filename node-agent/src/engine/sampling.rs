@@ -1,6 +1,14 @@
 //! Token sampling: repetition penalty, then top-k, top-p and min-p on the temperature-1 distribution,
 //! then temperature — llama.cpp's default chain — or plain argmax when the temperature is 0.
+//!
+//! The sampler says what it needs of a row ([`Sampler::readout`]): at temperature 0 only the argmax, with
+//! top-k on only the top k candidates, so the backend picks them where the logits are. Either way the
+//! candidates are chosen in one order ([`kiln_kernels::backend::top_k`]: larger first, the lower id on
+//! ties), so a row read back whole and a row's candidates picked on the device sample the same token.
 
+use crate::model::{OutputRow, Readout};
+pub use kiln_kernels::backend::argmax;
+use kiln_kernels::backend::top_k;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -71,17 +79,6 @@ pub struct Sampler {
     rng: StdRng,
 }
 
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        // Ties go to the lower id, as llama.cpp's greedy sampler does.
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
         let rng = StdRng::seed_from_u64(params.seed);
@@ -92,9 +89,29 @@ impl Sampler {
         &self.params
     }
 
+    /// What this sampler needs of a row of logits: the argmax at temperature 0, the top k with top-k
+    /// on, else (or when a repetition penalty must first change the logits of past tokens) all of it.
+    pub fn readout(&self) -> Readout {
+        let p = &self.params;
+        if penalty_on(p) {
+            Readout::Logits
+        } else if p.temperature <= 0.0 {
+            Readout::Argmax
+        } else if p.top_k > 0 {
+            Readout::TopK(p.top_k)
+        } else {
+            Readout::Logits
+        }
+    }
+
     /// Picks the next token. `history` is every token so far (prompt included), for the penalty.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
-        match self.distribution(logits, history) {
+        self.sample_row(OutputRow::Logits(logits), history)
+    }
+
+    /// [`Sampler::sample`] from a row read back as [`Sampler::readout`] asked.
+    pub fn sample_row(&mut self, row: OutputRow<'_>, history: &[u32]) -> u32 {
+        match self.distribution(row, history) {
             Distribution::Greedy(t) => t,
             Distribution::Weighted(cand) => {
                 let r: f32 = self.rng.random();
@@ -108,7 +125,17 @@ impl Sampler {
     /// draft, renormalised, so the token returned is distributed exactly as p. Returns the token and
     /// whether it is the accepted draft. At temperature 0 this is argmax == draft.
     pub fn verify_draft(&mut self, logits: &mut [f32], history: &[u32], draft: u32) -> (u32, bool) {
-        match self.distribution(logits, history) {
+        self.verify_draft_row(OutputRow::Logits(logits), history, draft)
+    }
+
+    /// [`Sampler::verify_draft`] from a row read back as [`Sampler::readout`] asked.
+    pub fn verify_draft_row(
+        &mut self,
+        row: OutputRow<'_>,
+        history: &[u32],
+        draft: u32,
+    ) -> (u32, bool) {
+        match self.distribution(row, history) {
             Distribution::Greedy(t) => (t, t == draft),
             Distribution::Weighted(cand) => {
                 let (accept, resample): (f32, f32) = (self.rng.random(), self.rng.random());
@@ -117,47 +144,35 @@ impl Sampler {
         }
     }
 
-    /// The target distribution after the penalty, top-k, top-p, min-p and temperature.
-    fn distribution(&self, logits: &mut [f32], history: &[u32]) -> Distribution {
+    /// The target distribution after the penalty, top-k, top-p, min-p and temperature. An argmax row
+    /// is taken as the greedy pick it is; a candidates row must hold (at least) the top k.
+    fn distribution(&self, row: OutputRow<'_>, history: &[u32]) -> Distribution {
         let p = &self.params;
-        if p.repeat_penalty != 1.0 && p.repeat_last_n > 0 {
-            let recent = &history[history.len().saturating_sub(p.repeat_last_n)..];
-            let mut seen = std::collections::HashSet::new();
-            for &t in recent {
-                if let Some(l) = logits.get_mut(t as usize) {
-                    if seen.insert(t) {
-                        *l = if *l > 0.0 {
-                            *l / p.repeat_penalty
-                        } else {
-                            *l * p.repeat_penalty
-                        };
-                    }
-                }
+        let greedy = p.temperature <= 0.0;
+        let limit = if p.top_k == 0 { usize::MAX } else { p.top_k };
+        let mut cand: Vec<(u32, f32)> = match row {
+            OutputRow::Argmax(t) => return Distribution::Greedy(t),
+            OutputRow::TopK(c) if greedy => {
+                return Distribution::Greedy(c.first().map_or(0, |c| c.0))
             }
-        }
-        if p.temperature <= 0.0 {
-            return Distribution::Greedy(argmax(logits));
-        }
-        // Candidates sorted by logit, then trimmed.
-        let mut cand: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.is_finite())
-            .map(|(i, &l)| (i as u32, l))
-            .collect();
-        if cand.is_empty() {
-            return Distribution::Greedy(argmax(logits));
-        }
-        let k = if p.top_k == 0 {
-            cand.len()
-        } else {
-            p.top_k.min(cand.len())
+            OutputRow::TopK(c) => c.iter().take(limit).copied().collect(),
+            OutputRow::Logits(logits) => {
+                if penalty_on(p) {
+                    penalize(logits, history, p);
+                }
+                if greedy {
+                    return Distribution::Greedy(argmax(logits));
+                }
+                top_k(logits, limit)
+            }
         };
-        if k < cand.len() {
-            cand.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
-            cand.truncate(k);
+        // Candidates, largest first; what cannot be a probability is dropped. With no finite logit
+        // left, the pick is argmax's (the first candidate).
+        let first = cand.first().map_or(0, |c| c.0);
+        cand.retain(|c| c.1.is_finite());
+        if cand.is_empty() {
+            return Distribution::Greedy(first);
         }
-        cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
         let probs = softmax(cand.iter().map(|c| c.1));
         if p.top_p < 1.0 {
             let mut cum = 0.0;
@@ -177,6 +192,28 @@ impl Sampler {
         }
         let probs = softmax(cand.iter().map(|c| c.1 / p.temperature));
         Distribution::Weighted(cand.iter().map(|c| c.0).zip(probs).collect())
+    }
+}
+
+fn penalty_on(p: &SamplingParams) -> bool {
+    p.repeat_penalty != 1.0 && p.repeat_last_n > 0
+}
+
+/// Divides positive logits (multiplies negative ones) of the distinct tokens among the last
+/// `repeat_last_n` of `history`.
+fn penalize(logits: &mut [f32], history: &[u32], p: &SamplingParams) {
+    let recent = &history[history.len().saturating_sub(p.repeat_last_n)..];
+    let mut seen = std::collections::HashSet::new();
+    for &t in recent {
+        if let Some(l) = logits.get_mut(t as usize) {
+            if seen.insert(t) {
+                *l = if *l > 0.0 {
+                    *l / p.repeat_penalty
+                } else {
+                    *l * p.repeat_penalty
+                };
+            }
+        }
     }
 }
 
@@ -352,6 +389,80 @@ mod tests {
         let mut g = Sampler::new(SamplingParams::greedy());
         assert_eq!(g.verify_draft(&mut logits.clone(), &[], 3), (3, true));
         assert_eq!(g.verify_draft(&mut logits.clone(), &[], 1), (3, false));
+    }
+
+    /// A row read back as the sampler asks (on a GPU: picked on the device) samples exactly the token
+    /// the whole row does, for every kind of readout, with ties, infinities and NaNs in the row.
+    #[test]
+    fn readout_rows_sample_as_whole_rows() {
+        use crate::model::Output;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let base = SamplingParams {
+            seed: 9,
+            ..Default::default()
+        };
+        let cases = [
+            (SamplingParams::greedy(), Readout::Argmax),
+            (base.clone(), Readout::TopK(40)),
+            (
+                SamplingParams {
+                    top_k: 3,
+                    temperature: 1.5,
+                    min_p: 0.0,
+                    top_p: 1.0,
+                    ..base.clone()
+                },
+                Readout::TopK(3),
+            ),
+            (
+                SamplingParams {
+                    top_k: 0,
+                    ..base.clone()
+                },
+                Readout::Logits,
+            ),
+            (
+                SamplingParams {
+                    repeat_penalty: 1.3,
+                    ..base.clone()
+                },
+                Readout::Logits,
+            ),
+        ];
+        let n = 500;
+        for (params, want) in cases {
+            let mut whole = Sampler::new(params.clone());
+            let mut picked = Sampler::new(params.clone());
+            assert_eq!(picked.readout(), want, "{params:?}");
+            for trial in 0..300 {
+                // Coarse values make ties; a few rows carry -inf, +inf and NaN.
+                let mut row: Vec<f32> = (0..n).map(|_| (next() % 64) as f32 / 8.0).collect();
+                if trial % 7 == 0 {
+                    for _ in 0..20 {
+                        let i = next() as usize % n;
+                        row[i] = [f32::NEG_INFINITY, f32::NAN, f32::INFINITY][i % 3];
+                    }
+                }
+                let history: Vec<u32> = (0..8).map(|_| (next() % n as u64) as u32).collect();
+                let draft = (next() % n as u64) as u32;
+                let mut out = Output::from_logits(row.clone(), n, picked.readout());
+                let got = picked.sample_row(out.last_row(n).unwrap(), &history);
+                assert_eq!(got, whole.sample(&mut row.clone(), &history), "{params:?}");
+                let mut out = Output::from_logits(row.clone(), n, picked.readout());
+                let got = picked.verify_draft_row(out.last_row(n).unwrap(), &history, draft);
+                assert_eq!(
+                    got,
+                    whole.verify_draft(&mut row, &history, draft),
+                    "{params:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -14,8 +14,8 @@
 //! removed (renormalised) — the standard rule for a one-hot draft distribution, which keeps the output
 //! distributed exactly as p.
 
-use super::sampling::{argmax, Sampler};
-use super::{per_second, Engine, FinishReason, GenerationStats, Sequence};
+use super::sampling::Sampler;
+use super::{no_row, per_second, Engine, FinishReason, GenerationStats, Sequence};
 use crate::model::{Cache, DraftHead, Logits, ModelError, PassOptions, Result};
 use kiln_kernels::backend::{Backend, KvType};
 use serde::Serialize;
@@ -116,15 +116,15 @@ impl<B: Backend> DraftState<B> {
 
     /// Runs the head over the pending pairs whose next token is known: `tokens` is the whole sequence,
     /// and `next` the token after it when one has been sampled but not yet run. Without `next`, the last
-    /// pending row stays pending. Returns the logits of the last pair run (its prediction) and leaves
-    /// its output hidden in `chain[0]`.
+    /// pending row stays pending. Returns the last pair's prediction (the head's greedy draft) and
+    /// leaves its output hidden in `chain[0]`.
     pub(crate) fn mirror(
         &mut self,
         backend: &B,
         head: &dyn DraftHead<B>,
         tokens: &[u32],
         next: Option<u32>,
-    ) -> Result<Option<Vec<f32>>> {
+    ) -> Result<Option<u32>> {
         let n = match next {
             Some(_) => self.n_pending,
             None => self.n_pending.saturating_sub(1),
@@ -141,7 +141,7 @@ impl<B: Backend> DraftState<B> {
                 "MTP pairs out of step with the sequence".into(),
             ));
         }
-        let logits = head.draft_forward(
+        let predicted = head.draft_forward(
             &mut self.cache,
             &self.pending,
             &pair_tokens,
@@ -157,7 +157,7 @@ impl<B: Backend> DraftState<B> {
             backend.copy(&self.pending, n * d, &mut rest, 0, self.n_pending * d)?;
             backend.copy(&rest, 0, &mut self.pending, 0, self.n_pending * d)?;
         }
-        Ok(Some(logits))
+        Ok(Some(predicted))
     }
 }
 
@@ -226,20 +226,19 @@ impl<B: Backend> Engine<B> {
             .as_mut()
             .ok_or_else(|| ModelError::Invalid("speculation is not enabled".into()))?;
         let be = &*self.backend;
-        let Some(mut logits) = d.mirror(be, head, &seq.tokens, Some(next))? else {
+        let Some(mut tok) = d.mirror(be, head, &seq.tokens, Some(next))? else {
             return Ok(Vec::new());
         };
         let mut drafts = Vec::with_capacity(n);
         let (mut cur, mut entry) = (0, d.mirrored);
         for k in 0..n {
-            let tok = argmax(&logits);
             drafts.push(tok);
             if k + 1 == n {
                 break;
             }
             let [a, b] = &mut d.chain;
             let (src, dst) = if cur == 0 { (&*a, b) } else { (&*b, a) };
-            logits = head.draft_forward(&mut d.cache, src, &[tok], entry, dst)?;
+            tok = head.draft_forward(&mut d.cache, src, &[tok], entry, dst)?;
             cur ^= 1;
             entry += 1;
         }
@@ -265,20 +264,21 @@ impl<B: Backend> Engine<B> {
         batch.extend_from_slice(drafts);
         let opts = PassOptions {
             logits: Logits::All,
+            readout: sampler.readout(),
             hidden: seq.draft.as_mut().map(|d| &mut d.hidden),
             snapshots: true,
         };
-        let mut logits = self
+        let mut out = self
             .model
             .forward_with(&mut seq.cache, &batch, start, opts)?;
         seq.tokens.extend_from_slice(&batch);
         let n_vocab = self.model.info().n_vocab;
         let mut emitted = Vec::with_capacity(batch.len());
-        for (i, row) in logits.chunks_exact_mut(n_vocab).enumerate() {
+        for (i, row) in out.rows(n_vocab).into_iter().enumerate() {
             let history = &seq.tokens[..start + 1 + i];
             let (tok, accepted) = match drafts.get(i) {
-                Some(&d) => sampler.verify_draft(row, history, d),
-                None => (sampler.sample(row, history), false),
+                Some(&d) => sampler.verify_draft_row(row, history, d),
+                None => (sampler.sample_row(row, history), false),
             };
             emitted.push(tok);
             if !emit(tok) || !accepted {
@@ -313,7 +313,7 @@ impl<B: Backend> Engine<B> {
             .ok_or_else(|| ModelError::Invalid("speculation is not enabled".into()))?
             .draft_max;
         let t0 = Instant::now();
-        let (mut logits, cached) = self.prefill(seq, prompt)?;
+        let (mut first, cached) = self.prefill_with(seq, prompt, sampler.readout())?;
         let prefill_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let mut spec = SpecStats {
             draft_max,
@@ -340,7 +340,10 @@ impl<B: Backend> Engine<B> {
         let finish = if max_tokens == 0 {
             FinishReason::Length
         } else {
-            let mut next = sampler.sample(&mut logits, &seq.tokens);
+            let row = first
+                .last_row(self.model.info().n_vocab)
+                .ok_or_else(no_row)?;
+            let mut next = sampler.sample_row(row, &seq.tokens);
             if emit(&mut out, &mut stop, next) {
                 loop {
                     let room = seq.n_ctx() - seq.tokens.len();

@@ -56,6 +56,99 @@ pub enum Logits {
     All,
 }
 
+/// What a pass hands back of each row it computed logits for. The sampler usually needs only a
+/// sliver of a row (Qwen3.6's is 248,320 values, 1 MB): the backend picks it where the logits are and
+/// reads back just that.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Readout {
+    /// Every logit.
+    #[default]
+    Logits,
+    /// The index of the largest logit (greedy decoding; [`kiln_kernels::backend::argmax`]'s order).
+    Argmax,
+    /// The `k` largest logits with their indices, largest first ([`kiln_kernels::backend::top_k`]).
+    TopK(usize),
+}
+
+/// A pass's result, shaped by its [`Readout`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Rows × n_vocab logits, row-major.
+    Logits(Vec<f32>),
+    /// One token id a row.
+    Argmax(Vec<u32>),
+    /// Each row's candidates.
+    TopK(Vec<Vec<(u32, f32)>>),
+}
+
+/// One row of an [`Output`].
+#[derive(Debug)]
+pub enum OutputRow<'a> {
+    Logits(&'a mut [f32]),
+    Argmax(u32),
+    TopK(&'a [(u32, f32)]),
+}
+
+impl Output {
+    /// The backend's logits tensor (`rows` rows of `n_vocab`) read back as `readout` asks.
+    pub fn read<B: Backend + ?Sized>(
+        be: &B,
+        logits: &B::Tensor,
+        rows: usize,
+        n_vocab: usize,
+        readout: Readout,
+    ) -> Result<Output> {
+        Ok(match readout {
+            Readout::Logits => {
+                let mut out = vec![0f32; rows * n_vocab];
+                be.read(logits, 0, &mut out)?;
+                Output::Logits(out)
+            }
+            Readout::Argmax => Output::Argmax(be.argmax_rows(logits, rows, n_vocab)?),
+            Readout::TopK(k) => Output::TopK(be.top_k_rows(logits, rows, n_vocab, k)?),
+        })
+    }
+
+    /// What [`Output::read`] gives, from logits already on the host (rows × n_vocab).
+    pub fn from_logits(logits: Vec<f32>, n_vocab: usize, readout: Readout) -> Output {
+        let rows = || logits.chunks_exact(n_vocab.max(1));
+        match readout {
+            Readout::Logits => Output::Logits(logits),
+            Readout::Argmax => Output::Argmax(rows().map(kiln_kernels::backend::argmax).collect()),
+            Readout::TopK(k) => {
+                Output::TopK(rows().map(|r| kiln_kernels::backend::top_k(r, k)).collect())
+            }
+        }
+    }
+
+    /// The rows, `n_vocab` logits each for [`Output::Logits`].
+    pub fn rows(&mut self, n_vocab: usize) -> Vec<OutputRow<'_>> {
+        match self {
+            Output::Logits(l) => l
+                .chunks_exact_mut(n_vocab.max(1))
+                .map(OutputRow::Logits)
+                .collect(),
+            Output::Argmax(ids) => ids.iter().map(|&t| OutputRow::Argmax(t)).collect(),
+            Output::TopK(c) => c.iter().map(|r| OutputRow::TopK(r)).collect(),
+        }
+    }
+
+    /// The last row.
+    pub fn last_row(&mut self, n_vocab: usize) -> Option<OutputRow<'_>> {
+        self.rows(n_vocab).pop()
+    }
+
+    /// The logits, for a pass run with [`Readout::Logits`].
+    pub fn into_logits(self) -> Result<Vec<f32>> {
+        match self {
+            Output::Logits(l) => Ok(l),
+            _ => Err(ModelError::Invalid(
+                "the pass read back a sample, not logits".into(),
+            )),
+        }
+    }
+}
+
 /// Per-layer state of one sequence. Attention layers keep K/V; recurrent layers (Qwen3.5's Gated
 /// DeltaNet) keep a fixed-size state that summarises every token seen so far.
 pub enum LayerCache<B: Backend> {
@@ -290,6 +383,7 @@ pub(crate) fn wrong_cache() -> ModelError {
 /// What one forward pass should produce besides logits (speculative decoding needs these).
 pub struct PassOptions<'a, B: Backend> {
     pub logits: Logits,
+    pub readout: Readout,
     /// Receives the final-normed hidden state of every row (rows × n_embd): the MTP head's input.
     pub hidden: Option<&'a mut B::Tensor>,
     /// Keep the recurrent state after every token (see [`Cache::rollback`]); the cache must have room
@@ -303,8 +397,9 @@ pub trait DraftHead<B: Backend>: Send + Sync {
     fn new_draft_cache(&self, n_ctx: usize, kv_type: KvType) -> Result<Cache<B>>;
     /// Runs the head over `tokens.len()` rows: row r pairs hidden row r of `hidden` (the main model's
     /// final-normed hidden, or the head's own output when chaining) with `tokens[r]`, at cache entries
-    /// `start..`. Returns the logits of the last row and writes that row's final-normed output (the
-    /// hidden for a chained next step) to `h_out`.
+    /// `start..`. Returns the last row's draft token (drafting is greedy: its largest logit, picked
+    /// where the logits are) and writes that row's final-normed output (the hidden for a chained next
+    /// step) to `h_out`.
     fn draft_forward(
         &self,
         cache: &mut Cache<B>,
@@ -312,7 +407,7 @@ pub trait DraftHead<B: Backend>: Send + Sync {
         tokens: &[u32],
         start: usize,
         h_out: &mut B::Tensor,
-    ) -> Result<Vec<f32>>;
+    ) -> Result<u32>;
 }
 
 /// A model ready to run on backend `B`.
@@ -340,22 +435,28 @@ pub trait Model<B: Backend>: Send + Sync {
             .map(|r| self.forward(r.cache, &[r.token], r.pos, Logits::Last))
             .collect()
     }
-    /// [`Model::forward`] with the extras of [`PassOptions`]; architectures without them accept only
-    /// plain passes.
+    /// [`Model::forward`] with the extras of [`PassOptions`], read back as `opts.readout` asks;
+    /// architectures without the extras accept only plain passes. This default reads whole rows back
+    /// and picks on the host.
     fn forward_with(
         &self,
         cache: &mut Cache<B>,
         tokens: &[u32],
         start: usize,
         opts: PassOptions<'_, B>,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<Output> {
         if opts.hidden.is_some() || opts.snapshots {
             return Err(ModelError::Invalid(format!(
                 "{} does not support speculative decoding",
                 self.info().arch
             )));
         }
-        self.forward(cache, tokens, start, opts.logits)
+        let logits = self.forward(cache, tokens, start, opts.logits)?;
+        Ok(Output::from_logits(
+            logits,
+            self.info().n_vocab,
+            opts.readout,
+        ))
     }
     /// The model's MTP head, when the file has one.
     fn draft_head(&self) -> Option<&dyn DraftHead<B>> {

@@ -20,8 +20,8 @@ use super::batch::{self, BatchRow, LayerTarget, RowScratch, Seqs};
 use super::gate_up::GateUp;
 use super::transformer::{Loader, MAX_BATCH, MAX_DIM, MAX_LAYERS};
 use super::{
-    wrong_cache, Cache, DraftHead, LayerCache, Logits, Model, ModelError, ModelInfo, PassOptions,
-    RecurrentState, Result,
+    wrong_cache, Cache, DraftHead, LayerCache, Logits, Model, ModelError, ModelInfo, Output,
+    PassOptions, Readout, RecurrentState, Result,
 };
 use crate::gguf::{GgufFile, Value};
 use kiln_kernels::backend::{
@@ -750,7 +750,7 @@ impl<B: Backend> Qwen35<B> {
         tokens: &[u32],
         positions: &[u32],
         opts: PassOptions<'_, B>,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<Output> {
         let (hp, be) = (&self.hp, &*self.backend);
         let n = tokens.len();
         let d = hp.n_embd;
@@ -786,9 +786,7 @@ impl<B: Backend> Qwen35<B> {
         )?;
         let head = self.output.as_ref().unwrap_or(&self.tok_embd);
         be.matmul(head, &sc.h, rows, &mut sc.logits)?;
-        let mut out = vec![0f32; rows * self.info.n_vocab];
-        be.read(&sc.logits, 0, &mut out)?;
-        Ok(out)
+        Output::read(be, &sc.logits, rows, self.info.n_vocab, opts.readout)
     }
 
     /// The shared scratch buffers, grown to `rows` rows if needed.
@@ -843,10 +841,11 @@ impl<B: Backend> Model<B> for Qwen35<B> {
     ) -> Result<Vec<f32>> {
         let opts = PassOptions {
             logits,
+            readout: Readout::Logits,
             hidden: None,
             snapshots: false,
         };
-        self.forward_with(cache, tokens, start, opts)
+        self.forward_with(cache, tokens, start, opts)?.into_logits()
     }
 
     fn forward_with(
@@ -855,7 +854,7 @@ impl<B: Backend> Model<B> for Qwen35<B> {
         tokens: &[u32],
         start: usize,
         opts: PassOptions<'_, B>,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<Output> {
         super::check_forward(cache, self.layers.len(), tokens, start, MAX_BATCH)?;
         if opts.snapshots {
             // Checked before any layer runs, so a refused pass changes nothing.
@@ -891,13 +890,14 @@ impl<B: Backend> Model<B> for Qwen35<B> {
         let (tokens, positions) = batch::check_batch(rows, self.layers.len(), MAX_BATCH)?;
         let opts = PassOptions {
             logits: Logits::All,
+            readout: Readout::Logits,
             hidden: None,
             snapshots: false,
         };
         let all = self.with_scratch(rows.len(), |sc| {
             self.run(sc, Seqs::Rows(rows), &tokens, &positions, opts)
         })?;
-        Ok(batch::split_rows(all, self.info.n_vocab))
+        Ok(batch::split_rows(all.into_logits()?, self.info.n_vocab))
     }
 
     fn draft_head(&self) -> Option<&dyn DraftHead<B>> {
@@ -931,7 +931,7 @@ impl<B: Backend> DraftHead<B> for Qwen35<B> {
         tokens: &[u32],
         start: usize,
         h_out: &mut B::Tensor,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<u32> {
         let mtp = self
             .mtp
             .as_ref()
@@ -966,9 +966,8 @@ impl<B: Backend> DraftHead<B> for Qwen35<B> {
             be.copy(&sc.x, (n - 1) * d, &mut sc.o, 0, d)?;
             be.rms_norm(&sc.o, Some(norm), 1, d, hp.rms_eps, h_out)?;
             be.matmul(head, h_out, 1, &mut sc.logits)?;
-            let mut out = vec![0f32; self.info.n_vocab];
-            be.read(&sc.logits, 0, &mut out)?;
-            Ok(out)
+            let ids = be.argmax_rows(&sc.logits, 1, self.info.n_vocab)?;
+            Ok(ids[0])
         })
     }
 }

@@ -3,7 +3,9 @@
 
 use super::batch::{self, BatchRow, RowScratch, Seqs};
 use super::gate_up::GateUp;
-use super::{Cache, LayerCache, Logits, Model, ModelError, ModelInfo, Result};
+use super::{
+    Cache, LayerCache, Logits, Model, ModelError, ModelInfo, Output, PassOptions, Readout, Result,
+};
 use crate::gguf::{GgufFile, TensorInfo};
 use kiln_kernels::backend::{
     Activation, AttentionParams, Backend, HostBytes, KvType, RopeParams, RopeStyle, WeightSource,
@@ -375,7 +377,8 @@ impl<B: Backend> Transformer<B> {
         tokens: &[u32],
         positions: &[u32],
         want: Logits,
-    ) -> Result<Vec<f32>> {
+        readout: Readout,
+    ) -> Result<Output> {
         let s = &self.spec;
         let be = &*self.backend;
         let n = tokens.len();
@@ -486,12 +489,14 @@ impl<B: Backend> Transformer<B> {
         let head = self.output.as_ref().unwrap_or(&self.tok_embd);
         let nv = self.info.n_vocab;
         be.matmul(head, &sc.h, rows, &mut sc.logits)?;
+        let Some(cap) = s.final_logit_softcap else {
+            return Output::read(be, &sc.logits, rows, nv, readout);
+        };
+        // The soft cap is applied on the host, so the rows come back whole and are picked from here.
         let mut out = vec![0f32; rows * nv];
         be.read(&sc.logits, 0, &mut out)?;
-        if let Some(cap) = s.final_logit_softcap {
-            out.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
-        }
-        Ok(out)
+        out.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
+        Ok(Output::from_logits(out, nv, readout))
     }
 }
 
@@ -525,17 +530,55 @@ impl<B: Backend> Model<B> for Transformer<B> {
     ) -> Result<Vec<f32>> {
         super::check_forward(cache, self.layers.len(), tokens, start, MAX_BATCH)?;
         let positions: Vec<u32> = (start..start + tokens.len()).map(|p| p as u32).collect();
+        let readout = Readout::Logits;
         self.with_scratch(tokens.len(), |sc| {
-            self.run(sc, Seqs::One { cache, start }, tokens, &positions, logits)
+            self.run(
+                sc,
+                Seqs::One { cache, start },
+                tokens,
+                &positions,
+                logits,
+                readout,
+            )
+        })?
+        .into_logits()
+    }
+
+    fn forward_with(
+        &self,
+        cache: &mut Cache<B>,
+        tokens: &[u32],
+        start: usize,
+        opts: PassOptions<'_, B>,
+    ) -> Result<Output> {
+        if opts.hidden.is_some() || opts.snapshots {
+            return Err(ModelError::Invalid(format!(
+                "{} does not support speculative decoding",
+                self.info.arch
+            )));
+        }
+        super::check_forward(cache, self.layers.len(), tokens, start, MAX_BATCH)?;
+        let positions: Vec<u32> = (start..start + tokens.len()).map(|p| p as u32).collect();
+        let (want, readout) = (opts.logits, opts.readout);
+        self.with_scratch(tokens.len(), |sc| {
+            self.run(
+                sc,
+                Seqs::One { cache, start },
+                tokens,
+                &positions,
+                want,
+                readout,
+            )
         })
     }
 
     fn forward_batch(&self, rows: &mut [BatchRow<'_, B>]) -> Result<Vec<Vec<f32>>> {
         let (tokens, positions) = batch::check_batch(rows, self.layers.len(), MAX_BATCH)?;
         let all = self.with_scratch(rows.len(), |sc| {
-            self.run(sc, Seqs::Rows(rows), &tokens, &positions, Logits::All)
+            let (want, readout) = (Logits::All, Readout::Logits);
+            self.run(sc, Seqs::Rows(rows), &tokens, &positions, want, readout)
         })?;
-        Ok(batch::split_rows(all, self.info.n_vocab))
+        Ok(batch::split_rows(all.into_logits()?, self.info.n_vocab))
     }
 
     fn max_batch(&self) -> usize {

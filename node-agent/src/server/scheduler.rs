@@ -18,6 +18,7 @@ use super::metrics::Metrics;
 use super::stop::StopMatcher;
 use crate::engine::sampling::{Sampler, SamplingParams};
 use crate::engine::{Engine, Sequence};
+use crate::model::{Output, Readout};
 use crate::tokenizer::{DecodeOptions, Detokenizer, Tokenizer};
 use kiln_kernels::backend::{Backend, KvType};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -553,27 +554,32 @@ impl<B: Backend> EngineLoop<B> {
     fn step_decode(&mut self, rows: &[(usize, u32)]) {
         let t = Instant::now();
         let results = {
+            let mut readouts = Vec::with_capacity(rows.len());
             let mut batch: Vec<(&mut Sequence<B>, u32)> = self
                 .slots
                 .iter_mut()
                 .enumerate()
                 .filter_map(|(i, s)| {
-                    rows.iter()
-                        .find(|(r, _)| *r == i)
-                        .map(|&(_, next)| (&mut s.seq, next))
+                    let &(_, next) = rows.iter().find(|(r, _)| *r == i)?;
+                    let readout = s
+                        .active
+                        .as_ref()
+                        .map(|a| readout_for(&a.sampler, &a.job.json));
+                    readouts.push(readout.unwrap_or_default());
+                    Some((&mut s.seq, next))
                 })
                 .collect();
-            self.engine.decode_batch(&mut batch)
+            self.engine.decode_batch_with(&mut batch, &readouts)
         };
         let ms = t.elapsed().as_secs_f64() * 1000.0;
         self.metrics.decode_batch_rows.observe(rows.len() as f64);
         // `results` follows slot order, as `rows` does (both were built by ascending slot index).
         for (&(i, _), result) in rows.iter().zip(results) {
             let outcome = match result {
-                Ok(logits) => {
+                Ok(out) => {
                     let a = self.slots[i].active.as_mut().expect("active slot");
                     a.decode_ms += ms;
-                    self.sample_next(i, logits)
+                    self.sample_next(i, out)
                 }
                 Err(e) => fail(&mut self.slots[i], format!("decode failed: {e}")),
             };
@@ -711,7 +717,9 @@ impl<B: Backend> EngineLoop<B> {
         let logits = match a.phase {
             Phase::Prefill { pos } => {
                 // One step of at most PREFILL_CHUNK tokens (cut at recurrent-state checkpoints).
-                let r = engine.prefill_chunk(&mut slot.seq, &a.job.prompt[pos..], PREFILL_CHUNK);
+                let readout = readout_for(&a.sampler, &a.job.json);
+                let rest = &a.job.prompt[pos..];
+                let r = engine.prefill_chunk(&mut slot.seq, rest, PREFILL_CHUNK, readout);
                 match r {
                     Ok((l, n)) => {
                         let end = pos + n;
@@ -743,18 +751,22 @@ impl<B: Backend> EngineLoop<B> {
         self.sample_next(i, logits)
     }
 
-    /// Samples slot `i`'s next token from `logits` and sends it on its way.
-    fn sample_next(&mut self, i: usize, logits: Vec<f32>) -> Outcome {
+    /// Samples slot `i`'s next token from the pass's `out` and sends it on its way.
+    fn sample_next(&mut self, i: usize, out: Output) -> Outcome {
+        let n_vocab = self.engine.model.info().n_vocab;
         let slot = &mut self.slots[i];
         let n_ctx = slot.seq.n_ctx();
         let a = slot.active.as_mut().expect("active slot");
-        let token = sample(
-            &mut a.sampler,
-            logits,
-            &slot.seq.tokens,
-            &self.tok,
-            &a.job.json,
-        );
+        let history = &slot.seq.tokens;
+        let token = match (out, &a.job.json) {
+            (Output::Logits(logits), Some(js)) => {
+                sample_json(&mut a.sampler, logits, history, &self.tok, js)
+            }
+            (mut out, _) => match out.last_row(n_vocab) {
+                Some(row) => a.sampler.sample_row(row, history),
+                None => return fail(slot, "a pass returned no row to sample from".into()),
+            },
+        };
         let fed = slot.seq.tokens.len();
         if let Some(reason) = take_token(a, token, fed, n_ctx, &self.tok, &self.metrics) {
             return finish(a, reason, &self.metrics);
@@ -895,18 +907,23 @@ fn finish(a: &mut Active, mut reason: Finish, metrics: &Metrics) -> Outcome {
     Outcome::Finished
 }
 
-/// Samples one token; under a JSON constraint, tokens that would break the JSON are masked out (the
+/// What a pass should read back for this sampler: a JSON constraint masks tokens out of whole rows.
+fn readout_for(sampler: &Sampler, json: &Option<JsonState>) -> Readout {
+    match json {
+        Some(_) => Readout::Logits,
+        None => sampler.readout(),
+    }
+}
+
+/// Samples one token under a JSON constraint: tokens that would break the JSON are masked out (the
 /// sampler's pick is tried first, then the next best valid token).
-fn sample(
+fn sample_json(
     sampler: &mut Sampler,
     mut logits: Vec<f32>,
     history: &[u32],
     tok: &Tokenizer,
-    json: &Option<JsonState>,
+    js: &JsonState,
 ) -> u32 {
-    let Some(js) = json else {
-        return sampler.sample(&mut logits, history);
-    };
     let valid = |t: u32| {
         if tok.is_eog(t) {
             return js.done();

@@ -94,6 +94,9 @@ pub struct CudaBackend {
     /// Decode attention over q4_0/q8_0 caches by `attn_tile_*`, a key per lane (default;
     /// `KILN_ATTN_TILE=0` keeps `attn_split_*`, a warp per key).
     attn_tile: bool,
+    /// Argmax and top-k picked on the device (default; `KILN_DEVICE_SAMPLING=0` reads whole rows back
+    /// and picks on the host, for comparisons).
+    device_sampling: bool,
     scratch: Mutex<Scratch>,
     /// cuBLAS for prefill-sized products, when the library is on this machine.
     blas: Option<CudaBlas>,
@@ -177,6 +180,7 @@ impl CudaBackend {
             fuse: std::env::var("KILN_CUDA_FUSE").map_or(true, |v| v != "0"),
             attn_blas: std::env::var("KILN_ATTN_BLAS").map_or(true, |v| v != "0"),
             attn_tile: std::env::var("KILN_ATTN_TILE").map_or(true, |v| v != "0"),
+            device_sampling: std::env::var("KILN_DEVICE_SAMPLING").map_or(true, |v| v != "0"),
             scratch: Mutex::new(Scratch::default()),
             blas,
             profile,

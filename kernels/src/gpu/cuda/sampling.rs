@@ -2,7 +2,7 @@
 //! where the logits are, so a step reads back an id or k candidates instead of the whole row.
 
 use super::{dev_err, u32_arg, CudaBackend, CudaTensor};
-use crate::backend::{check_len, shape_err, top_k, Backend, Result};
+use crate::backend::{argmax, check_len, shape_err, top_k, Backend, Result};
 use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
 
 /// Threads of a sampling block (`SAMPLE_THREADS` in sampling.cu): one block per row.
@@ -24,6 +24,13 @@ impl CudaBackend {
         check_len(op, "input", x.len, rows.saturating_mul(n))?;
         if rows == 0 {
             return Ok(Vec::new());
+        }
+        if !self.device_sampling {
+            return Ok(self
+                .host_rows(x, rows, n)?
+                .chunks_exact(n)
+                .map(argmax)
+                .collect());
         }
         let mut s = self.lock_scratch();
         let ip = self.ensure(&mut s.sample_ids, rows)?;
@@ -51,9 +58,8 @@ impl CudaBackend {
         if rows == 0 || k == 0 {
             return Ok(vec![Vec::new(); rows]);
         }
-        if k > TOP_K_MAX {
-            let mut values = vec![0f32; rows * n];
-            self.read(x, 0, &mut values)?;
+        if k > TOP_K_MAX || !self.device_sampling {
+            let values = self.host_rows(x, rows, n)?;
             return Ok(values.chunks_exact(n).map(|row| top_k(row, k)).collect());
         }
         let mut s = self.lock_scratch();
@@ -79,6 +85,15 @@ impl CudaBackend {
                     .collect()
             })
             .collect())
+    }
+}
+
+impl CudaBackend {
+    /// The rows read back whole, for picking on the host.
+    fn host_rows(&self, x: &CudaTensor, rows: usize, n: usize) -> Result<Vec<f32>> {
+        let mut values = vec![0f32; rows * n];
+        self.read(x, 0, &mut values)?;
+        Ok(values)
     }
 }
 
