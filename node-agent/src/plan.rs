@@ -304,6 +304,10 @@ pub struct RecurrentBytes {
 /// kernels/src/gpu/cuda/attention_blas.rs).
 pub const ATTENTION_SCORES_MAX: u64 = 256 << 20;
 
+/// The most splits the GPU decode attention cuts one row's keys into (`attention_chunk` in
+/// kernels/src/gpu/cuda/mod.rs).
+pub const ATTENTION_SPLITS_MAX: u64 = 1024;
+
 /// The compute buffers: what a forward pass of one micro-batch needs besides weights and caches.
 /// Sized for the worst case the engine reserves, so a long prompt never allocates mid-request:
 /// - `logits`: ubatch × vocab f32 — every row of a prompt micro-batch may be an output (speculative
@@ -315,8 +319,13 @@ pub const ATTENTION_SCORES_MAX: u64 = 256 << 20;
 ///   batch attends over it (2 × ctx × KV heads × head dim × 2 bytes; zero for f16/f32 KV), plus what
 ///   the GPU backend's prefill attention holds for one head group: its scores (f32) and probabilities
 ///   (f16) for a run of query rows, heads per group × ubatch × ctx × 6 bytes, at most
-///   [`ATTENTION_SCORES_MAX`] (it takes the rows in shorter runs beyond that). With the logits, the only
-///   compute terms that grow with the context.
+///   [`ATTENTION_SCORES_MAX`] (it takes the rows in shorter runs beyond that); and the decode and
+///   verify attention's partial sums, kept per row, head and split of the keys: head_dim_v + 2 f32 each,
+///   for the verify batch's rows (draft max + 1), at most [`ATTENTION_SPLITS_MAX`] splits of at least
+///   16 keys (kernels/src/gpu/cuda/mod.rs's `attention_chunk`; ~100 MB for Qwen3.6-27B at 128K with
+///   draft max 3, a tenth of that where the tiled kernel's fewer splits serve a q4_0/q8_0 cache — the
+///   plan does not know the device, so it counts the bound). With the logits, the only compute terms
+///   that grow with the context.
 /// - `delta_net_scratch`: the chunked delta rule's per-chunk matrices (ubatch × V-heads × chunk f32,
 ///   four of them: the intra-chunk scores, the decay mask, the WY factor and its inverse).
 /// - `runtime`: the device context, kernel modules and BLAS workspace ([`RUNTIME_RESERVE`]).
@@ -481,7 +490,10 @@ impl PlanOptions {
         } else {
             0
         };
-        let attention_scratch = expanded_kv + scores;
+        let verify_rows = mtp.map_or(1, |n| n + 1) as u64;
+        let splits = ATTENTION_SPLITS_MAX.min(ctx64.div_ceil(16));
+        let partials = verify_rows * m.n_head as u64 * splits * (m.head_dim_v as u64 + 2) * 4;
+        let attention_scratch = expanded_kv + scores + partials;
         let delta_net = m
             .recurrent
             .as_ref()

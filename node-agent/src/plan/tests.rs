@@ -201,10 +201,15 @@ fn dense_transformer_and_bad_requests() {
     let f = opts(4096, KvType::F16).footprint(&m, 4096).unwrap();
     assert_eq!(f.attention_kv.bytes_per_token, 30 * 2 * 3 * 64 * 2);
     assert_eq!(f.recurrent_state.bytes, 0);
-    // No expanded f16 copy of an f16 cache; only the GPU prefill attention's scores and probabilities
-    // of one head group (9 / 3 heads) over a micro-batch of rows.
+    // No expanded f16 copy of an f16 cache; the GPU prefill attention's scores and probabilities of one
+    // head group (9 / 3 heads) over a micro-batch of rows, and the decode attention's partial sums: one
+    // row, 9 heads, 4096 / 16 splits, 64 + 2 values.
     let ub = PlanOptions::default().ubatch as u64;
-    assert_eq!(f.compute.attention_scratch_bytes, 3 * ub * 4096 * 6);
+    let partials = 9 * 256 * (64 + 2) * 4;
+    assert_eq!(
+        f.compute.attention_scratch_bytes,
+        3 * ub * 4096 * 6 + partials
+    );
     assert_eq!(opts(4096, KvType::F16).plan(&m).unwrap().context, 4096);
     let e = PlanOptions {
         mtp_draft_max: Some(3),
