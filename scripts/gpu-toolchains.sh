@@ -5,8 +5,10 @@
 #           plus the gfx1100 ISA bitcode that 5.2 lacks (made from the gfx1030 one; see notes/toolchain.md).
 #   nvrtc — from PyPI (nvidia-cuda-nvrtc, 13.0.x): the run-time compiler the CUDA backend uses, so the
 #           kernels are also compiled exactly as a GPU machine compiles them (kernels/tests/nvrtc.rs).
-# Cached under $KILN_CACHE keyed by version. Usage: scripts/gpu-toolchains.sh cuda|hip|nvrtc → prints the
-# root (nvrtc: the folder holding libnvrtc.so.13).
+#   hip-runtime — the same ROCm's runtime libraries (libamdhip64 with hipRTC inside, HSA, the kernel
+#           driver's thunk, comgr), for hipRTC, the ROCm backend's run-time compiler (kernels/tests/hiprtc.rs).
+# Cached under $KILN_CACHE keyed by version. Usage: scripts/gpu-toolchains.sh cuda|hip|nvrtc|hip-runtime →
+# prints the root (nvrtc, hip-runtime: a folder of just those libraries, for the library path).
 set -euo pipefail
 CACHE=${KILN_CACHE:-$HOME/.cache/kiln}
 CUDA_VERSION=13.0.88
@@ -64,9 +66,35 @@ hip() {
     echo "$root"
 }
 
+hip_runtime() {
+    local root lib
+    root=$(hip)
+    lib=$root/usr/lib/x86_64-linux-gnu
+    if [[ ! -e $lib/libhsakmt.so.1 || ! -e $lib/libhiprtc-builtins.so.5 ]]; then
+        local tmp=$root.rt.tmp
+        rm -rf "$tmp" && mkdir -p "$tmp"
+        (cd "$tmp" && apt-get download libhsakmt1 libhiprtc-builtins5 >&2)
+        for d in "$tmp"/*.deb; do dpkg -x "$d" "$root"; done
+        rm -rf "$tmp"
+    fi
+    # Only these on the library path: the folder above also holds libLLVM and the rest of a toolchain.
+    local out=$root/runtime-lib
+    if [[ ! -e $out/libamdhip64.so ]]; then
+        rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+        for so in libamdhip64.so.5 libhsa-runtime64.so.1 libhsakmt.so.1 libamd_comgr.so.2 \
+            libhiprtc-builtins.so.5 libLLVM-15.so.1 libclang-cpp.so.15; do
+            ln -s "$(readlink -f "$lib/$so")" "$out.tmp/$so"
+        done
+        ln -s libamdhip64.so.5 "$out.tmp/libamdhip64.so"
+        rm -rf "$out" && mv "$out.tmp" "$out"
+    fi
+    echo "$out"
+}
+
 case ${1:-} in
     cuda) cuda ;;
     hip) hip ;;
     nvrtc) nvrtc ;;
-    *) echo "usage: $0 cuda|hip|nvrtc" >&2; exit 2 ;;
+    hip-runtime) hip_runtime ;;
+    *) echo "usage: $0 cuda|hip|nvrtc|hip-runtime" >&2; exit 2 ;;
 esac

@@ -17,9 +17,10 @@ KILN_LLAMA_CPP_SRC=$(scripts/fetch-llama-cpp-src.sh)
 export KILN_LLAMA_CPP_SRC
 # The models are part of the suite here: a missing one is a failure, not a skip.
 export KILN_REQUIRE_MODELS=1
-# NVRTC (no GPU needed) compiles the kernels as the CUDA backend does (kernels/tests/nvrtc.rs).
-LD_LIBRARY_PATH="$(scripts/gpu-toolchains.sh nvrtc)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export LD_LIBRARY_PATH KILN_REQUIRE_NVRTC=1
+# NVRTC and hipRTC (no GPU needed) compile the kernels as the CUDA and ROCm backends do
+# (kernels/tests/nvrtc.rs, hiprtc.rs).
+LD_LIBRARY_PATH="$(scripts/gpu-toolchains.sh nvrtc):$(scripts/gpu-toolchains.sh hip-runtime)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH KILN_REQUIRE_NVRTC=1 KILN_REQUIRE_HIPRTC=1
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

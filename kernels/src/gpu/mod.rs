@@ -1,9 +1,11 @@
 //! GPU backends. The kernels are written once (kernels/gpu/*.cu, in the common subset of CUDA and HIP that
-//! `compat.h` defines) and compiled at run time for the exact device (NVRTC on NVIDIA), so a new GPU
-//! architecture needs no new release. CI compiles the same files ahead of time with nvcc and hipcc
-//! (`scripts/check-gpu-kernels.sh`) to prove they build for every target.
+//! `compat.h` defines) and compiled at run time for the exact device (NVRTC on NVIDIA, [`hiprtc`] on
+//! AMD), so a new GPU architecture needs no new release. CI compiles the same files ahead of time with
+//! nvcc and hipcc (`scripts/check-gpu-kernels.sh`) to prove they build for every target, and through
+//! NVRTC and hipRTC as the backends do (kernels/tests/nvrtc.rs, hiprtc.rs).
 
 pub mod cuda;
+pub mod hiprtc;
 
 /// The kernel sources in dependency order: headers first, then one file per group of operations.
 pub const SOURCES: &[(&str, &str)] = &[
@@ -18,13 +20,14 @@ pub const SOURCES: &[(&str, &str)] = &[
 ];
 
 /// One translation unit for a run-time compiler: the files concatenated, their local `#include "…"`
-/// lines dropped (each header appears once, first).
+/// and `#pragma once` lines dropped (each header appears once, first).
 pub fn single_source() -> String {
     let mut out = String::new();
     for (name, text) in SOURCES {
         out += &format!("// ---- {name}\n");
         for line in text.lines() {
-            if !line.trim_start().starts_with("#include \"") {
+            let t = line.trim_start();
+            if !t.starts_with("#include \"") && !t.starts_with("#pragma once") {
                 out += line;
                 out.push('\n');
             }
