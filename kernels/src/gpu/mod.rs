@@ -4,8 +4,10 @@
 //! nvcc and hipcc (`scripts/check-gpu-kernels.sh`) to prove they build for every target, and through
 //! NVRTC and hipRTC as the backends do (kernels/tests/nvrtc.rs, hiprtc.rs).
 
+pub mod backend;
 pub mod cuda;
 pub mod hiprtc;
+pub mod runtime;
 
 /// The kernel sources in dependency order: headers first, then one file per group of operations.
 pub const SOURCES: &[(&str, &str)] = &[

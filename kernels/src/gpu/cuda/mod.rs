@@ -1,111 +1,66 @@
-//! The CUDA backend: [`Backend`] on an NVIDIA GPU. Weights are copied to device memory once at load;
-//! activations and caches live there; every op is a kernel launch on one stream, and only
-//! [`Backend::read`] waits for the GPU. Kernel arguments are raw device addresses (u64) plus scalars, so
-//! offsets into a buffer cost nothing.
+//! The CUDA runtime under the GPU backend ([`CudaBackend`]): the driver, NVRTC and cuBLAS, all loaded at
+//! run time by `cudarc`, so a binary built here runs unchanged on machines without them.
 
 mod device;
 
 pub use device::{compile_kernels, driver_present, nvrtc_present, ptx_entries, CudaDevice};
 
-use crate::backend::{
-    check_len, kv_layout, shape_err, split_qkv_l2_by_parts, Activation, AttentionParams, Backend,
-    BackendError, DeltaNetParams, KvType, Result, RopeParams, RopeStyle, WeightSource,
-};
-use crate::quant::{dequantize_row, GgmlType};
+use super::backend::{GpuBackend, GpuKvCache, GpuTensor, GpuWeight};
+use super::runtime::{dev_err, GemmF16, LaunchConfig, Runtime};
+use crate::backend::{shape_err, BackendError, Result};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
-use cudarc::driver::sys::CUresult;
-use cudarc::driver::{
-    CudaSlice, DevicePtr, DeviceRepr, DriverError, LaunchConfig, PushKernelArg, ValidAsZeroBits,
-};
-use device::dev_err;
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Instant;
+use cudarc::driver::sys::{CUdevice_attribute, CUresult};
+use cudarc::driver::{result as drv, CudaFunction, CudaSlice, DevicePtr, DriverError};
+use std::ffi::c_void;
 
-/// Activation rows one weight pass serves: the decode token plus up to seven speculative drafts.
-const MAX_ROWS_PER_PASS: usize = 8;
-/// From this many rows on, a product goes through cuBLAS (weights expanded to f16 once per call): the
-/// expansion costs about four weight-sized memory passes, so below this the row kernels win.
-const BLAS_MIN_ROWS: usize = 48;
-/// Threads per block of the row kernels (`MMV_THREADS` in matvec.cu): one block per output value.
-const MMV_THREADS: u32 = 128;
-/// Threads of a warp-per-row product block (kernels/gpu/matvec.cu `MMVW_THREADS`).
-const MMVW_THREADS: u32 = 128;
-const WARPS_PER_BLOCK: u32 = 4;
-const THREADS: u32 = 32 * WARPS_PER_BLOCK;
+/// [`crate::backend::Backend`] on an NVIDIA GPU.
+pub type CudaBackend = GpuBackend<CudaRuntime>;
+pub type CudaTensor = GpuTensor<CudaRuntime>;
+pub type CudaWeight = GpuWeight<CudaRuntime>;
+pub type CudaKvCache = GpuKvCache<CudaRuntime>;
 
-pub struct CudaTensor {
-    buf: CudaSlice<f32>,
-    len: usize,
+impl CudaBackend {
+    /// The backend on CUDA device `ordinal`, its kernels compiled for it (or taken from the cache).
+    pub fn new(ordinal: usize) -> Result<Self> {
+        Ok(GpuBackend::with_runtime(
+            CudaRuntime::open(ordinal)?,
+            ordinal,
+        ))
+    }
 }
 
-pub struct CudaWeight {
-    pub ty: GgmlType,
-    pub rows: usize,
-    pub cols: usize,
-    data: CudaSlice<u8>,
-    /// Vectors (norm weights, biases, gate constants) dequantized once: they are read on every token.
-    dense: Option<CudaSlice<f32>>,
-}
-
-pub struct CudaKvCache {
-    ty: KvType,
-    n_ctx: usize,
-    width: usize,
-    row_bytes: usize,
-    k: CudaSlice<u8>,
-    v: CudaSlice<u8>,
-}
-
-/// Buffers an op needs only while it runs, grown on demand and reused (the stream orders their uses).
-#[derive(Default)]
-struct Scratch {
-    /// Quantized activations: int8 values, and per 32 of them (scale, scale · sum) as two f32s.
-    act_q: Option<CudaSlice<u8>>,
-    act_d: Option<CudaSlice<f32>>,
-    att_acc: Option<CudaSlice<f32>>,
-    att_ml: Option<CudaSlice<f32>>,
-    /// Attention probabilities (f16) of the cuBLAS prefill path (its scores go in `att_acc`).
-    att_p: Option<CudaSlice<u16>>,
-    /// The f16 image of a weight matrix and of the activations, for the BLAS prefill path.
-    w_f16: Option<CudaSlice<u16>>,
-    x_f16: Option<CudaSlice<u16>>,
-    /// What `x_f16` holds, as `act_of` for `act_q`.
-    x_f16_of: Option<(u64, usize, u64)>,
-    /// What `act_q`/`act_d` hold: the [`CudaBackend::stamp`] of the activations last quantized.
-    act_of: Option<(u64, usize, u64)>,
-    /// The sampling kernels' results (ids, and top-k's values), read back by the same call.
-    sample_ids: Option<CudaSlice<u32>>,
-    sample_vals: Option<CudaSlice<f32>>,
-}
-
-pub struct CudaBackend {
+/// One CUDA device: its context and stream, Kiln's kernels, and cuBLAS when the library is present.
+pub struct CudaRuntime {
     dev: CudaDevice,
-    ordinal: usize,
     sm_count: usize,
-    /// How quantized matrix × few-vector products are laid out (`KILN_MMV`; see kernels/gpu/matvec.cu).
-    matvec: Matvec,
-    /// Fewer launches per step (default; `KILN_CUDA_FUSE=0` turns it off for comparisons): producers
-    /// quantize their outputs for the next product, products of one input share a launch, and the
-    /// recurrent layer's q/k/v split and norms are one kernel.
-    fuse: bool,
-    /// Prefill attention through cuBLAS (default; `KILN_ATTN_BLAS=0` keeps the split kernel).
-    attn_blas: bool,
-    /// Decode attention over q4_0/q8_0 caches by `attn_tile_*`, a key per lane (default;
-    /// `KILN_ATTN_TILE=0` keeps `attn_split_*`, a warp per key).
-    attn_tile: bool,
-    /// Argmax and top-k picked on the device (default; `KILN_DEVICE_SAMPLING=0` reads whole rows back
-    /// and picks on the host, for comparisons).
-    device_sampling: bool,
-    scratch: Mutex<Scratch>,
-    /// cuBLAS for prefill-sized products, when the library is on this machine.
     blas: Option<CudaBlas>,
-    /// `KILN_CUDA_PROFILE=1`: every kernel is timed alone (synchronising around it), and the totals per
-    /// kernel are printed when the backend is dropped. Slows everything down; for finding hot spots.
-    profile: Option<Mutex<HashMap<String, (u64, f64)>>>,
-    /// Kernel launches so far. Consecutive products of the same activations (q/k/v, gate/up) reuse one
-    /// quantization of them: it stays valid only while nothing else has been launched in between.
-    launches: std::sync::atomic::AtomicU64,
+}
+
+impl CudaRuntime {
+    pub fn open(ordinal: usize) -> Result<Self> {
+        let dev = CudaDevice::open(ordinal)?;
+        let sm_count = dev
+            .ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| dev_err::<Self>("SM count", e))?
+            .max(1) as usize;
+        // SAFETY: only probes for the library with dlopen.
+        let blas = if unsafe { cudarc::cublas::sys::is_culib_present() } {
+            CudaBlas::new(dev.stream.clone()).ok()
+        } else {
+            None
+        };
+        Ok(CudaRuntime {
+            dev,
+            sm_count,
+            blas,
+        })
+    }
+
+    /// The compute capability (major, minor).
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.dev.compute_capability
+    }
 }
 
 fn alloc_err(bytes: usize, e: DriverError) -> BackendError {
@@ -115,1368 +70,196 @@ fn alloc_err(bytes: usize, e: DriverError) -> BackendError {
             bytes: bytes as u64,
         }
     } else {
-        dev_err("allocating", e)
+        dev_err::<CudaRuntime>("allocating", e)
     }
 }
 
-fn grid(n: usize, threads: u32) -> LaunchConfig {
-    let blocks = n.div_ceil(threads as usize).clamp(1, 1 << 20) as u32;
-    LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    }
+fn blas_int(v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| shape_err("matmul", format!("{v} exceeds cuBLAS's int")))
 }
 
-fn u32_arg(op: &'static str, v: usize) -> Result<u32> {
-    u32::try_from(v)
-        .map_err(|_| shape_err(op, format!("{v} does not fit the kernel's 32-bit index")))
-}
+impl Runtime for CudaRuntime {
+    type Mem = CudaSlice<u8>;
+    type Func = CudaFunction;
+    const VENDOR: &'static str = "cuda";
 
-/// Launches kernel `$name` with `$cfg` and the given argument references.
-macro_rules! launch {
-    ($self:expr, $name:expr, $cfg:expr, $($arg:expr),* $(,)?) => {{
-        let name: &str = $name;
-        let f = $self.dev.func(name)?;
-        $self.timed(name, || {
-            let mut b = $self.dev.stream.launch_builder(f);
-            $( b.arg($arg); )*
-            // SAFETY: every argument matches the kernel's parameter list in kernels/gpu/*.cu, and every
-            // address points into a live buffer whose extent the caller checked.
-            unsafe { b.launch($cfg) }.map(|_| ()).map_err(|e| dev_err(name, e))
-        })
-    }};
-}
-
-mod attention_blas;
-mod matvec;
-mod sampling;
-use matvec::{mmv_kernel, Matvec};
-
-impl CudaBackend {
-    pub fn new(ordinal: usize) -> Result<Self> {
-        let dev = CudaDevice::open(ordinal)?;
-        let sm_count = dev
-            .ctx
-            .attribute(
-                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-            )
-            .map_err(|e| dev_err("SM count", e))?
-            .max(1) as usize;
-        // SAFETY: only probes for the library with dlopen.
-        let blas = if unsafe { cudarc::cublas::sys::is_culib_present() } {
-            CudaBlas::new(dev.stream.clone()).ok()
-        } else {
-            None
-        };
-        let profile = std::env::var("KILN_CUDA_PROFILE")
-            .is_ok_and(|v| v == "1")
-            .then(|| Mutex::new(HashMap::new()));
-        Ok(CudaBackend {
-            dev,
-            ordinal,
-            sm_count,
-            matvec: Matvec::from_env(),
-            fuse: std::env::var("KILN_CUDA_FUSE").map_or(true, |v| v != "0"),
-            attn_blas: std::env::var("KILN_ATTN_BLAS").map_or(true, |v| v != "0"),
-            attn_tile: std::env::var("KILN_ATTN_TILE").map_or(true, |v| v != "0"),
-            device_sampling: std::env::var("KILN_DEVICE_SAMPLING").map_or(true, |v| v != "0"),
-            scratch: Mutex::new(Scratch::default()),
-            blas,
-            profile,
-            launches: std::sync::atomic::AtomicU64::new(0),
-        })
-    }
-
-    /// Runs `f` (one launch), timing it alone when profiling is on.
-    fn timed(&self, name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
-        self.launches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Some(p) = &self.profile else { return f() };
-        self.synchronize()?;
-        let t = Instant::now();
-        f()?;
-        self.synchronize()?;
-        let dt = t.elapsed().as_secs_f64();
-        let mut m = p.lock().unwrap_or_else(|e| e.into_inner());
-        let e = m.entry(name.to_string()).or_insert((0, 0.0));
-        e.0 += 1;
-        e.1 += dt;
-        Ok(())
-    }
-
-    /// Whether large products go through cuBLAS.
-    pub fn has_blas(&self) -> bool {
-        self.blas.is_some()
-    }
-
-    /// out (rows × n_out) = x (rows × k) · Wᵀ through cuBLAS: W expanded to f16 (F16 weights are used
-    /// as stored), x converted to f16, f32 accumulation on the tensor cores.
-    fn matmul_blas(
-        &self,
-        blas: &CudaBlas,
-        w: &CudaWeight,
-        xp: u64,
-        rows: usize,
-        op: u64,
-    ) -> Result<()> {
-        let (k, n_out) = (w.cols, w.rows);
-        let mut s = self.lock_scratch();
-        let wh = if w.ty == GgmlType::F16 {
-            self.ptr(&w.data)
-        } else {
-            let wh = self.ensure(&mut s.w_f16, n_out * k)?;
-            let (ty, r, k32, rb) = (
-                w.ty as i32,
-                u32_arg("matmul", n_out)?,
-                u32_arg("matmul", k)?,
-                u32_arg("matmul", w.ty.bytes_for(k).unwrap_or(0))?,
-            );
-            if !k.is_multiple_of(32) {
-                return Err(shape_err(
-                    "matmul",
-                    format!("rows of {k} values (multiple of 32 needed)"),
-                ));
-            }
-            let wp = self.ptr(&w.data);
-            let cfg = grid((n_out * k / 32).min(1 << 26), 256);
-            launch!(self, "dequant_f16", cfg, &ty, &wp, &r, &k32, &rb, &wh)?;
-            wh
-        };
-        let xh = self.ensure(&mut s.x_f16, rows * k)?;
-        let n = (rows * k) as u64;
-        // Products of one input in a row (q/k/v, the recurrent projections) convert it once.
-        if s.x_f16_of != Some(self.stamp(xp, rows * k)) {
-            launch!(
-                self,
-                "f32_to_f16",
-                grid((rows * k).min(1 << 26), 256),
-                &xp,
-                &n,
-                &xh
-            )?;
-        }
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        let (m, nn, kk) = (
-            i32::try_from(n_out).map_err(|_| shape_err("matmul", "too many outputs"))?,
-            i32::try_from(rows).map_err(|_| shape_err("matmul", "too many rows"))?,
-            i32::try_from(k).map_err(|_| shape_err("matmul", "rows too long"))?,
-        );
-        self.timed("cublas_gemm_ex", || {
-            // SAFETY: W is n_out rows of k f16 (column-major k × n_out, transposed), x is rows × k f16
-            // (column-major k × rows), out is rows × n_out f32 (column-major n_out × rows); all three
-            // buffers hold at least that much (checked by the caller and by `ensure`).
-            unsafe {
-                blas::gemm_ex(
-                    *blas.handle(),
-                    blas_sys::cublasOperation_t::CUBLAS_OP_T,
-                    blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                    m,
-                    nn,
-                    kk,
-                    (&alpha as *const f32).cast(),
-                    wh as *const std::ffi::c_void,
-                    blas_sys::cudaDataType_t::CUDA_R_16F,
-                    kk,
-                    xh as *const std::ffi::c_void,
-                    blas_sys::cudaDataType_t::CUDA_R_16F,
-                    kk,
-                    (&beta as *const f32).cast(),
-                    op as *mut std::ffi::c_void,
-                    blas_sys::cudaDataType_t::CUDA_R_32F,
-                    m,
-                    blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                    blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                )
-            }
-            .map_err(|e| dev_err("cublasGemmEx", format!("{e:?}")))
-        })?;
-        s.x_f16_of = Some(self.stamp(xp, rows * k));
-        Ok(())
-    }
-
-    /// (free, total) device memory in bytes.
-    pub fn memory_info(&self) -> Result<(usize, usize)> {
+    fn alloc_zeroed(&self, bytes: usize) -> Result<CudaSlice<u8>> {
         self.dev
-            .ctx
-            .mem_get_info()
-            .map_err(|e| dev_err("memory info", e))
+            .stream
+            .alloc_zeros::<u8>(bytes.max(1))
+            .map_err(|e| alloc_err(bytes, e))
     }
 
-    fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
-        let (p, _guard) = s.device_ptr(&self.dev.stream);
+    fn alloc(&self, bytes: usize) -> Result<CudaSlice<u8>> {
+        // SAFETY: every caller writes the whole buffer before anything reads it (DevBuf::upload).
+        unsafe { self.dev.stream.alloc::<u8>(bytes.max(1)) }.map_err(|e| alloc_err(bytes, e))
+    }
+
+    fn addr(&self, mem: &CudaSlice<u8>) -> u64 {
+        let (p, _guard) = mem.device_ptr(&self.dev.stream);
         p
     }
 
-    fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>> {
+    fn htod(&self, src: &[u8], dst: &mut CudaSlice<u8>, offset: usize) -> Result<()> {
+        let mut view = dst.slice_mut(offset..offset + src.len());
         self.dev
             .stream
-            .alloc_zeros::<T>(n.max(1))
-            .map_err(|e| alloc_err(n * size_of::<T>(), e))
+            .memcpy_htod(src, &mut view)
+            .map_err(|e| dev_err::<Self>("copying to the device", e))
     }
 
-    fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>> {
-        if data.is_empty() {
-            // SAFETY: a one-element buffer nobody reads.
-            return unsafe { self.dev.stream.alloc::<T>(1) }.map_err(|e| alloc_err(1, e));
-        }
+    fn dtoh(&self, src: &CudaSlice<u8>, offset: usize, dst: &mut [u8]) -> Result<()> {
+        let view = src.slice(offset..offset + dst.len());
         self.dev
             .stream
-            .clone_htod(data)
-            .map_err(|e| alloc_err(std::mem::size_of_val(data), e))
+            .memcpy_dtoh(&view, dst)
+            .map_err(|e| dev_err::<Self>("copying from the device", e))
     }
 
-    /// A scratch buffer of at least `n` elements (grown by doubling).
-    fn ensure<T: DeviceRepr + ValidAsZeroBits>(
+    fn dtod(
         &self,
-        slot: &mut Option<CudaSlice<T>>,
-        n: usize,
-    ) -> Result<u64> {
-        if slot.as_ref().is_none_or(|s| s.len() < n) {
-            *slot = None;
-            *slot = Some(self.alloc_zeros::<T>(n.next_power_of_two())?);
-        }
-        Ok(self.ptr(slot.as_ref().expect("allocated above")))
-    }
-
-    fn dense(&self, w: &CudaWeight, op: &'static str, dim: usize) -> Result<u64> {
-        let d = w
-            .dense
-            .as_ref()
-            .ok_or_else(|| shape_err(op, "weight is not a vector"))?;
-        check_len(op, "weight", d.len(), dim)?;
-        Ok(self.ptr(d))
-    }
-
-    /// What the `rms_norm` kernels share: the optional weight's address (null: none), one block per row
-    /// of [`norm_threads`] threads, and the row length as a kernel argument.
-    fn norm_launch(
-        &self,
-        op: &'static str,
-        weight: Option<&CudaWeight>,
-        rows: usize,
-        dim: usize,
-    ) -> Result<(u64, LaunchConfig, u32)> {
-        let wp = match weight {
-            Some(w) => self.dense(w, op, dim)?,
-            None => 0u64,
-        };
-        let cfg = LaunchConfig {
-            grid_dim: (u32_arg(op, rows)?, 1, 1),
-            block_dim: (norm_threads(dim), 1, 1),
-            shared_mem_bytes: 0,
-        };
-        Ok((wp, cfg, u32_arg(op, dim)?))
-    }
-
-    fn lock_scratch(&self) -> std::sync::MutexGuard<'_, Scratch> {
-        self.scratch.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// What a scratch buffer derived from the `n` values at `ptr` is tagged with: it stays valid while
-    /// no other kernel has been launched since (see [`CudaBackend::launches`]).
-    fn stamp(&self, ptr: u64, n: usize) -> (u64, usize, u64) {
-        let now = self.launches.load(std::sync::atomic::Ordering::Relaxed);
-        (ptr, n, now)
-    }
-}
-
-impl CudaBackend {
-    /// The address of a snapshot buffer checked to hold `need` values, or null (no snapshots).
-    fn snapshot_ptr(
-        &self,
-        op: &'static str,
-        snapshots: Option<&mut CudaTensor>,
-        need: usize,
-    ) -> Result<u64> {
-        match snapshots {
-            Some(t) => {
-                check_len(op, "snapshots", t.len, need)?;
-                Ok(self.ptr(&t.buf))
-            }
-            None => Ok(0),
-        }
-    }
-
-    /// The causal conv, optionally keeping the state after every row (speculative rollback).
-    fn conv1d(
-        &self,
-        x: &CudaTensor,
-        weight: &CudaWeight,
-        state: &mut CudaTensor,
-        rows: usize,
-        out: &mut CudaTensor,
-        snapshots: Option<&mut CudaTensor>,
+        src: &CudaSlice<u8>,
+        src_offset: usize,
+        dst: &mut CudaSlice<u8>,
+        dst_offset: usize,
+        bytes: usize,
     ) -> Result<()> {
-        let op = "conv1d_silu";
-        let (channels, kernel) = (weight.rows, weight.cols);
-        if !(2..=8).contains(&kernel) {
-            return Err(shape_err(
-                op,
-                format!("kernel of {kernel} taps (2..=8 supported)"),
-            ));
-        }
-        if weight.ty != GgmlType::F32 {
-            return Err(shape_err(
-                op,
-                format!("weight type {} (F32 expected)", weight.ty),
-            ));
-        }
-        check_len(op, "input", x.len, rows * channels)?;
-        check_len(op, "output", out.len, rows * channels)?;
-        if state.len != channels * (kernel - 1) {
-            return Err(shape_err(
-                op,
-                format!(
-                    "state of {} values, expected {}",
-                    state.len,
-                    channels * (kernel - 1)
-                ),
-            ));
-        }
-        if rows == 0 {
-            return Ok(());
-        }
-        let snap = self.snapshot_ptr(op, snapshots, rows * state.len)?;
-        let (xp, wp, sp, op_) = (
-            self.ptr(&x.buf),
-            self.ptr(&weight.data),
-            self.ptr(&state.buf),
-            self.ptr(&out.buf),
-        );
-        let (r, c, k) = (
-            u32_arg(op, rows)?,
-            u32_arg(op, channels)?,
-            u32_arg(op, kernel)?,
-        );
-        launch!(
-            self,
-            "conv1d_silu",
-            grid(channels, 128),
-            &xp,
-            &wp,
-            &sp,
-            &r,
-            &c,
-            &k,
-            &op_,
-            &snap
-        )
-    }
-
-    /// The delta rule over `rows` tokens ([q, k, v, g, beta] as the trait takes them), optionally keeping
-    /// the state after every token (speculative rollback).
-    fn delta_rule(
-        &self,
-        [q, k, v, g, beta]: [&CudaTensor; 5],
-        state: &mut CudaTensor,
-        rows: usize,
-        p: DeltaNetParams,
-        out: &mut CudaTensor,
-        snapshots: Option<&mut CudaTensor>,
-    ) -> Result<()> {
-        let op = "gated_delta_net";
-        if p.n_k_heads == 0 || !p.n_v_heads.is_multiple_of(p.n_k_heads) {
-            return Err(shape_err(
-                op,
-                format!("{} V-heads over {} K-heads", p.n_v_heads, p.n_k_heads),
-            ));
-        }
-        if !p.head_k_dim.is_multiple_of(32) || p.head_k_dim > 256 {
-            return Err(shape_err(
-                op,
-                format!("head_k_dim {} (a multiple of 32 up to 256)", p.head_k_dim),
-            ));
-        }
-        let (qk_w, v_w) = (p.n_k_heads * p.head_k_dim, p.n_v_heads * p.head_v_dim);
-        check_len(op, "q", q.len, rows * qk_w)?;
-        check_len(op, "k", k.len, rows * qk_w)?;
-        check_len(op, "v", v.len, rows * v_w)?;
-        check_len(op, "g", g.len, rows * p.n_v_heads)?;
-        check_len(op, "beta", beta.len, rows * p.n_v_heads)?;
-        check_len(op, "output", out.len, rows * v_w)?;
-        let need = p.n_v_heads * p.head_v_dim * p.head_k_dim;
-        if state.len != need {
-            return Err(shape_err(
-                op,
-                format!("state of {} values, expected {need}", state.len),
-            ));
-        }
-        if rows == 0 {
-            return Ok(());
-        }
-        let ptrs = [
-            self.ptr(&q.buf),
-            self.ptr(&k.buf),
-            self.ptr(&v.buf),
-            self.ptr(&g.buf),
-            self.ptr(&beta.buf),
-            self.ptr(&state.buf),
-        ];
-        let (r, nk, nv, dk, dv) = (
-            u32_arg(op, rows)?,
-            u32_arg(op, p.n_k_heads)?,
-            u32_arg(op, p.n_v_heads)?,
-            u32_arg(op, p.head_k_dim)?,
-            u32_arg(op, p.head_v_dim)?,
-        );
-        let snap = self.snapshot_ptr(op, snapshots, rows * need)?;
-        let op_ = self.ptr(&out.buf);
-        let cfg = grid(p.n_v_heads * p.head_v_dim * 32, THREADS);
-        launch!(
-            self,
-            "gated_delta_net",
-            cfg,
-            &ptrs[0],
-            &ptrs[1],
-            &ptrs[2],
-            &ptrs[3],
-            &ptrs[4],
-            &ptrs[5],
-            &r,
-            &nk,
-            &nv,
-            &dk,
-            &dv,
-            &p.scale,
-            &op_,
-            &snap
-        )
-    }
-}
-
-/// A weight's type is one CUDA computes with and its bytes are exactly `rows` rows of `cols` values.
-fn check_source(src: &WeightSource) -> Result<()> {
-    let supported = matches!(src.ty, GgmlType::F32 | GgmlType::F16) || mmv_kernel(src.ty).is_some();
-    if !supported {
-        return Err(shape_err(
-            "load_weight",
-            format!("{}: type {} is not supported on CUDA yet", src.name, src.ty),
-        ));
-    }
-    let row_bytes = src.ty.bytes_for(src.cols).ok_or_else(|| {
-        shape_err(
-            "load_weight",
-            format!("{}: row of {} is not block-aligned", src.name, src.cols),
-        )
-    })?;
-    let need = src
-        .rows
-        .checked_mul(row_bytes)
-        .ok_or_else(|| shape_err("load_weight", "size overflows"))?;
-    let have = src.bytes.as_slice().len();
-    if have != need {
-        return Err(shape_err(
-            "load_weight",
-            format!("{}: {have} bytes, expected {need}", src.name),
-        ));
-    }
-    Ok(())
-}
-
-/// Batches up to this many rows (a decode step, a speculative verify pass of up to 16 drafts + 1) split
-/// attention the same way.
-const INVARIANT_ROWS: usize = 17;
-
-/// Keys per attention split for a cache of `n_ctx` positions: 16 for small caches (many blocks for short
-/// contexts), growing so that even a full cache needs at most 1024 splits (bounded merge scratch).
-fn attention_chunk(n_ctx: usize) -> usize {
-    n_ctx.div_ceil(1024).next_power_of_two().clamp(16, 2048)
-}
-
-/// The fewest keys of an `attn_tile_*` split (`ATQ_MIN_CHUNK`: a tile of 32 keys for each of 4 warps).
-const TILED_MIN_CHUNK: usize = 128;
-
-/// Threads of an `rms_norm` block for rows of `dim` values: about four values a thread, so a single row
-/// (the decode step) is spread over up to 1024 threads instead of one block's 256 walking it serially.
-/// A function of `dim` alone, never of the row count, so a batch rounds exactly like single rows.
-fn norm_threads(dim: usize) -> u32 {
-    // Multiples of 64: whole warps on NVIDIA and on AMD's wave64 parts alike.
-    (dim.div_ceil(4).next_multiple_of(64)).clamp(64, 1024) as u32
-}
-
-fn kv_kernel_name(ty: KvType) -> &'static str {
-    match ty {
-        KvType::F32 => "f32",
-        KvType::F16 => "f16",
-        KvType::Q8_0 => "q8_0",
-        KvType::Q4_0 => "q4_0",
-    }
-}
-
-impl Drop for CudaBackend {
-    fn drop(&mut self) {
-        let Some(p) = &self.profile else { return };
-        let m = p.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<_> = m.iter().collect();
-        v.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
-        let total: f64 = v.iter().map(|e| e.1 .1).sum();
-        eprintln!(
-            "kernel profile (each launch timed alone): {:.1} ms in all",
-            total * 1e3
-        );
-        for (name, (n, t)) in v.iter().take(40) {
-            eprintln!(
-                "{:>9.2} ms {:>5.1}% {:>8} × {:>8.1} µs  {name}",
-                t * 1e3,
-                100.0 * t / total,
-                n,
-                t * 1e6 / *n as f64
-            );
-        }
-    }
-}
-
-impl Backend for CudaBackend {
-    type Tensor = CudaTensor;
-    type Weight = CudaWeight;
-    type KvCache = CudaKvCache;
-
-    fn name(&self) -> String {
-        format!("cuda:{} ({})", self.ordinal, self.dev.name)
-    }
-
-    fn load_weight(&self, src: WeightSource) -> Result<CudaWeight> {
-        check_source(&src)?;
-        let bytes = src.bytes.as_slice();
-        let dense = if src.rows == 1 {
-            let mut v = vec![0f32; src.cols];
-            dequantize_row(src.ty, bytes, &mut v)?;
-            Some(self.upload(&v)?)
-        } else {
-            None
-        };
-        Ok(CudaWeight {
-            ty: src.ty,
-            rows: src.rows,
-            cols: src.cols,
-            data: self.upload(bytes)?,
-            dense,
-        })
-    }
-
-    fn load_stacked(&self, parts: Vec<WeightSource>) -> Result<Option<CudaWeight>> {
-        let Some(first) = parts.first() else {
-            return Err(shape_err("load_stacked", "no parts"));
-        };
-        let (ty, cols) = (first.ty, first.cols);
-        let mut rows = 0usize;
-        for p in &parts {
-            check_source(p)?;
-            if (p.ty, p.cols) != (ty, cols) {
-                return Err(shape_err(
-                    "load_stacked",
-                    format!(
-                        "{} is {} × {} values, {} is {ty} × {cols}",
-                        p.name, p.ty, p.cols, first.name
-                    ),
-                ));
-            }
-            rows = rows
-                .checked_add(p.rows)
-                .ok_or_else(|| shape_err("load_stacked", "size overflows"))?;
-        }
-        // Rows are stored one after another, so the parts' bytes concatenated are the stacked matrix.
-        let total: usize = parts.iter().map(|p| p.bytes.as_slice().len()).sum();
-        let mut data = self.alloc_zeros::<u8>(total)?;
-        let mut at = 0;
-        for p in &parts {
-            let b = p.bytes.as_slice();
-            let mut dst = data.slice_mut(at..at + b.len());
-            self.dev
-                .stream
-                .memcpy_htod(b, &mut dst)
-                .map_err(|e| dev_err("load_stacked", e))?;
-            at += b.len();
-        }
-        Ok(Some(CudaWeight {
-            ty,
-            rows,
-            cols,
-            data,
-            dense: None,
-        }))
-    }
-
-    fn weight_bytes(&self, w: &CudaWeight) -> usize {
-        w.data.len() + w.dense.as_ref().map_or(0, |d| d.len() * 4)
-    }
-
-    fn tensor(&self, len: usize) -> Result<CudaTensor> {
-        Ok(CudaTensor {
-            buf: self.alloc_zeros::<f32>(len)?,
-            len,
-        })
-    }
-
-    fn tensor_len(&self, t: &CudaTensor) -> usize {
-        t.len
-    }
-
-    fn write(&self, t: &mut CudaTensor, offset: usize, data: &[f32]) -> Result<()> {
-        check_len("write", "tensor", t.len, offset.saturating_add(data.len()))?;
-        if data.is_empty() {
-            return Ok(());
-        }
-        self.launches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut dst = t.buf.slice_mut(offset..offset + data.len());
-        self.dev
-            .stream
-            .memcpy_htod(data, &mut dst)
-            .map_err(|e| dev_err("write", e))
-    }
-
-    fn read(&self, t: &CudaTensor, offset: usize, out: &mut [f32]) -> Result<()> {
-        check_len("read", "tensor", t.len, offset.saturating_add(out.len()))?;
-        if out.is_empty() {
-            return Ok(());
-        }
-        let src = t.buf.slice(offset..offset + out.len());
-        self.dev
-            .stream
-            .memcpy_dtoh(&src, out)
-            .map_err(|e| dev_err("read", e))?;
-        self.synchronize()
-    }
-
-    fn copy(
-        &self,
-        src: &CudaTensor,
-        src_off: usize,
-        dst: &mut CudaTensor,
-        dst_off: usize,
-        n: usize,
-    ) -> Result<()> {
-        check_len("copy", "source", src.len, src_off.saturating_add(n))?;
-        check_len("copy", "destination", dst.len, dst_off.saturating_add(n))?;
-        if n == 0 {
-            return Ok(());
-        }
-        self.launches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let s = src.buf.slice(src_off..src_off + n);
-        let mut d = dst.buf.slice_mut(dst_off..dst_off + n);
+        let s = src.slice(src_offset..src_offset + bytes);
+        let mut d = dst.slice_mut(dst_offset..dst_offset + bytes);
         self.dev
             .stream
             .memcpy_dtod(&s, &mut d)
-            .map_err(|e| dev_err("copy", e))
+            .map_err(|e| dev_err::<Self>("copying on the device", e))
     }
 
-    fn embed(&self, table: &CudaWeight, tokens: &[u32], out: &mut CudaTensor) -> Result<()> {
-        let dim = table.cols;
-        check_len("embed", "output", out.len, tokens.len() * dim)?;
-        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= table.rows) {
-            return Err(shape_err(
-                "embed",
-                format!("token id {t} is outside the {}-row table", table.rows),
-            ));
-        }
-        if tokens.is_empty() {
-            return Ok(());
-        }
-        let ids = self.upload(tokens)?;
-        let row_bytes = u32_arg("embed", table.ty.bytes_for(dim).unwrap_or(0))?;
-        let (ty, n_rows, n_tok, dim32) = (
-            table.ty as i32,
-            u32_arg("embed", table.rows)?,
-            u32_arg("embed", tokens.len())?,
-            u32_arg("embed", dim)?,
-        );
-        let cfg = LaunchConfig {
-            grid_dim: (dim.div_ceil(256).min(64) as u32, n_tok, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (tp, ip, op) = (self.ptr(&table.data), self.ptr(&ids), self.ptr(&out.buf));
-        launch!(
-            self,
-            "embed_rows",
-            cfg,
-            &ty,
-            &tp,
-            &row_bytes,
-            &n_rows,
-            &ip,
-            &n_tok,
-            &dim32,
-            &op
+    fn func(&self, name: &str) -> Result<&CudaFunction> {
+        self.dev.func(name)
+    }
+
+    unsafe fn launch(
+        &self,
+        func: &CudaFunction,
+        cfg: LaunchConfig,
+        args: &mut [*mut c_void],
+    ) -> Result<()> {
+        // The context must be current on the calling thread (the server decodes on its own thread).
+        self.dev
+            .ctx
+            .bind_to_thread()
+            .map_err(|e| dev_err::<Self>("binding the context", e))?;
+        drv::launch_kernel(
+            func.cu_function(),
+            cfg.grid_dim,
+            cfg.block_dim,
+            cfg.shared_mem_bytes,
+            self.dev.stream.cu_stream(),
+            args,
         )
-    }
-
-    fn matmul(
-        &self,
-        w: &CudaWeight,
-        x: &CudaTensor,
-        rows: usize,
-        out: &mut CudaTensor,
-    ) -> Result<()> {
-        self.product(w, x, rows, out)
-    }
-
-    fn matmul_group(
-        &self,
-        parts: &mut [(&CudaWeight, &mut CudaTensor)],
-        x: &CudaTensor,
-        rows: usize,
-    ) -> Result<()> {
-        self.product_group(parts, x, rows)
-    }
-
-    fn rms_norm(
-        &self,
-        x: &CudaTensor,
-        weight: Option<&CudaWeight>,
-        rows: usize,
-        dim: usize,
-        eps: f32,
-        out: &mut CudaTensor,
-    ) -> Result<()> {
-        check_len("rms_norm", "input", x.len, rows * dim)?;
-        check_len("rms_norm", "output", out.len, rows * dim)?;
-        if rows == 0 {
-            return Ok(());
-        }
-        let (wp, cfg, d) = self.norm_launch("rms_norm", weight, rows, dim)?;
-        let (xp, op) = (self.ptr(&x.buf), self.ptr(&out.buf));
-        self.producing(op, rows, dim, |yq, yd| {
-            launch!(self, "rms_norm", cfg, &xp, &wp, &d, &eps, &op, &yq, &yd)
-        })
-    }
-
-    fn add_rms_norm(
-        &self,
-        x: &mut CudaTensor,
-        y: &CudaTensor,
-        weight: Option<&CudaWeight>,
-        rows: usize,
-        dim: usize,
-        eps: f32,
-        out: &mut CudaTensor,
-    ) -> Result<()> {
-        let op = "add_rms_norm";
-        check_len(op, "input", x.len, rows * dim)?;
-        check_len(op, "residual", y.len, rows * dim)?;
-        check_len(op, "output", out.len, rows * dim)?;
-        if rows == 0 {
-            return Ok(());
-        }
-        let (wp, cfg, d) = self.norm_launch(op, weight, rows, dim)?;
-        let (xp, yp, op_) = (self.ptr(&x.buf), self.ptr(&y.buf), self.ptr(&out.buf));
-        self.producing(op_, rows, dim, |yq, yd| {
-            launch!(
-                self,
-                "add_rms_norm",
-                cfg,
-                &xp,
-                &yp,
-                &wp,
-                &d,
-                &eps,
-                &op_,
-                &yq,
-                &yd
-            )
-        })
-    }
-
-    fn add_bias(
-        &self,
-        x: &mut CudaTensor,
-        bias: &CudaWeight,
-        rows: usize,
-        dim: usize,
-    ) -> Result<()> {
-        check_len("add_bias", "x", x.len, rows * dim)?;
-        let bp = self.dense(bias, "add_bias", dim)?;
-        let (xp, r, d) = (
-            self.ptr(&x.buf),
-            u32_arg("add_bias", rows)?,
-            u32_arg("add_bias", dim)?,
-        );
-        launch!(self, "add_bias", grid(rows * dim, 256), &xp, &bp, &r, &d)
-    }
-
-    fn add_assign(&self, x: &mut CudaTensor, y: &CudaTensor, n: usize) -> Result<()> {
-        check_len("add_assign", "x", x.len, n)?;
-        check_len("add_assign", "y", y.len, n)?;
-        let (xp, yp, n32) = (
-            self.ptr(&x.buf),
-            self.ptr(&y.buf),
-            u32_arg("add_assign", n)?,
-        );
-        launch!(self, "add_assign", grid(n, 256), &xp, &yp, &n32)
-    }
-
-    fn scale(&self, x: &mut CudaTensor, s: f32, n: usize) -> Result<()> {
-        check_len("scale", "x", x.len, n)?;
-        let (xp, n32) = (self.ptr(&x.buf), u32_arg("scale", n)?);
-        launch!(self, "scale_inplace", grid(n, 256), &xp, &s, &n32)
-    }
-
-    fn gated_activation(
-        &self,
-        act: Activation,
-        gate: &CudaTensor,
-        up: &CudaTensor,
-        n: usize,
-        out: &mut CudaTensor,
-    ) -> Result<()> {
-        check_len("gated_activation", "gate", gate.len, n)?;
-        check_len("gated_activation", "up", up.len, n)?;
-        check_len("gated_activation", "output", out.len, n)?;
-        let name = match act {
-            Activation::SwiGlu => "swiglu",
-            Activation::GeGlu => "geglu",
-        };
-        let (gp, upp, op, n32) = (
-            self.ptr(&gate.buf),
-            self.ptr(&up.buf),
-            self.ptr(&out.buf),
-            u32_arg("gated_activation", n)?,
-        );
-        launch!(self, name, grid(n, 256), &gp, &upp, &n32, &op)
-    }
-
-    fn gated_activation_stacked(
-        &self,
-        act: Activation,
-        x: &CudaTensor,
-        rows: usize,
-        n: usize,
-        out: &mut CudaTensor,
-    ) -> Result<()> {
-        let total = rows
-            .checked_mul(n)
-            .ok_or_else(|| shape_err("gated_activation_stacked", "size overflows"))?;
-        check_len("gated_activation_stacked", "input", x.len, 2 * total)?;
-        check_len("gated_activation_stacked", "output", out.len, total)?;
-        if total == 0 {
-            return Ok(());
-        }
-        let name = match act {
-            Activation::SwiGlu => "swiglu_stacked",
-            Activation::GeGlu => "geglu_stacked",
-        };
-        let (xp, op) = (self.ptr(&x.buf), self.ptr(&out.buf));
-        let (r32, n32) = (
-            u32_arg("gated_activation_stacked", rows)?,
-            u32_arg("gated_activation_stacked", n)?,
-        );
-        self.producing(op, rows, n, |yq, yd| {
-            launch!(self, name, grid(total, 256), &xp, &r32, &n32, &op, &yq, &yd)
-        })
-    }
-
-    fn rope(&self, x: &mut CudaTensor, positions: &[u32], p: RopeParams) -> Result<()> {
-        let width = p.n_heads * p.head_dim;
-        check_len("rope", "input", x.len, positions.len() * width)?;
-        if p.n_rot > p.head_dim || !p.n_rot.is_multiple_of(2) {
-            return Err(shape_err(
-                "rope",
-                format!("n_rot {} with head_dim {}", p.n_rot, p.head_dim),
-            ));
-        }
-        if positions.is_empty() || p.n_rot == 0 {
-            return Ok(());
-        }
-        // Consecutive positions (every prefill chunk and decode step) need no upload.
-        let contiguous = positions.windows(2).all(|w| w[1] == w[0].wrapping_add(1));
-        let ids = if contiguous {
-            None
-        } else {
-            Some(self.upload(positions)?)
-        };
-        let pp = ids.as_ref().map_or(0u64, |b| self.ptr(b));
-        let theta_scale = p.theta_base.powf(-2.0 / p.n_rot as f32);
-        let neox = i32::from(p.style == RopeStyle::Neox);
-        let (xp, pos0, rows, nh, hd, nr) = (
-            self.ptr(&x.buf),
-            positions[0],
-            u32_arg("rope", positions.len())?,
-            u32_arg("rope", p.n_heads)?,
-            u32_arg("rope", p.head_dim)?,
-            u32_arg("rope", p.n_rot)?,
-        );
-        let n = positions.len() * p.n_heads * p.n_rot / 2;
-        launch!(
-            self,
-            "rope",
-            grid(n, 256),
-            &xp,
-            &pp,
-            &pos0,
-            &rows,
-            &nh,
-            &hd,
-            &nr,
-            &theta_scale,
-            &p.freq_scale,
-            &neox
-        )?;
-        drop(ids);
-        Ok(())
-    }
-
-    fn kv_cache(
-        &self,
-        n_ctx: usize,
-        n_kv_heads: usize,
-        head_dim: usize,
-        ty: KvType,
-    ) -> Result<CudaKvCache> {
-        let (width, row_bytes, bytes) = kv_layout(n_ctx, n_kv_heads, head_dim, ty)?;
-        Ok(CudaKvCache {
-            ty,
-            n_ctx,
-            width,
-            row_bytes,
-            k: self.alloc_zeros::<u8>(bytes)?,
-            v: self.alloc_zeros::<u8>(bytes)?,
-        })
-    }
-
-    fn kv_cache_bytes(&self, kv: &CudaKvCache) -> usize {
-        kv.k.len() + kv.v.len()
-    }
-
-    fn attention(
-        &self,
-        q: &CudaTensor,
-        k: &CudaTensor,
-        v: &CudaTensor,
-        kv: &mut CudaKvCache,
-        start: usize,
-        rows: usize,
-        p: AttentionParams,
-        out: &mut CudaTensor,
-    ) -> Result<()> {
-        let op = "attention";
-        let d = p.head_dim;
-        let quantized = matches!(kv.ty, KvType::Q8_0 | KvType::Q4_0);
-        if !matches!(d, 16 | 32 | 64 | 128 | 256) || (quantized && d < 32) {
-            return Err(shape_err(
-                op,
-                format!("head_dim {d} with a {:?} cache (CUDA supports 32, 64, 128, 256; 16 with f16/f32)", kv.ty),
-            ));
-        }
-        if p.n_kv_heads == 0
-            || !p.n_heads.is_multiple_of(p.n_kv_heads)
-            || p.n_heads / p.n_kv_heads > 8
-        {
-            return Err(shape_err(
-                op,
-                format!("{} heads over {} KV heads", p.n_heads, p.n_kv_heads),
-            ));
-        }
-        if kv.width != p.n_kv_heads * d {
-            return Err(shape_err(op, "cache shape differs from the parameters"));
-        }
-        if start + rows > kv.n_ctx {
-            return Err(shape_err(
-                op,
-                format!(
-                    "positions up to {} in a {}-position cache",
-                    start + rows,
-                    kv.n_ctx
-                ),
-            ));
-        }
-        check_len(op, "q", q.len, rows * p.n_heads * d)?;
-        check_len(op, "k", k.len, rows * kv.width)?;
-        check_len(op, "v", v.len, rows * kv.width)?;
-        check_len(op, "output", out.len, rows * p.n_heads * d)?;
-        if rows == 0 {
-            return Ok(());
-        }
-        let kt = kv.ty.ggml() as i32;
-        let (rows32, width32, rb32, start32) = (
-            u32_arg(op, rows)?,
-            u32_arg(op, kv.width)?,
-            u32_arg(op, kv.row_bytes)?,
-            u32_arg(op, start)?,
-        );
-        let (kc, vc) = (self.ptr(&kv.k), self.ptr(&kv.v));
-        let blocks = rows * kv.width / 32;
-        let (kp, vp) = (self.ptr(&k.buf), self.ptr(&v.buf));
-        launch!(
-            self,
-            "kv_store",
-            grid(blocks, 128),
-            &kt,
-            &kp,
-            &rows32,
-            &width32,
-            &kc,
-            &rb32,
-            &start32
-        )?;
-        launch!(
-            self,
-            "kv_store",
-            grid(blocks, 128),
-            &kt,
-            &vp,
-            &rows32,
-            &width32,
-            &vc,
-            &rb32,
-            &start32
-        )?;
-
-        if self.attention_by_blas(rows, &p) {
-            let (qp, op_) = (self.ptr(&q.buf), self.ptr(&out.buf));
-            return self.attention_blas(qp, kv, start, rows, &p, op_);
-        }
-        let kv_len = start + rows;
-        // attn_tile_*: a key per lane, tiles of 32 keys per warp; needs whole 4-byte aligned heads.
-        let tiled = self.attn_tile && matches!(kv.ty, KvType::Q8_0 | KvType::Q4_0) && d >= 64;
-        // (chunk, row splits, grid splits): keys per split (0: each row sizes its own splits, at most
-        // `row splits` of them: attn_tile's decode mode) and the splits the grid covers.
-        let (chunk, row_splits, n_splits) = if rows <= INVARIANT_ROWS && tiled {
-            // Each row splits its keys by its own position (attn_tile's `tiled_chunk`), so a row sums
-            // the same keys in the same order alone or in a verify batch; the grid covers the batch's
-            // last row, and the rows before it leave their extra splits empty. About three blocks per SM.
-            let target = (3 * self.sm_count).div_ceil(p.n_kv_heads);
-            (0, target, target.min(kv_len.div_ceil(TILED_MIN_CHUNK)))
-        } else if rows <= INVARIANT_ROWS {
-            // Decode and verify batches: splits of a fixed size that depends only on the cache's
-            // capacity, never on the batch or the position. Each row then sums the same keys in the same
-            // order whether it runs alone or in a verify batch, so speculative decoding gives exactly the
-            // tokens plain decoding gives. (Splits past a row's last key are empty: exact zeros.)
-            let chunk = attention_chunk(kv.n_ctx);
-            (chunk, 0, kv_len.div_ceil(chunk))
-        } else {
-            // Prefill: enough splits to give every SM work, at most 2048 keys per block.
-            let by_parallelism = (2 * self.sm_count).div_ceil(rows * p.n_kv_heads);
-            let n_splits = by_parallelism
-                .max(kv_len.div_ceil(2048))
-                .clamp(1, kv_len.div_ceil(16).max(1));
-            let chunk = kv_len.div_ceil(n_splits);
-            (chunk, 0, kv_len.div_ceil(chunk))
-        };
-        let parts = rows * p.n_heads * n_splits;
-        let mut s = self.lock_scratch();
-        let accp = self.ensure(&mut s.att_acc, parts * d)?;
-        let mlp = self.ensure(&mut s.att_ml, parts * 2)?;
-        let cfg = LaunchConfig {
-            grid_dim: (p.n_kv_heads as u32, n_splits as u32, rows32),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (qp, nh, nkv, win, chunk32) = (
-            self.ptr(&q.buf),
-            u32_arg(op, p.n_heads)?,
-            u32_arg(op, p.n_kv_heads)?,
-            u32_arg(op, p.window.unwrap_or(0))?,
-            u32_arg(op, chunk)?,
-        );
-        let softcap = p.softcap.unwrap_or(0.0);
-        let kernel = if tiled { "attn_tile" } else { "attn_split" };
-        let name = format!("{kernel}_{}_{d}", kv_kernel_name(kv.ty));
-        let splits32 = u32_arg(op, row_splits)?;
-        launch!(
-            self, &name, cfg, &qp, &kc, &vc, &rb32, &nh, &nkv, &start32, &win, &p.scale, &softcap,
-            &chunk32, &splits32, &accp, &mlp
-        )?;
-        let merge = LaunchConfig {
-            grid_dim: (u32_arg(op, rows * p.n_heads)?, d.div_ceil(32) as u32, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (ns, d32, op_) = (n_splits as u32, d as u32, self.ptr(&out.buf));
-        launch!(self, "attn_merge", merge, &accp, &mlp, &ns, &d32, &op_)
-    }
-
-    fn copy_rows(
-        &self,
-        src: &CudaTensor,
-        src_off: usize,
-        src_stride: usize,
-        dst: &mut CudaTensor,
-        dst_off: usize,
-        dst_stride: usize,
-        width: usize,
-        rows: usize,
-    ) -> Result<()> {
-        if rows == 0 || width == 0 {
-            return Ok(());
-        }
-        let last = |off: usize, stride: usize| off + (rows - 1) * stride + width;
-        check_len("copy_rows", "source", src.len, last(src_off, src_stride))?;
-        check_len(
-            "copy_rows",
-            "destination",
-            dst.len,
-            last(dst_off, dst_stride),
-        )?;
-        let (sp, dp) = (self.ptr(&src.buf), self.ptr(&dst.buf));
-        let (so, ss, do_, ds) = (
-            src_off as u64,
-            src_stride as u64,
-            dst_off as u64,
-            dst_stride as u64,
-        );
-        let (w, r) = (u32_arg("copy_rows", width)?, u32_arg("copy_rows", rows)?);
-        launch!(
-            self,
-            "copy_rows",
-            grid(rows * width, 256),
-            &sp,
-            &so,
-            &ss,
-            &dp,
-            &do_,
-            &ds,
-            &w,
-            &r
-        )
-    }
-
-    fn sigmoid_mul(
-        &self,
-        x: &mut CudaTensor,
-        gate: &CudaTensor,
-        rows: usize,
-        dim: usize,
-    ) -> Result<()> {
-        let n = rows
-            .checked_mul(dim)
-            .ok_or_else(|| shape_err("sigmoid_mul", "size overflows"))?;
-        check_len("sigmoid_mul", "x", x.len, n)?;
-        check_len("sigmoid_mul", "gate", gate.len, n)?;
-        let (xp, gp, n32) = (
-            self.ptr(&x.buf),
-            self.ptr(&gate.buf),
-            u32_arg("sigmoid_mul", n)?,
-        );
-        self.producing(xp, rows, dim, |yq, yd| {
-            launch!(self, "sigmoid_mul", grid(n, 256), &xp, &gp, &n32, &yq, &yd)
-        })
-    }
-
-    fn rms_norm_gated(
-        &self,
-        x: &CudaTensor,
-        weight: &CudaWeight,
-        z: &CudaTensor,
-        rows: usize,
-        dim: usize,
-        eps: f32,
-        out: &mut CudaTensor,
-    ) -> Result<()> {
-        let op = "rms_norm_gated";
-        check_len(op, "input", x.len, rows * dim)?;
-        check_len(op, "gate", z.len, rows * dim)?;
-        check_len(op, "output", out.len, rows * dim)?;
-        if rows == 0 {
-            return Ok(());
-        }
-        let wp = self.dense(weight, op, dim)?;
-        let cfg = LaunchConfig {
-            grid_dim: (u32_arg(op, rows)?, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (xp, zp, op_, d) = (
-            self.ptr(&x.buf),
-            self.ptr(&z.buf),
-            self.ptr(&out.buf),
-            u32_arg(op, dim)?,
-        );
-        self.producing(op_, rows, dim, |yq, yd| {
-            launch!(
-                self,
-                "rms_norm_gated",
-                cfg,
-                &xp,
-                &wp,
-                &zp,
-                &d,
-                &eps,
-                &op_,
-                &yq,
-                &yd
-            )
-        })
-    }
-
-    fn split_qkv_l2(
-        &self,
-        qkv: &CudaTensor,
-        rows: usize,
-        n_k_heads: usize,
-        head_k: usize,
-        v_dim: usize,
-        eps: f32,
-        [q, k, v]: [&mut CudaTensor; 3],
-    ) -> Result<()> {
-        let op = "split_qkv_l2";
-        let kd = n_k_heads
-            .checked_mul(head_k)
-            .ok_or_else(|| shape_err(op, "size overflows"))?;
-        let cd = kd
-            .checked_mul(2)
-            .and_then(|w| w.checked_add(v_dim))
-            .ok_or_else(|| shape_err(op, "size overflows"))?;
-        check_len(op, "input", qkv.len, rows * cd)?;
-        check_len(op, "q", q.len, rows * kd)?;
-        check_len(op, "k", k.len, rows * kd)?;
-        check_len(op, "v", v.len, rows * v_dim)?;
-        if rows == 0 || cd == 0 {
-            return Ok(());
-        }
-        if !self.fuse {
-            return split_qkv_l2_by_parts(
-                self,
-                qkv,
-                rows,
-                n_k_heads,
-                head_k,
-                v_dim,
-                eps,
-                [q, k, v],
-            );
-        }
-        // 256 threads: the block size of l2_norm, so the sums round the same.
-        let blocks = 2 * n_k_heads + v_dim.div_ceil(256);
-        let cfg = LaunchConfig {
-            grid_dim: (u32_arg(op, blocks)?, u32_arg(op, rows)?, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (nh, hk, vd) = (
-            u32_arg(op, n_k_heads)?,
-            u32_arg(op, head_k)?,
-            u32_arg(op, v_dim)?,
-        );
-        let (xp, qp, kp, vp) = (
-            self.ptr(&qkv.buf),
-            self.ptr(&q.buf),
-            self.ptr(&k.buf),
-            self.ptr(&v.buf),
-        );
-        launch!(self, op, cfg, &xp, &nh, &hk, &vd, &eps, &qp, &kp, &vp)
-    }
-
-    fn l2_norm(&self, x: &mut CudaTensor, rows: usize, dim: usize, eps: f32) -> Result<()> {
-        check_len("l2_norm", "x", x.len, rows * dim)?;
-        if rows == 0 || dim == 0 {
-            return Ok(());
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (u32_arg("l2_norm", rows)?, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (xp, d) = (self.ptr(&x.buf), u32_arg("l2_norm", dim)?);
-        launch!(self, "l2_norm", cfg, &xp, &d, &eps)
-    }
-
-    fn conv1d_silu(
-        &self,
-        x: &CudaTensor,
-        weight: &CudaWeight,
-        state: &mut CudaTensor,
-        rows: usize,
-        out: &mut CudaTensor,
-    ) -> Result<()> {
-        self.conv1d(x, weight, state, rows, out, None)
-    }
-
-    fn conv1d_silu_snapshots(
-        &self,
-        x: &CudaTensor,
-        weight: &CudaWeight,
-        state: &mut CudaTensor,
-        rows: usize,
-        out: &mut CudaTensor,
-        snapshots: &mut CudaTensor,
-    ) -> Result<()> {
-        self.conv1d(x, weight, state, rows, out, Some(snapshots))
-    }
-
-    fn delta_net_gates(
-        &self,
-        alpha: &mut CudaTensor,
-        beta: &mut CudaTensor,
-        dt_bias: &CudaWeight,
-        a: &CudaWeight,
-        rows: usize,
-    ) -> Result<()> {
-        let op = "delta_net_gates";
-        let n = dt_bias.cols;
-        let dtp = self.dense(dt_bias, op, n)?;
-        let ap = self.dense(a, op, n)?;
-        check_len(op, "alpha", alpha.len, rows * n)?;
-        check_len(op, "beta", beta.len, rows * n)?;
-        if rows == 0 || n == 0 {
-            return Ok(());
-        }
-        let (alp, bp) = (self.ptr(&alpha.buf), self.ptr(&beta.buf));
-        let (r, n32) = (u32_arg(op, rows)?, u32_arg(op, n)?);
-        launch!(
-            self,
-            "delta_net_gates",
-            grid(rows * n, 256),
-            &alp,
-            &bp,
-            &dtp,
-            &ap,
-            &r,
-            &n32
-        )
-    }
-
-    fn gated_delta_net(
-        &self,
-        q: &CudaTensor,
-        k: &CudaTensor,
-        v: &CudaTensor,
-        g: &CudaTensor,
-        beta: &CudaTensor,
-        state: &mut CudaTensor,
-        rows: usize,
-        p: DeltaNetParams,
-        out: &mut CudaTensor,
-    ) -> Result<()> {
-        self.delta_rule([q, k, v, g, beta], state, rows, p, out, None)
-    }
-
-    fn gated_delta_net_snapshots(
-        &self,
-        q: &CudaTensor,
-        k: &CudaTensor,
-        v: &CudaTensor,
-        g: &CudaTensor,
-        beta: &CudaTensor,
-        state: &mut CudaTensor,
-        rows: usize,
-        p: DeltaNetParams,
-        out: &mut CudaTensor,
-        snapshots: &mut CudaTensor,
-    ) -> Result<()> {
-        self.delta_rule([q, k, v, g, beta], state, rows, p, out, Some(snapshots))
-    }
-
-    fn argmax_rows(&self, x: &CudaTensor, rows: usize, n: usize) -> Result<Vec<u32>> {
-        self.argmax_rows_on_device(x, rows, n)
-    }
-
-    fn top_k_rows(
-        &self,
-        x: &CudaTensor,
-        rows: usize,
-        n: usize,
-        k: usize,
-    ) -> Result<Vec<Vec<(u32, f32)>>> {
-        self.top_k_rows_on_device(x, rows, n, k)
+        .map_err(|e| dev_err::<Self>("launching a kernel", e))
     }
 
     fn synchronize(&self) -> Result<()> {
         self.dev
             .stream
             .synchronize()
-            .map_err(|e| dev_err("synchronize", e))
+            .map_err(|e| dev_err::<Self>("synchronize", e))
+    }
+
+    fn memory_info(&self) -> Result<(usize, usize)> {
+        self.dev
+            .ctx
+            .mem_get_info()
+            .map_err(|e| dev_err::<Self>("memory info", e))
+    }
+
+    fn multiprocessors(&self) -> usize {
+        self.sm_count
+    }
+
+    fn device_name(&self) -> &str {
+        &self.dev.name
+    }
+
+    fn has_blas(&self) -> bool {
+        self.blas.is_some()
+    }
+
+    unsafe fn gemm_f16(&self, g: &GemmF16) -> Result<()> {
+        let blas = self
+            .blas
+            .as_ref()
+            .ok_or_else(|| dev_err::<Self>("matmul", "cuBLAS is not loaded"))?;
+        let op_a = if g.trans_a {
+            blas_sys::cublasOperation_t::CUBLAS_OP_T
+        } else {
+            blas_sys::cublasOperation_t::CUBLAS_OP_N
+        };
+        let (m, n, k) = (blas_int(g.m)?, blas_int(g.n)?, blas_int(g.k)?);
+        let (lda, ldb, ldc) = (blas_int(g.lda)?, blas_int(g.ldb)?, blas_int(g.ldc)?);
+        let beta = 0.0f32;
+        let f16 = blas_sys::cudaDataType_t::CUDA_R_16F;
+        let f32 = blas_sys::cudaDataType_t::CUDA_R_32F;
+        let compute = blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F;
+        let algo = blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT;
+        let (a, b, c) = (
+            g.a as *const c_void,
+            g.b as *const c_void,
+            g.c as *mut c_void,
+        );
+        let (alpha, beta) = (
+            (&g.alpha as *const f32).cast(),
+            (&beta as *const f32).cast(),
+        );
+        let op_n = blas_sys::cublasOperation_t::CUBLAS_OP_N;
+        match g.strides {
+            None => blas::gemm_ex(
+                *blas.handle(),
+                op_a,
+                op_n,
+                m,
+                n,
+                k,
+                alpha,
+                a,
+                f16,
+                lda,
+                b,
+                f16,
+                ldb,
+                beta,
+                c,
+                f32,
+                ldc,
+                compute,
+                algo,
+            )
+            .map_err(|e| dev_err::<Self>("cublasGemmEx", format!("{e:?}"))),
+            Some([sa, sb, sc]) => blas::gemm_strided_batched_ex(
+                *blas.handle(),
+                op_a,
+                op_n,
+                m,
+                n,
+                k,
+                alpha,
+                a,
+                f16,
+                lda,
+                sa as i64,
+                b,
+                f16,
+                ldb,
+                sb as i64,
+                beta,
+                c,
+                f32,
+                ldc,
+                sc as i64,
+                blas_int(g.batch)?,
+                compute,
+                algo,
+            )
+            .map_err(|e| dev_err::<Self>("cublasGemmStridedBatchedEx", format!("{e:?}"))),
+        }
     }
 }

@@ -3,12 +3,12 @@
 //! of them until another kernel runs, one launch per product, or per group of products of one input.
 
 use super::{
-    dev_err, grid, shape_err, u32_arg, CudaBackend, CudaTensor, CudaWeight, Scratch, BLAS_MIN_ROWS,
+    grid, shape_err, u32_arg, GpuBackend, GpuTensor, GpuWeight, Scratch, BLAS_MIN_ROWS,
     MAX_ROWS_PER_PASS, MMVW_THREADS, MMV_THREADS,
 };
 use crate::backend::{check_len, Result};
+use crate::gpu::runtime::{LaunchConfig, Runtime};
 use crate::quant::GgmlType;
-use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
 pub(super) fn mmv_kernel(ty: GgmlType) -> Option<(&'static str, usize)> {
     // (kernel family, values per unit)
@@ -98,16 +98,13 @@ struct MatvecGroup {
     pad: u32,
 }
 
-// SAFETY: plain old data with the C layout the kernel declares.
-unsafe impl DeviceRepr for MatvecGroup {}
-
-impl CudaBackend {
+impl<R: Runtime> GpuBackend<R> {
     pub(super) fn product(
         &self,
-        w: &CudaWeight,
-        x: &CudaTensor,
+        w: &GpuWeight<R>,
+        x: &GpuTensor<R>,
         rows: usize,
-        out: &mut CudaTensor,
+        out: &mut GpuTensor<R>,
     ) -> Result<()> {
         let (k, n_out) = (w.cols, w.rows);
         check_len("matmul", "input", x.len, rows * k)?;
@@ -122,10 +119,8 @@ impl CudaBackend {
             shared_mem_bytes: 0,
         };
         let (wp, xp, op) = (self.ptr(&w.data), self.ptr(&x.buf), self.ptr(&out.buf));
-        if rows >= BLAS_MIN_ROWS && w.ty != GgmlType::F32 {
-            if let Some(blas) = &self.blas {
-                return self.matmul_blas(blas, w, xp, rows, op);
-            }
+        if rows >= BLAS_MIN_ROWS && w.ty != GgmlType::F32 && self.rt.has_blas() {
+            return self.matmul_blas(w, xp, rows, op);
         }
         if matches!(w.ty, GgmlType::F16 | GgmlType::F32) {
             let (fam, align) = if w.ty == GgmlType::F16 {
@@ -204,8 +199,8 @@ impl CudaBackend {
     /// or with `KILN_CUDA_FUSE=0`, one [`Self::product`] each.
     pub(super) fn product_group(
         &self,
-        parts: &mut [(&CudaWeight, &mut CudaTensor)],
-        x: &CudaTensor,
+        parts: &mut [(&GpuWeight<R>, &mut GpuTensor<R>)],
+        x: &GpuTensor<R>,
         rows: usize,
     ) -> Result<()> {
         let k = parts.first().map_or(0, |(w, _)| w.cols);
@@ -270,7 +265,13 @@ impl CudaBackend {
     /// The scratch addresses of `x` (`rows × k`) quantized: reused when the last kernel launched left
     /// them there (its producer quantized them, or a product of the same input ran just before), else
     /// quantized now.
-    fn quantized_act(&self, s: &mut Scratch, xp: u64, rows: usize, k: usize) -> Result<(u64, u64)> {
+    fn quantized_act(
+        &self,
+        s: &mut Scratch<R>,
+        xp: u64,
+        rows: usize,
+        k: usize,
+    ) -> Result<(u64, u64)> {
         let n = rows * k;
         let qp = self.ensure(&mut s.act_q, n)?;
         let dp = self.ensure(&mut s.act_d, n / 16)?;

@@ -7,10 +7,9 @@
 //! Decode and verify batches (at most `INVARIANT_ROWS` rows) never come here: their keys must be summed
 //! in the same order whatever the batch (exact speculative decoding), which the split kernel guarantees.
 
-use super::{dev_err, shape_err, u32_arg, CudaBackend, CudaKvCache, INVARIANT_ROWS};
+use super::{u32_arg, GpuBackend, GpuKvCache, INVARIANT_ROWS};
 use crate::backend::{AttentionParams, Result};
-use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use crate::gpu::runtime::{GemmF16, LaunchConfig, Runtime};
 
 /// Bytes of scores (f32) and probabilities (f16) held at once for one head group; longer contexts take
 /// the query rows in smaller runs so the scratch stays bounded.
@@ -23,13 +22,13 @@ struct Operand {
     stride: usize,
 }
 
-impl CudaBackend {
+impl<R: Runtime> GpuBackend<R> {
     /// Whether this attention call goes through cuBLAS: a prefill chunk (more rows than a verify batch),
     /// plain causal attention (no sliding window, no soft-capping), heads of whole 32-value blocks, and
     /// not turned off with `KILN_ATTN_BLAS=0`.
     pub(super) fn attention_by_blas(&self, rows: usize, p: &AttentionParams) -> bool {
         self.attn_blas
-            && self.blas.is_some()
+            && self.rt.has_blas()
             && rows > INVARIANT_ROWS
             && p.window.is_none()
             && p.softcap.is_none()
@@ -41,14 +40,13 @@ impl CudaBackend {
     pub(super) fn attention_blas(
         &self,
         qp: u64,
-        kv: &CudaKvCache,
+        kv: &GpuKvCache<R>,
         start: usize,
         rows: usize,
         p: &AttentionParams,
         out: u64,
     ) -> Result<()> {
         let op = "attention";
-        let blas = self.blas.as_ref().expect("attention_by_blas checked it");
         let (d, nh, nkv) = (p.head_dim, p.n_heads, p.n_kv_heads);
         let g = nh / nkv;
         let n_keys = start + rows;
@@ -108,7 +106,6 @@ impl CudaBackend {
                 let first = ((r0 * nh + h * g) * d) as u64; // query (and output) offset in values
                                                             // Scores, column-major nk × nr per head: Kₕ (d × nk, transposed) · Q_g (d × nr).
                 self.gemm_batched(
-                    blas,
                     true,
                     (nk, nr, d),
                     p.scale,
@@ -148,7 +145,6 @@ impl CudaBackend {
                 )?;
                 // Output, column-major d × nr per head (f32): Vₕ (d × nk) · P (nk × nr).
                 self.gemm_batched(
-                    blas,
                     false,
                     (d, nr, nk),
                     1.0,
@@ -179,7 +175,6 @@ impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
     fn gemm_batched(
         &self,
-        blas: &CudaBlas,
         trans_a: bool,
         (m, n, k): (usize, usize, usize),
         alpha: f32,
@@ -188,49 +183,23 @@ impl CudaBackend {
         c: Operand,
         batch: usize,
     ) -> Result<()> {
-        let i = |v: usize| {
-            i32::try_from(v)
-                .map_err(|_| shape_err("attention", format!("{v} exceeds cuBLAS's int")))
+        let gemm = GemmF16 {
+            trans_a,
+            m,
+            n,
+            k,
+            alpha,
+            a: a.ptr,
+            lda: a.ld,
+            b: b.ptr,
+            ldb: b.ld,
+            c: c.ptr,
+            ldc: c.ld,
+            batch,
+            strides: Some([a.stride, b.stride, c.stride]),
         };
-        let (m, n, k, lda, ldb, ldc, batch) =
-            (i(m)?, i(n)?, i(k)?, i(a.ld)?, i(b.ld)?, i(c.ld)?, i(batch)?);
-        let beta = 0.0f32;
-        let op_a = if trans_a {
-            blas_sys::cublasOperation_t::CUBLAS_OP_T
-        } else {
-            blas_sys::cublasOperation_t::CUBLAS_OP_N
-        };
-        self.timed("cublas_attention", || {
-            // SAFETY: the operands point into live scratch/output buffers sized by the caller for these
-            // shapes (ensure() and the attention call's length checks).
-            unsafe {
-                blas::gemm_strided_batched_ex(
-                    *blas.handle(),
-                    op_a,
-                    blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                    m,
-                    n,
-                    k,
-                    (&alpha as *const f32).cast(),
-                    a.ptr as *const std::ffi::c_void,
-                    blas_sys::cudaDataType_t::CUDA_R_16F,
-                    lda,
-                    a.stride as i64,
-                    b.ptr as *const std::ffi::c_void,
-                    blas_sys::cudaDataType_t::CUDA_R_16F,
-                    ldb,
-                    b.stride as i64,
-                    (&beta as *const f32).cast(),
-                    c.ptr as *mut std::ffi::c_void,
-                    blas_sys::cudaDataType_t::CUDA_R_32F,
-                    ldc,
-                    c.stride as i64,
-                    batch,
-                    blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                    blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                )
-            }
-            .map_err(|e| dev_err("cublasGemmStridedBatchedEx", format!("{e:?}")))
-        })
+        // SAFETY: the operands point into live scratch/output buffers sized by the caller for these
+        // shapes (ensure() and the attention call's length checks).
+        self.timed("cublas_attention", || unsafe { self.rt.gemm_f16(&gemm) })
     }
 }

@@ -1,19 +1,19 @@
-//! Sampling on the CUDA backend (kernels/gpu/sampling.cu): a row's argmax or its k largest values found
+//! Sampling on the GPU backend (kernels/gpu/sampling.cu): a row's argmax or its k largest values found
 //! where the logits are, so a step reads back an id or k candidates instead of the whole row.
 
-use super::{dev_err, u32_arg, CudaBackend, CudaTensor};
+use super::{u32_arg, GpuBackend, GpuTensor};
 use crate::backend::{argmax, check_len, shape_err, top_k, Backend, Result};
-use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+use crate::gpu::runtime::{dev_err, DevBuf, DevValue, LaunchConfig, Runtime};
 
 /// Threads of a sampling block (`SAMPLE_THREADS` in sampling.cu): one block per row.
 const SAMPLE_THREADS: u32 = 1024;
 /// The largest k `top_k_rows` takes on the device (a sampler's top-k is tens); beyond, the row is read.
 const TOP_K_MAX: usize = 4096;
 
-impl CudaBackend {
+impl<R: Runtime> GpuBackend<R> {
     pub(super) fn argmax_rows_on_device(
         &self,
-        x: &CudaTensor,
+        x: &GpuTensor<R>,
         rows: usize,
         n: usize,
     ) -> Result<Vec<u32>> {
@@ -44,7 +44,7 @@ impl CudaBackend {
 
     pub(super) fn top_k_rows_on_device(
         &self,
-        x: &CudaTensor,
+        x: &GpuTensor<R>,
         rows: usize,
         n: usize,
         k: usize,
@@ -88,9 +88,9 @@ impl CudaBackend {
     }
 }
 
-impl CudaBackend {
+impl<R: Runtime> GpuBackend<R> {
     /// The rows read back whole, for picking on the host.
-    fn host_rows(&self, x: &CudaTensor, rows: usize, n: usize) -> Result<Vec<f32>> {
+    fn host_rows(&self, x: &GpuTensor<R>, rows: usize, n: usize) -> Result<Vec<f32>> {
         let mut values = vec![0f32; rows * n];
         self.read(x, 0, &mut values)?;
         Ok(values)
@@ -99,19 +99,14 @@ impl CudaBackend {
 
 /// Queues the copy of the first `out.len()` values of a scratch buffer the call just filled to the host
 /// (the caller synchronizes before reading `out`).
-fn read_back<T: DeviceRepr + Default + Copy>(
-    be: &CudaBackend,
+fn read_back<R: Runtime, T: DevValue>(
+    be: &GpuBackend<R>,
     op: &'static str,
-    slot: Option<&CudaSlice<T>>,
+    slot: Option<&DevBuf<R, T>>,
     out: &mut [T],
 ) -> Result<()> {
-    let src = slot
-        .ok_or_else(|| dev_err(op, "scratch not allocated"))?
-        .slice(0..out.len());
-    be.dev
-        .stream
-        .memcpy_dtoh(&src, out)
-        .map_err(|e| dev_err(op, e))
+    slot.ok_or_else(|| dev_err::<R>(op, "scratch not allocated"))?
+        .read(&be.rt, 0, out)
 }
 
 fn row_blocks(op: &'static str, rows: usize) -> Result<LaunchConfig> {
