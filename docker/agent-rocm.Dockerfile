@@ -5,15 +5,15 @@
 # Base images are pinned by version tag; pin them by digest too where your registry mirror knows the digests
 # (they could not be looked up from the machines this was written on).
 #
-# GPU targets compiled into the image (ROCm 6.4 supports these): RDNA2 gfx1030, RDNA3 gfx1100 (RX 7900
-# XTX/XT), gfx1101, gfx1102, RDNA4 gfx1200/gfx1201, CDNA2 gfx90a (MI210/250), CDNA3 gfx942 (MI300).
-# Other RDNA3 parts run the gfx1100 code through HSA_OVERRIDE_GFX_VERSION=11.0.0, which the agent sets itself.
+# GPU targets: none are compiled into the image. At start the agent compiles its kernels with hipRTC for
+# the exact device (gfx1100 for an RX 7900 XTX/XT, gfx1030, gfx90a, gfx942, ...) and caches the code
+# object under $KILN_KERNEL_CACHE, so a new GPU needs no new image; hipRTC, comgr and the device libraries
+# come with hip-runtime-amd and rocm-device-libs below.
 
 ARG ROCM_VERSION=6.4.1
 
 FROM docker.io/rocm/dev-ubuntu-24.04:${ROCM_VERSION} AS build
 ARG RUST_VERSION=1.95.0
-ARG KILN_GFX_TARGETS="gfx1030;gfx1100;gfx1101;gfx1102;gfx1200;gfx1201;gfx90a;gfx942"
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN apt-get update \
     && apt-get install -y --no-install-recommends curl=8.5.* ca-certificates=2024* build-essential=12.10* \
@@ -23,7 +23,7 @@ RUN curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
     | sh -s -- -y --no-modify-path --profile minimal --default-toolchain "${RUST_VERSION}"
 WORKDIR /src
 COPY . .
-ENV HIP_PLATFORM=amd KILN_GFX_TARGETS=${KILN_GFX_TARGETS}
+ENV HIP_PLATFORM=amd HIP_PATH=/opt/rocm
 # The `rocm` cargo feature links the HIP runtime (hip-sys); without it the binary is CPU-only.
 RUN --mount=type=cache,target=/opt/cargo/registry \
     --mount=type=cache,target=/src/target \
@@ -44,7 +44,7 @@ RUN apt-get update \
     && apt-get purge -y curl gnupg && apt-get autoremove -y \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/kiln-agent /usr/local/bin/kiln-agent
-ENV KILN_HOST=0.0.0.0 KILN_PORT=8080 LD_LIBRARY_PATH=/opt/rocm/lib
+ENV KILN_HOST=0.0.0.0 KILN_PORT=8080 LD_LIBRARY_PATH=/opt/rocm/lib KILN_KERNEL_CACHE=/tmp/kiln-kernels
 # Non-root: /dev/kfd and /dev/dri/renderD* are reachable through the pod's supplementalGroups (video/render
 # gids of the node), which the operator sets; no privileges are needed.
 USER 65532:65532

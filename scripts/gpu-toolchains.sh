@@ -6,7 +6,8 @@
 #   nvrtc — from PyPI (nvidia-cuda-nvrtc, 13.0.x): the run-time compiler the CUDA backend uses, so the
 #           kernels are also compiled exactly as a GPU machine compiles them (kernels/tests/nvrtc.rs).
 #   hip-runtime — the same ROCm's runtime libraries (libamdhip64 with hipRTC inside, HSA, the kernel
-#           driver's thunk, comgr), for hipRTC, the ROCm backend's run-time compiler (kernels/tests/hiprtc.rs).
+#           driver's thunk, comgr), for hipRTC, the ROCm backend's run-time compiler (kernels/tests/hiprtc.rs);
+#           hip-path: a HIP_PATH over them and the headers, for building `--features rocm`.
 # Cached under $KILN_CACHE keyed by version. Usage: scripts/gpu-toolchains.sh cuda|hip|nvrtc|hip-runtime →
 # prints the root (nvrtc, hip-runtime: a folder of just those libraries, for the library path).
 set -euo pipefail
@@ -91,10 +92,25 @@ hip_runtime() {
     echo "$out"
 }
 
+# A HIP_PATH for building with `--features rocm` (hip-sys looks for include/ and lib/ under it).
+hip_path() {
+    local root lib out
+    lib=$(hip_runtime)
+    root=$(dirname "$lib")
+    out=$root/hip-path
+    if [[ ! -e $out/lib/libamdhip64.so ]]; then
+        rm -rf "$out" && mkdir -p "$out"
+        ln -s "$root/usr/include" "$out/include"
+        ln -s "$lib" "$out/lib"
+    fi
+    echo "$out"
+}
+
 case ${1:-} in
     cuda) cuda ;;
     hip) hip ;;
     nvrtc) nvrtc ;;
     hip-runtime) hip_runtime ;;
-    *) echo "usage: $0 cuda|hip|nvrtc|hip-runtime" >&2; exit 2 ;;
+    hip-path) hip_path ;;
+    *) echo "usage: $0 cuda|hip|nvrtc|hip-runtime|hip-path" >&2; exit 2 ;;
 esac

@@ -34,6 +34,14 @@ cargo test --workspace --no-fail-fast
 step "GPU kernels compile for every target (nvcc sm_80/89/90, hipcc gfx1030/1100/90a; warnings are errors)"
 scripts/check-gpu-kernels.sh
 
+step "the ROCm build (--features rocm: links ROCm 5.2.3's HIP runtime; no AMD GPU here, so it must say so)"
+(
+    export HIP_PATH
+    HIP_PATH=$(scripts/gpu-toolchains.sh hip-path)
+    cargo clippy -p kiln-kernels -p kiln-agent --features kiln-agent/rocm --all-targets --quiet -- -D warnings
+    cargo test -p kiln-kernels --features rocm --test rocm --test gpu_ops
+)
+
 step "API tests (real server, real model, the official openai client)"
 python3 -m pip install --quiet openai pytest httpx prometheus_client
 cargo build --release -p kiln-agent --quiet

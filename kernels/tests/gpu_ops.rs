@@ -1,27 +1,55 @@
-//! Every CUDA kernel against the CPU backend (the reference), op by op, on random inputs of the shapes
-//! the models use. Runs where an NVIDIA GPU is present; elsewhere each test prints why it skipped.
+//! Every GPU kernel against the CPU backend (the reference), op by op, on random inputs of the shapes
+//! the models use. Runs where a GPU is present — NVIDIA, or AMD in a `--features rocm` build — and
+//! elsewhere each test prints why it skipped.
 
 use kiln_kernels::backend::*;
 use kiln_kernels::cpu::CpuBackend;
-use kiln_kernels::gpu::cuda::{driver_present, CudaBackend, CudaTensor};
 use kiln_kernels::quant::{quantize_row, GgmlType};
 use std::sync::{Arc, OnceLock};
+use vendor::{Gpu, GpuTensor};
 
-fn gpu() -> Option<&'static CudaBackend> {
-    static GPU: OnceLock<Option<CudaBackend>> = OnceLock::new();
+/// The backend under test: CUDA, or ROCm in a `--features rocm` build.
+#[cfg(not(feature = "rocm"))]
+mod vendor {
+    pub use kiln_kernels::gpu::cuda::{CudaBackend as Gpu, CudaTensor as GpuTensor};
+    /// Why this machine cannot run the tests, if it cannot.
+    pub fn absent() -> Option<&'static str> {
+        (!kiln_kernels::gpu::cuda::driver_present())
+            .then_some("no NVIDIA driver (libcuda.so) on this machine")
+    }
+    /// Whether an error opening the backend means only that no device is there.
+    pub fn no_device(e: &str) -> bool {
+        e.contains("NO_DEVICE")
+    }
+}
+
+#[cfg(feature = "rocm")]
+mod vendor {
+    pub use kiln_kernels::gpu::hip::{HipBackend as Gpu, HipTensor as GpuTensor};
+    pub fn absent() -> Option<&'static str> {
+        (kiln_kernels::gpu::hip::device_count() == 0)
+            .then_some("no AMD GPU visible to the HIP runtime on this machine")
+    }
+    pub fn no_device(e: &str) -> bool {
+        e.contains("no AMD GPU")
+    }
+}
+
+fn gpu() -> Option<&'static Gpu> {
+    static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
     GPU.get_or_init(|| {
-        if !driver_present() {
-            eprintln!("skipping: no NVIDIA driver (libcuda.so) on this machine");
+        if let Some(why) = vendor::absent() {
+            eprintln!("skipping: {why}");
             return None;
         }
-        match CudaBackend::new(0) {
+        match Gpu::new(0) {
             Ok(b) => Some(b),
             // A driver without a device skips; anything else (the kernels failing to compile) fails.
-            Err(e) if e.to_string().contains("NO_DEVICE") => {
-                eprintln!("skipping: no CUDA device: {e}");
+            Err(e) if vendor::no_device(&e.to_string()) => {
+                eprintln!("skipping: no GPU device: {e}");
                 None
             }
-            Err(e) => panic!("the CUDA backend failed to open: {e}"),
+            Err(e) => panic!("the GPU backend failed to open: {e}"),
         }
     })
     .as_ref()
@@ -129,7 +157,7 @@ fn matmul_every_type_and_batch() {
 }
 
 /// One weight of `ty`, `n_out` × 768, against the CPU backend for 1..64 activation rows.
-fn matmul_matches_cpu(g: &CudaBackend, c: &CpuBackend, ty: GgmlType, n_out: usize, seed: u64) {
+fn matmul_matches_cpu(g: &Gpu, c: &CpuBackend, ty: GgmlType, n_out: usize, seed: u64) {
     let k = 768;
     let (wc, wg) = (
         c.load_weight(weight(ty, n_out, k, seed)).unwrap(),
@@ -895,7 +923,7 @@ fn producers_quantize_for_the_next_product() {
     let w = g.load_weight(weight(GgmlType::Q4_K, 300, dim, 41)).unwrap();
     let norm_w = g.load_weight(weight(GgmlType::F32, 1, dim, 42)).unwrap();
     // The product of `w` with what `produce` wrote into its output, then with a fresh copy of it.
-    let check = |what: &str, produce: &dyn Fn(&mut CudaTensor)| {
+    let check = |what: &str, produce: &dyn Fn(&mut GpuTensor)| {
         let mut out = g.tensor(n).unwrap();
         produce(&mut out);
         let mut fused = g.tensor(rows * 300).unwrap();

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
-    /// The first CUDA GPU when a driver and a device are present, else the CPU.
+    /// The first CUDA GPU when a driver and a device are present, else the first AMD GPU (in a build
+    /// with ROCm), else the CPU.
     Auto,
     Cpu,
     /// NVIDIA GPU N.
@@ -68,14 +69,15 @@ pub fn run_on<J: OnBackend>(device: Device, threads: usize, job: J) -> Result<J:
                 .with_context(|| format!("opening CUDA device {i} (--device cuda:{i})"))?;
             job.run(Arc::new(backend), device)
         }
-        Device::Rocm(_) => anyhow::bail!(
-            "--device {device}: this build has no ROCm runtime backend yet (the kernels compile for \
-             gfx1100, but running them on AMD GPUs is not finished); use --device cpu or cuda"
-        ),
+        Device::Rocm(i) => run_on_rocm(i, job),
         Device::Auto => match CudaBackend::new(0) {
             Ok(backend) => {
                 tracing::info!("--device auto: running on CUDA device 0");
                 job.run(Arc::new(backend), Device::Cuda(0))
+            }
+            Err(e) if rocm_devices() > 0 => {
+                tracing::info!("--device auto: running on ROCm device 0 (no CUDA device: {e})");
+                run_on_rocm(0, job)
             }
             Err(e) => {
                 tracing::info!("--device auto: running on the CPU (no CUDA device: {e})");
@@ -83,6 +85,29 @@ pub fn run_on<J: OnBackend>(device: Device, threads: usize, job: J) -> Result<J:
             }
         },
     }
+}
+
+/// AMD GPUs the HIP runtime sees (none in a build without ROCm).
+fn rocm_devices() -> usize {
+    #[cfg(feature = "rocm")]
+    return kiln_kernels::gpu::hip::device_count();
+    #[cfg(not(feature = "rocm"))]
+    0
+}
+
+#[cfg(feature = "rocm")]
+fn run_on_rocm<J: OnBackend>(i: usize, job: J) -> Result<J::Output> {
+    let backend = kiln_kernels::gpu::hip::HipBackend::new(i)
+        .with_context(|| format!("opening ROCm device {i} (--device rocm:{i})"))?;
+    job.run(Arc::new(backend), Device::Rocm(i))
+}
+
+#[cfg(not(feature = "rocm"))]
+fn run_on_rocm<J: OnBackend>(i: usize, _: J) -> Result<J::Output> {
+    anyhow::bail!(
+        "--device rocm:{i}: this kiln-agent was built without ROCm (the ROCm image's build has it: \
+         cargo build --features rocm); use --device cpu or cuda"
+    )
 }
 
 #[cfg(test)]
@@ -108,6 +133,7 @@ mod tests {
         }
     }
 
+    /// Without an AMD GPU (or without ROCm in the build) `--device rocm` is an error that says why.
     #[test]
     fn rocm_is_refused_with_a_reason() {
         struct Never;
@@ -117,7 +143,15 @@ mod tests {
                 panic!("must not run")
             }
         }
-        let e = run_on(Device::Rocm(0), 1, Never).unwrap_err().to_string();
-        assert!(e.contains("no ROCm runtime backend"), "{e}");
+        if rocm_devices() > 0 {
+            return;
+        }
+        let e = format!("{:#}", run_on(Device::Rocm(0), 1, Never).unwrap_err());
+        let why = if cfg!(feature = "rocm") {
+            "no AMD GPU"
+        } else {
+            "built without ROCm"
+        };
+        assert!(e.contains(why), "{e}");
     }
 }

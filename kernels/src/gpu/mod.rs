@@ -6,6 +6,8 @@
 
 pub mod backend;
 pub mod cuda;
+#[cfg(feature = "rocm")]
+pub mod hip;
 pub mod hiprtc;
 pub mod runtime;
 
@@ -43,4 +45,41 @@ pub fn source_hash(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+fn cache_dir() -> Option<std::path::PathBuf> {
+    if let Some(d) = std::env::var_os("KILN_KERNEL_CACHE") {
+        return Some(d.into());
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;
+    Some(base.join("kiln").join("kernels"))
+}
+
+/// Kernels compiled from `src` for one target (`suffix` names it: `compute_90.ptx`, `gfx1100.co`): from
+/// the on-disk cache when this exact source was compiled for it before, else from `build` (then cached;
+/// a cache that cannot be written is only a slower start).
+pub(crate) fn cached_build(
+    src: &str,
+    suffix: &str,
+    build: impl FnOnce() -> crate::backend::Result<Vec<u8>>,
+) -> crate::backend::Result<Vec<u8>> {
+    let key = format!("{:016x}-{suffix}", source_hash(src));
+    let cached = cache_dir().map(|d| d.join(key));
+    if let Some(p) = &cached {
+        if let Ok(bytes) = std::fs::read(p) {
+            return Ok(bytes);
+        }
+    }
+    let bytes = build()?;
+    if let Some(p) = &cached {
+        if let Some(dir) = p.parent() {
+            let tmp = p.with_extension("tmp");
+            let _ = std::fs::create_dir_all(dir)
+                .and_then(|_| std::fs::write(&tmp, &bytes))
+                .and_then(|_| std::fs::rename(&tmp, p));
+        }
+    }
+    Ok(bytes)
 }

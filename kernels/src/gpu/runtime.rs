@@ -39,8 +39,8 @@ pub struct GemmF16 {
 pub trait Runtime: Send + Sync + Sized + 'static {
     /// An owned device allocation, freed when dropped.
     type Mem: Send + Sync;
-    /// A loaded kernel.
-    type Func: Send + Sync;
+    /// A loaded kernel (a cheap handle).
+    type Func: Clone + Send + Sync;
 
     /// Names the vendor in errors and in the backend's name ("cuda", "rocm").
     const VENDOR: &'static str;
@@ -67,7 +67,7 @@ pub trait Runtime: Send + Sync + Sized + 'static {
         bytes: usize,
     ) -> Result<()>;
     /// The kernel named `name` in Kiln's module.
-    fn func(&self, name: &str) -> Result<&Self::Func>;
+    fn func(&self, name: &str) -> Result<Self::Func>;
     /// Queues a launch.
     ///
     /// # Safety

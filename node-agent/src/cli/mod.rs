@@ -24,8 +24,9 @@ pub struct ModelArgs {
     /// GGUF model file.
     #[arg(long, short = 'm', env = "KILN_MODEL")]
     pub model: PathBuf,
-    /// Compute device: `auto` (the first NVIDIA GPU if there is one, else the CPU), `cpu`, `cuda:N`
-    /// (NVIDIA GPU N; `cuda` is `cuda:0`), `rocm:N` (AMD GPU N).
+    /// Compute device: `auto` (the first NVIDIA GPU, else the first AMD GPU in a ROCm build, else the
+    /// CPU), `cpu`, `cuda:N` (NVIDIA GPU N; `cuda` is `cuda:0`), `rocm:N` (AMD GPU N; needs a build with
+    /// `--features rocm`).
     #[arg(long, default_value = "auto", env = "KILN_DEVICE", value_parser = parse_device)]
     pub device: Device,
     /// CPU threads (default: all available cores).

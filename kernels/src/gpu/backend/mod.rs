@@ -125,7 +125,7 @@ macro_rules! launch {
             let mut args = [$( $crate::gpu::backend::kernel_arg($arg) ),*];
             // SAFETY: every argument matches the kernel's parameter list in kernels/gpu/*.cu, and every
             // address points into a live buffer whose extent the caller checked.
-            unsafe { $self.rt.launch(f, $cfg, &mut args) }
+            unsafe { $self.rt.launch(&f, $cfg, &mut args) }
         })
     }};
 }

@@ -6,7 +6,6 @@ use crate::backend::{BackendError, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 fn dev_err(what: &str, e: impl std::fmt::Display) -> BackendError {
@@ -93,16 +92,6 @@ pub fn ptx_entries(ptx: &str) -> Vec<String> {
         .collect()
 }
 
-fn cache_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("KILN_KERNEL_CACHE") {
-        return Some(PathBuf::from(d));
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("kiln").join("kernels"))
-}
-
 /// Whether NVRTC (libnvrtc.so), the run-time compiler of Kiln's kernels, can be loaded here.
 pub fn nvrtc_present() -> bool {
     // SAFETY: only probes for the library with dlopen.
@@ -136,25 +125,12 @@ fn compile_source(src: String, arch: &str) -> Result<String> {
 }
 
 /// PTX for the device's architecture: from the on-disk cache when this exact source was compiled for it
-/// before, else from NVRTC (then cached; a cache that cannot be written is only a slower start).
+/// before, else from NVRTC (then cached).
 fn compiled_kernels(cc: (i32, i32)) -> Result<String> {
     let src = super::super::single_source();
     let arch = format!("compute_{}{}", cc.0, cc.1);
-    let key = format!("{:016x}-{arch}.ptx", super::super::source_hash(&src));
-    let cached = cache_dir().map(|d| d.join(&key));
-    if let Some(p) = &cached {
-        if let Ok(text) = std::fs::read_to_string(p) {
-            return Ok(text);
-        }
-    }
-    let ptx = compile_source(src, &arch)?;
-    if let Some(p) = &cached {
-        if let Some(dir) = p.parent() {
-            let tmp = p.with_extension("tmp");
-            let _ = std::fs::create_dir_all(dir)
-                .and_then(|_| std::fs::write(&tmp, &ptx))
-                .and_then(|_| std::fs::rename(&tmp, p));
-        }
-    }
-    Ok(ptx)
+    let ptx = super::super::cached_build(&src, &format!("{arch}.ptx"), || {
+        Ok(compile_source(src.clone(), &arch)?.into_bytes())
+    })?;
+    String::from_utf8(ptx).map_err(|e| dev_err("cached kernels", e))
 }

@@ -132,8 +132,8 @@ impl Runtime for CudaRuntime {
             .map_err(|e| dev_err::<Self>("copying on the device", e))
     }
 
-    fn func(&self, name: &str) -> Result<&CudaFunction> {
-        self.dev.func(name)
+    fn func(&self, name: &str) -> Result<CudaFunction> {
+        self.dev.func(name).cloned()
     }
 
     unsafe fn launch(
