@@ -20,6 +20,11 @@ if [[ $WANT == *" tests "* || $WANT == *" all "* ]]; then
     echo "gpu_ops exit $?"; grep -E "test result|panicked" "$OUT/gpu_ops.txt"
     timeout 240 .device/bin/gpu_models --test-threads 1 --nocapture > "$OUT/gpu_models.txt" 2>&1
     echo "gpu_models exit $?"; grep -E "worst|test result|panicked" "$OUT/gpu_models.txt"
+    # The tensor-core Q4_K products (KILN_MMV=mma, not the default yet) through the same tests.
+    KILN_MMV=mma timeout 200 .device/bin/gpu_ops --test-threads 1 --nocapture > "$OUT/gpu_ops-mma.txt" 2>&1
+    echo "gpu_ops KILN_MMV=mma exit $?"; grep -E "test result|panicked" "$OUT/gpu_ops-mma.txt"
+    KILN_MMV=mma timeout 240 .device/bin/gpu_models --test-threads 1 --nocapture > "$OUT/gpu_models-mma.txt" 2>&1
+    echo "gpu_models KILN_MMV=mma exit $?"; grep -E "test result|panicked" "$OUT/gpu_models-mma.txt"
 fi
 M=/tmp/q27.gguf
 [[ -f $M ]] || .device/bin/kiln-agent synth --preset qwen3.6-27b --quant q4_k_m --fast --out $M
@@ -100,6 +105,11 @@ if [[ $WANT == *" sampling "* || $WANT == *" all "* ]]; then
     for v in 1 0 1 0; do
         echo "kiln KILN_DEVICE_SAMPLING=$v: $(KILN_DEVICE_SAMPLING=$v "${K[@]}" --prompt-tokens 512 --gen-tokens 64 \
             --reps 3 --ctx 4096 | tr -d '\n ' | grep -oE '"decode_tok_s":[0-9.]+|"relative_to_1":\[[0-9.,]+\]' | tr '\n' ' ')"
+    done
+    # The tensor-core Q4_K products against the default, decode and the verify curve.
+    for m in mma auto mma auto; do
+        echo "kiln KILN_MMV=$m: $(KILN_MMV=$m "${K[@]}" --prompt-tokens 512 --gen-tokens 64 --reps 3 --ctx 4096 \
+            | tr -d '\n ' | grep -oE '"decode_tok_s":[0-9.]+|"ms":\[[0-9.,]+\]|"relative_to_1":\[[0-9.,]+\]' | tr '\n' ' ')"
     done
     wait  # the llama.cpp build
     [[ -x $L ]] && $L -m $M -ngl 99 -fa 1 -ctk q4_0 -ctv q4_0 -p 0 -n 64 -r 3 2>&1 | grep tg64 | sed "s/^/llama: /"

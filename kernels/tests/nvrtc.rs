@@ -34,6 +34,7 @@ fn every_kernel_compiles_with_nvrtc() {
             "attn_tile_q4_0_256",
             "argmax_rows",
             "top_k_rows",
+            "mmq_q4_k_4",
         ] {
             assert!(
                 ptx.contains(&format!(".entry {entry}(")),

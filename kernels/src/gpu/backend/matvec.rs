@@ -38,6 +38,10 @@ pub(super) enum Matvec {
     /// block per row spreads the same work over four times as many warps. (8 or 16 lanes per row,
     /// fewer and longer-lived warps, measured 10-20% slower on an H100: bench/README.md.)
     Auto { pairs_from: usize },
+    /// `mma`: single Q4_K products on the tensor cores (`mmq_q4_k_*`, NVIDIA sm_80+) for every row
+    /// count, so decode and verify stay bit-identical; other products as `auto`. Not yet measured, so
+    /// not the default.
+    Mma { pairs_from: usize },
 }
 
 impl Matvec {
@@ -52,6 +56,7 @@ impl Matvec {
         match std::env::var("KILN_MMV").as_deref() {
             Ok("block") => Matvec::BlockPerRow,
             Ok("warp") => Matvec::Warp { pairs_from },
+            Ok("mma") => Matvec::Mma { pairs_from },
             _ => Matvec::Auto { pairs_from },
         }
     }
@@ -61,12 +66,17 @@ impl Matvec {
     /// (a warp's second row is summed exactly as a warp of its own would).
     fn for_outputs(self, n_out: usize, sm_count: usize) -> Matvec {
         match self {
-            Matvec::Auto { .. } if n_out < 16 * sm_count => Matvec::BlockPerRow,
-            Matvec::Auto { pairs_from } => Matvec::Warp { pairs_from },
+            Matvec::Auto { .. } | Matvec::Mma { .. } if n_out < 16 * sm_count => {
+                Matvec::BlockPerRow
+            }
+            Matvec::Auto { pairs_from } | Matvec::Mma { pairs_from } => Matvec::Warp { pairs_from },
             other => other,
         }
     }
 }
+
+/// Threads of an `mmq_q4_k_*` block (`MMQ_WARPS` warps in matvec.cu), for 16 output rows.
+const MMQ_THREADS: u32 = 128;
 
 /// The largest output a producer quantizes for the next product (values): a decode step's or a verify or
 /// batched pass's activations (17 rows of the 27B's 17,408-wide FFN), not a prefill chunk's.
@@ -161,12 +171,34 @@ impl<R: Runtime> GpuBackend<R> {
         let mut s = self.lock_scratch();
         let (qp, dp) = self.quantized_act(&mut s, xp, rows, k)?;
         let row_bytes = u32_arg("matmul", w.ty.bytes_for(k).unwrap_or(0))?;
+        if w.ty == GgmlType::Q4_K && self.mma_q4_k && matches!(self.matvec, Matvec::Mma { .. }) {
+            // Whole super-blocks: the kernel walks k in 256s (a Q4_K row always holds whole ones).
+            let cfg = LaunchConfig {
+                grid_dim: (u32_arg("matmul", n_out.div_ceil(16))?, 1, 1),
+                block_dim: (MMQ_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            for r0 in (0..rows).step_by(MAX_ROWS_PER_PASS) {
+                let nr = (rows - r0).min(MAX_ROWS_PER_PASS);
+                let (yq, yd, or) = (
+                    qp + (r0 * k) as u64,
+                    dp + (r0 * k / 32 * 8) as u64,
+                    op + (r0 * n_out * 4) as u64,
+                );
+                let name = format!("mmq_q4_k_{nr}");
+                launch!(self, &name, cfg, &wp, &row_bytes, &n_out32, &yq, &yd, &k32, &or)?;
+            }
+            s.act_of = Some(self.stamp(xp, rows * k));
+            return Ok(());
+        }
         let n_units = u32_arg("matmul", k / per_unit)?;
         let variant = self.matvec.for_outputs(n_out, self.sm_count);
         for r0 in (0..rows).step_by(MAX_ROWS_PER_PASS) {
             let nr = (rows - r0).min(MAX_ROWS_PER_PASS);
             let (name, cfg) = match variant {
-                Matvec::BlockPerRow | Matvec::Auto { .. } => (format!("{fam}_{nr}"), cfg),
+                Matvec::BlockPerRow | Matvec::Auto { .. } | Matvec::Mma { .. } => {
+                    (format!("{fam}_{nr}"), cfg)
+                }
                 Matvec::Warp { pairs_from } => {
                     let (prefix, per_warp) = if nr >= pairs_from {
                         ("mmvp_", 2)
