@@ -4,53 +4,21 @@
 
 use kiln_kernels::backend::*;
 use kiln_kernels::cpu::CpuBackend;
+use kiln_kernels::gpu::{open_build_gpu, BuildGpu as Gpu, Opened};
 use kiln_kernels::quant::{quantize_row, GgmlType};
 use std::sync::{Arc, OnceLock};
-use vendor::{Gpu, GpuTensor};
 
-/// The backend under test: CUDA, or ROCm in a `--features rocm` build.
-#[cfg(not(feature = "rocm"))]
-mod vendor {
-    pub use kiln_kernels::gpu::cuda::{CudaBackend as Gpu, CudaTensor as GpuTensor};
-    /// Why this machine cannot run the tests, if it cannot.
-    pub fn absent() -> Option<&'static str> {
-        (!kiln_kernels::gpu::cuda::driver_present())
-            .then_some("no NVIDIA driver (libcuda.so) on this machine")
-    }
-    /// Whether an error opening the backend means only that no device is there.
-    pub fn no_device(e: &str) -> bool {
-        e.contains("NO_DEVICE")
-    }
-}
-
-#[cfg(feature = "rocm")]
-mod vendor {
-    pub use kiln_kernels::gpu::hip::{HipBackend as Gpu, HipTensor as GpuTensor};
-    pub fn absent() -> Option<&'static str> {
-        (kiln_kernels::gpu::hip::device_count() == 0)
-            .then_some("no AMD GPU visible to the HIP runtime on this machine")
-    }
-    pub fn no_device(e: &str) -> bool {
-        e.contains("no AMD GPU")
-    }
-}
+type GpuTensor = <Gpu as Backend>::Tensor;
 
 fn gpu() -> Option<&'static Gpu> {
     static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
-    GPU.get_or_init(|| {
-        if let Some(why) = vendor::absent() {
+    GPU.get_or_init(|| match open_build_gpu(0) {
+        Ok(Opened::Gpu(g)) => Some(*g),
+        Ok(Opened::Absent(why)) => {
             eprintln!("skipping: {why}");
-            return None;
+            None
         }
-        match Gpu::new(0) {
-            Ok(b) => Some(b),
-            // A driver without a device skips; anything else (the kernels failing to compile) fails.
-            Err(e) if vendor::no_device(&e.to_string()) => {
-                eprintln!("skipping: no GPU device: {e}");
-                None
-            }
-            Err(e) => panic!("the GPU backend failed to open: {e}"),
-        }
+        Err(e) => panic!("the GPU backend failed to open: {e}"),
     })
     .as_ref()
 }

@@ -1,4 +1,4 @@
-//! Whole models on the CUDA backend against the CPU backend: the committed synthetic models of every
+//! Whole models on the GPU backend (CUDA; ROCm in a `--features rocm` build) against the CPU backend: the committed synthetic models of every
 //! architecture (llama GQA f32, qwen2 f16/q4_0, qwen3 f16/q8_0), the tiny qwen35 hybrid (f16, q8_0), and
 //! the real trained models of scripts/fetch-models.sh (SmolLM2-135M, Gemma-3-270M) where `KILN_MODELS`
 //! or the model cache holds them (bench/gpu/README.md: how they reach the GPU machine).
@@ -7,7 +7,7 @@
 //! Tolerances: f16/f32 weights agree to ~1e-3; quantized weights see 8-bit activations on both backends,
 //! rounded in different block layouts, and the random synthetic models amplify that to a few percent.
 //! Also MTP and sampling on the device against plain greedy and host-side sampling on the GPU.
-//! Runs where an NVIDIA GPU is present; elsewhere it prints why it skipped.
+//! Runs where a GPU is present; elsewhere it prints why it skipped.
 
 mod common;
 
@@ -16,7 +16,7 @@ use kiln_agent::engine::Engine;
 use kiln_agent::gguf::GgufFile;
 use kiln_kernels::backend::{Backend, KvType};
 use kiln_kernels::cpu::CpuBackend;
-use kiln_kernels::gpu::cuda::{driver_present, CudaBackend};
+use kiln_kernels::gpu::{open_build_gpu, BuildGpu as Gpu, Opened};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -44,20 +44,14 @@ fn engine<B: Backend + 'static>(file: &GgufFile, b: Arc<B>) -> Engine<B> {
     Engine::new(b, model)
 }
 
-fn gpu() -> Option<Arc<CudaBackend>> {
-    if !driver_present() {
-        eprintln!("skipping: no NVIDIA driver (libcuda.so) on this machine");
-        return None;
-    }
-    match CudaBackend::new(0) {
-        Ok(g) => Some(Arc::new(g)),
-        // A driver without a device skips; anything else (the kernels failing to compile) is a failure,
-        // not a reason to skip.
-        Err(e) if e.to_string().contains("NO_DEVICE") => {
-            eprintln!("skipping: no CUDA device: {e}");
+fn gpu() -> Option<Arc<Gpu>> {
+    match open_build_gpu(0) {
+        Ok(Opened::Gpu(g)) => Some(Arc::new(*g)),
+        Ok(Opened::Absent(why)) => {
+            eprintln!("skipping: {why}");
             None
         }
-        Err(e) => panic!("the CUDA backend failed to open: {e}"),
+        Err(e) => panic!("the GPU backend failed to open: {e}"),
     }
 }
 

@@ -11,6 +11,49 @@ pub mod hip;
 pub mod hiprtc;
 pub mod runtime;
 
+/// The GPU backend of this build: CUDA, or ROCm in a build with the `rocm` feature.
+#[cfg(not(feature = "rocm"))]
+pub type BuildGpu = cuda::CudaBackend;
+#[cfg(feature = "rocm")]
+pub type BuildGpu = hip::HipBackend;
+
+/// What [`open_build_gpu`] found.
+pub enum Opened {
+    Gpu(Box<BuildGpu>),
+    /// No GPU of this build's vendor here (no driver or no device), and why.
+    Absent(String),
+}
+
+/// Opens GPU `ordinal` of this build's vendor for the GPU tests and tools: [`Opened::Absent`] where the
+/// machine has none, an error where one is there and the backend fails (its kernels do not compile,
+/// say), which must not pass for a skip.
+pub fn open_build_gpu(ordinal: usize) -> crate::backend::Result<Opened> {
+    #[cfg(not(feature = "rocm"))]
+    {
+        if !cuda::driver_present() {
+            return Ok(Opened::Absent(
+                "no NVIDIA driver (libcuda.so) on this machine".into(),
+            ));
+        }
+        match cuda::CudaBackend::new(ordinal) {
+            Ok(g) => Ok(Opened::Gpu(Box::new(g))),
+            Err(e) if e.to_string().contains("NO_DEVICE") => {
+                Ok(Opened::Absent(format!("no CUDA device: {e}")))
+            }
+            Err(e) => Err(e),
+        }
+    }
+    #[cfg(feature = "rocm")]
+    {
+        if hip::device_count() <= ordinal {
+            return Ok(Opened::Absent(format!(
+                "no AMD GPU {ordinal} visible to the HIP runtime on this machine"
+            )));
+        }
+        hip::HipBackend::new(ordinal).map(|g| Opened::Gpu(Box::new(g)))
+    }
+}
+
 /// The kernel sources in dependency order: headers first, then one file per group of operations.
 pub const SOURCES: &[(&str, &str)] = &[
     ("compat.h", include_str!("../../gpu/compat.h")),
