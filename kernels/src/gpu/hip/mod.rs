@@ -3,8 +3,10 @@
 //! `gfx` target by hipRTC ([`super::hiprtc`]) and cached on disk like the CUDA backend's PTX.
 //!
 //! Differences from CUDA worth knowing: no BLAS yet (prefill products and attention take the kernels'
-//! own paths, as the CUDA backend does without cuBLAS), and a host-to-device copy waits for its stream
-//! (HIP may read pageable host memory after the call returns).
+//! own paths, as the CUDA backend does without cuBLAS); a host-to-device copy waits for its stream
+//! (HIP may read pageable host memory after the call returns); and only 32-lane GPUs (RDNA, the
+//! RX 7900 XTX's gfx1100 among them): the launches are sized for 32-lane warps, so CDNA's 64-lane
+//! wavefronts (gfx90a, gfx942) are refused with a message until they are sized for both.
 
 use super::backend::{GpuBackend, GpuKvCache, GpuTensor, GpuWeight};
 use super::runtime::{dev_err, GemmF16, LaunchConfig, Runtime};
@@ -108,7 +110,7 @@ impl HipRuntime {
         }
         let device = ordinal as i32;
         // SAFETY: plain-data out-parameters of the sizes HIP writes.
-        let (name, arch, compute_units) = unsafe {
+        let (name, arch, compute_units, warp_size) = unsafe {
             check("selecting the device", hip::hipSetDevice(device))?;
             let mut props: hip::hipDeviceProp_t = std::mem::zeroed();
             check(
@@ -123,8 +125,16 @@ impl HipRuntime {
                     .to_string_lossy()
                     .into_owned(),
                 props.multiProcessorCount.max(1) as usize,
+                props.warpSize,
             )
         };
+        if warp_size != 32 {
+            // The backend sizes its launches for 32-lane warps (rows per block, split counts).
+            return Err(BackendError::Device(format!(
+                "rocm: {name} ({arch}) runs {warp_size}-lane wavefronts; the ROCm backend supports \
+                 32-lane GPUs (RDNA: gfx10xx, gfx11xx, gfx12xx) so far"
+            )));
+        }
         let src = super::single_source();
         let code = super::cached_build(&src, &format!("{}.co", arch.replace(':', "_")), || {
             super::hiprtc::compile_source(&src, &arch)
