@@ -6,6 +6,8 @@
 //! path and sets `KILN_REQUIRE_HIPRTC=1`); elsewhere it prints why it skipped. (gfx1100 itself needs a
 //! newer ROCm than the 5.2 CI has: its device libraries start with ROCm 5.3.)
 
+mod common;
+
 use kiln_kernels::gpu::hiprtc::{compile_kernels, hiprtc_present};
 
 #[test]
@@ -18,21 +20,13 @@ fn every_kernel_compiles_with_hiprtc() {
         eprintln!("skipping: no hipRTC (libhiprtc.so / libamdhip64.so) on the library path");
         return;
     }
-    let archs = ["gfx1030", "gfx90a"];
-    let results: Vec<_> = std::thread::scope(|s| {
-        let jobs: Vec<_> = archs
-            .iter()
-            .map(|arch| s.spawn(move || compile_kernels(arch)))
-            .collect();
-        jobs.into_iter()
-            .map(|j| j.join().expect("compile thread"))
-            .collect()
-    });
+    let results = common::compile_each(&["gfx1030", "gfx90a"], compile_kernels);
+    // A kernel's name, NUL-terminated, in the code object's symbol strings.
     let has = |code: &[u8], name: &str| {
         code.windows(name.len() + 1)
             .any(|w| w[..name.len()] == *name.as_bytes() && w[name.len()] == 0)
     };
-    for (arch, r) in archs.iter().zip(results) {
+    for (arch, r) in results {
         let code = r.unwrap_or_else(|e| panic!("hipRTC for {arch}: {e}"));
         assert_eq!(&code[..4], b"\x7fELF", "{arch}: not an ELF code object");
         let mut entries = vec![

@@ -5,6 +5,8 @@
 //! GPU (`scripts/gpu-toolchains.sh nvrtc`; scripts/test.sh puts it on the library path and sets
 //! `KILN_REQUIRE_NVRTC=1`); elsewhere it prints why it skipped.
 
+mod common;
+
 use kiln_kernels::gpu::cuda::{compile_kernels, nvrtc_present};
 
 #[test]
@@ -17,17 +19,8 @@ fn every_kernel_compiles_with_nvrtc() {
         eprintln!("skipping: no NVRTC (libnvrtc.so) on the library path");
         return;
     }
-    let archs = ["compute_80", "compute_90"];
-    let results: Vec<_> = std::thread::scope(|s| {
-        let jobs: Vec<_> = archs
-            .iter()
-            .map(|arch| s.spawn(move || compile_kernels(arch)))
-            .collect();
-        jobs.into_iter()
-            .map(|j| j.join().expect("compile thread"))
-            .collect()
-    });
-    for (arch, r) in archs.iter().zip(results) {
+    let results = common::compile_each(&["compute_80", "compute_90"], compile_kernels);
+    for (arch, r) in results {
         let ptx = r.unwrap_or_else(|e| panic!("NVRTC for {arch}: {e}"));
         for entry in [
             "mmvw_q4_k_1",

@@ -242,15 +242,7 @@ fn qwen35_sampling_on_the_device_matches_whole_rows() {
         ..Default::default()
     };
     for params in [SamplingParams::greedy(), top_k] {
-        let mut seq = eg.new_sequence(256, KvType::F16).unwrap();
-        let mut sampler = Sampler::new(params.clone());
-        let (mut logits, _) = eg.prefill(&mut seq, &prompt).unwrap();
-        let mut whole = Vec::new();
-        for _ in 0..n {
-            let t = sampler.sample(&mut logits, &seq.tokens);
-            whole.push(t);
-            logits = eg.decode(&mut seq, t).unwrap();
-        }
+        let whole = common::sample_whole_rows(&eg, &prompt, n, 256, params.clone());
         let speculative: &[Option<usize>] = if params.temperature == 0.0 {
             &[None, Some(3)]
         } else {

@@ -183,16 +183,7 @@ fn sampling_from_readouts_matches_whole_rows() {
     for params in [SamplingParams::greedy(), top_k] {
         let readout = Sampler::new(params.clone()).readout();
         assert_ne!(readout, Readout::Logits, "{params:?}");
-        // Whole rows: the engine's plain prefill and decode, sampled here.
-        let mut seq = engine.new_sequence(N_CTX, KvType::F16).unwrap();
-        let mut sampler = Sampler::new(params.clone());
-        let (mut logits, _) = engine.prefill(&mut seq, prompt).unwrap();
-        let mut whole = Vec::new();
-        for _ in 0..n {
-            let t = sampler.sample(&mut logits, &seq.tokens);
-            whole.push(t);
-            logits = engine.decode(&mut seq, t).unwrap();
-        }
+        let whole = common::sample_whole_rows(&engine, prompt, n, N_CTX, params.clone());
         let (plain, _) = run(&engine, prompt, n, None, params.clone());
         assert_eq!(plain, whole, "{params:?}");
         if params.temperature == 0.0 {

@@ -249,10 +249,8 @@ impl<B: Backend> Engine<B> {
             }
             _ => {
                 let opts = PassOptions {
-                    logits,
                     readout,
-                    hidden: None,
-                    snapshots: false,
+                    ..PassOptions::plain(logits)
                 };
                 self.model
                     .forward_with(&mut seq.cache, chunk, start, opts)?

@@ -391,6 +391,28 @@ pub struct PassOptions<'a, B: Backend> {
     pub snapshots: bool,
 }
 
+impl<B: Backend> PassOptions<'_, B> {
+    /// A plain pass: the requested rows' logits read back whole, no hidden states, no snapshots.
+    pub fn plain(logits: Logits) -> Self {
+        PassOptions {
+            logits,
+            readout: Readout::Logits,
+            hidden: None,
+            snapshots: false,
+        }
+    }
+
+    /// Refuses the extras (hidden states, snapshots) of an architecture without speculative decoding.
+    pub(crate) fn check_plain(&self, arch: &str) -> Result<()> {
+        if self.hidden.is_some() || self.snapshots {
+            return Err(ModelError::Invalid(format!(
+                "{arch} does not support speculative decoding"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// A multi-token-prediction head (Qwen3.5's MTP block) that drafts tokens from the main model's hidden
 /// states. Its cache has one attention layer; entry p holds the pair (h_p, x_{p+1}).
 pub trait DraftHead<B: Backend>: Send + Sync {
@@ -445,12 +467,7 @@ pub trait Model<B: Backend>: Send + Sync {
         start: usize,
         opts: PassOptions<'_, B>,
     ) -> Result<Output> {
-        if opts.hidden.is_some() || opts.snapshots {
-            return Err(ModelError::Invalid(format!(
-                "{} does not support speculative decoding",
-                self.info().arch
-            )));
-        }
+        opts.check_plain(&self.info().arch)?;
         let logits = self.forward(cache, tokens, start, opts.logits)?;
         Ok(Output::from_logits(
             logits,

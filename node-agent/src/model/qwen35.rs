@@ -21,7 +21,7 @@ use super::gate_up::GateUp;
 use super::transformer::{Loader, MAX_BATCH, MAX_DIM, MAX_LAYERS};
 use super::{
     wrong_cache, Cache, DraftHead, LayerCache, Logits, Model, ModelError, ModelInfo, Output,
-    PassOptions, Readout, RecurrentState, Result,
+    PassOptions, RecurrentState, Result,
 };
 use crate::gguf::{GgufFile, Value};
 use kiln_kernels::backend::{
@@ -839,13 +839,8 @@ impl<B: Backend> Model<B> for Qwen35<B> {
         start: usize,
         logits: Logits,
     ) -> Result<Vec<f32>> {
-        let opts = PassOptions {
-            logits,
-            readout: Readout::Logits,
-            hidden: None,
-            snapshots: false,
-        };
-        self.forward_with(cache, tokens, start, opts)?.into_logits()
+        self.forward_with(cache, tokens, start, PassOptions::plain(logits))?
+            .into_logits()
     }
 
     fn forward_with(
@@ -888,12 +883,7 @@ impl<B: Backend> Model<B> for Qwen35<B> {
 
     fn forward_batch(&self, rows: &mut [BatchRow<'_, B>]) -> Result<Vec<Vec<f32>>> {
         let (tokens, positions) = batch::check_batch(rows, self.layers.len(), MAX_BATCH)?;
-        let opts = PassOptions {
-            logits: Logits::All,
-            readout: Readout::Logits,
-            hidden: None,
-            snapshots: false,
-        };
+        let opts = PassOptions::plain(Logits::All);
         let all = self.with_scratch(rows.len(), |sc| {
             self.run(sc, Seqs::Rows(rows), &tokens, &positions, opts)
         })?;

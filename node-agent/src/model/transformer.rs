@@ -528,20 +528,8 @@ impl<B: Backend> Model<B> for Transformer<B> {
         start: usize,
         logits: Logits,
     ) -> Result<Vec<f32>> {
-        super::check_forward(cache, self.layers.len(), tokens, start, MAX_BATCH)?;
-        let positions: Vec<u32> = (start..start + tokens.len()).map(|p| p as u32).collect();
-        let readout = Readout::Logits;
-        self.with_scratch(tokens.len(), |sc| {
-            self.run(
-                sc,
-                Seqs::One { cache, start },
-                tokens,
-                &positions,
-                logits,
-                readout,
-            )
-        })?
-        .into_logits()
+        self.forward_with(cache, tokens, start, PassOptions::plain(logits))?
+            .into_logits()
     }
 
     fn forward_with(
@@ -551,12 +539,7 @@ impl<B: Backend> Model<B> for Transformer<B> {
         start: usize,
         opts: PassOptions<'_, B>,
     ) -> Result<Output> {
-        if opts.hidden.is_some() || opts.snapshots {
-            return Err(ModelError::Invalid(format!(
-                "{} does not support speculative decoding",
-                self.info.arch
-            )));
-        }
+        opts.check_plain(&self.info.arch)?;
         super::check_forward(cache, self.layers.len(), tokens, start, MAX_BATCH)?;
         let positions: Vec<u32> = (start..start + tokens.len()).map(|p| p as u32).collect();
         let (want, readout) = (opts.logits, opts.readout);

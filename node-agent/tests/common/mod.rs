@@ -136,3 +136,26 @@ pub fn check_greedy_path(
     }
     same
 }
+
+/// `n` tokens sampled on the host from whole logit rows (the engine's plain `prefill` and `decode`):
+/// what the engine's own sampling, which asks the backend for less, must pick too.
+pub fn sample_whole_rows<B: kiln_kernels::backend::Backend>(
+    engine: &Engine<B>,
+    prompt: &[u32],
+    n: usize,
+    n_ctx: usize,
+    params: kiln_agent::engine::sampling::SamplingParams,
+) -> Vec<u32> {
+    let mut seq = engine
+        .new_sequence(n_ctx, kiln_kernels::backend::KvType::F16)
+        .unwrap();
+    let mut sampler = kiln_agent::engine::sampling::Sampler::new(params);
+    let (mut logits, _) = engine.prefill(&mut seq, prompt).unwrap();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let t = sampler.sample(&mut logits, &seq.tokens);
+        out.push(t);
+        logits = engine.decode(&mut seq, t).unwrap();
+    }
+    out
+}
