@@ -174,7 +174,7 @@ imageGCLowThresholdPercent: 99
 # disk that other work fills they taint the node and evict, and delete the imported images, though gigabytes
 # are free. Absolute amounts instead, small ones: a test node's pods write megabytes, and a CI disk that a
 # whole build has filled must not taint it (tests/e2e/run.sh checks the free space before it starts).
-evictionHard: {memory.available: 200Mi, nodefs.available: 512Mi, imagefs.available: 512Mi, nodefs.inodesFree: 5%}
+evictionHard: {memory.available: 200Mi, nodefs.available: 256Mi, imagefs.available: 256Mi, nodefs.inodesFree: 5%}
 runtimeRequestTimeout: 2m
 syncFrequency: 10s
 nodeStatusUpdateFrequency: 2s

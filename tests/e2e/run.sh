@@ -63,9 +63,10 @@ trap cleanup EXIT
 
 rm -rf "$WORK"
 mkdir -p "$WORK/mirror" "$KILN_NODE_RUN"
-# The node's state, the images and the model cache share this disk; below 512 MiB free the kubelet taints the
-# node and evicts (scripts/k8s/node.sh). Say so plainly rather than as a pod that never schedules.
-need_mib=2048
+# The node's state, the images (~250 MB as tarballs, content and snapshots) and the model cache (~100 MB)
+# share this disk; below 256 MiB free the kubelet taints the node and evicts (scripts/k8s/node.sh). Say so
+# plainly rather than as a pod that never schedules.
+need_mib=1024
 free_mib=$(df -Pm "$KILN_NODE_RUN" | awk 'NR == 2 {print $4}')
 log "disk free for the node: $free_mib MiB ($KILN_NODE_RUN)"
 if ((free_mib < need_mib)); then
