@@ -236,12 +236,10 @@ __device__ __forceinline__ void mmq_q4_k(const u8* w, u32 row_bytes, u32 n_out, 
                 const u32 sh = 4 * hi;
                 const int a[4] = {(int)((q0.x >> sh) & 0x0F0F0F0F), (int)((q1.x >> sh) & 0x0F0F0F0F),
                                   (int)((q0.y >> sh) & 0x0F0F0F0F), (int)((q1.y >> sh) & 0x0F0F0F0F)};
-                int b[2] = {0, 0};
-                if (has_b) {
-                    const int2 y = *(const int2*)(yb + blk * 256 + 32 * sb + 8 * t);
-                    b[0] = y.x;
-                    b[1] = y.y;
-                }
+                // Loaded by every lane (column 0's values where the column is past NR) and zeroed by a
+                // select, not a branch: the whole warp reaches the mma together.
+                const int2 y = *(const int2*)(yb + blk * 256 + 32 * sb + 8 * t);
+                const int b[2] = {has_b ? y.x : 0, has_b ? y.y : 0};
                 int c[4] = {0, 0, 0, 0};
                 mma_s8(c, a, b);
                 const float2 s0 = q4k_scale(h0, sb), s1 = q4k_scale(h1, sb);

@@ -102,9 +102,10 @@ impl<R: Runtime> GpuBackend<R> {
             )?;
             for r0 in (0..rows).step_by(sub) {
                 let nr = (rows - r0).min(sub);
-                let nk = start + r0 + nr; // the keys the run's last row sees
-                let first = ((r0 * nh + h * g) * d) as u64; // query (and output) offset in values
-                                                            // Scores, column-major nk × nr per head: Kₕ (d × nk, transposed) · Q_g (d × nr).
+                // The keys the run's last row sees, and its query (and output) offset in values.
+                let nk = start + r0 + nr;
+                let first = ((r0 * nh + h * g) * d) as u64;
+                // Scores, column-major nk × nr per head: Kₕ (d × nk, transposed) · Q_g (d × nr).
                 self.gemm_batched(
                     true,
                     (nk, nr, d),
