@@ -7,7 +7,7 @@
 use super::ModelArgs;
 use anyhow::Result;
 use clap::Args;
-use kiln_agent::model::{Logits, Output, PassOptions, Readout};
+use kiln_agent::model::{Logits, OutputRow, PassOptions, Readout};
 use kiln_kernels::backend::Backend;
 use serde_json::json;
 use std::time::Instant;
@@ -100,9 +100,9 @@ fn bench<B: Backend + 'static>(args: BenchArgs, mut ld: super::Loaded<B>) -> Res
             let t = Instant::now();
             // Greedy, as a temperature-0 request decodes: the argmax is picked on the device.
             for _ in 0..args.gen_tokens {
-                let out = engine.decode_with(&mut seq, token, Readout::Argmax)?;
-                token = match out {
-                    Output::Argmax(ids) => ids[0],
+                let mut out = engine.decode_with(&mut seq, token, Readout::Argmax)?;
+                token = match out.last_row(n_vocab as usize)? {
+                    OutputRow::Argmax(t) => t,
                     _ => anyhow::bail!("decode read back no argmax"),
                 };
             }

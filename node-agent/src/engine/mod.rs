@@ -67,10 +67,6 @@ pub struct GenerationStats {
     pub speculative: Option<SpecStats>,
 }
 
-pub(crate) fn no_row() -> ModelError {
-    ModelError::Invalid("a pass returned no row to sample from".into())
-}
-
 pub(crate) fn per_second(n: usize, ms: f64) -> f64 {
     if ms > 0.0 {
         n as f64 * 1000.0 / ms
@@ -314,7 +310,7 @@ impl<B: Backend> Engine<B> {
             if out.len() >= max_tokens {
                 break FinishReason::Length;
             }
-            let row = logits.last_row(n_vocab).ok_or_else(no_row)?;
+            let row = logits.last_row(n_vocab)?;
             let token = sampler.sample_row(row, &seq.tokens);
             out.push(token);
             let go_on = on_token(token);

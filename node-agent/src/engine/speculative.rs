@@ -15,7 +15,7 @@
 //! distributed exactly as p.
 
 use super::sampling::Sampler;
-use super::{no_row, per_second, Engine, FinishReason, GenerationStats, Sequence};
+use super::{per_second, Engine, FinishReason, GenerationStats, Sequence};
 use crate::model::{Cache, DraftHead, Logits, ModelError, PassOptions, Result};
 use kiln_kernels::backend::{Backend, KvType};
 use serde::Serialize;
@@ -340,9 +340,7 @@ impl<B: Backend> Engine<B> {
         let finish = if max_tokens == 0 {
             FinishReason::Length
         } else {
-            let row = first
-                .last_row(self.model.info().n_vocab)
-                .ok_or_else(no_row)?;
+            let row = first.last_row(self.model.info().n_vocab)?;
             let mut next = sampler.sample_row(row, &seq.tokens);
             if emit(&mut out, &mut stop, next) {
                 loop {

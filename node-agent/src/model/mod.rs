@@ -133,9 +133,17 @@ impl Output {
         }
     }
 
-    /// The last row.
-    pub fn last_row(&mut self, n_vocab: usize) -> Option<OutputRow<'_>> {
-        self.rows(n_vocab).pop()
+    /// The last row (what a prefill or decode step samples from).
+    pub fn last_row(&mut self, n_vocab: usize) -> Result<OutputRow<'_>> {
+        let row = match self {
+            Output::Logits(l) => l
+                .chunks_exact_mut(n_vocab.max(1))
+                .last()
+                .map(OutputRow::Logits),
+            Output::Argmax(ids) => ids.last().map(|&t| OutputRow::Argmax(t)),
+            Output::TopK(c) => c.last().map(|r| OutputRow::TopK(r)),
+        };
+        row.ok_or_else(|| ModelError::Invalid("a pass returned no row to sample from".into()))
     }
 
     /// The logits, for a pass run with [`Readout::Logits`].

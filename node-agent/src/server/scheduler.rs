@@ -763,8 +763,8 @@ impl<B: Backend> EngineLoop<B> {
                 sample_json(&mut a.sampler, logits, history, &self.tok, js)
             }
             (mut out, _) => match out.last_row(n_vocab) {
-                Some(row) => a.sampler.sample_row(row, history),
-                None => return fail(slot, "a pass returned no row to sample from".into()),
+                Ok(row) => a.sampler.sample_row(row, history),
+                Err(e) => return fail(slot, e.to_string()),
             },
         };
         let fed = slot.seq.tokens.len();
