@@ -9,8 +9,9 @@ use super::backend::{GpuBackend, GpuKvCache, GpuTensor, GpuWeight};
 use super::runtime::{dev_err, GemmF16, LaunchConfig, Runtime};
 use crate::backend::{shape_err, BackendError, Result};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
+use cudarc::driver::sys::CUfunction;
 use cudarc::driver::sys::{CUdevice_attribute, CUresult};
-use cudarc::driver::{result as drv, CudaFunction, CudaSlice, DevicePtr, DriverError};
+use cudarc::driver::{result as drv, CudaSlice, DevicePtr, DriverError};
 use std::ffi::c_void;
 
 /// [`crate::backend::Backend`] on an NVIDIA GPU.
@@ -63,6 +64,16 @@ impl CudaRuntime {
     }
 }
 
+/// A kernel of the loaded module: the driver's handle, copied per launch (no reference counting on the
+/// per-token path). The module lives as long as the runtime's [`CudaDevice`].
+#[derive(Clone, Copy)]
+pub struct CudaKernel(CUfunction);
+
+// SAFETY: a handle into a module that stays loaded while the runtime exists; the driver allows its use
+// from any thread with the context current (launch binds it).
+unsafe impl Send for CudaKernel {}
+unsafe impl Sync for CudaKernel {}
+
 fn alloc_err(bytes: usize, e: DriverError) -> BackendError {
     if e.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY {
         BackendError::OutOfMemory {
@@ -80,7 +91,7 @@ fn blas_int(v: usize) -> Result<i32> {
 
 impl Runtime for CudaRuntime {
     type Mem = CudaSlice<u8>;
-    type Func = CudaFunction;
+    type Func = CudaKernel;
     const VENDOR: &'static str = "cuda";
 
     fn alloc_zeroed(&self, bytes: usize) -> Result<CudaSlice<u8>> {
@@ -132,13 +143,13 @@ impl Runtime for CudaRuntime {
             .map_err(|e| dev_err::<Self>("copying on the device", e))
     }
 
-    fn func(&self, name: &str) -> Result<CudaFunction> {
-        self.dev.func(name).cloned()
+    fn func(&self, name: &str) -> Result<CudaKernel> {
+        Ok(CudaKernel(self.dev.func(name)?.cu_function()))
     }
 
     unsafe fn launch(
         &self,
-        func: &CudaFunction,
+        func: &CudaKernel,
         cfg: LaunchConfig,
         args: &mut [*mut c_void],
     ) -> Result<()> {
@@ -148,7 +159,7 @@ impl Runtime for CudaRuntime {
             .bind_to_thread()
             .map_err(|e| dev_err::<Self>("binding the context", e))?;
         drv::launch_kernel(
-            func.cu_function(),
+            func.0,
             cfg.grid_dim,
             cfg.block_dim,
             cfg.shared_mem_bytes,
