@@ -10,17 +10,9 @@ use std::time::Instant;
 use kiln_kernels::backend::{AttentionParams, Backend, KvType};
 use kiln_kernels::gpu::cuda::CudaBackend;
 
-fn values(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::values;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut depths: Vec<usize> = std::env::args()

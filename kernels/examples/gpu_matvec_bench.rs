@@ -12,27 +12,9 @@ use kiln_kernels::backend::{Backend, HostBytes, WeightSource};
 use kiln_kernels::gpu::cuda::CudaBackend;
 use kiln_kernels::quant::GgmlType;
 
-/// Random quantized bytes with every block's f16 scales set to small sane values.
-fn weights(ty: GgmlType, n_out: usize, k: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    let mut w: Vec<u8> = (0..n_out * ty.bytes_for(k).unwrap())
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s as u8
-        })
-        .collect();
-    let scale = half::f16::from_f32(0.01).to_le_bytes();
-    let at = if ty == GgmlType::Q6_K { 208 } else { 0 };
-    for block in w.chunks_exact_mut(ty.type_size()) {
-        block[at..at + 2].copy_from_slice(&scale);
-        if matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K) {
-            block[2..4].copy_from_slice(&scale);
-        }
-    }
-    w
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::random_weights as weights;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let g = CudaBackend::new(0)?;

@@ -11,29 +11,11 @@ use kiln_kernels::cpu::matmul::matmul;
 use kiln_kernels::cpu::pool::ThreadPool;
 use kiln_kernels::quant::GgmlType;
 
-/// Random quantized bytes with every block's f16 scale (and min) set to small sane values.
-fn synthetic_weights(ty: GgmlType, n_out: usize, k: usize) -> Vec<u8> {
-    let mut s = 0x2545F4914F6CDD1Du64;
-    let mut w: Vec<u8> = (0..n_out * ty.bytes_for(k).unwrap())
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s as u8
-        })
-        .collect();
-    let scale = half::f16::from_f32(0.01).to_le_bytes();
-    for block in w.chunks_exact_mut(ty.type_size()) {
-        block[..2].copy_from_slice(&scale);
-        if matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
-            block[2..4].copy_from_slice(&scale);
-        }
-    }
-    w
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 fn bench(pool: &ThreadPool, ty: GgmlType, n_out: usize, k: usize, n_rows: usize) {
-    let w = synthetic_weights(ty, n_out, k);
+    let w = common::random_weights(ty, n_out, k, 1);
     let x: Vec<f32> = (0..n_rows * k)
         .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
         .collect();

@@ -2,6 +2,8 @@
 //! the models use. Runs where a GPU is present — NVIDIA, or AMD in a `--features rocm` build — and
 //! elsewhere each test prints why it skipped.
 
+mod common;
+
 use kiln_kernels::backend::*;
 use kiln_kernels::cpu::CpuBackend;
 use kiln_kernels::gpu::{open_build_gpu, BuildGpu as Gpu, Opened};
@@ -27,15 +29,11 @@ fn cpu() -> CpuBackend {
     CpuBackend::new(2)
 }
 
+/// `common::values`, scaled.
 fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
-        })
+    common::values(seed, n)
+        .into_iter()
+        .map(|v| v * scale)
         .collect()
 }
 

@@ -1,6 +1,9 @@
 //! matmul against a plain f64 reference built from dequantized weights and quantized-then-dequantized
 //! activations (the exact inputs the integer kernels see), on the scalar and SIMD paths, for all weight types.
 
+mod common;
+
+use common::values;
 use half::f16;
 use kiln_kernels::cpu::dot::{activation_type, Simd};
 use kiln_kernels::cpu::matmul::{matmul, matmul_with};
@@ -20,19 +23,6 @@ const TYPES: [GgmlType; 11] = [
     GgmlType::Q5_K,
     GgmlType::Q6_K,
 ];
-
-/// Deterministic values in roughly [-1, 1) (xorshift; no dev-dependency needed).
-fn values(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 fn f16_at(b: &[u8], off: usize) -> f64 {
     f16::from_le_bytes([b[off], b[off + 1]]).to_f64()

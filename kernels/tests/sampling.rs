@@ -1,17 +1,17 @@
 //! The sampling references (`argmax`, `top_k`) and the CPU backend's `argmax_rows` / `top_k_rows` against
 //! a full sort, on rows with ties and NaNs; bad shapes are errors.
 
+mod common;
+
 use kiln_kernels::backend::{argmax, top_k, Backend};
 use kiln_kernels::cpu::CpuBackend;
 
 /// Rows of few distinct values (many ties), a NaN now and then.
 fn rows(seed: u64, rows: usize, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let mut next = common::xorshift(seed);
     (0..rows * n)
         .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
+            let s = next();
             if s.is_multiple_of(97) {
                 f32::NAN
             } else {

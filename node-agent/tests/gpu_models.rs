@@ -229,19 +229,13 @@ fn qwen35_mtp_speculation_is_token_identical_on_gpu() {
 /// same GPU logits: greedy (plain and MTP speculative) and top-k sampling.
 #[test]
 fn qwen35_sampling_on_the_device_matches_whole_rows() {
-    use kiln_agent::engine::sampling::{Sampler, SamplingParams};
+    use kiln_agent::engine::sampling::Sampler;
     let Some(gpu) = gpu() else { return };
     let file = GgufFile::open(repo().join("tests/models/qwen35-tiny-f16.gguf")).unwrap();
     let eg = engine(&file, gpu);
     let prompt: Vec<u32> = (0..40).map(|i| ((i * 7919 + 13) % 300) as u32).collect();
     let n = 32;
-    let top_k = SamplingParams {
-        temperature: 0.9,
-        top_k: 20,
-        seed: 4,
-        ..Default::default()
-    };
-    for params in [SamplingParams::greedy(), top_k] {
+    for params in common::readout_samplers() {
         let whole = common::sample_whole_rows(&eg, &prompt, n, 256, params.clone());
         let speculative: &[Option<usize>] = if params.temperature == 0.0 {
             &[None, Some(3)]

@@ -174,13 +174,7 @@ fn sampling_from_readouts_matches_whole_rows() {
     let engine = qwen35_engine("qwen35-tiny-f16.gguf");
     let prompt = &long_prompt()[..12];
     let n = 24;
-    let top_k = SamplingParams {
-        temperature: 0.9,
-        top_k: 20,
-        seed: 4,
-        ..Default::default()
-    };
-    for params in [SamplingParams::greedy(), top_k] {
+    for params in common::readout_samplers() {
         let readout = Sampler::new(params.clone()).readout();
         assert_ne!(readout, Readout::Logits, "{params:?}");
         let whole = common::sample_whole_rows(&engine, prompt, n, N_CTX, params.clone());

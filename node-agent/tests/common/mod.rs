@@ -159,3 +159,16 @@ pub fn sample_whole_rows<B: kiln_kernels::backend::Backend>(
     }
     out
 }
+
+/// The samplers whose rows the backend picks (greedy: the argmax; top-k 20 at temperature 0.9: the
+/// candidates), for the tests that compare those picks with whole rows.
+pub fn readout_samplers() -> [kiln_agent::engine::sampling::SamplingParams; 2] {
+    use kiln_agent::engine::sampling::SamplingParams;
+    let top_k = SamplingParams {
+        temperature: 0.9,
+        top_k: 20,
+        seed: 4,
+        ..Default::default()
+    };
+    [SamplingParams::greedy(), top_k]
+}
