@@ -513,7 +513,7 @@ pub trait Backend: Send + Sync {
 }
 
 /// `rows` rows of `n` values of `x`, read back for the sampling defaults (n ≥ 1, checked).
-fn read_rows<B: Backend + ?Sized>(
+pub(crate) fn read_rows<B: Backend + ?Sized>(
     be: &B,
     op: &'static str,
     x: &B::Tensor,

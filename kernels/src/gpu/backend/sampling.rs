@@ -2,7 +2,7 @@
 //! where the logits are, so a step reads back an id or k candidates instead of the whole row.
 
 use super::{u32_arg, GpuBackend, GpuTensor};
-use crate::backend::{argmax, check_len, shape_err, top_k, Backend, Result};
+use crate::backend::{argmax, check_len, read_rows, shape_err, top_k, Backend, Result};
 use crate::gpu::runtime::{dev_err, DevBuf, DevValue, LaunchConfig, Runtime};
 
 /// Threads of a sampling block (`SAMPLE_THREADS` in sampling.cu): one block per row.
@@ -26,11 +26,8 @@ impl<R: Runtime> GpuBackend<R> {
             return Ok(Vec::new());
         }
         if !self.device_sampling {
-            return Ok(self
-                .host_rows(x, rows, n)?
-                .chunks_exact(n)
-                .map(argmax)
-                .collect());
+            let values = read_rows(self, op, x, rows, n)?;
+            return Ok(values.chunks_exact(n).map(argmax).collect());
         }
         let mut s = self.lock_scratch();
         let ip = self.ensure(&mut s.sample_ids, rows)?;
@@ -59,7 +56,7 @@ impl<R: Runtime> GpuBackend<R> {
             return Ok(vec![Vec::new(); rows]);
         }
         if k > TOP_K_MAX || !self.device_sampling {
-            let values = self.host_rows(x, rows, n)?;
+            let values = read_rows(self, op, x, rows, n)?;
             return Ok(values.chunks_exact(n).map(|row| top_k(row, k)).collect());
         }
         let mut s = self.lock_scratch();
@@ -85,15 +82,6 @@ impl<R: Runtime> GpuBackend<R> {
                     .collect()
             })
             .collect())
-    }
-}
-
-impl<R: Runtime> GpuBackend<R> {
-    /// The rows read back whole, for picking on the host.
-    fn host_rows(&self, x: &GpuTensor<R>, rows: usize, n: usize) -> Result<Vec<f32>> {
-        let mut values = vec![0f32; rows * n];
-        self.read(x, 0, &mut values)?;
-        Ok(values)
     }
 }
 
