@@ -20,11 +20,12 @@ if [[ $WANT == *" tests "* || $WANT == *" all "* ]]; then
     echo "gpu_ops exit $?"; grep -E "test result|panicked" "$OUT/gpu_ops.txt"
     timeout 240 .device/bin/gpu_models --test-threads 1 --nocapture > "$OUT/gpu_models.txt" 2>&1
     echo "gpu_models exit $?"; grep -E "worst|test result|panicked" "$OUT/gpu_models.txt"
-    # The tensor-core Q4_K products (KILN_MMV=mma, not the default yet) through the same tests.
-    KILN_MMV=mma timeout 200 .device/bin/gpu_ops --test-threads 1 --nocapture > "$OUT/gpu_ops-mma.txt" 2>&1
-    echo "gpu_ops KILN_MMV=mma exit $?"; grep -E "test result|panicked" "$OUT/gpu_ops-mma.txt"
-    KILN_MMV=mma timeout 240 .device/bin/gpu_models --test-threads 1 --nocapture > "$OUT/gpu_models-mma.txt" 2>&1
-    echo "gpu_models KILN_MMV=mma exit $?"; grep -E "test result|panicked" "$OUT/gpu_models-mma.txt"
+    # The dp4a Q4_K products (KILN_MMV=auto; the default puts Q4_K on the tensor cores) through the same
+    # tests: GPUs without the tensor-core kernel (AMD, pre-sm_80) take this path.
+    KILN_MMV=auto timeout 200 .device/bin/gpu_ops --test-threads 1 --nocapture > "$OUT/gpu_ops-auto.txt" 2>&1
+    echo "gpu_ops KILN_MMV=auto exit $?"; grep -E "test result|panicked" "$OUT/gpu_ops-auto.txt"
+    KILN_MMV=auto timeout 240 .device/bin/gpu_models --test-threads 1 --nocapture > "$OUT/gpu_models-auto.txt" 2>&1
+    echo "gpu_models KILN_MMV=auto exit $?"; grep -E "test result|panicked" "$OUT/gpu_models-auto.txt"
 fi
 M=/tmp/q27.gguf
 [[ -f $M ]] || .device/bin/kiln-agent synth --preset qwen3.6-27b --quant q4_k_m --fast --out $M

@@ -170,16 +170,18 @@ MMVG(1) MMVG(2) MMVG(3) MMVG(4) MMVG(5) MMVG(6) MMVG(7) MMVG(8)
 // Q4_K × up to 8 activation rows on the tensor cores (NVIDIA sm_80+: int8 mma.sync m16n8k32). A warp
 // takes 16 output rows and a K-slice; one mma multiplies a 32-value sub-block of those 16 weight rows
 // (4-bit values, which are int8 in the fragment) with the same sub-block of the 8 activation columns
-// (int8; columns past NR are zero) into exact int32 sums, which each thread then scales by its rows'
-// (d·sc, dmin·m) and its columns' (scale, scaled sum) — the same formula as unit_qk. Unlike the
-// dp4a kernels, the activations are read once per 16 weight rows instead of once per row, so a verify
-// batch is not bound by L1 traffic. The sums over k inside an mma are integers, so the order of the
-// 32 values does not matter: a thread loads 8 consecutive bytes of a row's sub-block pair and feeds
-// them to the fragment slots of logical k = 16h + 4t + e (t = lane % 4), for physical 8t + 4h + e, and
-// loads the activations with the same permutation. Every column is computed alone, in the same order
-// for any NR, so a verify batch's rows equal decode steps bit for bit (speculative decoding needs it).
-// Blocks of MMQ_WARPS warps split K (super-blocks dealt round-robin) and sum in a fixed order.
-#define MMQ_WARPS 4
+// (int8; columns past NR are zero) into exact int32 sums. Unlike the dp4a kernels, the activations are
+// read once per 16 weight rows instead of once per row, so a verify batch is not bound by L1 traffic.
+// The sums over k inside an mma are integers, so the order of the 32 values does not matter: a thread
+// loads 8 consecutive bytes of a row's sub-block pair and feeds them to the fragment slots of logical
+// k = 16h + 4t + e (t = lane % 4), for physical 8t + 4h + e, and loads the activations with the same
+// permutation. Every column is computed alone, in the same order for any NR, so a verify batch's rows
+// equal decode steps bit for bit (speculative decoding needs it). Blocks of WARPS warps split K
+// (super-blocks dealt round-robin) and sum in a fixed order.
+//
+// The per-sub-block work is kept to integer multiplies: within a super-block a row's value is
+// d · Σ_sb yscale_sb · (sc_sb · c_sb) − dmin · Σ_sb ysum_sb · m_sb (the formula of unit_qk, regrouped),
+// with the 6-bit scales and mins unpacked for all 8 sub-blocks at once from the three scale words.
 #if defined(KILN_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 #define KILN_MMQ 1
 
@@ -191,24 +193,27 @@ __device__ __forceinline__ void mma_s8(int (&c)[4], const int (&a)[4], const int
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-// (d·sc, dmin·m) of sub-block j (0..7) of a Q4_K block from its 16-byte head (d, dmin, 12 scale bytes).
-__device__ __forceinline__ float2 q4k_scale(const uint4& head, int j) {
-    const float d = h2f((u16)(head.x & 0xFFFF)), dmin = h2f((u16)(head.x >> 16));
-    const u32 s[3] = {head.y, head.z, head.w};
-#define KILN_SB(i) ((s[(i) / 4] >> (8 * ((i) % 4))) & 0xFFu)
-    int sc, m;
-    if (j < 4) {
-        sc = KILN_SB(j) & 63;
-        m = KILN_SB(j + 4) & 63;
-    } else {
-        sc = (KILN_SB(j + 4) & 0xF) | ((KILN_SB(j - 4) >> 6) << 4);
-        m = (KILN_SB(j + 4) >> 4) | ((KILN_SB(j) >> 6) << 4);
-    }
-#undef KILN_SB
-    return make_float2(d * (float)sc, dmin * (float)m);
+// A Q4_K super-block's 6-bit scales and mins as bytes: byte j % 4 of sc[j / 4] is sub-block j's scale,
+// likewise m (scale_min_k4 for all eight sub-blocks in word operations).
+struct Q4kScales {
+    u32 sc[2], m[2];
+    float d, dmin;
+};
+
+__device__ __forceinline__ Q4kScales q4k_scales(const uint4& head) {
+    Q4kScales s;
+    s.d = h2f((u16)(head.x & 0xFFFF));
+    s.dmin = h2f((u16)(head.x >> 16));
+    s.sc[0] = head.y & 0x3F3F3F3Fu;
+    s.m[0] = head.z & 0x3F3F3F3Fu;
+    s.sc[1] = (head.w & 0x0F0F0F0Fu) | ((head.y >> 2) & 0x30303030u);
+    s.m[1] = ((head.w >> 4) & 0x0F0F0F0Fu) | ((head.z >> 2) & 0x30303030u);
+    return s;
 }
 
-template <int NR>
+__device__ __forceinline__ int byte_of(u32 w, int j) { return (int)((w >> (8 * j)) & 0xFFu); }
+
+template <int NR, int WARPS>
 __device__ __forceinline__ void mmq_q4_k(const u8* w, u32 row_bytes, u32 n_out, const i8* yq,
                                          const float2* yd, u32 k, float* out) {
     const u32 lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -221,64 +226,85 @@ __device__ __forceinline__ void mmq_q4_k(const u8* w, u32 row_bytes, u32 n_out, 
     const bool has_b = g < NR;
     const i8* yb = yq + (u64)(has_b ? g : 0) * k;
     const u32 c0 = 2 * t, c1 = 2 * t + 1;
+    const float2* yd0 = yd + (u64)(c0 < NR ? c0 : 0) * (k / 32);
+    const float2* yd1 = yd + (u64)(c1 < NR ? c1 : 0) * (k / 32);
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // (row g, c0), (row g, c1), (row g+8, c0), (row g+8, c1)
     const u32 n_blocks = k / 256;
-    for (u32 blk = warp; blk < n_blocks; blk += MMQ_WARPS) {
+    for (u32 blk = warp; blk < n_blocks; blk += WARPS) {
         const uint4 h0 = *(const uint4*)(r0 + blk * 144), h1 = *(const uint4*)(r1 + blk * 144);
+        uint2 q0[4], q1[4];
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
             // 8 bytes of the 32-byte chunk kk: low nibbles are sub-block 2kk, high ones 2kk + 1.
-            const uint2 q0 = *(const uint2*)(r0 + blk * 144 + 16 + 32 * kk + 8 * t);
-            const uint2 q1 = *(const uint2*)(r1 + blk * 144 + 16 + 32 * kk + 8 * t);
+            q0[kk] = *(const uint2*)(r0 + blk * 144 + 16 + 32 * kk + 8 * t);
+            q1[kk] = *(const uint2*)(r1 + blk * 144 + 16 + 32 * kk + 8 * t);
+        }
+        const Q4kScales s0 = q4k_scales(h0), s1 = q4k_scales(h1);
+        // Per (row, column): Σ yscale · (sc · c) and Σ ysum · m over the super-block's sub-blocks.
+        float sa[4] = {0.0f, 0.0f, 0.0f, 0.0f}, sm[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-            for (int hi = 0; hi < 2; hi++) {
-                const int sb = 2 * kk + hi;
-                const u32 sh = 4 * hi;
-                const int a[4] = {(int)((q0.x >> sh) & 0x0F0F0F0F), (int)((q1.x >> sh) & 0x0F0F0F0F),
-                                  (int)((q0.y >> sh) & 0x0F0F0F0F), (int)((q1.y >> sh) & 0x0F0F0F0F)};
-                // Loaded by every lane (column 0's values where the column is past NR) and zeroed by a
-                // select, not a branch: the whole warp reaches the mma together.
-                const int2 y = *(const int2*)(yb + blk * 256 + 32 * sb + 8 * t);
-                const int b[2] = {has_b ? y.x : 0, has_b ? y.y : 0};
-                int c[4] = {0, 0, 0, 0};
-                mma_s8(c, a, b);
-                const float2 s0 = q4k_scale(h0, sb), s1 = q4k_scale(h1, sb);
-                const u32 sub = blk * 8 + sb;
-                if (c0 < NR) {
-                    const float2 y = yd[(u64)c0 * (k / 32) + sub];
-                    acc[0] += s0.x * y.x * (float)c[0] - s0.y * y.y;
-                    acc[2] += s1.x * y.x * (float)c[2] - s1.y * y.y;
-                }
-                if (c1 < NR) {
-                    const float2 y = yd[(u64)c1 * (k / 32) + sub];
-                    acc[1] += s0.x * y.x * (float)c[1] - s0.y * y.y;
-                    acc[3] += s1.x * y.x * (float)c[3] - s1.y * y.y;
-                }
+        for (int sb = 0; sb < 8; sb++) {
+            const int kk = sb / 2;
+            const u32 sh = 4 * (sb % 2);
+            const int a[4] = {(int)((q0[kk].x >> sh) & 0x0F0F0F0F), (int)((q1[kk].x >> sh) & 0x0F0F0F0F),
+                              (int)((q0[kk].y >> sh) & 0x0F0F0F0F), (int)((q1[kk].y >> sh) & 0x0F0F0F0F)};
+            // Loaded by every lane (column 0's values where the column is past NR) and zeroed by a
+            // select, not a branch: the whole warp reaches the mma together.
+            const int2 y = *(const int2*)(yb + blk * 256 + 32 * sb + 8 * t);
+            const int b[2] = {has_b ? y.x : 0, has_b ? y.y : 0};
+            int c[4] = {0, 0, 0, 0};
+            mma_s8(c, a, b);
+            const int sc0 = byte_of(s0.sc[sb / 4], sb % 4), sc1 = byte_of(s1.sc[sb / 4], sb % 4);
+            const float m0 = (float)byte_of(s0.m[sb / 4], sb % 4), m1 = (float)byte_of(s1.m[sb / 4], sb % 4);
+            const u32 sub = blk * 8 + sb;
+            if (c0 < NR) {
+                const float2 y0 = yd0[sub];
+                sa[0] += y0.x * (float)(c[0] * sc0);
+                sa[2] += y0.x * (float)(c[2] * sc1);
+                sm[0] += y0.y * m0;
+                sm[2] += y0.y * m1;
+            }
+            if (c1 < NR) {
+                const float2 y1 = yd1[sub];
+                sa[1] += y1.x * (float)(c[1] * sc0);
+                sa[3] += y1.x * (float)(c[3] * sc1);
+                sm[1] += y1.y * m0;
+                sm[3] += y1.y * m1;
             }
         }
+        acc[0] += s0.d * sa[0] - s0.dmin * sm[0];
+        acc[1] += s0.d * sa[1] - s0.dmin * sm[1];
+        acc[2] += s1.d * sa[2] - s1.dmin * sm[2];
+        acc[3] += s1.d * sa[3] - s1.dmin * sm[3];
     }
     // The warps' partial sums, added in warp order.
-    __shared__ float part[MMQ_WARPS][16][8];
+    __shared__ float part[WARPS][16][8];
     part[warp][g][c0] = acc[0];
     part[warp][g][c1] = acc[1];
     part[warp][g + 8][c0] = acc[2];
     part[warp][g + 8][c1] = acc[3];
     __syncthreads();
-    const u32 row = threadIdx.x / 8, col = threadIdx.x % 8;  // 128 threads: one (row, column) each
-    if (col < NR && o0 + row < n_out) {
+    const u32 row = threadIdx.x / 8, col = threadIdx.x % 8;  // the first 128 threads: one (row, column) each
+    if (row < 16 && col < NR && o0 + row < n_out) {
         float s = 0.0f;
 #pragma unroll
-        for (int j = 0; j < MMQ_WARPS; j++) s += part[j][row][col];
+        for (int j = 0; j < WARPS; j++) s += part[j][row][col];
         out[(u64)col * n_out + o0 + row] = s;
     }
 }
 
-#define MMQ(NR)                                                                                      \
-    KILN_KERNEL void mmq_q4_k_##NR(const u8* w, u32 row_bytes, u32 n_out, const i8* yq, const float2* yd, \
-                                   u32 k, float* out) {                                                  \
-        mmq_q4_k<NR>(w, row_bytes, n_out, yq, yd, k, out);                                               \
+// mmq_q4_k_*: 4 warps a block of 16 rows; mmq8_q4_k_*: 8 (more loads in flight for the products with
+// few outputs and long rows, such as the FFN's down projection).
+#define MMQ(name, WARPS, NR)                                                                          \
+    KILN_KERNEL void name##_##NR(const u8* w, u32 row_bytes, u32 n_out, const i8* yq, const float2* yd, \
+                                 u32 k, float* out) {                                                  \
+        mmq_q4_k<NR, WARPS>(w, row_bytes, n_out, yq, yd, k, out);                                      \
     }
-MMQ(1) MMQ(2) MMQ(3) MMQ(4) MMQ(5) MMQ(6) MMQ(7) MMQ(8)
+#define MMQ_ALL(name, WARPS)                                                                      \
+    MMQ(name, WARPS, 1) MMQ(name, WARPS, 2) MMQ(name, WARPS, 3) MMQ(name, WARPS, 4)               \
+    MMQ(name, WARPS, 5) MMQ(name, WARPS, 6) MMQ(name, WARPS, 7) MMQ(name, WARPS, 8)
+MMQ_ALL(mmq_q4_k, 4)
+MMQ_ALL(mmq8_q4_k, 8)
 #endif
 
 // f16/f32 weights against f32 activations (no activation rounding), 8 (f16) or 4 (f32) values a unit.

@@ -112,8 +112,9 @@ fn matmul_every_type_and_batch() {
         GgmlType::Q5_K,
         GgmlType::Q6_K,
     ];
-    // 70 outputs take the block-per-row kernels under the default KILN_MMV=auto; 2201 (more than 16
-    // per SM on an H100) the warp-per-row ones (a warp per pair of rows from 2 activation rows on), with
+    // 70 outputs take the block-per-row kernels (KILN_MMV=auto, and every type but Q4_K under the
+    // default mma, whose Q4_K products run on the tensor cores); 2201 (more than 16 per SM on an H100)
+    // the warp-per-row ones (a warp per pair of rows from 2 activation rows on), with
     // a partly filled last block whose last warp has a single row.
     for (i, ty) in types.into_iter().enumerate() {
         for n_out in [70, 2201] {

@@ -33,19 +33,25 @@ pub(super) enum Matvec {
     /// `warp`: a warp per output value (`mmvw_*`, two units in flight per lane), or per pair of
     /// output values (`mmvp_*`) for passes of at least `pairs_from` activation rows.
     Warp { pairs_from: usize },
-    /// `auto` (default): `Warp`, except for products with few outputs (the recurrent layers' 48-row
+    /// `auto`: `Warp`, except for products with few outputs (the recurrent layers' 48-row
     /// gates, the 1024-row key/value projections), where a warp per row leaves most SMs idle and a
     /// block per row spreads the same work over four times as many warps. (8 or 16 lanes per row,
     /// fewer and longer-lived warps, measured 10-20% slower on an H100: bench/README.md.)
     Auto { pairs_from: usize },
-    /// `mma`: single Q4_K products on the tensor cores (`mmq_q4_k_*`, NVIDIA sm_80+) for every row
-    /// count, so decode and verify stay bit-identical; other products as `auto`. Not yet measured, so
-    /// not the default.
-    Mma { pairs_from: usize },
+    /// `mma` (default): single Q4_K products on the tensor cores (`mmq_q4_k_*`, NVIDIA sm_80+) for
+    /// every row count, so decode and verify stay bit-identical; other products, and every product on
+    /// a GPU without the kernel, as `auto`. A step costs the same as with `auto`, and a 4-token verify
+    /// pass 1.20× a step instead of 1.46× (bench/README.md, session 8).
+    /// `warps`: the warps of a 16-row block (`KILN_MMQ_WARPS` = 4 | 8; unset: by shape, see
+    /// [`Matvec::mmq_warps`]).
+    Mma {
+        pairs_from: usize,
+        warps: Option<u32>,
+    },
 }
 
 impl Matvec {
-    /// `KILN_MMV` = `block` | `warp` | `auto` (default); `KILN_MMV_PAIRS` = the activation rows from
+    /// `KILN_MMV` = `block` | `warp` | `auto` | `mma` (default); `KILN_MMV_PAIRS` = the activation rows from
     /// which a warp takes two output rows (default 2: the verify and batched passes; `off`: never).
     pub(super) fn from_env() -> Matvec {
         let pairs_from = match std::env::var("KILN_MMV_PAIRS").as_deref() {
@@ -56,8 +62,15 @@ impl Matvec {
         match std::env::var("KILN_MMV").as_deref() {
             Ok("block") => Matvec::BlockPerRow,
             Ok("warp") => Matvec::Warp { pairs_from },
-            Ok("mma") => Matvec::Mma { pairs_from },
-            _ => Matvec::Auto { pairs_from },
+            Ok("auto") => Matvec::Auto { pairs_from },
+            _ => Matvec::Mma {
+                pairs_from,
+                warps: match std::env::var("KILN_MMQ_WARPS").as_deref() {
+                    Ok("4") => Some(4),
+                    Ok("8") => Some(8),
+                    _ => None,
+                },
+            },
         }
     }
 
@@ -69,14 +82,25 @@ impl Matvec {
             Matvec::Auto { .. } | Matvec::Mma { .. } if n_out < 16 * sm_count => {
                 Matvec::BlockPerRow
             }
-            Matvec::Auto { pairs_from } | Matvec::Mma { pairs_from } => Matvec::Warp { pairs_from },
+            Matvec::Auto { pairs_from } | Matvec::Mma { pairs_from, .. } => {
+                Matvec::Warp { pairs_from }
+            }
             other => other,
         }
     }
-}
 
-/// Threads of an `mmq_q4_k_*` block (`MMQ_WARPS` warps in matvec.cu), for 16 output rows.
-const MMQ_THREADS: u32 = 128;
+    /// The tensor-core Q4_K kernel family and its warps per 16-row block for a product of `n_out`
+    /// outputs: 8 warps where the 16-row blocks alone would put fewer than 16 warps on an SM (the
+    /// 5,120-output products with 17,408-value rows), else 4. By shape alone, like `for_outputs`.
+    fn mmq_warps(self, n_out: usize, sm_count: usize) -> (&'static str, u32) {
+        let warps = match self {
+            Matvec::Mma { warps: Some(w), .. } => w,
+            _ if n_out.div_ceil(16) * 4 < 16 * sm_count => 8,
+            _ => 4,
+        };
+        (if warps == 8 { "mmq8_q4_k" } else { "mmq_q4_k" }, warps)
+    }
+}
 
 /// The largest output a producer quantizes for the next product (values): a decode step's or a verify or
 /// batched pass's activations (17 rows of the 27B's 17,408-wide FFN), not a prefill chunk's.
@@ -173,9 +197,10 @@ impl<R: Runtime> GpuBackend<R> {
         let row_bytes = u32_arg("matmul", w.ty.bytes_for(k).unwrap_or(0))?;
         if w.ty == GgmlType::Q4_K && self.mma_q4_k && matches!(self.matvec, Matvec::Mma { .. }) {
             // Whole super-blocks: the kernel walks k in 256s (a Q4_K row always holds whole ones).
+            let (fam, warps) = self.matvec.mmq_warps(n_out, self.sm_count);
             let cfg = LaunchConfig {
                 grid_dim: (u32_arg("matmul", n_out.div_ceil(16))?, 1, 1),
-                block_dim: (MMQ_THREADS, 1, 1),
+                block_dim: (32 * warps, 1, 1),
                 shared_mem_bytes: 0,
             };
             for r0 in (0..rows).step_by(MAX_ROWS_PER_PASS) {
@@ -185,7 +210,7 @@ impl<R: Runtime> GpuBackend<R> {
                     dp + (r0 * k / 32 * 8) as u64,
                     op + (r0 * n_out * 4) as u64,
                 );
-                let name = format!("mmq_q4_k_{nr}");
+                let name = format!("{fam}_{nr}");
                 launch!(self, &name, cfg, &wp, &row_bytes, &n_out32, &yq, &yd, &k32, &or)?;
             }
             s.act_of = Some(self.stamp(xp, rows * k));
