@@ -147,7 +147,8 @@ __device__ __forceinline__ void attn_split(const float* q, const u8* kc, const u
     KILN_KERNEL void attn_split_##KTN##_##D(const float* q, const u8* kc, const u8* vc, u32 row_bytes,  \
                                             u32 n_heads, u32 n_kv_heads, u32 start, u32 window,         \
                                             float scale, float softcap, u32 chunk, u32 row_splits,      \
-                                            float* part_acc, float* part_ml) {                           \
+                                            float* part_acc, float* part_ml) {                          \
+        grid_dependency_entry();                                                                        \
         (void)row_splits;                                                                               \
         attn_split<KT, D>(q, kc, vc, row_bytes, n_heads, n_kv_heads, start, window, scale, softcap,     \
                           chunk, part_acc, part_ml);                                                    \
@@ -403,7 +404,8 @@ __device__ __forceinline__ void attn_tile(const float* q, const u8* kc, const u8
     KILN_KERNEL __launch_bounds__(ATQ_WARPS * 32, ATQ_BLOCKS) void attn_tile_##KTN##_##D(const float* q, const u8* kc, const u8* vc, u32 row_bytes,   \
                                            u32 n_heads, u32 n_kv_heads, u32 start, u32 window,          \
                                            float scale, float softcap, u32 chunk, u32 row_splits,       \
-                                           float* part_acc, float* part_ml) {                            \
+                                           float* part_acc, float* part_ml) {                           \
+        grid_dependency_entry();                                                                        \
         attn_tile<KT, D>(q, kc, vc, row_bytes, n_heads, n_kv_heads, start, window, scale, softcap,      \
                          chunk, row_splits, part_acc, part_ml);                                         \
     }
@@ -416,6 +418,7 @@ ATTQ(q8_0, T_Q8_0, 64) ATTQ(q8_0, T_Q8_0, 128) ATTQ(q8_0, T_Q8_0, 256)
 // splits, which one thread per value walking them all serially left to a few SMs.
 #define MERGE_WARPS (256 / WARP_SIZE)  // the host launches 256 threads
 KILN_KERNEL void attn_merge(const float* part_acc, const float* part_ml, u32 n_splits, u32 d, float* out) {
+    grid_dependency_entry();
     __shared__ float sh_a[MERGE_WARPS][WARP_SIZE], sh_l[MERGE_WARPS], sh_m[MERGE_WARPS];
     const u64 rh = blockIdx.x;
     const u32 warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
@@ -451,6 +454,7 @@ KILN_KERNEL void attn_merge(const float* part_acc, const float* part_ml, u32 n_s
 // values; the quantizers are ggml's reference ones (q8_0: round(x/d), d = amax/127; q4_0: d = max/−8 of
 // the signed largest-magnitude value, q = min(15, trunc(x/d + 8.5))).
 KILN_KERNEL void kv_store(int kt, const float* x, u32 rows, u32 width, u8* cache, u32 row_bytes, u32 start) {
+    grid_dependency_entry();
     const u64 t = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     const u32 per_row = width / 32;
     if (t >= (u64)rows * per_row) return;
@@ -492,6 +496,7 @@ KILN_KERNEL void kv_store(int kt, const float* x, u32 rows, u32 width, u8* cache
 // f16 (what the second product reads). Row r sits at position start + r and sees keys 0..start + r.
 // One block per (head, row).
 KILN_KERNEL void attn_softmax_rows(const float* s, u32 rows, u32 n_keys, u32 start, u16* p) {
+    grid_dependency_entry();
     __shared__ float scratch[32];
     const u64 base = (u64)blockIdx.x * n_keys;
     const u32 r = blockIdx.x % rows;

@@ -21,6 +21,20 @@ typedef unsigned long long u64;
 
 #define KILN_KERNEL extern "C" __global__
 
+// The first statement of every kernel. NVIDIA sm_90+ can launch a kernel while the one before it in the
+// stream is still running (programmatic dependent launch, which the CUDA backend asks for): its blocks
+// get resident and wait here until the previous kernel has finished and its writes are visible, then
+// let the next kernel launch in turn. That hides the launch and ramp-up of each of the ~900 small
+// kernels of a decode step behind the tail of the one before. Every kernel waits, so each one also
+// finds everything earlier in the stream done. Elsewhere (and for launches without the attribute), a
+// no-op.
+__device__ __forceinline__ void grid_dependency_entry() {
+#if defined(KILN_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // Threads that execute in lock step and exchange registers with shuffles: 32 on NVIDIA and RDNA
 // (wave32, the default hipcc uses for gfx10/gfx11), 64 on CDNA (gfx9).
 #if defined(KILN_HIP) && defined(__AMDGCN_WAVEFRONT_SIZE)

@@ -5,18 +5,22 @@
 #define GRID_LOOP(i, n) for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)gridDim.x * blockDim.x)
 
 KILN_KERNEL void add_bias(float* x, const float* bias, u32 rows, u32 dim) {
+    grid_dependency_entry();
     GRID_LOOP(i, (u64)rows * dim) x[i] += bias[i % dim];
 }
 
 KILN_KERNEL void add_assign(float* x, const float* y, u32 n) {
+    grid_dependency_entry();
     GRID_LOOP(i, n) x[i] += y[i];
 }
 
 KILN_KERNEL void scale_inplace(float* x, float s, u32 n) {
+    grid_dependency_entry();
     GRID_LOOP(i, n) x[i] *= s;
 }
 
 KILN_KERNEL void swiglu(const float* gate, const float* up, u32 n, float* out) {
+    grid_dependency_entry();
     GRID_LOOP(i, n) out[i] = silu(gate[i]) * up[i];
 }
 
@@ -27,6 +31,7 @@ __device__ __forceinline__ float gelu_f16(float v) {
 }
 
 KILN_KERNEL void geglu(const float* gate, const float* up, u32 n, float* out) {
+    grid_dependency_entry();
     GRID_LOOP(i, n) out[i] = gelu_f16(gate[i]) * up[i];
 }
 
@@ -34,6 +39,7 @@ KILN_KERNEL void geglu(const float* gate, const float* up, u32 n, float* out) {
 // `yq` given (n a multiple of 32) the output is also quantized for the down projection (quantize_group):
 // every lane of a warp runs the same iterations, since rows · n is then a multiple of 32.
 KILN_KERNEL void swiglu_stacked(const float* x, u32 rows, u32 n, float* out, i8* yq, float2* yd) {
+    grid_dependency_entry();
     GRID_LOOP(i, (u64)rows * n) {
         const u64 r = i / n, c = i % n;
         out[i] = silu(x[2 * r * n + c]) * x[2 * r * n + n + c];
@@ -42,6 +48,7 @@ KILN_KERNEL void swiglu_stacked(const float* x, u32 rows, u32 n, float* out, i8*
 }
 
 KILN_KERNEL void geglu_stacked(const float* x, u32 rows, u32 n, float* out, i8* yq, float2* yd) {
+    grid_dependency_entry();
     GRID_LOOP(i, (u64)rows * n) {
         const u64 r = i / n, c = i % n;
         out[i] = gelu_f16(x[2 * r * n + c]) * x[2 * r * n + n + c];
@@ -51,6 +58,7 @@ KILN_KERNEL void geglu_stacked(const float* x, u32 rows, u32 n, float* out, i8* 
 
 // x *= sigmoid(gate) (the attention output gate), quantized for the output projection when `yq` is given.
 KILN_KERNEL void sigmoid_mul(float* x, const float* gate, u32 n, i8* yq, float2* yd) {
+    grid_dependency_entry();
     GRID_LOOP(i, n) {
         x[i] *= sigmoidf(gate[i]);
         if (yq) quantize_group(x[i], i, true, yq, yd);
@@ -59,6 +67,7 @@ KILN_KERNEL void sigmoid_mul(float* x, const float* gate, u32 n, i8* yq, float2*
 
 KILN_KERNEL void copy_rows(const float* src, u64 src_off, u64 src_stride, float* dst, u64 dst_off,
                            u64 dst_stride, u32 width, u32 rows) {
+    grid_dependency_entry();
     GRID_LOOP(i, (u64)rows * width) {
         const u64 r = i / width, c = i % width;
         dst[dst_off + r * dst_stride + c] = src[src_off + r * src_stride + c];
@@ -70,6 +79,7 @@ KILN_KERNEL void copy_rows(const float* src, u64 src_off, u64 src_stride, float*
 // CPU backend (and ggml) do, so long positions round the same way.
 KILN_KERNEL void rope(float* x, const u32* positions, u32 pos0, u32 rows, u32 n_heads, u32 head_dim,
                       u32 n_rot, float theta_scale, float freq_scale, int neox) {
+    grid_dependency_entry();
     const u32 half = n_rot / 2;
     GRID_LOOP(t, (u64)rows * n_heads * half) {
         const u32 i = (u32)(t % half);

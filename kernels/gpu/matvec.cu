@@ -8,6 +8,7 @@
 // One thread per value; the 32 values of a group are consecutive lanes. Used where the producer of the
 // activations did not quantize them itself.
 KILN_KERNEL void quantize_act(const float* x, u32 n, i8* yq, float2* yd) {
+    grid_dependency_entry();
     const u32 i = blockIdx.x * blockDim.x + threadIdx.x;
     quantize_group(i < n ? x[i] : 0.0f, i, i < n, yq, yd);
 }
@@ -162,7 +163,8 @@ __device__ __forceinline__ void mmvq_group(const MatvecGroup& g, const int* yq, 
 }
 
 #define MMVG(NR)                                                                                    \
-    KILN_KERNEL void mmvg_##NR(MatvecGroup g, const int* yq, const float2* yd, u32 k) {            \
+    KILN_KERNEL void mmvg_##NR(MatvecGroup g, const int* yq, const float2* yd, u32 k) {             \
+        grid_dependency_entry();                                                                    \
         mmvq_group<NR>(g, yq, yd, k);                                                               \
     }
 MMVG(1) MMVG(2) MMVG(3) MMVG(4) MMVG(5) MMVG(6) MMVG(7) MMVG(8)
@@ -298,6 +300,7 @@ __device__ __forceinline__ void mmq_q4_k(const u8* w, u32 row_bytes, u32 n_out, 
 #define MMQ(name, WARPS, NR)                                                                          \
     KILN_KERNEL void name##_##NR(const u8* w, u32 row_bytes, u32 n_out, const i8* yq, const float2* yd, \
                                  u32 k, float* out) {                                                  \
+        grid_dependency_entry();                                                                       \
         mmq_q4_k<NR, WARPS>(w, row_bytes, n_out, yq, yd, k, out);                                      \
     }
 #define MMQ_ALL(name, WARPS)                                                                      \
@@ -336,7 +339,8 @@ __device__ __forceinline__ void mmvf(const u8* w, u32 n_out, const float* x, u32
 
 #define MMVQ(name, TYPE, NR)                                                                          \
     KILN_KERNEL void name##_##NR(const u8* w, u32 row_bytes, u32 n_units, u32 n_out, const int* yq,    \
-                                 const float2* yd, u32 k, float* out) {                                 \
+                                 const float2* yd, u32 k, float* out) {                               \
+        grid_dependency_entry();                                                                      \
         mmvq<TYPE, NR>(w, row_bytes, n_units, n_out, yq, yd, k, out);                                 \
     }
 #define MMVQ_ALL(name, TYPE) \
@@ -345,7 +349,8 @@ __device__ __forceinline__ void mmvf(const u8* w, u32 n_out, const float* x, u32
 
 #define MMVW(name, TYPE, NR, U, RPW)                                                                  \
     KILN_KERNEL void name##_##NR(const u8* w, u32 row_bytes, u32 n_units, u32 n_out, const int* yq,    \
-                                 const float2* yd, u32 k, float* out) {                                 \
+                                 const float2* yd, u32 k, float* out) {                               \
+        grid_dependency_entry();                                                                      \
         mmvq_warp<TYPE, NR, U, RPW>(w, row_bytes, n_units, n_out, yq, yd, k, out);                    \
     }
 #define MMVW_ALL(name, TYPE, U, RPW)                                                            \
@@ -373,6 +378,7 @@ MMVQ_ALL(mmv_q6_k, T_Q6_K)
 
 #define MMVF(name, HALF, NR)                                                                 \
     KILN_KERNEL void name##_##NR(const u8* w, u32 n_out, const float* x, u32 k, float* out) { \
+        grid_dependency_entry();                                                             \
         mmvf<HALF, NR>(w, n_out, x, k, out);                                                 \
     }
 #define MMVF_ALL(name, HALF) \
@@ -385,6 +391,7 @@ MMVF_ALL(mmv_f32, false)
 // Rows of a weight matrix (any type) gathered and dequantized: the token embedding.
 KILN_KERNEL void embed_rows(int type, const u8* table, u32 row_bytes, u32 n_rows, const u32* tokens,
                             u32 n_tokens, u32 dim, float* out) {
+    grid_dependency_entry();
     const u32 t = blockIdx.y;
     if (t >= n_tokens) return;
     const u32 tok = tokens[t];
@@ -394,6 +401,7 @@ KILN_KERNEL void embed_rows(int type, const u8* table, u32 row_bytes, u32 n_rows
 
 // A whole vector weight dequantized to f32 (norm weights, biases: read every step, so kept dense).
 KILN_KERNEL void dequant_row(int type, const u8* src, u32 n, float* out) {
+    grid_dependency_entry();
     const u32 i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = dequant_value(type, src, i);
 }
@@ -403,6 +411,7 @@ KILN_KERNEL void dequant_row(int type, const u8* src, u32 n, float* out) {
 // One thread per group of 32 values (k a multiple of 32), written as four 16-byte stores: the expansion
 // runs near memory speed, where one value per thread through dequant_value ran ~5x slower.
 KILN_KERNEL void dequant_f16(int type, const u8* src, u32 rows, u32 k, u32 row_bytes, u16* out) {
+    grid_dependency_entry();
     const u32 groups = k / 32;
     const u64 n = (u64)rows * groups;
     for (u64 t = (u64)blockIdx.x * blockDim.x + threadIdx.x; t < n; t += (u64)gridDim.x * blockDim.x) {
@@ -423,6 +432,7 @@ KILN_KERNEL void dequant_f16(int type, const u8* src, u32 rows, u32 k, u32 row_b
 }
 
 KILN_KERNEL void f32_to_f16(const float* x, u64 n, u16* out) {
+    grid_dependency_entry();
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         out[i] = f2h(x[i]);
 }

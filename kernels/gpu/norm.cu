@@ -73,12 +73,14 @@ __device__ __forceinline__ void rms_norm_row(float* x, const float* y, const flo
 
 KILN_KERNEL void rms_norm(const float* x, const float* weight, u32 dim, float eps, float* out, i8* yq,
                           float2* yd) {
+    grid_dependency_entry();
     // x is only read when no residual is given.
     rms_norm_row((float*)x, 0, weight, dim, eps, out, yq, yd);
 }
 
 KILN_KERNEL void add_rms_norm(float* x, const float* y, const float* weight, u32 dim, float eps, float* out,
                               i8* yq, float2* yd) {
+    grid_dependency_entry();
     rms_norm_row(x, y, weight, dim, eps, out, yq, yd);
 }
 
@@ -86,6 +88,7 @@ KILN_KERNEL void add_rms_norm(float* x, const float* y, const float* weight, u32
 // when `yq` is given, as in rms_norm_row).
 KILN_KERNEL void rms_norm_gated(const float* x, const float* weight, const float* z, u32 dim, float eps,
                                 float* out, i8* yq, float2* yd) {
+    grid_dependency_entry();
     __shared__ float scratch[32];
     const u64 base = (u64)blockIdx.x * dim;
     float s = 0.0f;
@@ -101,6 +104,7 @@ KILN_KERNEL void rms_norm_gated(const float* x, const float* weight, const float
 
 // In place: x / sqrt(Σx² + eps).
 KILN_KERNEL void l2_norm(float* x, u32 dim, float eps) {
+    grid_dependency_entry();
     __shared__ float scratch[32];
     float* xr = x + (u64)blockIdx.x * dim;
     float s = 0.0f;
@@ -115,6 +119,7 @@ KILN_KERNEL void l2_norm(float* x, u32 dim, float eps) {
 // (2·n_k_heads + ⌈v_dim / blockDim⌉, rows): a block either normalises one q or k head or copies a run of v.
 KILN_KERNEL void split_qkv_l2(const float* conv, u32 n_k_heads, u32 head_k, u32 v_dim, float eps, float* q,
                               float* k, float* v) {
+    grid_dependency_entry();
     __shared__ float scratch[32];
     const u32 r = blockIdx.y, kd = n_k_heads * head_k;
     const float* src = conv + (u64)r * (2 * kd + v_dim);

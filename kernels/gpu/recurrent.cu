@@ -7,6 +7,7 @@
 // speculative verify pass can be rolled back to any of its tokens.
 KILN_KERNEL void conv1d_silu(const float* x, const float* weight, float* state, u32 rows, u32 channels,
                              u32 kernel, float* out, float* snapshots) {
+    grid_dependency_entry();
     const u32 c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= channels) return;
     const u32 ks = kernel - 1;
@@ -30,6 +31,7 @@ KILN_KERNEL void conv1d_silu(const float* x, const float* weight, float* state, 
 // alpha ← softplus(alpha + dt_bias)·a, beta ← sigmoid(beta), over rows × n values.
 KILN_KERNEL void delta_net_gates(float* alpha, float* beta, const float* dt_bias, const float* a, u32 rows,
                                  u32 n) {
+    grid_dependency_entry();
     const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (u64)rows * n) return;
     const u32 h = (u32)(i % n);
@@ -46,6 +48,7 @@ KILN_KERNEL void delta_net_gates(float* alpha, float* beta, const float* dt_bias
 KILN_KERNEL void gated_delta_net(const float* q, const float* k, const float* v, const float* g,
                                  const float* beta, float* state, u32 rows, u32 n_k_heads, u32 n_v_heads,
                                  u32 dk, u32 dv, float scale, float* out, float* snapshots) {
+    grid_dependency_entry();
     const u32 warps = blockDim.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
     const u32 col = blockIdx.x * warps + threadIdx.x / WARP_SIZE;
     if (col >= n_v_heads * dv) return;

@@ -15,6 +15,7 @@ __device__ __forceinline__ bool before(float v, u32 i, float bv, u32 bi) {
 // One block per row: every thread keeps its best (value, index), then the warps and the block reduce.
 // A row of NaNs gives index 0, as the CPU reference does.
 KILN_KERNEL void argmax_rows(const float* x, u32 n, u32* out) {
+    grid_dependency_entry();
     __shared__ float sv[SAMPLE_WARPS];
     __shared__ u32 si[SAMPLE_WARPS];
     const float* row = x + (u64)blockIdx.x * n;
@@ -67,6 +68,7 @@ __device__ __forceinline__ u32 order_key(float v) {
 // host sorts k pairs). Each thread takes a contiguous run of the row, so the equal values' ranks follow
 // the index order through a prefix sum of the threads' counts.
 KILN_KERNEL void top_k_rows(const float* x, u32 n, u32 k, u32* out_idx, float* out_val) {
+    grid_dependency_entry();
     __shared__ u32 hist[256];
     __shared__ u32 s_prefix, s_need;
     __shared__ u32 gt_at[SAMPLE_THREADS + 1], eq_at[SAMPLE_THREADS + 1];

@@ -9,7 +9,7 @@ use super::backend::{GpuBackend, GpuKvCache, GpuTensor, GpuWeight};
 use super::runtime::{dev_err, GemmF16, LaunchConfig, Runtime};
 use crate::backend::{shape_err, BackendError, Result};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
-use cudarc::driver::sys::CUfunction;
+use cudarc::driver::sys::{self as drv_sys, CUfunction};
 use cudarc::driver::sys::{CUdevice_attribute, CUresult};
 use cudarc::driver::{result as drv, CudaSlice, DevicePtr, DriverError};
 use std::ffi::c_void;
@@ -35,6 +35,10 @@ pub struct CudaRuntime {
     dev: CudaDevice,
     sm_count: usize,
     blas: Option<CudaBlas>,
+    /// Launches with programmatic stream serialization (sm_90+; `KILN_CUDA_PDL=0` turns it off): a
+    /// kernel launches while the previous one finishes and waits for it on the device
+    /// (`grid_dependency_entry` in kernels/gpu/compat.h).
+    pdl: bool,
 }
 
 impl CudaRuntime {
@@ -51,10 +55,13 @@ impl CudaRuntime {
         } else {
             None
         };
+        let pdl = dev.compute_capability.0 >= 9
+            && std::env::var("KILN_CUDA_PDL").map_or(true, |v| v != "0");
         Ok(CudaRuntime {
             dev,
             sm_count,
             blas,
+            pdl,
         })
     }
 
@@ -158,6 +165,35 @@ impl Runtime for CudaRuntime {
             .ctx
             .bind_to_thread()
             .map_err(|e| dev_err::<Self>("binding the context", e))?;
+        if self.pdl {
+            let mut attr = drv_sys::CUlaunchAttribute {
+                id: drv_sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                pad: [0; 4],
+                value: drv_sys::CUlaunchAttributeValue {
+                    programmaticStreamSerializationAllowed: 1,
+                },
+            };
+            let config = drv_sys::CUlaunchConfig {
+                gridDimX: cfg.grid_dim.0,
+                gridDimY: cfg.grid_dim.1,
+                gridDimZ: cfg.grid_dim.2,
+                blockDimX: cfg.block_dim.0,
+                blockDimY: cfg.block_dim.1,
+                blockDimZ: cfg.block_dim.2,
+                sharedMemBytes: cfg.shared_mem_bytes,
+                hStream: self.dev.stream.cu_stream(),
+                attrs: &mut attr,
+                numAttrs: 1,
+            };
+            return drv_sys::cuLaunchKernelEx(
+                &config,
+                func.0,
+                args.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+            .result()
+            .map_err(|e| dev_err::<Self>("launching a kernel", e));
+        }
         drv::launch_kernel(
             func.0,
             cfg.grid_dim,
