@@ -3,7 +3,8 @@
 # larger than one call carries (64 MiB), so they travel in parts, one call per part, to a machine kept warm
 # between the calls (its /tmp survives), and are reassembled and checked against their sha256 there.
 #   here:    bench/gpu/real-models.sh split [MODEL...]   parts under .device/real/1, .device/real/2, ...
-#            (default: SmolLM2-135M-Instruct.Q4_1.gguf, two parts; gemma-3-270m-q4_k_m.gguf takes five)
+#            (default: SmolLM2-135M-Instruct.Q4_1.gguf, three parts of 35 MiB: with the ~25 MB working
+#            tree and the 4.6 MB of packed binaries, a call carries 64 MiB in all; KILN_PART_SIZE to change)
 #   device:  bench/gpu/real-models.sh stage .device/real/N   in each call, carrying that folder
 #            bench/gpu/real-models.sh test                   once every part is staged
 set -euo pipefail
@@ -16,7 +17,7 @@ split)
     rm -rf .device/real && mkdir -p .device/real/parts
     for m in "${models[@]}"; do
         (cd "$src" && sha256sum "$m") >> .device/real/parts/SHA256SUMS
-        split -b 50M -d "$src/$m" ".device/real/parts/$m.part-"
+        split -b "${KILN_PART_SIZE:-35M}" -d "$src/$m" ".device/real/parts/$m.part-"
     done
     n=0
     for part in .device/real/parts/*.part-*; do

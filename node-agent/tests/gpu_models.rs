@@ -76,13 +76,16 @@ fn compare(path: PathBuf, kv: KvType, tol: f64, margin: f32) {
     let (mut lc, _) = ec.prefill(&mut sc, &prompt).unwrap();
     let (mut lg, _) = eg.prefill(&mut sg, &prompt).unwrap();
     let (mut worst, mut same, mut ties) = (0f64, 0, 0);
+    let mut errors = Vec::new();
     for step in 0..40 {
         let e = nrmse(&lg, &lc);
         worst = worst.max(e);
+        errors.push(format!("{e:.1e}"));
         assert!(
             e <= tol,
-            "{}: logits differ by {e:.3e} at step {step} (tolerance {tol:.1e})",
-            path.display()
+            "{}: logits differ by {e:.3e} at step {step} (tolerance {tol:.1e}; steps so far: {})",
+            path.display(),
+            errors.join(" ")
         );
         let (tc, tg) = (argmax(&lc), argmax(&lg));
         if tc == tg {
@@ -176,11 +179,26 @@ fn qwen35_tiny_q8_0_q4_0_cache() {
     );
 }
 
+// The real models' tolerances are llama.cpp's own spread on this same prompt and these same steps: its
+// CPU build with flash attention on vs off (tests/reference/attention_spread.py; two implementations that
+// round at different points) differs by up to 0.24 (SmolLM2) and 0.34 (Gemma 3) in relative RMS, and
+// flips Gemma's greedy token where its top two are 0.28 apart. Kiln's CPU backend rounds where llama.cpp's
+// CPU does (bit-identical logits on SmolLM2, llama_cpp_goldens.rs); the GPU keeps f32 where the CPU
+// rounds to f16, so the two differ by that kind of spread, not by the synthetic models' 1e-2.
+
 /// A real model (llama architecture, Q4_1 layers, Q8_0 embeddings, trained weights), q8_0 cache.
 #[test]
 fn smollm2_135m_q4_1_real_model() {
     if let Some(path) = common::cached_model("SmolLM2-135M-Instruct.Q4_1.gguf") {
-        compare(path, KvType::Q8_0, 5e-2, 0.15);
+        compare(path, KvType::Q8_0, 0.25, 0.15);
+    }
+}
+
+/// The same real model with an f16 cache: whether a difference comes from the cache's quantization.
+#[test]
+fn smollm2_135m_q4_1_real_model_f16_cache() {
+    if let Some(path) = common::cached_model("SmolLM2-135M-Instruct.Q4_1.gguf") {
+        compare(path, KvType::F16, 0.25, 0.15);
     }
 }
 
@@ -188,7 +206,7 @@ fn smollm2_135m_q4_1_real_model() {
 #[test]
 fn gemma3_270m_q4_k_m_real_model() {
     if let Some(path) = common::cached_model("gemma-3-270m-q4_k_m.gguf") {
-        compare(path, KvType::F16, 5e-2, 0.15);
+        compare(path, KvType::F16, 0.35, 0.3);
     }
 }
 

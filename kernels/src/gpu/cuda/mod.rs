@@ -49,8 +49,10 @@ impl CudaRuntime {
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| dev_err::<Self>("SM count", e))?
             .max(1) as usize;
-        // SAFETY: only probes for the library with dlopen.
-        let blas = if unsafe { cudarc::cublas::sys::is_culib_present() } {
+        // SAFETY: only probes for the library with dlopen. `KILN_CUDA_BLAS=0` leaves cuBLAS out (prefill
+        // then runs on Kiln's own products and split attention), for comparisons.
+        let blas_wanted = std::env::var("KILN_CUDA_BLAS").map_or(true, |v| v != "0");
+        let blas = if blas_wanted && unsafe { cudarc::cublas::sys::is_culib_present() } {
             CudaBlas::new(dev.stream.clone()).ok()
         } else {
             None
