@@ -11,6 +11,12 @@ pub mod hip;
 pub mod hiprtc;
 pub mod runtime;
 
+/// Whether the comparison switch `var` (`KILN_CUDA_FUSE`, `KILN_CUDA_PDL`, ...) leaves its path on: every
+/// one is on unless set to `0`.
+pub(crate) fn switched_on(var: &str) -> bool {
+    std::env::var(var).map_or(true, |v| v != "0")
+}
+
 /// The GPU backend of this build: CUDA, or ROCm in a build with the `rocm` feature.
 #[cfg(not(feature = "rocm"))]
 pub type BuildGpu = cuda::CudaBackend;

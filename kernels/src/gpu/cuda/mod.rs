@@ -51,14 +51,13 @@ impl CudaRuntime {
             .max(1) as usize;
         // SAFETY: only probes for the library with dlopen. `KILN_CUDA_BLAS=0` leaves cuBLAS out (prefill
         // then runs on Kiln's own products and split attention), for comparisons.
-        let blas_wanted = std::env::var("KILN_CUDA_BLAS").map_or(true, |v| v != "0");
+        let blas_wanted = crate::gpu::switched_on("KILN_CUDA_BLAS");
         let blas = if blas_wanted && unsafe { cudarc::cublas::sys::is_culib_present() } {
             CudaBlas::new(dev.stream.clone()).ok()
         } else {
             None
         };
-        let pdl = dev.compute_capability.0 >= 9
-            && std::env::var("KILN_CUDA_PDL").map_or(true, |v| v != "0");
+        let pdl = dev.compute_capability.0 >= 9 && crate::gpu::switched_on("KILN_CUDA_PDL");
         Ok(CudaRuntime {
             dev,
             sm_count,
