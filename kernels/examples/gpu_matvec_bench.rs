@@ -4,7 +4,8 @@
 //! `cargo run -p kiln-kernels --release --example gpu_matvec_bench` on a machine with an NVIDIA GPU.
 //! Each shape is loaded in enough copies to overflow the L2 cache, and the calls rotate over them, so
 //! every call reads its weights from device memory as a decode step does. `KILN_MMV=...` selects the
-//! product layout (kernels/src/gpu/cuda/matvec.rs).
+//! product layout (kernels/src/gpu/backend/matvec.rs); `MATVEC_BENCH_SHAPES=q4_k,q6_k:5120` times only
+//! those weight types (`type:outputs` for one shape of a type).
 
 use std::time::Instant;
 
@@ -34,7 +35,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{:6} {:>7} {:>6} {:>5} {:>9} {:>8}",
         "type", "n_out", "k", "rows", "us/call", "GB/s"
     );
+    let only = std::env::var("MATVEC_BENCH_SHAPES").ok();
+    let wanted = |ty: GgmlType, n_out: usize| {
+        only.as_deref().is_none_or(|o| {
+            o.split(',').any(|s| {
+                let (t, n) = s.split_once(':').unwrap_or((s, ""));
+                t.eq_ignore_ascii_case(ty.name()) && (n.is_empty() || n == n_out.to_string())
+            })
+        })
+    };
     for (ty, n_out, k) in shapes {
+        if !wanted(ty, n_out) {
+            continue;
+        }
         let bytes = n_out * ty.bytes_for(k).unwrap();
         let copies = (200_000_000 / bytes).clamp(1, 16);
         let ws = (0..copies)

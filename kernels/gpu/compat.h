@@ -149,3 +149,13 @@ __device__ __forceinline__ void load_ints_b2(const u8* p, int* out) {
 
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
 __device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// A Gated DeltaNet's gates for head h, in place: alpha ← softplus(alpha + dt_bias)·a (the log-decay),
+// beta ← sigmoid(beta). Shared by delta_net_gates and split_qkv_l2, which applies them in passing.
+__device__ __forceinline__ void delta_net_gate(float* alpha, float* beta, const float* dt_bias, const float* a,
+                                               u64 i, u32 h) {
+    const float z = alpha[i] + dt_bias[h];
+    const float sp = z > 20.0f ? z : logf(1.0f + expf(z));
+    alpha[i] = sp * a[h];
+    beta[i] = sigmoidf(beta[i]);
+}

@@ -116,12 +116,20 @@ KILN_KERNEL void l2_norm(float* x, u32 dim, float eps) {
 
 // The recurrent layer's conv output (rows of [q | k | v]) split into q and k, each L2-normalised per head
 // of `head_k` values as l2_norm does, and v: one launch for what were three copies and two norms. Grid
-// (2·n_k_heads + ⌈v_dim / blockDim⌉, rows): a block either normalises one q or k head or copies a run of v.
+// (2·n_k_heads + ⌈v_dim / blockDim⌉ [+ 1], rows): a block either normalises one q or k head or copies a
+// run of v, or (the last, when `alpha` is given) applies the row's n_gates delta-rule gates, which
+// delta_net_gates would otherwise launch for alone.
 KILN_KERNEL void split_qkv_l2(const float* conv, u32 n_k_heads, u32 head_k, u32 v_dim, float eps, float* q,
-                              float* k, float* v) {
+                              float* k, float* v, float* alpha, float* beta, const float* dt_bias,
+                              const float* a, u32 n_gates) {
     grid_dependency_entry();
     __shared__ float scratch[32];
     const u32 r = blockIdx.y, kd = n_k_heads * head_k;
+    if (alpha && blockIdx.x == gridDim.x - 1) {
+        for (u32 h = threadIdx.x; h < n_gates; h += blockDim.x)
+            delta_net_gate(alpha, beta, dt_bias, a, (u64)r * n_gates + h, h);
+        return;
+    }
     const float* src = conv + (u64)r * (2 * kd + v_dim);
     if (blockIdx.x < 2 * n_k_heads) {
         const u32 part = blockIdx.x / n_k_heads, h = blockIdx.x % n_k_heads;
@@ -136,4 +144,51 @@ KILN_KERNEL void split_qkv_l2(const float* conv, u32 n_k_heads, u32 head_k, u32 
     }
     const u32 i = (blockIdx.x - 2 * n_k_heads) * blockDim.x + threadIdx.x;
     if (i < v_dim) v[(u64)r * v_dim + i] = src[2 * kd + i];
+}
+
+// A gated attention layer's q and k made ready for the cache and the attention, one launch for what were
+// two copies, two norms and two RoPEs: grid (n_heads + n_kv_heads, rows), a block per head. A q block
+// reads its head's [q | gate] pair from `qg`, copies the gate out, and writes RoPE(RMSNorm(q)·q_norm);
+// a k block the same for its head of `k` without a gate. The norm multiplies as rms_norm_row does and
+// the rotation is rope's (angle by repeated multiplication, NeoX or interleaved pairs).
+#define QK_MAX_HEAD_DIM 512
+KILN_KERNEL void qk_norm_rope(const float* qg, const float* kin, const float* q_norm, const float* k_norm,
+                              u32 n_heads, u32 n_kv_heads, u32 head_dim, float eps, const u32* positions,
+                              u32 pos0, u32 n_rot, float theta_scale, float freq_scale, int neox, float* q,
+                              float* gate, float* k) {
+    grid_dependency_entry();
+    __shared__ float scratch[32];
+    __shared__ float vals[QK_MAX_HEAD_DIM];
+    const u32 r = blockIdx.y, hb = blockIdx.x;
+    const bool is_q = hb < n_heads;
+    const u32 h = is_q ? hb : hb - n_heads;
+    const float* src = is_q ? qg + ((u64)r * n_heads + h) * 2 * head_dim : kin + ((u64)r * n_kv_heads + h) * head_dim;
+    float* dst = is_q ? q + ((u64)r * n_heads + h) * head_dim : k + ((u64)r * n_kv_heads + h) * head_dim;
+    const float* w = is_q ? q_norm : k_norm;
+    float s = 0.0f;
+    for (u32 i = threadIdx.x; i < head_dim; i += blockDim.x) {
+        const float v = src[i];
+        vals[i] = v;
+        s += v * v;
+        if (is_q) gate[((u64)r * n_heads + h) * head_dim + i] = src[head_dim + i];
+    }
+    // block_sum's barriers also publish vals.
+    s = block_sum(s, scratch);
+    const float scale = 1.0f / sqrtf(s / (float)head_dim + eps);
+    const u32 half = n_rot / 2;
+    const u32 pos = positions ? positions[r] : pos0 + r;
+    for (u32 i = threadIdx.x; i < head_dim; i += blockDim.x) {
+        if (i < half) {
+            float theta = (float)pos;
+            for (u32 j = 0; j < i; j++) theta *= theta_scale;
+            const float ang = theta * freq_scale;
+            const float c = cosf(ang), sn = sinf(ang);
+            const u32 ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
+            const float x0 = vals[ia] * scale * w[ia], x1 = vals[ib] * scale * w[ib];
+            dst[ia] = fmaf(x0, c, -(x1 * sn));
+            dst[ib] = fmaf(x0, sn, x1 * c);
+        } else if (i >= n_rot) {
+            dst[i] = vals[i] * scale * w[i];
+        }
+    }
 }

@@ -44,11 +44,7 @@ KILN_KERNEL void delta_net_gates(float* alpha, float* beta, const float* dt_bias
     grid_dependency_entry();
     const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (u64)rows * n) return;
-    const u32 h = (u32)(i % n);
-    const float z = alpha[i] + dt_bias[h];
-    const float sp = z > 20.0f ? z : logf(1.0f + expf(z));
-    alpha[i] = sp * a[h];
-    beta[i] = sigmoidf(beta[i]);
+    delta_net_gate(alpha, beta, dt_bias, a, i, (u32)(i % n));
 }
 
 // The gated delta rule, token by token. One warp per (V-head h, state column j): the warp holds column j

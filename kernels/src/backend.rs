@@ -387,7 +387,9 @@ pub trait Backend: Send + Sync {
     fn l2_norm(&self, x: &mut Self::Tensor, rows: usize, dim: usize, eps: f32) -> Result<()>;
     /// Rows of `[q | k | v]` (q and k `n_k_heads × head_k` values, v `v_dim`) split into q, k and v,
     /// with each head of q and k L2-normalised ([`Backend::l2_norm`]): a Gated DeltaNet's conv output.
-    /// Default: three [`Backend::copy_rows`] and two norms; a GPU backend does it in one launch.
+    /// With `gates`, also [`Backend::delta_net_gates`] on them (independent of the split: together
+    /// only to save a GPU launch). Default: three [`Backend::copy_rows`], two norms and the gates; a
+    /// GPU backend does it in one launch.
     #[allow(clippy::too_many_arguments)]
     fn split_qkv_l2(
         &self,
@@ -398,11 +400,35 @@ pub trait Backend: Send + Sync {
         v_dim: usize,
         eps: f32,
         out: [&mut Self::Tensor; 3],
+        gates: Option<DeltaNetGates<'_, Self>>,
     ) -> Result<()>
     where
         Self: Sized,
     {
-        split_qkv_l2_by_parts(self, qkv, rows, n_k_heads, head_k, v_dim, eps, out)
+        split_qkv_l2_by_parts(self, qkv, rows, n_k_heads, head_k, v_dim, eps, out, gates)
+    }
+    /// A gated attention layer's query and key preparation (Qwen3.5/3.6): `qg` holds rows of
+    /// `rope.n_heads` × [q | gate] (`rope.head_dim` each) and `k` rows of `n_kv_heads` heads; per head
+    /// q ← RoPE(RMSNorm(q)·q_norm) into `q_out`, the gate copied into `gate_out`, and k ←
+    /// RoPE(RMSNorm(k)·k_norm) into `k_out`, at `positions` (one per row). Default: two
+    /// [`Backend::copy_rows`], two [`Backend::rms_norm`]s and two [`Backend::rope`]s; a GPU backend
+    /// does it in one launch.
+    #[allow(clippy::too_many_arguments)]
+    fn gated_qk_norm_rope(
+        &self,
+        qg: &Self::Tensor,
+        k: &Self::Tensor,
+        norms: [&Self::Weight; 2],
+        n_kv_heads: usize,
+        eps: f32,
+        positions: &[u32],
+        rope: RopeParams,
+        out: [&mut Self::Tensor; 3],
+    ) -> Result<()>
+    where
+        Self: Sized,
+    {
+        gated_qk_norm_rope_by_parts(self, qg, k, norms, n_kv_heads, eps, positions, rope, out)
     }
     /// Causal depthwise conv1d then SiLU over `rows` tokens of `weight.rows` channels (`x`, `out`: rows
     /// × channels). `weight` holds `kernel` taps per channel, oldest first; `state` holds the
@@ -574,7 +600,45 @@ pub fn top_k(values: &[f32], k: usize) -> Vec<(u32, f32)> {
     order.into_iter().map(|i| (i as u32, values[i])).collect()
 }
 
-/// [`Backend::split_qkv_l2`] from the backend's copies and norms.
+/// [`Backend::gated_qk_norm_rope`] from the backend's copies, norms and RoPEs.
+#[allow(clippy::too_many_arguments)]
+pub fn gated_qk_norm_rope_by_parts<B: Backend>(
+    be: &B,
+    qg: &B::Tensor,
+    k: &B::Tensor,
+    [q_norm, k_norm]: [&B::Weight; 2],
+    n_kv_heads: usize,
+    eps: f32,
+    positions: &[u32],
+    rope: RopeParams,
+    [q_out, gate_out, k_out]: [&mut B::Tensor; 3],
+) -> Result<()> {
+    let (n, hd, nh) = (positions.len(), rope.head_dim, rope.n_heads);
+    // The gate's buffer holds q on its way to the norm.
+    be.copy_rows(qg, 0, 2 * hd, gate_out, 0, hd, hd, n * nh)?;
+    be.rms_norm(gate_out, Some(q_norm), n * nh, hd, eps, q_out)?;
+    be.copy_rows(qg, hd, 2 * hd, gate_out, 0, hd, hd, n * nh)?;
+    be.rms_norm(k, Some(k_norm), n * n_kv_heads, hd, eps, k_out)?;
+    be.rope(q_out, positions, rope)?;
+    be.rope(
+        k_out,
+        positions,
+        RopeParams {
+            n_heads: n_kv_heads,
+            ..rope
+        },
+    )
+}
+
+/// The inputs of [`Backend::delta_net_gates`], for [`Backend::split_qkv_l2`] to apply.
+pub struct DeltaNetGates<'a, B: Backend> {
+    pub alpha: &'a mut B::Tensor,
+    pub beta: &'a mut B::Tensor,
+    pub dt_bias: &'a B::Weight,
+    pub a: &'a B::Weight,
+}
+
+/// [`Backend::split_qkv_l2`] from the backend's copies and norms (and its gates op).
 #[allow(clippy::too_many_arguments)]
 pub fn split_qkv_l2_by_parts<B: Backend>(
     be: &B,
@@ -585,6 +649,7 @@ pub fn split_qkv_l2_by_parts<B: Backend>(
     v_dim: usize,
     eps: f32,
     [q, k, v]: [&mut B::Tensor; 3],
+    gates: Option<DeltaNetGates<'_, B>>,
 ) -> Result<()> {
     let kd = n_k_heads * head_k;
     let cd = 2 * kd + v_dim;
@@ -592,5 +657,9 @@ pub fn split_qkv_l2_by_parts<B: Backend>(
     be.copy_rows(qkv, kd, cd, k, 0, kd, kd, rows)?;
     be.copy_rows(qkv, 2 * kd, cd, v, 0, v_dim, v_dim, rows)?;
     be.l2_norm(q, rows * n_k_heads, head_k, eps)?;
-    be.l2_norm(k, rows * n_k_heads, head_k, eps)
+    be.l2_norm(k, rows * n_k_heads, head_k, eps)?;
+    match gates {
+        Some(g) => be.delta_net_gates(g.alpha, g.beta, g.dt_bias, g.a, rows),
+        None => Ok(()),
+    }
 }

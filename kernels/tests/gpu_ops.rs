@@ -978,43 +978,160 @@ fn grouped_products_match_cpu() {
     }
 }
 
-/// The recurrent layer's q/k/v split with per-head L2 norms in one kernel equals the CPU's copies and
-/// norms.
+/// A dense f32 vector weight (norm weights, gate parameters) on a backend.
+fn vector<B: Backend>(b: &B, name: &str, v: &[f32]) -> B::Weight {
+    b.load_weight(WeightSource {
+        name: name.into(),
+        ty: GgmlType::F32,
+        rows: 1,
+        cols: v.len(),
+        bytes: HostBytes::from_vec(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+    })
+    .unwrap()
+}
+
+/// The recurrent layer's q/k/v split with per-head L2 norms in one kernel (and the delta rule's gates
+/// in the same launch) equals the CPU's copies, norms and gates.
 #[test]
 fn split_qkv_l2_matches_cpu() {
     let Some(g) = gpu() else { return };
     let c = cpu();
-    let (rows, heads, hk, vd) = (3, 4, 128, 1024);
+    let (rows, heads, hk, vd, nv) = (3, 4, 128, 1024, 8);
     let cd = 2 * heads * hk + vd;
     let x = values(70, rows * cd, 2.0);
     let (xc, xg) = (put(&c, &x), put(g, &x));
+    let (alpha, beta) = (values(71, rows * nv, 3.0), values(72, rows * nv, 3.0));
+    let dt_bias = values(73, nv, 1.0);
+    let a: Vec<f32> = values(74, nv, 1.0)
+        .iter()
+        .map(|v| -(v.abs() * 8.0 + 1.0))
+        .collect();
     let kd = rows * heads * hk;
-    let mut tc: Vec<_> = [kd, kd, rows * vd]
-        .iter()
-        .map(|&n| c.tensor(n).unwrap())
-        .collect();
-    let mut tg: Vec<_> = [kd, kd, rows * vd]
-        .iter()
-        .map(|&n| g.tensor(n).unwrap())
-        .collect();
-    let [q, k, v] = &mut tc[..] else {
-        unreachable!()
-    };
-    c.split_qkv_l2(&xc, rows, heads, hk, vd, 1e-6, [q, k, v])
-        .unwrap();
-    let [q, k, v] = &mut tg[..] else {
-        unreachable!()
-    };
-    g.split_qkv_l2(&xg, rows, heads, hk, vd, 1e-6, [q, k, v])
-        .unwrap();
-    for (i, name) in ["q", "k", "v"].iter().enumerate() {
-        let n = [kd, kd, rows * vd][i];
-        assert_close(
-            &format!("split_qkv_l2 {name}"),
-            &get(g, &tg[i], n),
-            &get(&c, &tc[i], n),
-            1e-6,
+    for with_gates in [false, true] {
+        let mut tc: Vec<_> = [kd, kd, rows * vd]
+            .iter()
+            .map(|&n| c.tensor(n).unwrap())
+            .collect();
+        let mut tg: Vec<_> = [kd, kd, rows * vd]
+            .iter()
+            .map(|&n| g.tensor(n).unwrap())
+            .collect();
+        let (mut alc, mut bc, mut alg, mut bg) = (
+            put(&c, &alpha),
+            put(&c, &beta),
+            put(g, &alpha),
+            put(g, &beta),
         );
+        let (dtc, ac) = (vector(&c, "dt_bias", &dt_bias), vector(&c, "a", &a));
+        let (dtg, ag) = (vector(g, "dt_bias", &dt_bias), vector(g, "a", &a));
+        let [q, k, v] = &mut tc[..] else {
+            unreachable!()
+        };
+        let gates = with_gates.then_some(DeltaNetGates {
+            alpha: &mut alc,
+            beta: &mut bc,
+            dt_bias: &dtc,
+            a: &ac,
+        });
+        c.split_qkv_l2(&xc, rows, heads, hk, vd, 1e-6, [q, k, v], gates)
+            .unwrap();
+        let [q, k, v] = &mut tg[..] else {
+            unreachable!()
+        };
+        let gates = with_gates.then_some(DeltaNetGates {
+            alpha: &mut alg,
+            beta: &mut bg,
+            dt_bias: &dtg,
+            a: &ag,
+        });
+        g.split_qkv_l2(&xg, rows, heads, hk, vd, 1e-6, [q, k, v], gates)
+            .unwrap();
+        for (i, name) in ["q", "k", "v"].iter().enumerate() {
+            let n = [kd, kd, rows * vd][i];
+            assert_close(
+                &format!("split_qkv_l2 {name} (gates: {with_gates})"),
+                &get(g, &tg[i], n),
+                &get(&c, &tc[i], n),
+                1e-6,
+            );
+        }
+        let (ga, gb) = (get(g, &alg, rows * nv), get(g, &bg, rows * nv));
+        assert_close("split_qkv_l2 alpha", &ga, &get(&c, &alc, rows * nv), 1e-6);
+        assert_close("split_qkv_l2 beta", &gb, &get(&c, &bc, rows * nv), 1e-6);
+        // Without gates the raw projections stay as they were.
+        assert_eq!(ga == alpha, !with_gates, "alpha changed: {}", ga != alpha);
+        assert_eq!(gb == beta, !with_gates, "beta changed: {}", gb != beta);
+    }
+}
+
+/// [`Backend::gated_qk_norm_rope`] on `b`: its q, gate and k outputs.
+fn qk_norm_rope_on<B: Backend>(
+    b: &B,
+    qg: &[f32],
+    k: &[f32],
+    [qn, kn]: [&[f32]; 2],
+    n_kv: usize,
+    positions: &[u32],
+    rope: RopeParams,
+) -> Vec<Vec<f32>> {
+    let n = positions.len() * rope.n_heads * rope.head_dim;
+    let sizes = [n, n, positions.len() * n_kv * rope.head_dim];
+    let (qw, kw) = (vector(b, "q_norm", qn), vector(b, "k_norm", kn));
+    let mut t: Vec<_> = sizes.iter().map(|&s| b.tensor(s).unwrap()).collect();
+    let [q, gate, k_out] = &mut t[..] else {
+        unreachable!()
+    };
+    b.gated_qk_norm_rope(
+        &put(b, qg),
+        &put(b, k),
+        [&qw, &kw],
+        n_kv,
+        1e-6,
+        positions,
+        rope,
+        [q, gate, k_out],
+    )
+    .unwrap();
+    t.iter().zip(sizes).map(|(t, s)| get(b, t, s)).collect()
+}
+
+/// A gated attention layer's q/k norms and RoPE in one kernel equal the CPU's copies, norms and
+/// RoPEs: the 27B's heads (256 values, 64 rotated, NeoX), whole-head interleaved rotation, and rows at
+/// scattered positions (a batched pass) as well as consecutive ones.
+#[test]
+fn gated_qk_norm_rope_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let cases: [(usize, usize, usize, RopeStyle, &[u32]); 3] = [
+        (256, 64, 24, RopeStyle::Neox, &[5, 6, 7]),
+        (128, 128, 8, RopeStyle::Normal, &[0, 1]),
+        (256, 64, 24, RopeStyle::Neox, &[40_000, 3, 131_000, 17]),
+    ];
+    for (i, (hd, n_rot, nh, style, positions)) in cases.into_iter().enumerate() {
+        let (n, nkv) = (positions.len(), 4);
+        let qg = values(80 + i as u64, n * nh * 2 * hd, 2.0);
+        let kin = values(90 + i as u64, n * nkv * hd, 2.0);
+        let (qn, kn) = (values(95, hd, 1.0), values(96, hd, 1.0));
+        let rope = RopeParams {
+            n_heads: nh,
+            head_dim: hd,
+            n_rot,
+            theta_base: 10_000_000.0,
+            freq_scale: 1.0,
+            style,
+        };
+        let outs = [
+            qk_norm_rope_on(&c, &qg, &kin, [&qn, &kn], nkv, positions, rope),
+            qk_norm_rope_on(g, &qg, &kin, [&qn, &kn], nkv, positions, rope),
+        ];
+        for (j, name) in ["q", "gate", "k"].iter().enumerate() {
+            assert_close(
+                &format!("gated_qk_norm_rope {name} (case {i})"),
+                &outs[1][j],
+                &outs[0][j],
+                1e-5,
+            );
+        }
     }
 }
 

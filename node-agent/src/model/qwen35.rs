@@ -25,7 +25,8 @@ use super::{
 };
 use crate::gguf::{GgufFile, Value};
 use kiln_kernels::backend::{
-    Activation, AttentionParams, Backend, DeltaNetParams, KvType, RopeParams, RopeStyle,
+    Activation, AttentionParams, Backend, DeltaNetGates, DeltaNetParams, KvType, RopeParams,
+    RopeStyle,
 };
 use std::sync::{Arc, Mutex};
 
@@ -452,35 +453,24 @@ impl<B: Backend> Qwen35<B> {
             &sc.h,
             n,
         )?;
-        // Per head: [q (hd) | gate (hd)].
-        be.copy_rows(&sc.wide, 0, 2 * hd, &mut sc.tmp, 0, hd, hd, n * hp.n_head)?;
-        be.copy_rows(&sc.wide, hd, 2 * hd, &mut sc.gate, 0, hd, hd, n * hp.n_head)?;
-        be.rms_norm(
-            &sc.tmp,
-            Some(&w.q_norm),
-            n * hp.n_head,
-            hd,
-            hp.rms_eps,
-            &mut sc.q,
-        )?;
-        be.rms_norm(
+        // Per head of `sc.wide`: [q (hd) | gate (hd)].
+        be.gated_qk_norm_rope(
+            &sc.wide,
             &sc.att,
-            Some(&w.k_norm),
-            n * hp.n_head_kv,
-            hd,
+            [&w.q_norm, &w.k_norm],
+            hp.n_head_kv,
             hp.rms_eps,
-            &mut sc.k,
+            positions,
+            RopeParams {
+                n_heads: hp.n_head,
+                head_dim: hd,
+                n_rot: hp.n_rot,
+                theta_base: hp.rope_base,
+                freq_scale: 1.0,
+                style: RopeStyle::Neox,
+            },
+            [&mut sc.q, &mut sc.gate, &mut sc.k],
         )?;
-        let rope = |heads| RopeParams {
-            n_heads: heads,
-            head_dim: hd,
-            n_rot: hp.n_rot,
-            theta_base: hp.rope_base,
-            freq_scale: 1.0,
-            style: RopeStyle::Neox,
-        };
-        be.rope(&mut sc.q, positions, rope(hp.n_head))?;
-        be.rope(&mut sc.k, positions, rope(hp.n_head_kv))?;
         let params = AttentionParams {
             n_heads: hp.n_head,
             n_kv_heads: hp.n_head_kv,
@@ -555,7 +545,7 @@ impl<B: Backend> Qwen35<B> {
             )?,
             None => be.conv1d_silu(&sc.wide, &w.conv, &mut st.conv, n, &mut sc.conv)?,
         }
-        self.split_qkv(sc, n)?;
+        self.split_qkv(w, sc, n)?;
         match snap {
             Some(s) => {
                 be.gated_delta_net_snapshots(
@@ -588,7 +578,7 @@ impl<B: Backend> Qwen35<B> {
     }
 
     /// The recurrent layer's projections of the normed input `sc.h` (conv input, output gate, and the
-    /// decay/write gates), shared by the single-sequence and batched passes.
+    /// raw decay/write gates, which `split_qkv` finishes), shared by the single-sequence and batched passes.
     fn delta_net_inputs(
         &self,
         w: &DeltaNetWeights<B>,
@@ -606,12 +596,12 @@ impl<B: Backend> Qwen35<B> {
             &sc.h,
             n,
         )?;
-        be.delta_net_gates(&mut sc.alpha, &mut sc.beta, &w.dt_bias, &w.a, n)?;
         Ok(())
     }
 
-    /// Splits the conv output into q, k and v and L2-normalises q and k per head.
-    fn split_qkv(&self, sc: &mut Scratch<B>, n: usize) -> Result<()> {
+    /// Splits the conv output into q, k and v and L2-normalises q and k per head; turns the raw
+    /// decay/write projections into the delta rule's gates on the way (one GPU launch for both).
+    fn split_qkv(&self, w: &DeltaNetWeights<B>, sc: &mut Scratch<B>, n: usize) -> Result<()> {
         let (hp, be) = (&self.hp, &*self.backend);
         be.split_qkv_l2(
             &sc.conv,
@@ -621,6 +611,12 @@ impl<B: Backend> Qwen35<B> {
             hp.value_dim(),
             hp.rms_eps,
             [&mut sc.q, &mut sc.k, &mut sc.v],
+            Some(DeltaNetGates {
+                alpha: &mut sc.alpha,
+                beta: &mut sc.beta,
+                dt_bias: &w.dt_bias,
+                a: &w.a,
+            }),
         )?;
         Ok(())
     }
@@ -670,7 +666,7 @@ impl<B: Backend> Qwen35<B> {
             &mut sc.row,
             &mut sc.conv,
         )?;
-        self.split_qkv(sc, n)?;
+        self.split_qkv(w, sc, n)?;
         batch::gated_delta_net_rows(
             be,
             rows,

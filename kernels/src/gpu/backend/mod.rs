@@ -5,8 +5,9 @@
 
 use super::runtime::{DevBuf, DevValue, GemmF16, LaunchConfig, Runtime};
 use crate::backend::{
-    check_len, kv_layout, shape_err, split_qkv_l2_by_parts, Activation, AttentionParams, Backend,
-    DeltaNetParams, KvType, Result, RopeParams, RopeStyle, WeightSource,
+    check_len, gated_qk_norm_rope_by_parts, kv_layout, shape_err, split_qkv_l2_by_parts,
+    Activation, AttentionParams, Backend, DeltaNetGates, DeltaNetParams, KvType, Result,
+    RopeParams, RopeStyle, WeightSource,
 };
 use crate::quant::{dequantize_row, GgmlType};
 use std::collections::HashMap;
@@ -540,6 +541,9 @@ const TILED_MIN_CHUNK: usize = 128;
 /// Threads of an `rms_norm` block for rows of `dim` values: about four values a thread, so a single row
 /// (the decode step) is spread over up to 1024 threads instead of one block's 256 walking it serially.
 /// A function of `dim` alone, never of the row count, so a batch rounds exactly like single rows.
+/// The longest head `qk_norm_rope` holds (`QK_MAX_HEAD_DIM` in kernels/gpu/norm.cu).
+const QK_MAX_HEAD_DIM: usize = 512;
+
 fn norm_threads(dim: usize) -> u32 {
     // Multiples of 64: whole warps on NVIDIA and on AMD's wave64 parts alike.
     (dim.div_ceil(4).next_multiple_of(64)).clamp(64, 1024) as u32
@@ -1243,6 +1247,7 @@ impl<R: Runtime> Backend for GpuBackend<R> {
         v_dim: usize,
         eps: f32,
         [q, k, v]: [&mut GpuTensor<R>; 3],
+        gates: Option<DeltaNetGates<'_, Self>>,
     ) -> Result<()> {
         let op = "split_qkv_l2";
         let kd = n_k_heads
@@ -1269,10 +1274,24 @@ impl<R: Runtime> Backend for GpuBackend<R> {
                 v_dim,
                 eps,
                 [q, k, v],
+                gates,
             );
         }
+        // The gates' block (the last) when given: (alpha, beta, dt_bias, a, gates per row).
+        let g = match gates {
+            Some(g) => {
+                let n = g.dt_bias.cols;
+                let dtp = self.dense(g.dt_bias, "delta_net_gates", n)?;
+                let ap = self.dense(g.a, "delta_net_gates", n)?;
+                check_len("delta_net_gates", "alpha", g.alpha.len, rows * n)?;
+                check_len("delta_net_gates", "beta", g.beta.len, rows * n)?;
+                let (alp, bp) = (self.ptr(&g.alpha.buf), self.ptr(&g.beta.buf));
+                (alp, bp, dtp, ap, u32_arg(op, n)?)
+            }
+            None => (0, 0, 0, 0, 0),
+        };
         // 256 threads: the block size of l2_norm, so the sums round the same.
-        let blocks = 2 * n_k_heads + v_dim.div_ceil(256);
+        let blocks = 2 * n_k_heads + v_dim.div_ceil(256) + usize::from(g.0 != 0);
         let cfg = LaunchConfig {
             grid_dim: (u32_arg(op, blocks)?, u32_arg(op, rows)?, 1),
             block_dim: (256, 1, 1),
@@ -1289,7 +1308,98 @@ impl<R: Runtime> Backend for GpuBackend<R> {
             self.ptr(&k.buf),
             self.ptr(&v.buf),
         );
-        launch!(self, op, cfg, &xp, &nh, &hk, &vd, &eps, &qp, &kp, &vp)
+        launch!(
+            self, op, cfg, &xp, &nh, &hk, &vd, &eps, &qp, &kp, &vp, &g.0, &g.1, &g.2, &g.3, &g.4
+        )
+    }
+
+    fn gated_qk_norm_rope(
+        &self,
+        qg: &GpuTensor<R>,
+        k: &GpuTensor<R>,
+        norms: [&GpuWeight<R>; 2],
+        n_kv_heads: usize,
+        eps: f32,
+        positions: &[u32],
+        rope: RopeParams,
+        [q_out, gate_out, k_out]: [&mut GpuTensor<R>; 3],
+    ) -> Result<()> {
+        let op = "gated_qk_norm_rope";
+        let (n, hd, nh) = (positions.len(), rope.head_dim, rope.n_heads);
+        if !self.fuse || hd > QK_MAX_HEAD_DIM || rope.n_rot > hd || !rope.n_rot.is_multiple_of(2) {
+            // (An odd or oversized rotation gets its error from `rope`.)
+            return gated_qk_norm_rope_by_parts(
+                self,
+                qg,
+                k,
+                norms,
+                n_kv_heads,
+                eps,
+                positions,
+                rope,
+                [q_out, gate_out, k_out],
+            );
+        }
+        check_len(op, "q and gate", qg.len, n * nh * 2 * hd)?;
+        check_len(op, "k", k.len, n * n_kv_heads * hd)?;
+        check_len(op, "q", q_out.len, n * nh * hd)?;
+        check_len(op, "gate", gate_out.len, n * nh * hd)?;
+        check_len(op, "k out", k_out.len, n * n_kv_heads * hd)?;
+        let (qnp, knp) = (self.dense(norms[0], op, hd)?, self.dense(norms[1], op, hd)?);
+        if n == 0 {
+            return Ok(());
+        }
+        // Consecutive positions (every prefill chunk and decode step) need no upload.
+        let contiguous = positions.windows(2).all(|w| w[1] == w[0].wrapping_add(1));
+        let ids = if contiguous {
+            None
+        } else {
+            Some(self.upload(positions)?)
+        };
+        let pp = ids.as_ref().map_or(0u64, |b| self.ptr(b));
+        let theta_scale = rope.theta_base.powf(-2.0 / rope.n_rot as f32);
+        let neox = i32::from(rope.style == RopeStyle::Neox);
+        let cfg = LaunchConfig {
+            grid_dim: (u32_arg(op, nh + n_kv_heads)?, u32_arg(op, n)?, 1),
+            block_dim: (norm_threads(hd), 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (nh32, nkv32, hd32, nr32) = (
+            u32_arg(op, nh)?,
+            u32_arg(op, n_kv_heads)?,
+            u32_arg(op, hd)?,
+            u32_arg(op, rope.n_rot)?,
+        );
+        let (qgp, kp) = (self.ptr(&qg.buf), self.ptr(&k.buf));
+        let (qp, gp, kop) = (
+            self.ptr(&q_out.buf),
+            self.ptr(&gate_out.buf),
+            self.ptr(&k_out.buf),
+        );
+        launch!(
+            self,
+            "qk_norm_rope",
+            cfg,
+            &qgp,
+            &kp,
+            &qnp,
+            &knp,
+            &nh32,
+            &nkv32,
+            &hd32,
+            &eps,
+            &pp,
+            &positions[0],
+            &nr32,
+            &theta_scale,
+            &rope.freq_scale,
+            &neox,
+            &qp,
+            &gp,
+            &kop
+        )?;
+        drop(ids);
+        Ok(())
     }
 
     fn l2_norm(&self, x: &mut GpuTensor<R>, rows: usize, dim: usize, eps: f32) -> Result<()> {
