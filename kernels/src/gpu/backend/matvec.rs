@@ -34,8 +34,9 @@ pub(super) enum Matvec {
     /// output values (`mmvp_*`) for passes of at least `pairs_from` activation rows.
     Warp { pairs_from: usize },
     /// `auto`: `Warp`, except for products with few outputs (the recurrent layers' 48-row
-    /// gates, the 1024-row key/value projections), where a warp per row leaves most SMs idle and a
-    /// block per row spreads the same work over four times as many warps. (8 or 16 lanes per row,
+    /// gates, the 1024-row key/value projections) or with long rows and too few outputs to fill the
+    /// GPU with warps, where a block per row spreads the same work over four times as many warps
+    /// (see [`Matvec::for_shape`]). (8 or 16 lanes per row,
     /// fewer and longer-lived warps, measured 10-20% slower on an H100: bench/README.md.)
     Auto { pairs_from: usize },
     /// `mma` (default): single Q4_K products on the tensor cores (`mmq_q4_k_*`, NVIDIA sm_80+) for
@@ -74,12 +75,19 @@ impl Matvec {
         }
     }
 
-    /// The variant for a product with `n_out` outputs on a GPU of `sm_count` SMs. It depends on the
-    /// weight's shape alone, so a verify batch sums every output in the same order as a decode step
-    /// (a warp's second row is summed exactly as a warp of its own would).
-    fn for_outputs(self, n_out: usize, sm_count: usize) -> Matvec {
+    /// The variant for a product with `n_out` outputs of `n_units` units each on a GPU of `sm_count`
+    /// SMs. It depends on the weight's shape alone, so a verify batch sums every output in the same
+    /// order as a decode step (a warp's second row is summed exactly as a warp of its own would).
+    /// A block per row where a warp per row would leave SMs idle: products with few outputs, and
+    /// those whose warps would not fill the GPU once (64 an SM) while each streams a long row (at least
+    /// 4 units a thread of a block): the 27B's Q6_K FFN down projection (5,120 × 17,408) reads at 2.33
+    /// TB/s that way against 1.65 with 5,120 warps (H100, bench/README.md, session 9).
+    fn for_shape(self, n_out: usize, n_units: usize, sm_count: usize) -> Matvec {
+        let few_outputs = n_out < 16 * sm_count;
+        let long_rows_under_a_wave =
+            n_out < MAX_WARPS_PER_SM * sm_count && n_units >= 4 * MMV_THREADS as usize;
         match self {
-            Matvec::Auto { .. } | Matvec::Mma { .. } if n_out < 16 * sm_count => {
+            Matvec::Auto { .. } | Matvec::Mma { .. } if few_outputs || long_rows_under_a_wave => {
                 Matvec::BlockPerRow
             }
             Matvec::Auto { pairs_from } | Matvec::Mma { pairs_from, .. } => {
@@ -91,7 +99,7 @@ impl Matvec {
 
     /// The tensor-core Q4_K kernel family and its warps per 16-row block for a product of `n_out`
     /// outputs: 8 warps where the 16-row blocks alone would put fewer than 16 warps on an SM (the
-    /// 5,120-output products with 17,408-value rows), else 4. By shape alone, like `for_outputs`.
+    /// 5,120-output products with 17,408-value rows), else 4. By shape alone, like `for_shape`.
     fn mmq_warps(self, n_out: usize, sm_count: usize) -> (&'static str, u32) {
         let warps = match self {
             Matvec::Mma { warps: Some(w), .. } => w,
@@ -101,6 +109,9 @@ impl Matvec {
         (if warps == 8 { "mmq8_q4_k" } else { "mmq_q4_k" }, warps)
     }
 }
+
+/// Resident warps an SM holds at most (NVIDIA since Volta: 2,048 threads).
+const MAX_WARPS_PER_SM: usize = 64;
 
 /// The largest output a producer quantizes for the next product (values): a decode step's or a verify or
 /// batched pass's activations (17 rows of the 27B's 17,408-wide FFN), not a prefill chunk's.
@@ -217,7 +228,7 @@ impl<R: Runtime> GpuBackend<R> {
             return Ok(());
         }
         let n_units = u32_arg("matmul", k / per_unit)?;
-        let variant = self.matvec.for_outputs(n_out, self.sm_count);
+        let variant = self.matvec.for_shape(n_out, k / per_unit, self.sm_count);
         for r0 in (0..rows).step_by(MAX_ROWS_PER_PASS) {
             let nr = (rows - r0).min(MAX_ROWS_PER_PASS);
             let (name, cfg) = match variant {
