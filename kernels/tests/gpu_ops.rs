@@ -999,7 +999,6 @@ fn split_qkv_l2_matches_cpu() {
     let (rows, heads, hk, vd, nv) = (3, 4, 128, 1024, 8);
     let cd = 2 * heads * hk + vd;
     let x = values(70, rows * cd, 2.0);
-    let (xc, xg) = (put(&c, &x), put(g, &x));
     let (alpha, beta) = (values(71, rows * nv, 3.0), values(72, rows * nv, 3.0));
     let dt_bias = values(73, nv, 1.0);
     let a: Vec<f32> = values(74, nv, 1.0)
@@ -1007,61 +1006,76 @@ fn split_qkv_l2_matches_cpu() {
         .map(|v| -(v.abs() * 8.0 + 1.0))
         .collect();
     let kd = rows * heads * hk;
+    let sizes = [kd, kd, rows * vd, rows * nv, rows * nv];
     for with_gates in [false, true] {
-        let mut tc: Vec<_> = [kd, kd, rows * vd]
-            .iter()
-            .map(|&n| c.tensor(n).unwrap())
-            .collect();
-        let mut tg: Vec<_> = [kd, kd, rows * vd]
-            .iter()
-            .map(|&n| g.tensor(n).unwrap())
-            .collect();
-        let (mut alc, mut bc, mut alg, mut bg) = (
-            put(&c, &alpha),
-            put(&c, &beta),
-            put(g, &alpha),
-            put(g, &beta),
+        let want = split_on(
+            &c,
+            &x,
+            (rows, heads, hk, vd),
+            [&alpha, &beta, &dt_bias, &a],
+            with_gates,
         );
-        let (dtc, ac) = (vector(&c, "dt_bias", &dt_bias), vector(&c, "a", &a));
-        let (dtg, ag) = (vector(g, "dt_bias", &dt_bias), vector(g, "a", &a));
-        let [q, k, v] = &mut tc[..] else {
-            unreachable!()
-        };
-        let gates = with_gates.then_some(DeltaNetGates {
-            alpha: &mut alc,
-            beta: &mut bc,
-            dt_bias: &dtc,
-            a: &ac,
-        });
-        c.split_qkv_l2(&xc, rows, heads, hk, vd, 1e-6, [q, k, v], gates)
-            .unwrap();
-        let [q, k, v] = &mut tg[..] else {
-            unreachable!()
-        };
-        let gates = with_gates.then_some(DeltaNetGates {
-            alpha: &mut alg,
-            beta: &mut bg,
-            dt_bias: &dtg,
-            a: &ag,
-        });
-        g.split_qkv_l2(&xg, rows, heads, hk, vd, 1e-6, [q, k, v], gates)
-            .unwrap();
-        for (i, name) in ["q", "k", "v"].iter().enumerate() {
-            let n = [kd, kd, rows * vd][i];
+        let got = split_on(
+            g,
+            &x,
+            (rows, heads, hk, vd),
+            [&alpha, &beta, &dt_bias, &a],
+            with_gates,
+        );
+        for (i, name) in ["q", "k", "v", "alpha", "beta"].iter().enumerate() {
+            assert_eq!(got[i].len(), sizes[i]);
             assert_close(
                 &format!("split_qkv_l2 {name} (gates: {with_gates})"),
-                &get(g, &tg[i], n),
-                &get(&c, &tc[i], n),
+                &got[i],
+                &want[i],
                 1e-6,
             );
         }
-        let (ga, gb) = (get(g, &alg, rows * nv), get(g, &bg, rows * nv));
-        assert_close("split_qkv_l2 alpha", &ga, &get(&c, &alc, rows * nv), 1e-6);
-        assert_close("split_qkv_l2 beta", &gb, &get(&c, &bc, rows * nv), 1e-6);
         // Without gates the raw projections stay as they were.
-        assert_eq!(ga == alpha, !with_gates, "alpha changed: {}", ga != alpha);
-        assert_eq!(gb == beta, !with_gates, "beta changed: {}", gb != beta);
+        assert_eq!(
+            got[3] == alpha,
+            !with_gates,
+            "alpha changed: {}",
+            got[3] != alpha
+        );
+        assert_eq!(
+            got[4] == beta,
+            !with_gates,
+            "beta changed: {}",
+            got[4] != beta
+        );
     }
+}
+
+/// [`Backend::split_qkv_l2`] on `b` of `x` (rows, heads, head_k, v_dim), with the gates from
+/// [alpha, beta, dt_bias, a] when `with_gates`: its q, k, v, alpha and beta afterwards.
+fn split_on<B: Backend>(
+    b: &B,
+    x: &[f32],
+    (rows, heads, hk, vd): (usize, usize, usize, usize),
+    [alpha, beta, dt_bias, a]: [&[f32]; 4],
+    with_gates: bool,
+) -> Vec<Vec<f32>> {
+    let kd = rows * heads * hk;
+    let sizes = [kd, kd, rows * vd];
+    let mut t: Vec<_> = sizes.iter().map(|&n| b.tensor(n).unwrap()).collect();
+    let (mut al, mut be) = (put(b, alpha), put(b, beta));
+    let (dt, av) = (vector(b, "dt_bias", dt_bias), vector(b, "a", a));
+    let [q, k, v] = &mut t[..] else {
+        unreachable!()
+    };
+    let gates = with_gates.then_some(DeltaNetGates {
+        alpha: &mut al,
+        beta: &mut be,
+        dt_bias: &dt,
+        a: &av,
+    });
+    b.split_qkv_l2(&put(b, x), rows, heads, hk, vd, 1e-6, [q, k, v], gates)
+        .unwrap();
+    let mut out: Vec<_> = t.iter().zip(sizes).map(|(t, n)| get(b, t, n)).collect();
+    out.push(get(b, &al, alpha.len()));
+    out.push(get(b, &be, beta.len()));
+    out
 }
 
 /// [`Backend::gated_qk_norm_rope`] on `b`: its q, gate and k outputs.

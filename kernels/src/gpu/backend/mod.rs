@@ -281,6 +281,23 @@ impl<R: Runtime> GpuBackend<R> {
         DevBuf::upload(&self.rt, data)
     }
 
+    /// The RoPE kernels' position and angle arguments for `positions` (one per row).
+    fn rope_args(&self, positions: &[u32], p: &RopeParams) -> Result<RopeArgs<R>> {
+        // Consecutive positions (every prefill chunk and decode step) need no upload.
+        let contiguous = positions.windows(2).all(|w| w[1] == w[0].wrapping_add(1));
+        let ids = if contiguous {
+            None
+        } else {
+            Some(self.upload(positions)?)
+        };
+        Ok(RopeArgs {
+            positions: ids.as_ref().map_or(0u64, |b| self.ptr(b)),
+            _upload: ids,
+            theta_scale: p.theta_base.powf(-2.0 / p.n_rot as f32),
+            neox: i32::from(p.style == RopeStyle::Neox),
+        })
+    }
+
     /// A scratch buffer of at least `n` elements (grown by doubling).
     fn ensure<T: DevValue>(&self, slot: &mut Option<DevBuf<R, T>>, n: usize) -> Result<u64> {
         if slot.as_ref().is_none_or(|s| s.len() < n) {
@@ -541,6 +558,17 @@ const TILED_MIN_CHUNK: usize = 128;
 /// Threads of an `rms_norm` block for rows of `dim` values: about four values a thread, so a single row
 /// (the decode step) is spread over up to 1024 threads instead of one block's 256 walking it serially.
 /// A function of `dim` alone, never of the row count, so a batch rounds exactly like single rows.
+/// What [`GpuBackend::rope_args`] gives the RoPE kernels.
+struct RopeArgs<R: Runtime> {
+    /// The positions' device copy when they are not consecutive (held only to stay alive until the
+    /// launch is enqueued), and its address (0: consecutive from the first position).
+    _upload: Option<DevBuf<R, u32>>,
+    positions: u64,
+    /// The angle's factor from one rotated pair to the next.
+    theta_scale: f32,
+    neox: i32,
+}
+
 /// The longest head `qk_norm_rope` holds (`QK_MAX_HEAD_DIM` in kernels/gpu/norm.cu).
 const QK_MAX_HEAD_DIM: usize = 512;
 
@@ -917,16 +945,7 @@ impl<R: Runtime> Backend for GpuBackend<R> {
         if positions.is_empty() || p.n_rot == 0 {
             return Ok(());
         }
-        // Consecutive positions (every prefill chunk and decode step) need no upload.
-        let contiguous = positions.windows(2).all(|w| w[1] == w[0].wrapping_add(1));
-        let ids = if contiguous {
-            None
-        } else {
-            Some(self.upload(positions)?)
-        };
-        let pp = ids.as_ref().map_or(0u64, |b| self.ptr(b));
-        let theta_scale = p.theta_base.powf(-2.0 / p.n_rot as f32);
-        let neox = i32::from(p.style == RopeStyle::Neox);
+        let ra = self.rope_args(positions, &p)?;
         let (xp, pos0, rows, nh, hd, nr) = (
             self.ptr(&x.buf),
             positions[0],
@@ -941,17 +960,17 @@ impl<R: Runtime> Backend for GpuBackend<R> {
             "rope",
             grid(n, 256),
             &xp,
-            &pp,
+            &ra.positions,
             &pos0,
             &rows,
             &nh,
             &hd,
             &nr,
-            &theta_scale,
+            &ra.theta_scale,
             &p.freq_scale,
-            &neox
+            &ra.neox
         )?;
-        drop(ids);
+        drop(ra);
         Ok(())
     }
 
@@ -1349,16 +1368,7 @@ impl<R: Runtime> Backend for GpuBackend<R> {
         if n == 0 {
             return Ok(());
         }
-        // Consecutive positions (every prefill chunk and decode step) need no upload.
-        let contiguous = positions.windows(2).all(|w| w[1] == w[0].wrapping_add(1));
-        let ids = if contiguous {
-            None
-        } else {
-            Some(self.upload(positions)?)
-        };
-        let pp = ids.as_ref().map_or(0u64, |b| self.ptr(b));
-        let theta_scale = rope.theta_base.powf(-2.0 / rope.n_rot as f32);
-        let neox = i32::from(rope.style == RopeStyle::Neox);
+        let ra = self.rope_args(positions, &rope)?;
         let cfg = LaunchConfig {
             grid_dim: (u32_arg(op, nh + n_kv_heads)?, u32_arg(op, n)?, 1),
             block_dim: (norm_threads(hd), 1, 1),
@@ -1388,17 +1398,17 @@ impl<R: Runtime> Backend for GpuBackend<R> {
             &nkv32,
             &hd32,
             &eps,
-            &pp,
+            &ra.positions,
             &positions[0],
             &nr32,
-            &theta_scale,
+            &ra.theta_scale,
             &rope.freq_scale,
-            &neox,
+            &ra.neox,
             &qp,
             &gp,
             &kop
         )?;
-        drop(ids);
+        drop(ra);
         Ok(())
     }
 
