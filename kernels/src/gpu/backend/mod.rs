@@ -298,6 +298,30 @@ impl<R: Runtime> GpuBackend<R> {
         })
     }
 
+    /// The delta rule's gate arguments for `rows` rows, checked: alpha and beta hold rows × n values,
+    /// n the length of the dense `dt_bias` and `a`.
+    fn gate_args(
+        &self,
+        alpha: &GpuTensor<R>,
+        beta: &GpuTensor<R>,
+        dt_bias: &GpuWeight<R>,
+        a: &GpuWeight<R>,
+        rows: usize,
+    ) -> Result<GateArgs> {
+        let op = "delta_net_gates";
+        let n = dt_bias.cols;
+        let (dtp, ap) = (self.dense(dt_bias, op, n)?, self.dense(a, op, n)?);
+        check_len(op, "alpha", alpha.len, rows * n)?;
+        check_len(op, "beta", beta.len, rows * n)?;
+        Ok(GateArgs {
+            alpha: self.ptr(&alpha.buf),
+            beta: self.ptr(&beta.buf),
+            dt_bias: dtp,
+            a: ap,
+            n: u32_arg(op, n)?,
+        })
+    }
+
     /// A scratch buffer of at least `n` elements (grown by doubling).
     fn ensure<T: DevValue>(&self, slot: &mut Option<DevBuf<R, T>>, n: usize) -> Result<u64> {
         if slot.as_ref().is_none_or(|s| s.len() < n) {
@@ -555,9 +579,6 @@ fn attention_chunk(n_ctx: usize) -> usize {
 /// The fewest keys of an `attn_tile_*` split (`ATQ_MIN_CHUNK`: a tile of 32 keys for each of 4 warps).
 const TILED_MIN_CHUNK: usize = 128;
 
-/// Threads of an `rms_norm` block for rows of `dim` values: about four values a thread, so a single row
-/// (the decode step) is spread over up to 1024 threads instead of one block's 256 walking it serially.
-/// A function of `dim` alone, never of the row count, so a batch rounds exactly like single rows.
 /// What [`GpuBackend::rope_args`] gives the RoPE kernels.
 struct RopeArgs<R: Runtime> {
     /// The positions' device copy when they are not consecutive (held only to stay alive until the
@@ -569,9 +590,23 @@ struct RopeArgs<R: Runtime> {
     neox: i32,
 }
 
+/// The delta rule's gate arguments ([`GpuBackend::gate_args`]); all zero: no gates.
+#[derive(Default)]
+struct GateArgs {
+    alpha: u64,
+    beta: u64,
+    dt_bias: u64,
+    a: u64,
+    /// Gates a row (one per V-head).
+    n: u32,
+}
+
 /// The longest head `qk_norm_rope` holds (`QK_MAX_HEAD_DIM` in kernels/gpu/norm.cu).
 const QK_MAX_HEAD_DIM: usize = 512;
 
+/// Threads of an `rms_norm` block for rows of `dim` values: about four values a thread, so a single row
+/// (the decode step) is spread over up to 1024 threads instead of one block's 256 walking it serially.
+/// A function of `dim` alone, never of the row count, so a batch rounds exactly like single rows.
 fn norm_threads(dim: usize) -> u32 {
     // Multiples of 64: whole warps on NVIDIA and on AMD's wave64 parts alike.
     (dim.div_ceil(4).next_multiple_of(64)).clamp(64, 1024) as u32
@@ -1296,21 +1331,13 @@ impl<R: Runtime> Backend for GpuBackend<R> {
                 gates,
             );
         }
-        // The gates' block (the last) when given: (alpha, beta, dt_bias, a, gates per row).
+        // The gates' block (the last) when given.
         let g = match gates {
-            Some(g) => {
-                let n = g.dt_bias.cols;
-                let dtp = self.dense(g.dt_bias, "delta_net_gates", n)?;
-                let ap = self.dense(g.a, "delta_net_gates", n)?;
-                check_len("delta_net_gates", "alpha", g.alpha.len, rows * n)?;
-                check_len("delta_net_gates", "beta", g.beta.len, rows * n)?;
-                let (alp, bp) = (self.ptr(&g.alpha.buf), self.ptr(&g.beta.buf));
-                (alp, bp, dtp, ap, u32_arg(op, n)?)
-            }
-            None => (0, 0, 0, 0, 0),
+            Some(g) => self.gate_args(g.alpha, g.beta, g.dt_bias, g.a, rows)?,
+            None => GateArgs::default(),
         };
         // 256 threads: the block size of l2_norm, so the sums round the same.
-        let blocks = 2 * n_k_heads + v_dim.div_ceil(256) + usize::from(g.0 != 0);
+        let blocks = 2 * n_k_heads + v_dim.div_ceil(256) + usize::from(g.alpha != 0);
         let cfg = LaunchConfig {
             grid_dim: (u32_arg(op, blocks)?, u32_arg(op, rows)?, 1),
             block_dim: (256, 1, 1),
@@ -1328,7 +1355,8 @@ impl<R: Runtime> Backend for GpuBackend<R> {
             self.ptr(&v.buf),
         );
         launch!(
-            self, op, cfg, &xp, &nh, &hk, &vd, &eps, &qp, &kp, &vp, &g.0, &g.1, &g.2, &g.3, &g.4
+            self, op, cfg, &xp, &nh, &hk, &vd, &eps, &qp, &kp, &vp, &g.alpha, &g.beta, &g.dt_bias,
+            &g.a, &g.n
         )
     }
 
@@ -1457,27 +1485,21 @@ impl<R: Runtime> Backend for GpuBackend<R> {
         a: &GpuWeight<R>,
         rows: usize,
     ) -> Result<()> {
-        let op = "delta_net_gates";
-        let n = dt_bias.cols;
-        let dtp = self.dense(dt_bias, op, n)?;
-        let ap = self.dense(a, op, n)?;
-        check_len(op, "alpha", alpha.len, rows * n)?;
-        check_len(op, "beta", beta.len, rows * n)?;
-        if rows == 0 || n == 0 {
+        let g = self.gate_args(alpha, beta, dt_bias, a, rows)?;
+        if rows == 0 || g.n == 0 {
             return Ok(());
         }
-        let (alp, bp) = (self.ptr(&alpha.buf), self.ptr(&beta.buf));
-        let (r, n32) = (u32_arg(op, rows)?, u32_arg(op, n)?);
+        let r = u32_arg("delta_net_gates", rows)?;
         launch!(
             self,
             "delta_net_gates",
-            grid(rows * n, 256),
-            &alp,
-            &bp,
-            &dtp,
-            &ap,
+            grid(rows * g.n as usize, 256),
+            &g.alpha,
+            &g.beta,
+            &g.dt_bias,
+            &g.a,
             &r,
-            &n32
+            &g.n
         )
     }
 
