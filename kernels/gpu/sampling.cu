@@ -6,53 +6,6 @@
 
 #define SAMPLE_THREADS 1024
 #define SAMPLE_WARPS (SAMPLE_THREADS / WARP_SIZE)
-#define NO_INDEX 0xFFFFFFFFu
-
-__device__ __forceinline__ bool before(float v, u32 i, float bv, u32 bi) {
-    return v > bv || (v == bv && i < bi) || (bv != bv && v == v) || (bi == NO_INDEX && v == v);
-}
-
-// One block per row: every thread keeps its best (value, index), then the warps and the block reduce.
-// A row of NaNs gives index 0, as the CPU reference does.
-KILN_KERNEL void argmax_rows(const float* x, u32 n, u32* out) {
-    grid_dependency_entry();
-    __shared__ float sv[SAMPLE_WARPS];
-    __shared__ u32 si[SAMPLE_WARPS];
-    const float* row = x + (u64)blockIdx.x * n;
-    float bv = 0.0f;
-    u32 bi = NO_INDEX;
-    for (u32 i = threadIdx.x; i < n; i += blockDim.x) {
-        const float v = row[i];
-        if (before(v, i, bv, bi)) {
-            bv = v;
-            bi = i;
-        }
-    }
-#pragma unroll
-    for (int m = WARP_SIZE / 2; m > 0; m >>= 1) {
-        const float ov = shfl_xor(bv, m);
-        const u32 oi = (u32)shfl_xor_int((int)bi, m);
-        if (oi != NO_INDEX && before(ov, oi, bv, bi)) {
-            bv = ov;
-            bi = oi;
-        }
-    }
-    const u32 warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
-    if (lane == 0) {
-        sv[warp] = bv;
-        si[warp] = bi;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        for (u32 w = 1; w < blockDim.x / WARP_SIZE; w++) {
-            if (si[w] != NO_INDEX && before(sv[w], si[w], bv, bi)) {
-                bv = sv[w];
-                bi = si[w];
-            }
-        }
-        out[blockIdx.x] = bi == NO_INDEX ? 0 : bi;
-    }
-}
 
 // An unsigned key in the order above: larger floats give larger keys, -0 and +0 the same one (they are
 // equal values); NaN gives 0 (last).
@@ -60,6 +13,62 @@ __device__ __forceinline__ u32 order_key(float v) {
     if (v != v) return 0;
     const u32 b = v == 0.0f ? 0u : __float_as_uint(v);
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// A value and its index as one 64-bit key whose unsigned order is the order above: order_key on top, the
+// index complemented below (of equal values the lower index wins). A row of NaNs gives index 0.
+__device__ __forceinline__ u64 argmax_key(float v, u32 i) { return ((u64)order_key(v) << 32) | (u64)(~i); }
+
+__device__ __forceinline__ u64 max_u64(u64 a, u64 b) { return a > b ? a : b; }
+
+__device__ __forceinline__ u64 block_max_key(u64 best) {
+    __shared__ u64 part[SAMPLE_WARPS];
+#pragma unroll
+    for (int m = WARP_SIZE / 2; m > 0; m >>= 1) {
+        const u32 lo = (u32)shfl_xor_int((int)(u32)best, m), hi = (u32)shfl_xor_int((int)(u32)(best >> 32), m);
+        best = max_u64(best, ((u64)hi << 32) | lo);
+    }
+    const u32 warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
+    if (lane == 0) part[warp] = best;
+    __syncthreads();
+    for (u32 w = 0; w < blockDim.x / WARP_SIZE; w++) best = max_u64(best, part[w]);
+    return best;
+}
+
+// A row's argmax in two launches, so a 248K-value row of logits is read by many SMs rather than one
+// block (which took ~110 µs, each warp waiting out one load at a time): argmax_split's blocks each take
+// `chunk` values of a row (grid: splits × rows), four loads in flight a thread, and leave their best key;
+// argmax_rows takes the best of a row's `splits` keys. Keys compare by value then index, so the result
+// does not depend on how the row was split.
+#define ARGMAX_UNROLL 4
+KILN_KERNEL void argmax_split(const float* x, u32 n, u32 chunk, u64* part) {
+    grid_dependency_entry();
+    const float* row = x + (u64)blockIdx.y * n;
+    const u32 lo = blockIdx.x * chunk, hi = min(n, lo + chunk);
+    u64 best = 0;
+    for (u32 i = lo + threadIdx.x; i < hi; i += ARGMAX_UNROLL * blockDim.x) {
+        float v[ARGMAX_UNROLL];
+#pragma unroll
+        for (int j = 0; j < ARGMAX_UNROLL; j++) {
+            const u32 at = i + j * blockDim.x;
+            v[j] = at < hi ? row[at] : 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < ARGMAX_UNROLL; j++) {
+            const u32 at = i + j * blockDim.x;
+            if (at < hi) best = max_u64(best, argmax_key(v[j], at));
+        }
+    }
+    best = block_max_key(best);
+    if (threadIdx.x == 0) part[(u64)blockIdx.y * gridDim.x + blockIdx.x] = best;
+}
+
+KILN_KERNEL void argmax_rows(const u64* part, u32 splits, u32* out) {
+    grid_dependency_entry();
+    u64 best = 0;
+    for (u32 s = threadIdx.x; s < splits; s += blockDim.x) best = max_u64(best, part[(u64)blockIdx.x * splits + s]);
+    best = block_max_key(best);
+    if (threadIdx.x == 0) out[blockIdx.x] = ~(u32)best;
 }
 
 // One block per row, k ≤ n: a radix select finds the key of the k-th largest value in four passes of 8

@@ -32,6 +32,7 @@ fn every_kernel_compiles_with_hiprtc() {
         let mut entries = vec![
             "mmvw_q4_k_1",
             "attn_split_q4_0_256",
+            "argmax_split",
             "argmax_rows",
             "top_k_rows",
         ];

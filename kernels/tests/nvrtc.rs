@@ -25,6 +25,7 @@ fn every_kernel_compiles_with_nvrtc() {
         for entry in [
             "mmvw_q4_k_1",
             "attn_tile_q4_0_256",
+            "argmax_split",
             "argmax_rows",
             "top_k_rows",
             "mmq_q4_k_4",

@@ -107,6 +107,7 @@ impl DevValue for f32 {}
 impl DevValue for u8 {}
 impl DevValue for u16 {}
 impl DevValue for u32 {}
+impl DevValue for u64 {}
 
 /// `len` values of `T` in device memory.
 pub struct DevBuf<R: Runtime, T: DevValue> {

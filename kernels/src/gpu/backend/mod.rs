@@ -68,6 +68,8 @@ struct Scratch<R: Runtime> {
     /// The sampling kernels' results (ids, and top-k's values), read back by the same call.
     sample_ids: Option<DevBuf<R, u32>>,
     sample_vals: Option<DevBuf<R, f32>>,
+    /// `argmax_split`'s best (value, index) key of each block of each row.
+    argmax_keys: Option<DevBuf<R, u64>>,
 }
 
 pub struct GpuBackend<R: Runtime> {
@@ -152,6 +154,7 @@ impl<R: Runtime> Default for Scratch<R> {
             act_of: None,
             sample_ids: None,
             sample_vals: None,
+            argmax_keys: None,
         }
     }
 }

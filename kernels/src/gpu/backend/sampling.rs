@@ -5,8 +5,12 @@ use super::{u32_arg, GpuBackend, GpuTensor};
 use crate::backend::{argmax, check_len, read_rows, shape_err, top_k, Backend, Result};
 use crate::gpu::runtime::{dev_err, DevBuf, DevValue, LaunchConfig, Runtime};
 
-/// Threads of a sampling block (`SAMPLE_THREADS` in sampling.cu): one block per row.
+/// Threads of a `top_k_rows` block (`SAMPLE_THREADS` in sampling.cu): one block per row.
 const SAMPLE_THREADS: u32 = 1024;
+/// Threads of an `argmax_split` block and the values of a row each block takes: four loads in flight a
+/// thread for four rounds, so a 248K-value row of logits spreads over ~60 SMs.
+const ARGMAX_THREADS: u32 = 256;
+const ARGMAX_CHUNK: usize = 16 * ARGMAX_THREADS as usize;
 /// The largest k `top_k_rows` takes on the device (a sampler's top-k is tens); beyond, the row is read.
 const TOP_K_MAX: usize = 4096;
 
@@ -29,10 +33,27 @@ impl<R: Runtime> GpuBackend<R> {
             let values = read_rows(self, op, x, rows, n)?;
             return Ok(values.chunks_exact(n).map(argmax).collect());
         }
+        let splits = n.div_ceil(ARGMAX_CHUNK);
         let mut s = self.lock_scratch();
         let ip = self.ensure(&mut s.sample_ids, rows)?;
-        let (xp, n32) = (self.ptr(&x.buf), u32_arg(op, n)?);
-        launch!(self, op, row_blocks(op, rows)?, &xp, &n32, &ip)?;
+        let kp = self.ensure(&mut s.argmax_keys, rows * splits)?;
+        let (xp, n32, chunk32, splits32) = (
+            self.ptr(&x.buf),
+            u32_arg(op, n)?,
+            ARGMAX_CHUNK as u32,
+            u32_arg(op, splits)?,
+        );
+        let split = LaunchConfig {
+            grid_dim: (splits32, u32_arg(op, rows)?, 1),
+            block_dim: (ARGMAX_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(self, "argmax_split", split, &xp, &n32, &chunk32, &kp)?;
+        let last = LaunchConfig {
+            block_dim: (ARGMAX_THREADS, 1, 1),
+            ..row_blocks(op, rows)?
+        };
+        launch!(self, op, last, &kp, &splits32, &ip)?;
         let mut out = vec![0u32; rows];
         read_back(self, op, s.sample_ids.as_ref(), &mut out)?;
         self.synchronize()?;
