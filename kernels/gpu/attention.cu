@@ -459,7 +459,15 @@ KILN_KERNEL void kv_store(int kt, const float* x, u32 rows, u32 width, u8* cache
     const u32 per_row = width / 32;
     if (t >= (u64)rows * per_row) return;
     const u32 r = (u32)(t / per_row), b = (u32)(t % per_row);
-    const float* src = x + (u64)r * width + b * 32;
+    // The 32 values in registers before anything is stored: a store to the cache could alias any later
+    // load of x, so loads after it would each wait out their own round trip.
+    float src[32];
+    const float4* from = (const float4*)(x + (u64)r * width + b * 32);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const float4 f = from[i];
+        src[4 * i] = f.x, src[4 * i + 1] = f.y, src[4 * i + 2] = f.z, src[4 * i + 3] = f.w;
+    }
     u8* row = cache + (u64)(start + r) * row_bytes;
     if (kt == T_F32) {
         for (int i = 0; i < 32; i++) ((float*)row)[b * 32 + i] = src[i];

@@ -34,16 +34,23 @@ __device__ __forceinline__ void rms_norm_row(float* x, const float* y, const flo
     float* orow = out + (u64)blockIdx.x * dim;
     float s = 0.0f;
     if (dim <= blockDim.x * NORM_VALUES_PER_THREAD) {
-        float v[NORM_VALUES_PER_THREAD], w[NORM_VALUES_PER_THREAD];
+        // Every load before the first store: a store to x could alias any later load (nothing tells the
+        // compiler otherwise), so loads after it would each wait out their own round trip.
+        float v[NORM_VALUES_PER_THREAD], r[NORM_VALUES_PER_THREAD], w[NORM_VALUES_PER_THREAD];
 #pragma unroll
         for (int j = 0; j < NORM_VALUES_PER_THREAD; j++) {
             const u32 i = threadIdx.x + j * blockDim.x;
             v[j] = i < dim ? xr[i] : 0.0f;
+            r[j] = yr && i < dim ? yr[i] : 0.0f;
+            w[j] = i < dim && weight ? weight[i] : 1.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < NORM_VALUES_PER_THREAD; j++) {
+            const u32 i = threadIdx.x + j * blockDim.x;
             if (yr && i < dim) {
-                v[j] += yr[i];
+                v[j] += r[j];
                 xr[i] = v[j];
             }
-            w[j] = i < dim && weight ? weight[i] : 1.0f;
             s += v[j] * v[j];
         }
         s = block_sum(s, scratch);

@@ -1066,6 +1066,13 @@ impl<R: Runtime> Backend for GpuBackend<R> {
         if kv.width != p.n_kv_heads * d {
             return Err(shape_err(op, "cache shape differs from the parameters"));
         }
+        if !kv.width.is_multiple_of(32) {
+            // kv_store writes whole groups of 32 values a thread.
+            return Err(shape_err(
+                op,
+                format!("{} values per position (a multiple of 32 needed)", kv.width),
+            ));
+        }
         if start + rows > kv.n_ctx {
             return Err(shape_err(
                 op,
