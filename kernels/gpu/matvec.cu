@@ -232,29 +232,15 @@ __device__ __forceinline__ void mmq_q4_k(const u8* w, u32 row_bytes, u32 n_out, 
     const float2* yd1 = yd + (u64)(c1 < NR ? c1 : 0) * (k / 32);
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // (row g, c0), (row g, c1), (row g+8, c0), (row g+8, c1)
     const u32 n_blocks = k / 256;
-    // A super-block of the two rows: each one's 16-byte head, and 8 bytes of each 32-byte chunk kk (low
-    // nibbles are sub-block 2kk, high ones 2kk + 1).
-    uint4 h0, h1;
-    uint2 q0[4], q1[4];
-#define MMQ_LOAD(blk)                                                            \
-    do {                                                                         \
-        h0 = *(const uint4*)(r0 + (blk) * 144);                                  \
-        h1 = *(const uint4*)(r1 + (blk) * 144);                                  \
-        _Pragma("unroll") for (int kk = 0; kk < 4; kk++) {                      \
-            q0[kk] = *(const uint2*)(r0 + (blk) * 144 + 16 + 32 * kk + 8 * t);   \
-            q1[kk] = *(const uint2*)(r1 + (blk) * 144 + 16 + 32 * kk + 8 * t);   \
-        }                                                                        \
-    } while (0)
-    // The weights never change, so a decode step (NR = 1) loads its first super-block before waiting for
-    // the kernel ahead, which produces the activations: the warp's first round trip to HBM overlaps that
-    // kernel (the 5,120-output products 15-21% faster on an H100). The verify batch's kernels load in
-    // the loop as before: peeled, or with the loads in helper functions, they took other registers and
-    // their 4-row products ran 10-15% slower. Either way the arithmetic and its order are the same, so a
-    // verify row still equals a decode step bit for bit.
-    if (NR == 1 && warp < n_blocks) MMQ_LOAD(warp);
-    grid_dependency_entry();
     for (u32 blk = warp; blk < n_blocks; blk += WARPS) {
-        if (NR > 1 || blk != warp) MMQ_LOAD(blk);
+        const uint4 h0 = *(const uint4*)(r0 + blk * 144), h1 = *(const uint4*)(r1 + blk * 144);
+        uint2 q0[4], q1[4];
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            // 8 bytes of the 32-byte chunk kk: low nibbles are sub-block 2kk, high ones 2kk + 1.
+            q0[kk] = *(const uint2*)(r0 + blk * 144 + 16 + 32 * kk + 8 * t);
+            q1[kk] = *(const uint2*)(r1 + blk * 144 + 16 + 32 * kk + 8 * t);
+        }
         const Q4kScales s0 = q4k_scales(h0), s1 = q4k_scales(h1);
         // Per (row, column): Σ yscale · (sc · c) and Σ ysum · m over the super-block's sub-blocks.
         float sa[4] = {0.0f, 0.0f, 0.0f, 0.0f}, sm[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -296,7 +282,6 @@ __device__ __forceinline__ void mmq_q4_k(const u8* w, u32 row_bytes, u32 n_out, 
         acc[2] += s1.d * sa[2] - s1.dmin * sm[2];
         acc[3] += s1.d * sa[3] - s1.dmin * sm[3];
     }
-#undef MMQ_LOAD
     // The warps' partial sums, added in warp order.
     __shared__ float part[WARPS][16][8];
     part[warp][g][c0] = acc[0];
@@ -314,20 +299,18 @@ __device__ __forceinline__ void mmq_q4_k(const u8* w, u32 row_bytes, u32 n_out, 
 }
 
 // mmq_q4_k_*: 4 warps a block of 16 rows; mmq8_q4_k_*: 8 (more loads in flight for the products with
-// few outputs and long rows, such as the FFN's down projection). The decode step's kernels (NR = 1), whose
-// first loads are held across the wait, are bounded to the registers that keep the 4-warp one (the FFN's
-// 34,816-row gate+up, whose blocks queue for SMs) at 9 blocks an SM and the 8-warp one at 3.
-#define MMQ(name, WARPS, NR, BOUNDS)                                                                   \
-    KILN_KERNEL BOUNDS void name##_##NR(const u8* w, u32 row_bytes, u32 n_out, const i8* yq,            \
-                                        const float2* yd, u32 k, float* out) {                          \
-        mmq_q4_k<NR, WARPS>(w, row_bytes, n_out, yq, yd, k, out);                                        \
+// few outputs and long rows, such as the FFN's down projection).
+#define MMQ(name, WARPS, NR)                                                                          \
+    KILN_KERNEL void name##_##NR(const u8* w, u32 row_bytes, u32 n_out, const i8* yq, const float2* yd, \
+                                 u32 k, float* out) {                                                  \
+        grid_dependency_entry();                                                                       \
+        mmq_q4_k<NR, WARPS>(w, row_bytes, n_out, yq, yd, k, out);                                      \
     }
-#define MMQ_ALL(name, WARPS, MIN_BLOCKS)                                                                \
-    MMQ(name, WARPS, 1, __launch_bounds__(WARPS * 32, MIN_BLOCKS)) MMQ(name, WARPS, 2, )               \
-    MMQ(name, WARPS, 3, ) MMQ(name, WARPS, 4, ) MMQ(name, WARPS, 5, ) MMQ(name, WARPS, 6, )            \
-    MMQ(name, WARPS, 7, ) MMQ(name, WARPS, 8, )
-MMQ_ALL(mmq_q4_k, 4, 9)
-MMQ_ALL(mmq8_q4_k, 8, 3)
+#define MMQ_ALL(name, WARPS)                                                                      \
+    MMQ(name, WARPS, 1) MMQ(name, WARPS, 2) MMQ(name, WARPS, 3) MMQ(name, WARPS, 4)               \
+    MMQ(name, WARPS, 5) MMQ(name, WARPS, 6) MMQ(name, WARPS, 7) MMQ(name, WARPS, 8)
+MMQ_ALL(mmq_q4_k, 4)
+MMQ_ALL(mmq8_q4_k, 8)
 #endif
 
 // f16/f32 weights against f32 activations (no activation rounding), 8 (f16) or 4 (f32) values a unit.
