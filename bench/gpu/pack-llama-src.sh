@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Packs the llama.cpp source that PyPI `llama-cpp-python` vendors (scripts/fetch-llama-cpp-src.sh) into
 # .device/llama-src.tar.xz for bench/gpu/build-llama-cuda.sh on the GPU machine: without the other GPU
-# backends, the docs, the models and the tests, which a CUDA llama-bench does not build (≈6 MB, so it
+# backends, the docs, the models and the tests, which a CUDA llama-bench does not build (≈7 MB, so it
 # fits in a device call next to Kiln's binaries).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
