@@ -21,6 +21,8 @@ __device__ __forceinline__ u64 argmax_key(float v, u32 i) { return ((u64)order_k
 
 __device__ __forceinline__ u64 max_u64(u64 a, u64 b) { return a > b ? a : b; }
 
+// The largest of the block's keys, in every thread (a warp's by shuffles, then the warps' through shared
+// memory).
 __device__ __forceinline__ u64 block_max_key(u64 best) {
     __shared__ u64 part[SAMPLE_WARPS];
 #pragma unroll

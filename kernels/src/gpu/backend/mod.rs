@@ -1342,12 +1342,13 @@ impl<R: Runtime> Backend for GpuBackend<R> {
             );
         }
         // The gates' block (the last) when given.
+        let has_gates = gates.is_some();
         let g = match gates {
             Some(g) => self.gate_args(g.alpha, g.beta, g.dt_bias, g.a, rows)?,
             None => GateArgs::default(),
         };
         // 256 threads: the block size of l2_norm, so the sums round the same.
-        let blocks = 2 * n_k_heads + v_dim.div_ceil(256) + usize::from(g.alpha != 0);
+        let blocks = 2 * n_k_heads + v_dim.div_ceil(256) + usize::from(has_gates);
         let cfg = LaunchConfig {
             grid_dim: (u32_arg(op, blocks)?, u32_arg(op, rows)?, 1),
             block_dim: (256, 1, 1),
