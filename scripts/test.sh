@@ -7,6 +7,20 @@ export KILN_CACHE=${KILN_CACHE:-$HOME/.cache/kiln}
 # No incremental-compilation caches: a from-scratch run (CI) never reuses them, and they were gigabytes of the
 # disk the end-to-end node then lacked (the kubelet evicts pods when the disk runs short).
 export CARGO_INCREMENTAL=0
+# Build outputs live outside the checkout, one directory per Rust toolchain: CI runs in a fresh clone, and
+# building every dependency again (clippy's, the test profile's, the release profile's) was most of its time.
+# Cargo rebuilds whatever changed, so the cache only saves time. Each new clone path adds its own workspace
+# artifacts, so past a size the cache starts over.
+if [ -z "${CARGO_TARGET_DIR:-}" ]; then
+    CARGO_TARGET_DIR="$KILN_CACHE/cargo-target/rustc-$(rustc -V | awk '{print $2 "-" substr($3, 2)}')"
+    export CARGO_TARGET_DIR
+    if [ -d "$CARGO_TARGET_DIR" ] && (($(du -s --block-size=1G "$CARGO_TARGET_DIR" | cut -f1) > ${KILN_TARGET_CACHE_GB:-30})); then
+        echo "the build cache $CARGO_TARGET_DIR is over ${KILN_TARGET_CACHE_GB:-30} GB: starting it over"
+        rm -rf "$CARGO_TARGET_DIR"
+    fi
+fi
+# The debug-profile cargo commands below all select --workspace: cargo resolves the dependencies' features
+# over the packages a command selects, so selecting fewer builds the shared dependencies again.
 # Each step header says how long the run has taken so far (CI's budget: keep the whole run well under 45 min).
 step() { printf '\n== %s (at %d s)\n' "$*" "$SECONDS"; }
 
@@ -38,13 +52,15 @@ step "the ROCm build (--features rocm: links ROCm 5.2.3's HIP runtime; no AMD GP
 (
     export HIP_PATH
     HIP_PATH=$(scripts/gpu-toolchains.sh hip-path)
-    cargo clippy -p kiln-kernels -p kiln-agent --features kiln-agent/rocm --all-targets --quiet -- -D warnings
-    cargo test -p kiln-kernels --features rocm --test rocm --test gpu_ops
+    cargo clippy --workspace --features kiln-agent/rocm --all-targets --quiet -- -D warnings
+    cargo test --workspace --features kiln-agent/rocm --test rocm --test gpu_ops
 )
 
 step "API tests (real server, real model, the official openai client)"
 python3 -m pip install --quiet openai pytest httpx prometheus_client
-cargo build --release -p kiln-agent --quiet
+# Both binaries in one command (tests/e2e/run.sh builds the same pair): one feature resolution, so the
+# dependencies they share are built once.
+cargo build --release -p kiln-agent -p kiln-operator --quiet
 # promtool checks serve's /metrics (tests/api/test_downsize.py).
 KILN_PROMTOOL="$(scripts/prometheus.sh)/promtool"
 export KILN_PROMTOOL
@@ -57,7 +73,7 @@ KILN_TEST_KUBECONFIG=$(scripts/k8s/control-plane.sh up | tail -1 | sed 's/^KUBEC
 export KILN_K8S_TOOLS KILN_TEST_KUBECONFIG
 trap 'scripts/k8s/control-plane.sh down' EXIT
 KILN_AGENT_BIN="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/kiln-agent" \
-    cargo test -p kiln-operator --test k8s --test k8s_agent --test k8s_leader --test k8s_restart -- --nocapture
+    cargo test --workspace --test k8s --test k8s_agent --test k8s_leader --test k8s_restart -- --nocapture
 
 scripts/k8s/control-plane.sh down
 trap - EXIT

@@ -79,10 +79,8 @@ fi
 install -d -o 65532 -g 65532 "$WORK/node-models"
 
 log "step 1: release binaries, the model, images"
-# One package per command, as scripts/test.sh builds the agent: built together, feature unification would give
-# the agent's dependencies other features and rebuild all of them.
-cargo build --release --quiet -p kiln-agent
-cargo build --release --quiet -p kiln-operator
+# The same command as scripts/test.sh's: the same feature resolution, so nothing is built again.
+cargo build --release --quiet -p kiln-agent -p kiln-operator
 scripts/fetch-models.sh smollm2
 ln -s "$KILN_CACHE/models/$MODEL_FILE" "$WORK/mirror/$MODEL_FILE"
 MODEL_SHA256=$(sha256sum "$KILN_CACHE/models/$MODEL_FILE" | cut -d' ' -f1)
