@@ -169,21 +169,24 @@ __device__ __forceinline__ void mmvq_group(const MatvecGroup& g, const int* yq, 
     }
 MMVG(1) MMVG(2) MMVG(3) MMVG(4) MMVG(5) MMVG(6) MMVG(7) MMVG(8)
 
-// Q4_K × up to 8 activation rows on the tensor cores (NVIDIA sm_80+: int8 mma.sync m16n8k32). A warp
-// takes 16 output rows and a K-slice; one mma multiplies a 32-value sub-block of those 16 weight rows
-// (4-bit values, which are int8 in the fragment) with the same sub-block of the 8 activation columns
-// (int8; columns past NR are zero) into exact int32 sums. Unlike the dp4a kernels, the activations are
-// read once per 16 weight rows instead of once per row, so a verify batch is not bound by L1 traffic.
-// The sums over k inside an mma are integers, so the order of the 32 values does not matter: a thread
-// loads 8 consecutive bytes of a row's sub-block pair and feeds them to the fragment slots of logical
-// k = 16h + 4t + e (t = lane % 4), for physical 8t + 4h + e, and loads the activations with the same
-// permutation. Every column is computed alone, in the same order for any NR, so a verify batch's rows
-// equal decode steps bit for bit (speculative decoding needs it). Blocks of WARPS warps split K
-// (super-blocks dealt round-robin) and sum in a fixed order.
+// K-quant products (Q4_K, Q5_K, Q6_K) × up to 8 activation rows on the tensor cores (NVIDIA sm_80+: int8
+// mma.sync). A warp takes 16 output rows and a K-slice; one mma multiplies a sub-block of those 16 weight
+// rows (4-, 5- or 6-bit values, which are int8 in the fragment) with the same sub-block of the 8 activation
+// columns (int8; columns past NR are zero) into exact int32 sums. Unlike the dp4a kernels, the activations
+// are read once per 16 weight rows instead of once per row, so a verify batch is not bound by L1 traffic.
+// The sums over k inside an mma are integers, so the order of the values does not matter: for Q4_K and
+// Q5_K (m16n8k32, one 32-value sub-block an mma) a thread loads 8 consecutive bytes of a row's sub-block
+// pair and feeds them to the fragment slots of logical k = 16h + 4t + e (t = lane % 4), for physical
+// 8t + 4h + e, and loads the activations with the same permutation. Q6_K's scales cover 16 values, so it
+// takes m16n8k16, one 16-value sub-block an mma, a thread's 4 bytes at 4t. Every column is computed alone,
+// in the same order for any NR, so a verify batch's rows equal decode steps bit for bit (speculative
+// decoding needs it). Blocks of WARPS warps split K (super-blocks dealt round-robin) and sum in a fixed
+// order.
 //
-// The per-sub-block work is kept to integer multiplies: within a super-block a row's value is
+// The per-sub-block work is kept to integer multiplies: within a super-block a Q4_K/Q5_K row's value is
 // d · Σ_sb yscale_sb · (sc_sb · c_sb) − dmin · Σ_sb ysum_sb · m_sb (the formula of unit_qk, regrouped),
-// with the 6-bit scales and mins unpacked for all 8 sub-blocks at once from the three scale words.
+// with the 6-bit scales and mins unpacked for all 8 sub-blocks at once from the three scale words; a
+// Q6_K row's is d · Σ_G yscale_G · (sc_2G · c_2G + sc_2G+1 · c_2G+1) over its 32-value groups G.
 #if defined(KILN_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 #define KILN_MMQ 1
 
@@ -193,6 +196,13 @@ __device__ __forceinline__ void mma_s8(int (&c)[4], const int (&a)[4], const int
         "{%0,%1,%2,%3};"
         : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ void mma_s8_k16(int (&c)[4], const int (&a)[2], int b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(b));
 }
 
 // A Q4_K super-block's 6-bit scales and mins as bytes: byte j % 4 of sc[j / 4] is sub-block j's scale,
@@ -215,31 +225,38 @@ __device__ __forceinline__ Q4kScales q4k_scales(const uint4& head) {
 
 __device__ __forceinline__ int byte_of(u32 w, int j) { return (int)((w >> (8 * j)) & 0xFFu); }
 
-template <int NR, int WARPS>
-__device__ __forceinline__ void mmq_q4_k(const u8* w, u32 row_bytes, u32 n_out, const i8* yq,
-                                         const float2* yd, u32 k, float* out) {
-    const u32 lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const u32 g = lane / 4, t = lane % 4;
-    const u32 o0 = blockIdx.x * 16;
-    // The thread's two weight rows (clamped: rows past the matrix are read but never stored).
-    const u8* r0 = w + (u64)min(o0 + g, n_out - 1) * row_bytes;
-    const u8* r1 = w + (u64)min(o0 + g + 8, n_out - 1) * row_bytes;
-    // The thread's activation column for B (g) and its two columns of C (2t, 2t + 1).
-    const bool has_b = g < NR;
-    const i8* yb = yq + (u64)(has_b ? g : 0) * k;
+// The activation side of a thread's fragments: its column for B (g; zeros past NR) and its two columns of
+// C (2t, 2t + 1), whose (scale, scaled sum) pairs it reads where they exist.
+struct MmqCols {
+    const i8* yb;
+    const float2 *yd0, *yd1;
+    bool has_b;
+};
+
+// Q4_K (144 bytes per 256) and Q5_K (176: the same nibbles after 32 bytes of fifth bits, bit sb of byte l
+// for value l of sub-block sb): super-blocks first, first + step, ... of the thread's rows r0 and r1 into
+// acc: (row g, c0), (row g, c1), (row g+8, c0), (row g+8, c1).
+template <int NR, bool FIVE>
+__device__ __forceinline__ void mmq_blocks_qk(const u8* r0, const u8* r1, u32 n_blocks, u32 first, u32 step,
+                                              const MmqCols& y, u32 t, float (&acc)[4]) {
+    constexpr u32 BYTES = FIVE ? 176 : 144, QS = FIVE ? 48 : 16;
     const u32 c0 = 2 * t, c1 = 2 * t + 1;
-    const float2* yd0 = yd + (u64)(c0 < NR ? c0 : 0) * (k / 32);
-    const float2* yd1 = yd + (u64)(c1 < NR ? c1 : 0) * (k / 32);
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // (row g, c0), (row g, c1), (row g+8, c0), (row g+8, c1)
-    const u32 n_blocks = k / 256;
-    for (u32 blk = warp; blk < n_blocks; blk += WARPS) {
-        const uint4 h0 = *(const uint4*)(r0 + blk * 144), h1 = *(const uint4*)(r1 + blk * 144);
+    for (u32 blk = first; blk < n_blocks; blk += step) {
+        const u8* b0 = r0 + blk * BYTES;
+        const u8* b1 = r1 + blk * BYTES;
+        const uint4 h0 = *(const uint4*)b0, h1 = *(const uint4*)b1;
         uint2 q0[4], q1[4];
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
             // 8 bytes of the 32-byte chunk kk: low nibbles are sub-block 2kk, high ones 2kk + 1.
-            q0[kk] = *(const uint2*)(r0 + blk * 144 + 16 + 32 * kk + 8 * t);
-            q1[kk] = *(const uint2*)(r1 + blk * 144 + 16 + 32 * kk + 8 * t);
+            q0[kk] = *(const uint2*)(b0 + QS + 32 * kk + 8 * t);
+            q1[kk] = *(const uint2*)(b1 + QS + 32 * kk + 8 * t);
+        }
+        // Q5_K: the fifth bits of the same 8 value positions, for all 8 sub-blocks.
+        uint2 f0 = make_uint2(0, 0), f1 = make_uint2(0, 0);
+        if (FIVE) {
+            f0 = *(const uint2*)(b0 + 16 + 8 * t);
+            f1 = *(const uint2*)(b1 + 16 + 8 * t);
         }
         const Q4kScales s0 = q4k_scales(h0), s1 = q4k_scales(h1);
         // Per (row, column): Σ yscale · (sc · c) and Σ ysum · m over the super-block's sub-blocks.
@@ -248,12 +265,18 @@ __device__ __forceinline__ void mmq_q4_k(const u8* w, u32 row_bytes, u32 n_out, 
         for (int sb = 0; sb < 8; sb++) {
             const int kk = sb / 2;
             const u32 sh = 4 * (sb % 2);
-            const int a[4] = {(int)((q0[kk].x >> sh) & 0x0F0F0F0F), (int)((q1[kk].x >> sh) & 0x0F0F0F0F),
-                              (int)((q0[kk].y >> sh) & 0x0F0F0F0F), (int)((q1[kk].y >> sh) & 0x0F0F0F0F)};
+            int a[4] = {(int)((q0[kk].x >> sh) & 0x0F0F0F0F), (int)((q1[kk].x >> sh) & 0x0F0F0F0F),
+                        (int)((q0[kk].y >> sh) & 0x0F0F0F0F), (int)((q1[kk].y >> sh) & 0x0F0F0F0F)};
+            if (FIVE) {
+                a[0] |= (int)(((f0.x >> sb) & 0x01010101u) << 4);
+                a[1] |= (int)(((f1.x >> sb) & 0x01010101u) << 4);
+                a[2] |= (int)(((f0.y >> sb) & 0x01010101u) << 4);
+                a[3] |= (int)(((f1.y >> sb) & 0x01010101u) << 4);
+            }
             // Loaded by every lane (column 0's values where the column is past NR) and zeroed by a
             // select, not a branch: the whole warp reaches the mma together.
-            const int2 y = *(const int2*)(yb + blk * 256 + 32 * sb + 8 * t);
-            const int b[2] = {has_b ? y.x : 0, has_b ? y.y : 0};
+            const int2 yv = *(const int2*)(y.yb + blk * 256 + 32 * sb + 8 * t);
+            const int b[2] = {y.has_b ? yv.x : 0, y.has_b ? yv.y : 0};
             int c[4] = {0, 0, 0, 0};
             mma_s8(c, a, b);
             const int sc0 = byte_of(s0.sc[sb / 4], sb % 4), sc1 = byte_of(s1.sc[sb / 4], sb % 4);
@@ -263,14 +286,14 @@ __device__ __forceinline__ void mmq_q4_k(const u8* w, u32 row_bytes, u32 n_out, 
             // {c0, c1} with an array of the two scale pointers ran 4-row products 25% slower on an
             // H100 (49 → 62 µs for the 34,816-row gate+up; bench/README.md, session 9).
             if (c0 < NR) {
-                const float2 y0 = yd0[sub];
+                const float2 y0 = y.yd0[sub];
                 sa[0] += y0.x * (float)(c[0] * sc0);
                 sa[2] += y0.x * (float)(c[2] * sc1);
                 sm[0] += y0.y * m0;
                 sm[2] += y0.y * m1;
             }
             if (c1 < NR) {
-                const float2 y1 = yd1[sub];
+                const float2 y1 = y.yd1[sub];
                 sa[1] += y1.x * (float)(c[1] * sc0);
                 sa[3] += y1.x * (float)(c[3] * sc1);
                 sm[1] += y1.y * m0;
@@ -282,8 +305,103 @@ __device__ __forceinline__ void mmq_q4_k(const u8* w, u32 row_bytes, u32 n_out, 
         acc[2] += s1.d * sa[2] - s1.dmin * sm[2];
         acc[3] += s1.d * sa[3] - s1.dmin * sm[3];
     }
+}
+
+// A Q6_K value (low nibble l, high bit pair h) minus 32, four to a word, as signed bytes: the subtraction
+// without borrows crossing bytes, as unit_q6_k does it.
+__device__ __forceinline__ int q6_signed(int lo, int hi, u32 nshift, u32 hshift) {
+    const int v = ((lo >> nshift) & 0x0F0F0F0F) | (((hi >> hshift) & 0x03030303) << 4);
+    return ((v | (int)0x80808080) - 0x20202020) ^ (int)0x80808080;
+}
+
+// Q6_K (210 bytes per 256: ql[128], qh[64], 16 int8 scales, d; blocks only 2-byte aligned, so every word
+// comes in two 16-bit loads). Value v = 128n + 32q + l of a block has its low nibble in ql[64n + 32(q & 1)
+// + l] (high nibbles for q ≥ 2) and its high bit pair in qh[32n + l] (bits 2q, 2q + 1); its 16-value
+// sub-block j = v / 16 has scale j. The thread's 4 bytes of sub-block j = 8n + 2q + lh sit at 16lh + 4t of
+// those runs.
+template <int NR>
+__device__ __forceinline__ void mmq_blocks_q6_k(const u8* r0, const u8* r1, u32 n_blocks, u32 first, u32 step,
+                                                const MmqCols& y, u32 t, float (&acc)[4]) {
+    const u32 c0 = 2 * t, c1 = 2 * t + 1;
+    for (u32 blk = first; blk < n_blocks; blk += step) {
+        const u8* b0 = r0 + blk * 210;
+        const u8* b1 = r1 + blk * 210;
+        // ql words by (n, q & 1, lh), qh words by (n, lh), the 16 scales as 4 words.
+        int l0[8], l1[8], hb0[4], hb1[4], sc0[4], sc1[4];
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const u32 off = 64 * (i / 4) + 32 * ((i / 2) % 2) + 16 * (i % 2) + 4 * t;
+            l0[i] = load_int_b2(b0 + off);
+            l1[i] = load_int_b2(b1 + off);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const u32 off = 128 + 32 * (i / 2) + 16 * (i % 2) + 4 * t;
+            hb0[i] = load_int_b2(b0 + off);
+            hb1[i] = load_int_b2(b1 + off);
+            sc0[i] = load_int_b2(b0 + 192 + 4 * i);
+            sc1[i] = load_int_b2(b1 + 192 + 4 * i);
+        }
+        const float d0 = h2f(*(const u16*)(b0 + 208)), d1 = h2f(*(const u16*)(b1 + 208));
+        float sa[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int G = 0; G < 8; G++) {
+            const int n = G / 4, q = G % 4;
+            int s[4] = {0, 0, 0, 0};  // Σ over the group's two sub-blocks of sc · c, per (row, column)
+#pragma unroll
+            for (int lh = 0; lh < 2; lh++) {
+                const int j = 2 * G + lh;
+                const int il = 4 * n + 2 * (q & 1) + lh, ih = 2 * n + lh;
+                const u32 nshift = 4 * (q >> 1), hshift = 2 * q;
+                const int a[2] = {q6_signed(l0[il], hb0[ih], nshift, hshift),
+                                  q6_signed(l1[il], hb1[ih], nshift, hshift)};
+                const int yv = *(const int*)(y.yb + blk * 256 + 16 * j + 4 * t);
+                int c[4] = {0, 0, 0, 0};
+                mma_s8_k16(c, a, y.has_b ? yv : 0);
+                const int w0 = (int)(i8)byte_of((u32)sc0[j / 4], j % 4);
+                const int w1 = (int)(i8)byte_of((u32)sc1[j / 4], j % 4);
+                s[0] += c[0] * w0;
+                s[1] += c[1] * w0;
+                s[2] += c[2] * w1;
+                s[3] += c[3] * w1;
+            }
+            const u32 sub = blk * 8 + G;
+            if (c0 < NR) {
+                const float ys = y.yd0[sub].x;
+                sa[0] += ys * (float)s[0];
+                sa[2] += ys * (float)s[2];
+            }
+            if (c1 < NR) {
+                const float ys = y.yd1[sub].x;
+                sa[1] += ys * (float)s[1];
+                sa[3] += ys * (float)s[3];
+            }
+        }
+        acc[0] += d0 * sa[0];
+        acc[1] += d0 * sa[1];
+        acc[2] += d1 * sa[2];
+        acc[3] += d1 * sa[3];
+    }
+}
+
+// Output rows o0 .. o0 + 15 of a TYPE product by a block of WARPS warps.
+template <int TYPE, int NR, int WARPS>
+__device__ __forceinline__ void mmq_rows(const u8* w, u32 row_bytes, u32 n_out, u32 o0, const i8* yq,
+                                         const float2* yd, u32 k, float* out, float (*part)[16][8]) {
+    const u32 lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const u32 g = lane / 4, t = lane % 4;
+    // The thread's two weight rows (clamped: rows past the matrix are read but never stored).
+    const u8* r0 = w + (u64)min(o0 + g, n_out - 1) * row_bytes;
+    const u8* r1 = w + (u64)min(o0 + g + 8, n_out - 1) * row_bytes;
+    const u32 c0 = 2 * t, c1 = 2 * t + 1;
+    const MmqCols y = {yq + (u64)(g < NR ? g : 0) * k, yd + (u64)(c0 < NR ? c0 : 0) * (k / 32),
+                       yd + (u64)(c1 < NR ? c1 : 0) * (k / 32), g < NR};
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (TYPE == T_Q6_K)
+        mmq_blocks_q6_k<NR>(r0, r1, k / 256, warp, WARPS, y, t, acc);
+    else
+        mmq_blocks_qk<NR, TYPE == T_Q5_K>(r0, r1, k / 256, warp, WARPS, y, t, acc);
     // The warps' partial sums, added in warp order.
-    __shared__ float part[WARPS][16][8];
     part[warp][g][c0] = acc[0];
     part[warp][g][c1] = acc[1];
     part[warp][g + 8][c0] = acc[2];
@@ -298,19 +416,55 @@ __device__ __forceinline__ void mmq_q4_k(const u8* w, u32 row_bytes, u32 n_out, 
     }
 }
 
-// mmq_q4_k_*: 4 warps a block of 16 rows; mmq8_q4_k_*: 8 (more loads in flight for the products with
-// few outputs and long rows, such as the FFN's down projection).
+// Several products of the same activations (the recurrent layer's input projections, attention's q, k
+// and v: one launch, like mmvg) or a single Q5_K or Q6_K one: the parts' 16-row blocks dealt out in order,
+// each part of any of the three types.
+template <int NR, int WARPS>
+__device__ __forceinline__ void mmq_group(const MatvecGroup& g, const i8* yq, const float2* yd, u32 k) {
+    __shared__ float part[WARPS][16][8];
+    MatvecPart p = g.p[0];
+#pragma unroll
+    for (u32 j = 1; j < MMVG_MAX_PARTS; j++)
+        if (j < g.n_parts && blockIdx.x >= g.p[j].first_block) p = g.p[j];
+    const u32 o0 = (blockIdx.x - p.first_block) * 16;
+    // The type is the same for the whole block, so every thread reaches the block barrier inside.
+    switch (p.type) {
+        case T_Q4_K: mmq_rows<T_Q4_K, NR, WARPS>(p.w, p.row_bytes, p.n_out, o0, yq, yd, k, p.out, part); break;
+        case T_Q5_K: mmq_rows<T_Q5_K, NR, WARPS>(p.w, p.row_bytes, p.n_out, o0, yq, yd, k, p.out, part); break;
+        case T_Q6_K: mmq_rows<T_Q6_K, NR, WARPS>(p.w, p.row_bytes, p.n_out, o0, yq, yd, k, p.out, part); break;
+        default: break;
+    }
+}
+
+// A single Q4_K product, with its own arguments (fewer registers than a group's part selection).
+template <int NR, int WARPS>
+__device__ __forceinline__ void mmq_q4_k(const u8* w, u32 row_bytes, u32 n_out, const i8* yq, const float2* yd,
+                                         u32 k, float* out) {
+    __shared__ float part[WARPS][16][8];
+    mmq_rows<T_Q4_K, NR, WARPS>(w, row_bytes, n_out, blockIdx.x * 16, yq, yd, k, out, part);
+}
+
+// mmq_q4_k_* (a Q4_K product) and mmqg_* (a group, or a Q5_K or Q6_K product): 4 warps a block of 16
+// rows; the mmq8 and mmqg8 forms 8 (more loads in flight for the products with few outputs and long rows,
+// such as the FFN's down projection).
 #define MMQ(name, WARPS, NR)                                                                          \
     KILN_KERNEL void name##_##NR(const u8* w, u32 row_bytes, u32 n_out, const i8* yq, const float2* yd, \
                                  u32 k, float* out) {                                                  \
         grid_dependency_entry();                                                                       \
         mmq_q4_k<NR, WARPS>(w, row_bytes, n_out, yq, yd, k, out);                                      \
     }
-#define MMQ_ALL(name, WARPS)                                                                      \
-    MMQ(name, WARPS, 1) MMQ(name, WARPS, 2) MMQ(name, WARPS, 3) MMQ(name, WARPS, 4)               \
-    MMQ(name, WARPS, 5) MMQ(name, WARPS, 6) MMQ(name, WARPS, 7) MMQ(name, WARPS, 8)
-MMQ_ALL(mmq_q4_k, 4)
-MMQ_ALL(mmq8_q4_k, 8)
+#define MMQG(name, WARPS, NR)                                                                     \
+    KILN_KERNEL void name##_##NR(MatvecGroup g, const i8* yq, const float2* yd, u32 k) {          \
+        grid_dependency_entry();                                                                   \
+        mmq_group<NR, WARPS>(g, yq, yd, k);                                                        \
+    }
+#define MMQ_ALL(M, name, WARPS)                                                                   \
+    M(name, WARPS, 1) M(name, WARPS, 2) M(name, WARPS, 3) M(name, WARPS, 4)                       \
+    M(name, WARPS, 5) M(name, WARPS, 6) M(name, WARPS, 7) M(name, WARPS, 8)
+MMQ_ALL(MMQ, mmq_q4_k, 4)
+MMQ_ALL(MMQ, mmq8_q4_k, 8)
+MMQ_ALL(MMQG, mmqg, 4)
+MMQ_ALL(MMQG, mmqg8, 8)
 #endif
 
 // f16/f32 weights against f32 activations (no activation rounding), 8 (f16) or 4 (f32) values a unit.

@@ -215,8 +215,14 @@ __device__ __forceinline__ void unit_qk(const u8* row, u32 u, const Act& a, floa
         // Sub-blocks 2k and 2k+1: (scale, scaled sum) of each, one 16-byte load. The min term covers a
         // whole sub-block of 32 values, of which this unit holds 16: the h = 0 unit adds it for both.
         const float4 ys = *(const float4*)(a.yd + r * a.yd_stride + blk * 8 + 2 * k);
-        acc[r] += d * (ys.x * sc0 * (float)s0i + ys.z * sc1 * (float)s1i) -
-                  (h == 0 ? dmin * (m0 * ys.y + m1 * ys.w) : 0.0f);
+        // Rounded step by step (no contraction into FMAs): the compiler contracted this expression
+        // differently for different NR, so a verify batch's row differed in the last bit from the same
+        // row decoded alone (gpu_ops: matmul_every_type_and_batch, grouped_products_match_cpu).
+        const float t0 = __fmul_rn(__fmul_rn(ys.x, (float)sc0), (float)s0i);
+        const float t1 = __fmul_rn(__fmul_rn(ys.z, (float)sc1), (float)s1i);
+        const float mins =
+            h == 0 ? __fmul_rn(dmin, __fadd_rn(__fmul_rn((float)m0, ys.y), __fmul_rn((float)m1, ys.w))) : 0.0f;
+        acc[r] = __fadd_rn(acc[r], __fsub_rn(__fmul_rn(d, __fadd_rn(t0, t1)), mins));
     }
 }
 

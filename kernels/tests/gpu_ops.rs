@@ -147,12 +147,31 @@ fn matmul_matches_cpu(g: &Gpu, c: &CpuBackend, ty: GgmlType, n_out: usize, seed:
             GgmlType::F16 => 1e-3,
             _ => 1.5e-2,
         };
+        let got = get(g, &og, rows * n_out);
         assert_close(
             &format!("matmul {ty} {n_out}×{k} rows {rows}"),
-            &get(g, &og, rows * n_out),
+            &got,
             &get(c, &oc, rows * n_out),
             tol,
         );
+        // The row kernels (not cuBLAS, from 48 rows on) give each row of a batch bit for bit what the
+        // row gives alone: a verify batch's rows are decode steps, which speculative decoding needs.
+        if rows < 48 {
+            for r in 0..rows {
+                let xr = put(g, &x[r * k..(r + 1) * k]);
+                let mut or = g.tensor(n_out).unwrap();
+                g.matmul(&wg, &xr, 1, &mut or).unwrap();
+                let alone = get(g, &or, n_out);
+                let same = got[r * n_out..(r + 1) * n_out]
+                    .iter()
+                    .zip(&alone)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "matmul {ty} {n_out}×{k}: row {r} of a {rows}-row batch differs from the row alone"
+                );
+            }
+        }
     }
 }
 
@@ -929,19 +948,36 @@ fn producers_quantize_for_the_next_product() {
     });
 }
 
-/// Products of one input as one launch (the recurrent layer's mixed Q5_K/Q4_K projections, a Q6_K and
-/// a 48-row one) equal the CPU's separate products, for a decode step and a verify batch.
+/// Products of one input as one launch (a Q8_0 part among K-quants: the dp4a group kernel) equal the
+/// CPU's separate products, for a decode step and verify batches, and each row of a batch equals that row
+/// alone bit for bit.
 #[test]
 fn grouped_products_match_cpu() {
-    let Some(g) = gpu() else { return };
-    let c = cpu();
-    let k = 1024;
-    let shapes = [
+    grouped_products_on(&[
         (GgmlType::Q5_K, 700),
         (GgmlType::Q4_K, 300),
         (GgmlType::Q6_K, 129),
         (GgmlType::Q8_0, 48),
-    ];
+    ]);
+}
+
+/// The same with K-quants only, as the 27B's groups are (its recurrent layer's Q5_K/Q4_K projections
+/// and 48-row gates, attention's Q4_K q and k with a Q6_K v): on NVIDIA sm_80+ the tensor-core group
+/// kernel, elsewhere the dp4a one.
+#[test]
+fn grouped_k_quant_products_match_cpu() {
+    grouped_products_on(&[
+        (GgmlType::Q5_K, 700),
+        (GgmlType::Q4_K, 300),
+        (GgmlType::Q6_K, 129),
+        (GgmlType::Q4_K, 48),
+    ]);
+}
+
+fn grouped_products_on(shapes: &[(GgmlType, usize)]) {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let k = 1024;
     let wc: Vec<_> = shapes
         .iter()
         .enumerate()
@@ -952,28 +988,53 @@ fn grouped_products_match_cpu() {
         .enumerate()
         .map(|(i, &(ty, n))| g.load_weight(weight(ty, n, k, 50 + i as u64)).unwrap())
         .collect();
-    for rows in [1, 4, 11] {
-        let x = values(60 + rows as u64, rows * k, 1.0);
-        let (xc, xg) = (put(&c, &x), put(g, &x));
-        let mut oc: Vec<_> = shapes
-            .iter()
-            .map(|s| c.tensor(rows * s.1).unwrap())
-            .collect();
+    let x = values(60, 11 * k, 1.0);
+    // The GPU's outputs for the first `rows` rows of `x`, part by part.
+    let on_gpu = |x: &[f32], rows: usize| -> Vec<Vec<f32>> {
+        let xg = put(g, x);
         let mut og: Vec<_> = shapes
             .iter()
             .map(|s| g.tensor(rows * s.1).unwrap())
             .collect();
-        let mut parts: Vec<_> = wc.iter().zip(oc.iter_mut()).collect();
-        c.matmul_group(&mut parts, &xc, rows).unwrap();
         let mut parts: Vec<_> = wg.iter().zip(og.iter_mut()).collect();
         g.matmul_group(&mut parts, &xg, rows).unwrap();
+        og.iter()
+            .zip(shapes)
+            .map(|(o, s)| get(g, o, rows * s.1))
+            .collect()
+    };
+    for rows in [1, 4, 8, 11] {
+        let xs = &x[..rows * k];
+        let xc = put(&c, xs);
+        let mut oc: Vec<_> = shapes
+            .iter()
+            .map(|s| c.tensor(rows * s.1).unwrap())
+            .collect();
+        let mut parts: Vec<_> = wc.iter().zip(oc.iter_mut()).collect();
+        c.matmul_group(&mut parts, &xc, rows).unwrap();
+        let got = on_gpu(xs, rows);
         for (i, s) in shapes.iter().enumerate() {
             assert_close(
                 &format!("grouped part {i} ({} × {k}, {rows} rows)", s.0),
-                &get(g, &og[i], rows * s.1),
+                &got[i],
                 &get(&c, &oc[i], rows * s.1),
                 1.5e-2,
             );
+        }
+        // Speculative decoding's invariant: a verify batch's rows are decode steps, to the bit.
+        for r in 0..rows {
+            let alone = on_gpu(&xs[r * k..(r + 1) * k], 1);
+            for (i, s) in shapes.iter().enumerate() {
+                let in_batch = &got[i][r * s.1..(r + 1) * s.1];
+                assert!(
+                    in_batch
+                        .iter()
+                        .zip(&alone[i])
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "grouped part {i} ({}): row {r} of a {rows}-row batch differs from the row alone",
+                    s.0
+                );
+            }
         }
     }
 }

@@ -29,6 +29,8 @@ fn every_kernel_compiles_with_nvrtc() {
             "argmax_rows",
             "top_k_rows",
             "mmq_q4_k_4",
+            "mmqg_4",
+            "mmqg8_1",
         ] {
             assert!(
                 ptx.contains(&format!(".entry {entry}(")),

@@ -44,10 +44,16 @@ pub(super) enum Matvec {
     /// a GPU without the kernel, as `auto`. A step costs the same as with `auto`, and a 4-token verify
     /// pass 1.20× a step instead of 1.46× (bench/README.md, session 8).
     /// `warps`: the warps of a 16-row block (`KILN_MMQ_WARPS` = 4 | 8; unset: by shape, see
-    /// [`Matvec::mmq_warps`]).
+    /// [`Matvec::mmq_warps`]). `groups`: products of one input whose weights are all Q4_K, Q5_K or
+    /// Q6_K as one tensor-core launch (`mmqg_*`; default; `KILN_MMQ_GROUP=0` keeps `mmvg_*`).
+    /// The groups took a 4-token verify pass from 1.35× a step to 1.29× on an H200, the step unchanged
+    /// (bench/README.md, session 11). `singles`: single Q5_K and Q6_K products on the tensor cores
+    /// too (`KILN_MMQ_SINGLES=1`; off: the Q6_K kernel's 16-bit loads made a 27B step 8% slower).
     Mma {
         pairs_from: usize,
         warps: Option<u32>,
+        groups: bool,
+        singles: bool,
     },
 }
 
@@ -71,6 +77,8 @@ impl Matvec {
                     Ok("8") => Some(8),
                     _ => None,
                 },
+                groups: crate::gpu::switched_on("KILN_MMQ_GROUP"),
+                singles: std::env::var("KILN_MMQ_SINGLES").is_ok_and(|v| v == "1"),
             },
         }
     }
@@ -100,13 +108,43 @@ impl Matvec {
     /// The tensor-core Q4_K kernel family and its warps per 16-row block for a product of `n_out`
     /// outputs: 8 warps where the 16-row blocks alone would put fewer than 16 warps on an SM (the
     /// 5,120-output products with 17,408-value rows), else 4. By shape alone, like `for_shape`.
-    fn mmq_warps(self, n_out: usize, sm_count: usize) -> (&'static str, u32) {
+    /// `group`: the family of group launches (`mmqg_*`), else of single Q4_K products.
+    fn mmq_warps(self, n_out: usize, sm_count: usize, group: bool) -> (&'static str, u32) {
         let warps = match self {
             Matvec::Mma { warps: Some(w), .. } => w,
             _ if n_out.div_ceil(16) * 4 < 16 * sm_count => 8,
             _ => 4,
         };
-        (if warps == 8 { "mmq8_q4_k" } else { "mmq_q4_k" }, warps)
+        let name = match (group, warps == 8) {
+            (false, false) => "mmq_q4_k",
+            (false, true) => "mmq8_q4_k",
+            (true, false) => "mmqg",
+            (true, true) => "mmqg8",
+        };
+        (name, warps)
+    }
+
+    /// Whether products of `ty` weights run on the tensor cores: single ones (`group` false) or as
+    /// parts of a group launch. By type and switches alone, never by row count, so a verify batch takes
+    /// the kernel a decode step takes.
+    fn mma_for(self, ty: GgmlType, group: bool) -> bool {
+        let Matvec::Mma {
+            groups, singles, ..
+        } = self
+        else {
+            return false;
+        };
+        match ty {
+            GgmlType::Q4_K => !group || groups,
+            GgmlType::Q5_K | GgmlType::Q6_K => {
+                if group {
+                    groups
+                } else {
+                    singles
+                }
+            }
+            _ => false,
+        }
     }
 }
 
@@ -206,9 +244,20 @@ impl<R: Runtime> GpuBackend<R> {
         let mut s = self.lock_scratch();
         let (qp, dp) = self.quantized_act(&mut s, xp, rows, k)?;
         let row_bytes = u32_arg("matmul", w.ty.bytes_for(k).unwrap_or(0))?;
-        if w.ty == GgmlType::Q4_K && self.mma_q4_k && matches!(self.matvec, Matvec::Mma { .. }) {
+        if self.mma_q4_k && self.matvec.mma_for(w.ty, false) {
+            if w.ty != GgmlType::Q4_K {
+                // Q5_K and Q6_K through the group kernel, as a group of one.
+                let mut g = MatvecGroup {
+                    n_parts: 1,
+                    ..Default::default()
+                };
+                g.parts[0] = self.group_part(w, out, rows, 0)?;
+                self.launch_mmq_group(g, n_out, qp, dp, rows, k)?;
+                s.act_of = Some(self.stamp(xp, rows * k));
+                return Ok(());
+            }
             // Whole super-blocks: the kernel walks k in 256s (a Q4_K row always holds whole ones).
-            let (fam, warps) = self.matvec.mmq_warps(n_out, self.sm_count);
+            let (fam, warps) = self.matvec.mmq_warps(n_out, self.sm_count, false);
             let cfg = LaunchConfig {
                 grid_dim: (u32_arg("matmul", n_out.div_ceil(16))?, 1, 1),
                 block_dim: (32 * warps, 1, 1),
@@ -262,9 +311,10 @@ impl<R: Runtime> GpuBackend<R> {
         Ok(())
     }
 
-    /// Products of one input as a single launch (`mmvg_*`, a warp per output row): when every weight
-    /// is quantized, shares the row length and the rows are few enough for the row kernels. Otherwise,
-    /// or with `KILN_CUDA_FUSE=0`, one [`Self::product`] each.
+    /// Products of one input as a single launch when every weight is quantized, shares the row length
+    /// and the rows are few enough for the row kernels: on the tensor cores (`mmqg_*`, 16 rows a
+    /// block) when every weight is a K-quant that [`Matvec::mma_for`] takes there, else `mmvg_*` (a
+    /// warp per output row). Otherwise, or with `KILN_CUDA_FUSE=0`, one [`Self::product`] each.
     pub(super) fn product_group(
         &self,
         parts: &mut [(&GpuWeight<R>, &mut GpuTensor<R>)],
@@ -287,36 +337,37 @@ impl<R: Runtime> GpuBackend<R> {
             return Ok(());
         }
         check_len("matmul", "input", x.len, rows * k)?;
-        let per_block = (MMVW_THREADS / 32) as usize;
+        let xp = self.ptr(&x.buf);
+        let mma = self.mma_q4_k && parts.iter().all(|(w, _)| self.matvec.mma_for(w.ty, true));
+        // A block covers 16 rows of a part on the tensor cores, else a row per warp.
+        let per_block = if mma {
+            16
+        } else {
+            (MMVW_THREADS / 32) as usize
+        };
         let mut g = MatvecGroup {
             n_parts: parts.len() as u32,
             ..Default::default()
         };
-        let mut blocks = 0usize;
+        let (mut blocks, mut n_out) = (0usize, 0usize);
         for (slot, (w, out)) in g.parts.iter_mut().zip(parts.iter()) {
-            check_len("matmul", "output", out.len, rows * w.rows)?;
-            let (_, per_unit) = mmv_kernel(w.ty).expect("checked above");
-            *slot = MatvecPart {
-                w: self.ptr(&w.data),
-                out: self.ptr(&out.buf),
-                row_bytes: u32_arg("matmul", w.ty.bytes_for(k).unwrap_or(0))?,
-                n_units: u32_arg("matmul", k / per_unit)?,
-                n_out: u32_arg("matmul", w.rows)?,
-                ty: w.ty as u32,
-                first_block: u32_arg("matmul", blocks)?,
-                pad: 0,
-            };
+            *slot = self.group_part(w, out, rows, blocks)?;
             blocks += w.rows.div_ceil(per_block);
+            n_out += w.rows;
+        }
+        let k32 = u32_arg("matmul", k)?;
+        let mut s = self.lock_scratch();
+        let (qp, dp) = self.quantized_act(&mut s, xp, rows, k)?;
+        if mma {
+            self.launch_mmq_group(g, n_out, qp, dp, rows, k)?;
+            s.act_of = Some(self.stamp(xp, rows * k));
+            return Ok(());
         }
         let cfg = LaunchConfig {
             grid_dim: (u32_arg("matmul", blocks)?, 1, 1),
             block_dim: (MMVW_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let xp = self.ptr(&x.buf);
-        let k32 = u32_arg("matmul", k)?;
-        let mut s = self.lock_scratch();
-        let (qp, dp) = self.quantized_act(&mut s, xp, rows, k)?;
         for r0 in (0..rows).step_by(MAX_ROWS_PER_PASS) {
             let nr = (rows - r0).min(MAX_ROWS_PER_PASS);
             let mut pass = g;
@@ -327,6 +378,65 @@ impl<R: Runtime> GpuBackend<R> {
             launch!(self, &format!("mmvg_{nr}"), cfg, &pass, &yq, &yd, &k32)?;
         }
         s.act_of = Some(self.stamp(xp, rows * k));
+        Ok(())
+    }
+
+    /// The group-launch description of the product of `w` into `out` for `rows` activation rows, whose
+    /// blocks start at `first_block`.
+    fn group_part(
+        &self,
+        w: &GpuWeight<R>,
+        out: &GpuTensor<R>,
+        rows: usize,
+        first_block: usize,
+    ) -> Result<MatvecPart> {
+        let k = w.cols;
+        check_len("matmul", "output", out.len, rows * w.rows)?;
+        let (_, per_unit) = mmv_kernel(w.ty)
+            .ok_or_else(|| shape_err("matmul", format!("type {} on CUDA", w.ty)))?;
+        Ok(MatvecPart {
+            w: self.ptr(&w.data),
+            out: self.ptr(&out.buf),
+            row_bytes: u32_arg("matmul", w.ty.bytes_for(k).unwrap_or(0))?,
+            n_units: u32_arg("matmul", k / per_unit)?,
+            n_out: u32_arg("matmul", w.rows)?,
+            ty: w.ty as u32,
+            first_block: u32_arg("matmul", first_block)?,
+            pad: 0,
+        })
+    }
+
+    /// A tensor-core group launch (`mmqg_*`) per pass of up to `MAX_ROWS_PER_PASS` rows over the
+    /// quantized activations at `qp`/`dp`: `g`'s parts (K-quants, their blocks of 16 rows numbered
+    /// through `first_block`) hold `n_out` rows in all, which set the warps of a block.
+    fn launch_mmq_group(
+        &self,
+        g: MatvecGroup,
+        n_out: usize,
+        qp: u64,
+        dp: u64,
+        rows: usize,
+        k: usize,
+    ) -> Result<()> {
+        let n_parts = g.n_parts as usize;
+        let last = &g.parts[n_parts - 1];
+        let blocks = last.first_block as usize + (last.n_out as usize).div_ceil(16);
+        let (fam, warps) = self.matvec.mmq_warps(n_out, self.sm_count, true);
+        let cfg = LaunchConfig {
+            grid_dim: (u32_arg("matmul", blocks)?, 1, 1),
+            block_dim: (32 * warps, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let k32 = u32_arg("matmul", k)?;
+        for r0 in (0..rows).step_by(MAX_ROWS_PER_PASS) {
+            let nr = (rows - r0).min(MAX_ROWS_PER_PASS);
+            let mut pass = g;
+            for p in pass.parts.iter_mut().take(n_parts) {
+                p.out += (r0 * p.n_out as usize * 4) as u64;
+            }
+            let (yq, yd) = (qp + (r0 * k) as u64, dp + (r0 * k / 32 * 8) as u64);
+            launch!(self, &format!("{fam}_{nr}"), cfg, &pass, &yq, &yd, &k32)?;
+        }
         Ok(())
     }
 

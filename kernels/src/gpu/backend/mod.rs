@@ -87,7 +87,7 @@ pub struct GpuBackend<R: Runtime> {
     /// Decode attention over q4_0/q8_0 caches by `attn_tile_*`, a key per lane (default;
     /// `KILN_ATTN_TILE=0` keeps `attn_split_*`, a warp per key).
     attn_tile: bool,
-    /// Whether the device has the tensor-core Q4_K products (`mmq_q4_k_*`: CUDA sm_80+).
+    /// Whether the device has the tensor-core K-quant products (`mmq_q4_k_*`, `mmqg_*`: CUDA sm_80+).
     mma_q4_k: bool,
     /// Argmax and top-k picked on the device (default; `KILN_DEVICE_SAMPLING=0` reads whole rows back
     /// and picks on the host, for comparisons).
@@ -166,7 +166,7 @@ impl<R: Runtime> GpuBackend<R> {
         let profile = std::env::var("KILN_CUDA_PROFILE")
             .is_ok_and(|v| v == "1")
             .then(|| Mutex::new(HashMap::new()));
-        let mma_q4_k = rt.func("mmq_q4_k_1").is_ok();
+        let mma_q4_k = rt.func("mmq_q4_k_1").is_ok() && rt.func("mmqg_1").is_ok();
         GpuBackend {
             mma_q4_k,
             rt,
