@@ -244,7 +244,7 @@ impl<R: Runtime> GpuBackend<R> {
         let mut s = self.lock_scratch();
         let (qp, dp) = self.quantized_act(&mut s, xp, rows, k)?;
         let row_bytes = u32_arg("matmul", w.ty.bytes_for(k).unwrap_or(0))?;
-        if self.mma_q4_k && self.matvec.mma_for(w.ty, false) {
+        if self.mma_kernels && self.matvec.mma_for(w.ty, false) {
             if w.ty != GgmlType::Q4_K {
                 // Q5_K and Q6_K through the group kernel, as a group of one.
                 let mut g = MatvecGroup {
@@ -338,7 +338,7 @@ impl<R: Runtime> GpuBackend<R> {
         }
         check_len("matmul", "input", x.len, rows * k)?;
         let xp = self.ptr(&x.buf);
-        let mma = self.mma_q4_k && parts.iter().all(|(w, _)| self.matvec.mma_for(w.ty, true));
+        let mma = self.mma_kernels && parts.iter().all(|(w, _)| self.matvec.mma_for(w.ty, true));
         // A block covers 16 rows of a part on the tensor cores, else a row per warp.
         let per_block = if mma {
             16

@@ -88,7 +88,7 @@ pub struct GpuBackend<R: Runtime> {
     /// `KILN_ATTN_TILE=0` keeps `attn_split_*`, a warp per key).
     attn_tile: bool,
     /// Whether the device has the tensor-core K-quant products (`mmq_q4_k_*`, `mmqg_*`: CUDA sm_80+).
-    mma_q4_k: bool,
+    mma_kernels: bool,
     /// Argmax and top-k picked on the device (default; `KILN_DEVICE_SAMPLING=0` reads whole rows back
     /// and picks on the host, for comparisons).
     device_sampling: bool,
@@ -166,9 +166,9 @@ impl<R: Runtime> GpuBackend<R> {
         let profile = std::env::var("KILN_CUDA_PROFILE")
             .is_ok_and(|v| v == "1")
             .then(|| Mutex::new(HashMap::new()));
-        let mma_q4_k = rt.func("mmq_q4_k_1").is_ok() && rt.func("mmqg_1").is_ok();
+        let mma_kernels = rt.func("mmq_q4_k_1").is_ok() && rt.func("mmqg_1").is_ok();
         GpuBackend {
-            mma_q4_k,
+            mma_kernels,
             rt,
             ordinal,
             sm_count,
