@@ -252,7 +252,7 @@ impl<R: Runtime> GpuBackend<R> {
                     ..Default::default()
                 };
                 g.parts[0] = self.group_part(w, out, rows, 0)?;
-                self.launch_mmq_group(g, n_out, qp, dp, rows, k)?;
+                self.launch_mmq_group(g, n_out.div_ceil(16), n_out, (qp, dp), rows, k)?;
                 s.act_of = Some(self.stamp(xp, rows * k));
                 return Ok(());
             }
@@ -355,27 +355,17 @@ impl<R: Runtime> GpuBackend<R> {
             blocks += w.rows.div_ceil(per_block);
             n_out += w.rows;
         }
-        let k32 = u32_arg("matmul", k)?;
         let mut s = self.lock_scratch();
         let (qp, dp) = self.quantized_act(&mut s, xp, rows, k)?;
         if mma {
-            self.launch_mmq_group(g, n_out, qp, dp, rows, k)?;
-            s.act_of = Some(self.stamp(xp, rows * k));
-            return Ok(());
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (u32_arg("matmul", blocks)?, 1, 1),
-            block_dim: (MMVW_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        for r0 in (0..rows).step_by(MAX_ROWS_PER_PASS) {
-            let nr = (rows - r0).min(MAX_ROWS_PER_PASS);
-            let mut pass = g;
-            for p in pass.parts.iter_mut().take(parts.len()) {
-                p.out += (r0 * p.n_out as usize * 4) as u64;
-            }
-            let (yq, yd) = (qp + (r0 * k) as u64, dp + (r0 * k / 32 * 8) as u64);
-            launch!(self, &format!("mmvg_{nr}"), cfg, &pass, &yq, &yd, &k32)?;
+            self.launch_mmq_group(g, blocks, n_out, (qp, dp), rows, k)?;
+        } else {
+            let cfg = LaunchConfig {
+                grid_dim: (u32_arg("matmul", blocks)?, 1, 1),
+                block_dim: (MMVW_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            self.launch_group("mmvg", cfg, g, (qp, dp), rows, k)?;
         }
         s.act_of = Some(self.stamp(xp, rows * k));
         Ok(())
@@ -406,32 +396,44 @@ impl<R: Runtime> GpuBackend<R> {
         })
     }
 
-    /// A tensor-core group launch (`mmqg_*`) per pass of up to `MAX_ROWS_PER_PASS` rows over the
-    /// quantized activations at `qp`/`dp`: `g`'s parts (K-quants, their blocks of 16 rows numbered
-    /// through `first_block`) hold `n_out` rows in all, which set the warps of a block.
+    /// A tensor-core group launch (`mmqg_*`) of `blocks` blocks over the quantized activations (`qp`,
+    /// `dp`): `g`'s parts (K-quants, their blocks of 16 rows numbered through `first_block`) hold `n_out`
+    /// rows in all, which set the warps of a block.
     fn launch_mmq_group(
         &self,
         g: MatvecGroup,
+        blocks: usize,
         n_out: usize,
-        qp: u64,
-        dp: u64,
+        (qp, dp): (u64, u64),
         rows: usize,
         k: usize,
     ) -> Result<()> {
-        let n_parts = g.n_parts as usize;
-        let last = &g.parts[n_parts - 1];
-        let blocks = last.first_block as usize + (last.n_out as usize).div_ceil(16);
         let (fam, warps) = self.matvec.mmq_warps(n_out, self.sm_count, true);
         let cfg = LaunchConfig {
             grid_dim: (u32_arg("matmul", blocks)?, 1, 1),
             block_dim: (32 * warps, 1, 1),
             shared_mem_bytes: 0,
         };
+        self.launch_group(fam, cfg, g, (qp, dp), rows, k)
+    }
+
+    /// A group kernel of family `fam` (`mmvg`, `mmqg`, `mmqg8`) launched once per pass of up to
+    /// `MAX_ROWS_PER_PASS` rows over the quantized activations (`qp`, `dp`), each pass writing its rows
+    /// of every part's output.
+    fn launch_group(
+        &self,
+        fam: &str,
+        cfg: LaunchConfig,
+        g: MatvecGroup,
+        (qp, dp): (u64, u64),
+        rows: usize,
+        k: usize,
+    ) -> Result<()> {
         let k32 = u32_arg("matmul", k)?;
         for r0 in (0..rows).step_by(MAX_ROWS_PER_PASS) {
             let nr = (rows - r0).min(MAX_ROWS_PER_PASS);
             let mut pass = g;
-            for p in pass.parts.iter_mut().take(n_parts) {
+            for p in pass.parts.iter_mut().take(g.n_parts as usize) {
                 p.out += (r0 * p.n_out as usize * 4) as u64;
             }
             let (yq, yd) = (qp + (r0 * k) as u64, dp + (r0 * k / 32 * 8) as u64);
