@@ -307,13 +307,6 @@ __device__ __forceinline__ void mmq_blocks_qk(const u8* r0, const u8* r1, u32 n_
     }
 }
 
-// A Q6_K value (low nibble l, high bit pair h) minus 32, four to a word, as signed bytes: the subtraction
-// without borrows crossing bytes, as unit_q6_k does it.
-__device__ __forceinline__ int q6_signed(int lo, int hi, u32 nshift, u32 hshift) {
-    const int v = ((lo >> nshift) & 0x0F0F0F0F) | (((hi >> hshift) & 0x03030303) << 4);
-    return ((v | (int)0x80808080) - 0x20202020) ^ (int)0x80808080;
-}
-
 // Q6_K (210 bytes per 256: ql[128], qh[64], 16 int8 scales, d; blocks only 2-byte aligned, so every word
 // comes in two 16-bit loads). Value v = 128n + 32q + l of a block has its low nibble in ql[64n + 32(q & 1)
 // + l] (high nibbles for q ≥ 2) and its high bit pair in qh[32n + l] (bits 2q, 2q + 1); its 16-value

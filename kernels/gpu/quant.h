@@ -226,6 +226,14 @@ __device__ __forceinline__ void unit_qk(const u8* row, u32 u, const Act& a, floa
     }
 }
 
+// Four Q6_K values as signed bytes, each its low nibble (word `lo` shifted right by `nshift`) with its high
+// bit pair (word `hi` shifted right by `hshift`) above it, minus 32: the subtraction without borrows
+// crossing bytes.
+__device__ __forceinline__ int q6_signed(int lo, int hi, u32 nshift, u32 hshift) {
+    const int v = ((lo >> nshift) & 0x0F0F0F0F) | (((hi >> hshift) & 0x03030303) << 4);
+    return ((v | (int)0x80808080) - 0x20202020) ^ (int)0x80808080;
+}
+
 // Q6_K: 210 bytes per 256 (ql[128], qh[64], 16 int8 scales, d); unit = 32 consecutive values (two
 // scale groups), whose low nibbles and high bit pairs are 32 contiguous bytes each. Blocks are only
 // 2-byte aligned, so both runs come through load_ints_b2; the 4 bytes it reads past each run are still
@@ -240,15 +248,10 @@ __device__ __forceinline__ void unit_q6_k(const u8* row, u32 u, const Act& a, fl
     int ql[8], qh[8];
     load_ints_b2<8>(b + 64 * hf + 32 * (qq & 1), ql);
     load_ints_b2<8>(b + 128 + 32 * hf, qh);
-    const int nshift = (qq >> 1) * 4, hshift = 2 * qq;
+    const u32 nshift = (qq >> 1) * 4, hshift = 2 * qq;
     int v[8];
 #pragma unroll
-    for (int i = 0; i < 8; i++) {
-        const int l = (ql[i] >> nshift) & 0x0F0F0F0F;
-        const int hb = ((qh[i] >> hshift) & 0x03030303) << 4;
-        // Subtract 32 from each byte without borrows crossing bytes.
-        v[i] = (((l | hb) | 0x80808080) - 0x20202020) ^ 0x80808080;
-    }
+    for (int i = 0; i < 8; i++) v[i] = q6_signed(ql[i], qh[i], nshift, hshift);
     const u32 first = blk * 256 + 128 * hf + 32 * qq;  // 32-aligned: one activation scale
 #pragma unroll
     for (int r = 0; r < NR; r++) {
