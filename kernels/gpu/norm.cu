@@ -91,6 +91,85 @@ KILN_KERNEL void add_rms_norm(float* x, const float* y, const float* weight, u32
     rms_norm_row(x, y, weight, dim, eps, out, yq, yd);
 }
 
+// The same norm for a few long rows (decode and verify: the 27B's rows are 5,120 values), a block per
+// NORM_SPLIT_SLICE values of a row: grid (slices, rows). One block per row left the step's 127 norms each
+// on a single SM, bound by its issue rate (the quantization's shuffles, 5 values a thread) at ≈ 8 µs.
+// Each block adds and sums its own slice (x is written only by the block that read it), the blocks of a
+// row meet at a barrier in global memory, and each adds the row's partial sums in slice order: the
+// row's scale is the same in every block and for any number of rows, so a verify row rounds exactly as
+// a decode step does. The host launches this form only for a few rows (every block of a row is then
+// resident at once; with programmatic launches the next kernel's blocks only start once every block here
+// has started), and `sync` holds two zero-initialised words a row (arrivals, generation) that each launch
+// leaves as it found them but for the generation.
+#define NORM_SPLIT_THREADS 128
+#define NORM_SPLIT_VALUES 2
+#define NORM_SPLIT_SLICE (NORM_SPLIT_THREADS * NORM_SPLIT_VALUES)
+
+// Publishes this block's partial sum `s` of row blockIdx.y, waits for the row's other blocks and returns
+// the row's sum, added in slice order (the same bits in every block).
+__device__ __forceinline__ float row_barrier_sum(float s, float* partials, u32* sync) {
+    __shared__ float total;
+    const u32 nb = gridDim.x, r = blockIdx.y;
+    volatile float* row_partials = partials + (u64)r * nb;
+    if (threadIdx.x == 0) {
+        u32* arrived = sync + 2 * r;
+        volatile u32* generation = sync + 2 * r + 1;
+        const u32 g0 = *generation;  // read before arriving: the last block bumps it only after that
+        row_partials[blockIdx.x] = s;
+        __threadfence();
+        if (atomicAdd(arrived, 1u) == nb - 1) {
+            atomicExch(arrived, 0u);  // ready for the next launch
+            __threadfence();
+            atomicAdd((u32*)generation, 1u);
+        } else {
+            while (*generation == g0) {
+            }
+        }
+        __threadfence();
+    }
+    __syncthreads();
+    if (threadIdx.x < WARP_SIZE) {
+        float t = 0.0f;
+        for (u32 j = threadIdx.x; j < nb; j += WARP_SIZE) t += row_partials[j];
+        t = warp_sum(t);
+        if (threadIdx.x == 0) total = t;
+    }
+    __syncthreads();
+    return total;
+}
+
+// rms_norm (y null) or add_rms_norm, split as above.
+KILN_KERNEL void rms_norm_split(float* x, const float* y, const float* weight, u32 dim, float eps, float* out,
+                                i8* yq, float2* yd, float* partials, u32* sync) {
+    grid_dependency_entry();
+    __shared__ float scratch[32];
+    const u64 row = (u64)blockIdx.y * dim;
+    const u32 first = blockIdx.x * NORM_SPLIT_SLICE + threadIdx.x;
+    float v[NORM_SPLIT_VALUES], w[NORM_SPLIT_VALUES];
+#pragma unroll
+    for (int j = 0; j < NORM_SPLIT_VALUES; j++) {
+        const u32 i = first + j * NORM_SPLIT_THREADS;
+        v[j] = i < dim ? x[row + i] + (y ? y[row + i] : 0.0f) : 0.0f;
+        w[j] = i < dim && weight ? weight[i] : 1.0f;
+    }
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NORM_SPLIT_VALUES; j++) {
+        const u32 i = first + j * NORM_SPLIT_THREADS;
+        if (y && i < dim) x[row + i] = v[j];
+        s += v[j] * v[j];
+    }
+    s = row_barrier_sum(block_sum(s, scratch), partials, sync);
+    const float scale = 1.0f / sqrtf(s / (float)dim + eps);
+#pragma unroll
+    for (int j = 0; j < NORM_SPLIT_VALUES; j++) {
+        const u32 i = first + j * NORM_SPLIT_THREADS;
+        const float o = v[j] * scale * w[j];
+        if (i < dim) out[row + i] = o;
+        if (yq) quantize_group(o, row + i, i < dim, yq, yd);
+    }
+}
+
 // out = rms_norm(x)·weight ⊙ silu(z): the gated norm at the end of a Gated DeltaNet layer (quantized too
 // when `yq` is given, as in rms_norm_row).
 KILN_KERNEL void rms_norm_gated(const float* x, const float* weight, const float* z, u32 dim, float eps,

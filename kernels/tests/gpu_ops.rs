@@ -272,8 +272,10 @@ fn stacked_weight_and_gated_activation() {
 fn rms_norm_sizes_and_fused_residual() {
     let Some(g) = gpu() else { return };
     let c = cpu();
-    // Values held in registers (1000, the 27B's 5120 as one row), and rows too long for that (10000).
-    for (rows, dim) in [(5, 1000), (1, 5120), (2, 10000)] {
+    // Values held in registers (1000), rows too long for that (10000 in 12 rows), and the split form
+    // for few long rows (the 27B's 5120, up to a verify batch of 8; 3000: a last slice part full and
+    // not quantized, 3000 not being whole groups of 32).
+    for (rows, dim) in [(5, 1000), (12, 10000), (1, 5120), (8, 5120), (3, 3000)] {
         let n = rows * dim;
         let (x, y) = (values(11, n, 2.0), values(12, n, 1.0));
         let wsrc = || weight(GgmlType::F32, 1, dim, 13);
@@ -302,6 +304,40 @@ fn rms_norm_sizes_and_fused_residual() {
             &get(&c, &xc, n),
             1e-7,
         );
+    }
+}
+
+/// The split norm (few long rows, a block per slice meeting at a barrier) gives each row of a batch the
+/// same bits as that row alone, launch after launch on the same barrier words, with other row lengths
+/// in between.
+#[test]
+fn split_norm_rows_equal_the_row_alone() {
+    let Some(g) = gpu() else { return };
+    for dim in [5120, 2048, 5120] {
+        let rows = 8;
+        let n = rows * dim;
+        let (x, y) = (values(21, n, 2.0), values(22, n, 1.0));
+        let w = g.load_weight(weight(GgmlType::F32, 1, dim, 23)).unwrap();
+        let (mut xb, yb, mut ob) = (put(g, &x), put(g, &y), g.tensor(n).unwrap());
+        g.add_rms_norm(&mut xb, &yb, Some(&w), rows, dim, 1e-6, &mut ob)
+            .unwrap();
+        let (batch_x, batch_out) = (get(g, &xb, n), get(g, &ob, n));
+        for r in 0..rows {
+            let row = r * dim..(r + 1) * dim;
+            let (mut x1, y1, mut o1) = (
+                put(g, &x[row.clone()]),
+                put(g, &y[row.clone()]),
+                g.tensor(dim).unwrap(),
+            );
+            g.add_rms_norm(&mut x1, &y1, Some(&w), 1, dim, 1e-6, &mut o1)
+                .unwrap();
+            assert_eq!(
+                get(g, &o1, dim),
+                batch_out[row.clone()],
+                "add_rms_norm {dim}: row {r} of {rows} against the row alone"
+            );
+            assert_eq!(get(g, &x1, dim), batch_x[row], "x + y, row {r}");
+        }
     }
 }
 

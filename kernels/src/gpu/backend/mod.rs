@@ -70,6 +70,9 @@ struct Scratch<R: Runtime> {
     sample_vals: Option<DevBuf<R, f32>>,
     /// `argmax_split`'s best (value, index) key of each block of each row.
     argmax_keys: Option<DevBuf<R, u64>>,
+    /// `rms_norm_split`'s partial sums (a row's slices) and its barrier words (two a row).
+    norm_partials: Option<DevBuf<R, f32>>,
+    norm_sync: Option<DevBuf<R, u32>>,
 }
 
 pub struct GpuBackend<R: Runtime> {
@@ -92,6 +95,9 @@ pub struct GpuBackend<R: Runtime> {
     /// Argmax and top-k picked on the device (default; `KILN_DEVICE_SAMPLING=0` reads whole rows back
     /// and picks on the host, for comparisons).
     device_sampling: bool,
+    /// Few long rows normed by a block per slice of a row (default; `KILN_NORM_SPLIT=0` keeps a block
+    /// per row; see backend/norm.rs).
+    norm_split: bool,
     scratch: Mutex<Scratch<R>>,
     /// `KILN_CUDA_PROFILE=1`: every kernel is timed alone (synchronising around it), and the totals per
     /// kernel are printed when the backend is dropped. Slows everything down; for finding hot spots.
@@ -137,8 +143,10 @@ macro_rules! launch {
 
 mod attention_blas;
 mod matvec;
+mod norm;
 mod sampling;
 use matvec::{mmv_kernel, Matvec};
+use norm::NormArgs;
 
 impl<R: Runtime> Default for Scratch<R> {
     fn default() -> Self {
@@ -155,6 +163,8 @@ impl<R: Runtime> Default for Scratch<R> {
             sample_ids: None,
             sample_vals: None,
             argmax_keys: None,
+            norm_partials: None,
+            norm_sync: None,
         }
     }
 }
@@ -177,6 +187,7 @@ impl<R: Runtime> GpuBackend<R> {
             attn_blas: crate::gpu::switched_on("KILN_ATTN_BLAS"),
             attn_tile: crate::gpu::switched_on("KILN_ATTN_TILE"),
             device_sampling: crate::gpu::switched_on("KILN_DEVICE_SAMPLING"),
+            norm_split: crate::gpu::switched_on("KILN_NORM_SPLIT"),
             scratch: Mutex::new(Scratch::default()),
             profile,
             launches: std::sync::atomic::AtomicU64::new(0),
@@ -341,27 +352,6 @@ impl<R: Runtime> GpuBackend<R> {
             .ok_or_else(|| shape_err(op, "weight is not a vector"))?;
         check_len(op, "weight", d.len(), dim)?;
         Ok(self.ptr(d))
-    }
-
-    /// What the `rms_norm` kernels share: the optional weight's address (null: none), one block per row
-    /// of [`norm_threads`] threads, and the row length as a kernel argument.
-    fn norm_launch(
-        &self,
-        op: &'static str,
-        weight: Option<&GpuWeight<R>>,
-        rows: usize,
-        dim: usize,
-    ) -> Result<(u64, LaunchConfig, u32)> {
-        let wp = match weight {
-            Some(w) => self.dense(w, op, dim)?,
-            None => 0u64,
-        };
-        let cfg = LaunchConfig {
-            grid_dim: (u32_arg(op, rows)?, 1, 1),
-            block_dim: (norm_threads(dim), 1, 1),
-            shared_mem_bytes: 0,
-        };
-        Ok((wp, cfg, u32_arg(op, dim)?))
     }
 
     fn lock_scratch(&self) -> std::sync::MutexGuard<'_, Scratch<R>> {
@@ -840,11 +830,13 @@ impl<R: Runtime> Backend for GpuBackend<R> {
         if rows == 0 {
             return Ok(());
         }
-        let (wp, cfg, d) = self.norm_launch("rms_norm", weight, rows, dim)?;
-        let (xp, op) = (self.ptr(&x.buf), self.ptr(&out.buf));
-        self.producing(op, rows, dim, |yq, yd| {
-            launch!(self, "rms_norm", cfg, &xp, &wp, &d, &eps, &op, &yq, &yd)
-        })
+        let args = NormArgs {
+            x: self.ptr(&x.buf),
+            y: 0,
+            weight: self.norm_weight("rms_norm", weight, dim)?,
+            out: self.ptr(&out.buf),
+        };
+        self.launch_norm("rms_norm", args, rows, dim, eps)
     }
 
     fn add_rms_norm(
@@ -864,23 +856,13 @@ impl<R: Runtime> Backend for GpuBackend<R> {
         if rows == 0 {
             return Ok(());
         }
-        let (wp, cfg, d) = self.norm_launch(op, weight, rows, dim)?;
-        let (xp, yp, op_) = (self.ptr(&x.buf), self.ptr(&y.buf), self.ptr(&out.buf));
-        self.producing(op_, rows, dim, |yq, yd| {
-            launch!(
-                self,
-                "add_rms_norm",
-                cfg,
-                &xp,
-                &yp,
-                &wp,
-                &d,
-                &eps,
-                &op_,
-                &yq,
-                &yd
-            )
-        })
+        let args = NormArgs {
+            x: self.ptr(&x.buf),
+            y: self.ptr(&y.buf),
+            weight: self.norm_weight(op, weight, dim)?,
+            out: self.ptr(&out.buf),
+        };
+        self.launch_norm(op, args, rows, dim, eps)
     }
 
     fn add_bias(
