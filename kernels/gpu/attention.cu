@@ -50,12 +50,12 @@ __device__ __forceinline__ u32 head_bytes(int kt, u32 values) {
     }
 }
 
-// Merges the block's warps' running (max, sum, accumulators) for each of the G heads and stores the
-// split's partial sums (part_acc: [rows][n_heads][n_splits][D]; part_ml: the same of (max, sum)).
+// Merges the block's warps' running (max, sum, accumulators) for each of its G heads (head0, head0 + 1,
+// ...) and stores the split's partial sums (part_acc: [rows][n_heads][n_splits][D]; part_ml: the same of (max, sum)).
 // sh_acc is [WARPS][ATT_GMAX][D] and sh_ml [WARPS][ATT_GMAX][2], flattened.
 template <int D, int WARPS>
 __device__ __forceinline__ void store_partials(const float* sh_acc, const float* sh_ml, u32 G, u32 r, u32 n_heads,
-                                               u32 kvh, u32 split, u32 n_splits, float* part_acc,
+                                               u32 head0, u32 split, u32 n_splits, float* part_acc,
                                                float* part_ml) {
     for (u32 t = threadIdx.x; t < G * D; t += blockDim.x) {
         const u32 g = t / D, d = t % D;
@@ -67,7 +67,7 @@ __device__ __forceinline__ void store_partials(const float* sh_acc, const float*
             L += sh_ml[(w * ATT_GMAX + g) * 2 + 1] * f;
             A += sh_acc[(w * ATT_GMAX + g) * D + d] * f;
         }
-        const u64 idx = ((u64)r * n_heads + kvh * G + g) * n_splits + split;
+        const u64 idx = ((u64)r * n_heads + head0 + g) * n_splits + split;
         part_acc[idx * D + d] = A;
         if (d == 0) {
             part_ml[idx * 2] = M;
@@ -138,7 +138,7 @@ __device__ __forceinline__ void attn_split(const float* q, const u8* kc, const u
         }
     }
     __syncthreads();
-    store_partials<D, ATT_WARPS>(&sh_acc[0][0][0], &sh_ml[0][0][0], G, r, n_heads, kvh, split, n_splits, part_acc,
+    store_partials<D, ATT_WARPS>(&sh_acc[0][0][0], &sh_ml[0][0][0], G, r, n_heads, kvh * G, split, n_splits, part_acc,
                                  part_ml);
 }
 
@@ -228,9 +228,15 @@ __device__ __forceinline__ void attn_tile(const float* q, const u8* kc, const u8
     __shared__ int sh_qs[ATT_GMAX][NB];
     __shared__ __align__(16) float sh_p[ATQ_WARPS][32][ATT_GMAX];
     __shared__ float sh_ml[ATQ_WARPS][ATT_GMAX][2];
-    const u32 kvh = blockIdx.x, split = blockIdx.y, r = blockIdx.z, n_splits = gridDim.y;
+    const u32 split = blockIdx.y, r = blockIdx.z, n_splits = gridDim.y;
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const u32 G = n_heads / n_kv_heads;
+    // A kv head's query heads may be dealt to several blocks (gridDim.x = n_kv_heads · groups; the host
+    // does so when the splits alone leave SMs idle, at short contexts): G heads from head0 here. Each
+    // head is computed alone, so its result does not depend on the grouping.
+    const u32 groups = gridDim.x / n_kv_heads, kvh = blockIdx.x / groups, hg = blockIdx.x % groups;
+    const u32 g_all = n_heads / n_kv_heads, per = (g_all + groups - 1) / groups;
+    const u32 head0 = kvh * g_all + min(g_all, hg * per);
+    const u32 G = min(g_all, hg * per + per) - min(g_all, hg * per);
     const u32 pos = start + r;
     const u32 ch = chunk > 0 ? chunk : tiled_chunk(pos, row_splits);
     const u32 lo = (window > 0 && pos + 1 > window) ? pos + 1 - window : 0;
@@ -245,7 +251,7 @@ __device__ __forceinline__ void attn_tile(const float* q, const u8* kc, const u8
 #pragma unroll
     for (int i = 0; i < QPASS; i++) {
         const u32 gb = warp + ATQ_WARPS * i, g = gb / NB, b = gb % NB;
-        qv[i] = g < G ? q[((u64)r * n_heads + kvh * G + g) * D + b * 32 + lane] : 0.0f;
+        qv[i] = g < G ? q[((u64)r * n_heads + head0 + g) * D + b * 32 + lane] : 0.0f;
     }
 #pragma unroll
     for (int i = 0; i < QPASS; i++) {
@@ -397,7 +403,7 @@ __device__ __forceinline__ void attn_tile(const float* q, const u8* kc, const u8
         }
     }
     __syncthreads();
-    store_partials<D, ATQ_WARPS>(sh_acc, &sh_ml[0][0][0], G, r, n_heads, kvh, split, n_splits, part_acc, part_ml);
+    store_partials<D, ATQ_WARPS>(sh_acc, &sh_ml[0][0][0], G, r, n_heads, head0, split, n_splits, part_acc, part_ml);
 }
 
 #define ATTQ(KTN, KT, D)                                                                               \
