@@ -1,6 +1,9 @@
 // GGML block formats on the device: per-type dot products of a weight "unit" (a run of 16..64 values
 // inside one block) with activations quantized to 8 bits (int8 values, one f32 scale per 32), using
 // four-way byte dot products. Layouts are GGML's (see kernels/src/quant/); each function states its unit.
+// A unit's float arithmetic is spelled out (fmaf, __fmul_rn, ...) instead of left to the compiler, which
+// contracted the same expression into FMAs differently in different kernels: a row must sum to the same
+// bits in every kernel that takes it (a verify row equals the decode step; see matvec.cu).
 #pragma once
 #include "compat.h"
 
@@ -80,7 +83,7 @@ __device__ __forceinline__ void unit_q4_0(const u8* row, u32 u, const Act& a, fl
             sumi = dp4a((q[i] >> 4) & 0x0F0F0F0F, y[4 + i], sumi);
         }
         const float2 ys = a.yd[r * a.yd_stride + u];
-        acc[r] += d * (ys.x * (float)sumi - 8.0f * ys.y);
+        acc[r] = fmaf(d, fmaf(ys.x, (float)sumi, -8.0f * ys.y), acc[r]);
     }
 }
 
@@ -102,7 +105,7 @@ __device__ __forceinline__ void unit_q4_1(const u8* row, u32 u, const Act& a, fl
             sumi = dp4a((q[i] >> 4) & 0x0F0F0F0F, y[4 + i], sumi);
         }
         const float2 ys = a.yd[r * a.yd_stride + u];
-        acc[r] += d * ys.x * (float)sumi + m * ys.y;
+        acc[r] += fmaf(d * ys.x, (float)sumi, m * ys.y);
     }
 }
 
@@ -131,7 +134,8 @@ __device__ __forceinline__ void unit_q5(const u8* row, u32 u, const Act& a, floa
             sumi = dp4a(hi[i], y[4 + i], sumi);
         }
         const float2 ys = a.yd[r * a.yd_stride + u];
-        acc[r] += HAS_MIN ? d * ys.x * (float)sumi + m * ys.y : d * (ys.x * (float)sumi - 16.0f * ys.y);
+        acc[r] = HAS_MIN ? acc[r] + fmaf(d * ys.x, (float)sumi, m * ys.y)
+                         : fmaf(d, fmaf(ys.x, (float)sumi, -16.0f * ys.y), acc[r]);
     }
 }
 
@@ -150,7 +154,7 @@ __device__ __forceinline__ void unit_q8_0(const u8* row, u32 u, const Act& a, fl
         int sumi = 0;
 #pragma unroll
         for (int i = 0; i < 4; i++) sumi = dp4a(q[i], y[i], sumi);
-        acc[r] += d * a.yd[r * a.yd_stride + blk].x * (float)sumi;
+        acc[r] = fmaf(d * a.yd[r * a.yd_stride + blk].x, (float)sumi, acc[r]);
     }
 }
 
@@ -261,7 +265,7 @@ __device__ __forceinline__ void unit_q6_k(const u8* row, u32 u, const Act& a, fl
         s0 = dp4a(v[1], ya.y, s0); s1 = dp4a(v[5], yb.y, s1);
         s0 = dp4a(v[2], ya.z, s0); s1 = dp4a(v[6], yb.z, s1);
         s0 = dp4a(v[3], ya.w, s0); s1 = dp4a(v[7], yb.w, s1);
-        acc[r] += d * a.yd[r * a.yd_stride + first / 32].x * (sc0 * (float)s0 + sc1 * (float)s1);
+        acc[r] = fmaf(d * a.yd[r * a.yd_stride + first / 32].x, fmaf(sc0, (float)s0, sc1 * (float)s1), acc[r]);
     }
 }
 

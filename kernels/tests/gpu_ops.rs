@@ -112,12 +112,13 @@ fn matmul_every_type_and_batch() {
         GgmlType::Q5_K,
         GgmlType::Q6_K,
     ];
-    // 70 outputs take the block-per-row kernels (KILN_MMV=auto, and every type but Q4_K under the
-    // default mma, whose Q4_K products run on the tensor cores); 2201 (more than 16 per SM on an H100)
+    // 71 outputs take the block-per-row kernels (KILN_MMV=auto, and every type but Q4_K under the
+    // default mma, whose Q4_K products run on the tensor cores; a block per pair of rows from 2
+    // activation rows on, the last block with a single row); 2201 (more than 16 per SM on an H100)
     // the warp-per-row ones (a warp per pair of rows from 2 activation rows on), with
     // a partly filled last block whose last warp has a single row.
     for (i, ty) in types.into_iter().enumerate() {
-        for n_out in [70, 2201] {
+        for n_out in [71, 2201] {
             matmul_matches_cpu(g, &c, ty, n_out, i as u64 + 1);
         }
     }

@@ -31,6 +31,7 @@ fn every_kernel_compiles_with_nvrtc() {
             "mmq_q4_k_4",
             "mmqg_4",
             "mmqg8_1",
+            "mmv2_q6_k_4",
             "rms_norm_split",
         ] {
             assert!(

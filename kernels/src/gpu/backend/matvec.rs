@@ -28,8 +28,9 @@ pub(super) fn mmv_kernel(ty: GgmlType) -> Option<(&'static str, usize)> {
 /// The quantized row-kernel variants (kernels/gpu/matvec.cu), chosen with `KILN_MMV` for comparisons.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Matvec {
-    /// `block`: a block of `MMV_THREADS` per output value.
-    BlockPerRow,
+    /// `block`: a block of `MMV_THREADS` per output value (`mmv_*`), or per pair of output values
+    /// (`mmv2_*`, each summed as alone) for passes of at least `pairs_from` activation rows.
+    BlockPerRow { pairs_from: usize },
     /// `warp`: a warp per output value (`mmvw_*`, two units in flight per lane), or per pair of
     /// output values (`mmvp_*`) for passes of at least `pairs_from` activation rows.
     Warp { pairs_from: usize },
@@ -59,7 +60,8 @@ pub(super) enum Matvec {
 
 impl Matvec {
     /// `KILN_MMV` = `block` | `warp` | `auto` | `mma` (default); `KILN_MMV_PAIRS` = the activation rows from
-    /// which a warp takes two output rows (default 2: the verify and batched passes; `off`: never).
+    /// which a warp or a block takes two output rows (default 2: the verify and batched passes; `off`:
+    /// never).
     pub(super) fn from_env() -> Matvec {
         let pairs_from = match std::env::var("KILN_MMV_PAIRS").as_deref() {
             Ok("off") => usize::MAX,
@@ -67,7 +69,7 @@ impl Matvec {
             Err(_) => 2,
         };
         match std::env::var("KILN_MMV").as_deref() {
-            Ok("block") => Matvec::BlockPerRow,
+            Ok("block") => Matvec::BlockPerRow { pairs_from },
             Ok("warp") => Matvec::Warp { pairs_from },
             Ok("auto") => Matvec::Auto { pairs_from },
             _ => Matvec::Mma {
@@ -95,8 +97,10 @@ impl Matvec {
         let long_rows_under_a_wave =
             n_out < MAX_WARPS_PER_SM * sm_count && n_units >= 4 * MMV_THREADS as usize;
         match self {
-            Matvec::Auto { .. } | Matvec::Mma { .. } if few_outputs || long_rows_under_a_wave => {
-                Matvec::BlockPerRow
+            Matvec::Auto { pairs_from } | Matvec::Mma { pairs_from, .. }
+                if few_outputs || long_rows_under_a_wave =>
+            {
+                Matvec::BlockPerRow { pairs_from }
             }
             Matvec::Auto { pairs_from } | Matvec::Mma { pairs_from, .. } => {
                 Matvec::Warp { pairs_from }
@@ -281,7 +285,14 @@ impl<R: Runtime> GpuBackend<R> {
         for r0 in (0..rows).step_by(MAX_ROWS_PER_PASS) {
             let nr = (rows - r0).min(MAX_ROWS_PER_PASS);
             let (name, cfg) = match variant {
-                Matvec::BlockPerRow | Matvec::Auto { .. } | Matvec::Mma { .. } => {
+                Matvec::BlockPerRow { pairs_from } if nr >= pairs_from.max(2) => {
+                    let cfg = LaunchConfig {
+                        grid_dim: (u32_arg("matmul", n_out.div_ceil(2))?, 1, 1),
+                        ..cfg
+                    };
+                    (format!("{}_{nr}", fam.replacen("mmv_", "mmv2_", 1)), cfg)
+                }
+                Matvec::BlockPerRow { .. } | Matvec::Auto { .. } | Matvec::Mma { .. } => {
                     (format!("{fam}_{nr}"), cfg)
                 }
                 Matvec::Warp { pairs_from } => {
