@@ -9,14 +9,27 @@ export KILN_CACHE=${KILN_CACHE:-$HOME/.cache/kiln}
 export CARGO_INCREMENTAL=0
 # Build outputs live outside the checkout, one directory per Rust toolchain: CI runs in a fresh clone, and
 # building every dependency again (clippy's, the test profile's, the release profile's) was most of its time.
-# Cargo rebuilds whatever changed, so the cache only saves time. Each new clone path adds its own workspace
-# artifacts, so past a size the cache starts over.
+# Past a size the cache starts over.
 if [ -z "${CARGO_TARGET_DIR:-}" ]; then
     CARGO_TARGET_DIR="$KILN_CACHE/cargo-target/rustc-$(rustc -V | awk '{print $2 "-" substr($3, 2)}')"
     export CARGO_TARGET_DIR
     if [ -d "$CARGO_TARGET_DIR" ] && (($(du -s --block-size=1G "$CARGO_TARGET_DIR" | cut -f1) > ${KILN_TARGET_CACHE_GB:-30})); then
         echo "the build cache $CARGO_TARGET_DIR is over ${KILN_TARGET_CACHE_GB:-30} GB: starting it over"
         rm -rf "$CARGO_TARGET_DIR"
+    fi
+    # Cargo names a workspace crate's artifacts by its path inside the workspace, not by where the checkout
+    # is, and judges them fresh by file times: a checkout elsewhere (CI's clone, another worktree) reused
+    # test binaries built from the other checkout, with its absolute paths compiled in
+    # (env!("CARGO_MANIFEST_DIR") pointed at a clone that was gone). When the checkout is not the one the
+    # cache last built, the workspace crates' fingerprints go, so they are built again from these sources;
+    # the dependencies stay cached.
+    checkout_stamp="$CARGO_TARGET_DIR/kiln-checkout"
+    if [ "$(cat "$checkout_stamp" 2>/dev/null)" != "$PWD" ]; then
+        for pkg in $(cargo metadata --no-deps --format-version 1 |
+            python3 -c 'import json, sys; print(" ".join(p["name"] for p in json.load(sys.stdin)["packages"]))'); do
+            rm -rf "$CARGO_TARGET_DIR"/*/.fingerprint/"$pkg"-*
+        done
+        mkdir -p "$CARGO_TARGET_DIR" && echo "$PWD" > "$checkout_stamp"
     fi
 fi
 # The debug-profile cargo commands below all select --workspace: cargo resolves the dependencies' features
