@@ -52,20 +52,20 @@ __device__ __forceinline__ u32 head_bytes(int kt, u32 values) {
 
 // Merges the block's warps' running (max, sum, accumulators) for each of its G heads (head0, head0 + 1,
 // ...) and stores the split's partial sums (part_acc: [rows][n_heads][n_splits][D]; part_ml: the same of (max, sum)).
-// sh_acc is [WARPS][ATT_GMAX][D] and sh_ml [WARPS][ATT_GMAX][2], flattened.
-template <int D, int WARPS>
+// sh_acc is [WARPS][GM][D] and sh_ml [WARPS][GM][2], flattened.
+template <int D, int WARPS, int GM = ATT_GMAX>
 __device__ __forceinline__ void store_partials(const float* sh_acc, const float* sh_ml, u32 G, u32 r, u32 n_heads,
                                                u32 head0, u32 split, u32 n_splits, float* part_acc,
                                                float* part_ml) {
     for (u32 t = threadIdx.x; t < G * D; t += blockDim.x) {
         const u32 g = t / D, d = t % D;
         float M = -1e30f;
-        for (int w = 0; w < WARPS; w++) M = fmaxf(M, sh_ml[(w * ATT_GMAX + g) * 2]);
+        for (int w = 0; w < WARPS; w++) M = fmaxf(M, sh_ml[(w * GM + g) * 2]);
         float L = 0.0f, A = 0.0f;
         for (int w = 0; w < WARPS; w++) {
-            const float f = expf(sh_ml[(w * ATT_GMAX + g) * 2] - M);
-            L += sh_ml[(w * ATT_GMAX + g) * 2 + 1] * f;
-            A += sh_acc[(w * ATT_GMAX + g) * D + d] * f;
+            const float f = expf(sh_ml[(w * GM + g) * 2] - M);
+            L = fmaf(sh_ml[(w * GM + g) * 2 + 1], f, L);
+            A = fmaf(sh_acc[(w * GM + g) * D + d], f, A);
         }
         const u64 idx = ((u64)r * n_heads + head0 + g) * n_splits + split;
         part_acc[idx * D + d] = A;
@@ -213,21 +213,21 @@ __device__ __forceinline__ void load_words(const u32* src, u32* dst) {
     }
 }
 
-template <int KT, int D>
+template <int KT, int D, int GM>
 __device__ __forceinline__ void attn_tile(const float* q, const u8* kc, const u8* vc, u32 row_bytes, u32 n_heads,
                                           u32 n_kv_heads, u32 start, u32 window, float scale, float softcap,
                                           u32 chunk, u32 row_splits, float* part_acc, float* part_ml) {
     constexpr int NB = D / 32, EPL = D / 32, BB = KT == T_Q4_0 ? 18 : 34;
     constexpr int W = NB * BB / 4;  // words of one head's cached row (NB is even: whole words)
     constexpr int VEC = W % 4 == 0 ? 4 : W % 2 == 0 ? 2 : 1;
-    constexpr int TILE_WORDS = ATQ_WARPS * 32 * W, MERGE_WORDS = ATQ_WARPS * ATT_GMAX * D;
+    constexpr int TILE_WORDS = ATQ_WARPS * 32 * W, MERGE_WORDS = ATQ_WARPS * GM * D;
     // The V tiles while the keys are walked, then the warps' sums for the merge at the end.
     __shared__ __align__(16) u32 sh_raw[TILE_WORDS > MERGE_WORDS ? TILE_WORDS : MERGE_WORDS];
-    __shared__ __align__(16) int sh_q[ATT_GMAX][D / 4];
-    __shared__ float sh_qd[ATT_GMAX][NB];
-    __shared__ int sh_qs[ATT_GMAX][NB];
-    __shared__ __align__(16) float sh_p[ATQ_WARPS][32][ATT_GMAX];
-    __shared__ float sh_ml[ATQ_WARPS][ATT_GMAX][2];
+    __shared__ __align__(16) int sh_q[GM][D / 4];
+    __shared__ float sh_qd[GM][NB];
+    __shared__ int sh_qs[GM][NB];
+    __shared__ __align__(16) float sh_p[ATQ_WARPS][32][GM];
+    __shared__ float sh_ml[ATQ_WARPS][GM][2];
     const u32 split = blockIdx.y, r = blockIdx.z, n_splits = gridDim.y;
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     // A kv head's query heads may be dealt to several blocks (gridDim.x = n_kv_heads · groups; the host
@@ -246,7 +246,7 @@ __device__ __forceinline__ void attn_tile(const float* q, const u8* kc, const u8
 
     // q of the group's heads → q8_0 (ggml's reference rounding: d = amax / 127 kept as f16, q = rint(x/d)),
     // a 32-value group per warp and pass; every pass's q value is loaded before any is used.
-    constexpr int QPASS = (ATT_GMAX * NB + ATQ_WARPS - 1) / ATQ_WARPS;
+    constexpr int QPASS = (GM * NB + ATQ_WARPS - 1) / ATQ_WARPS;
     float qv[QPASS];
 #pragma unroll
     for (int i = 0; i < QPASS; i++) {
@@ -272,9 +272,9 @@ __device__ __forceinline__ void attn_tile(const float* q, const u8* kc, const u8
     }
     __syncthreads();
 
-    float acc[ATT_GMAX][EPL], m[ATT_GMAX], l[ATT_GMAX];
+    float acc[GM][EPL], m[GM], l[GM];
 #pragma unroll
-    for (int g = 0; g < ATT_GMAX; g++) {
+    for (int g = 0; g < GM; g++) {
         m[g] = -1e30f;
         l[g] = 0.0f;
 #pragma unroll
@@ -308,9 +308,9 @@ __device__ __forceinline__ void attn_tile(const float* q, const u8* kc, const u8
             }
         }
 
-        float s[ATT_GMAX];
+        float s[GM];
 #pragma unroll
-        for (int g = 0; g < ATT_GMAX; g++) s[g] = 0.0f;
+        for (int g = 0; g < GM; g++) s[g] = 0.0f;
 #pragma unroll
         for (int b = 0; b < NB; b++) {
             const int o = b * BB;
@@ -319,7 +319,7 @@ __device__ __forceinline__ void attn_tile(const float* q, const u8* kc, const u8
 #pragma unroll
             for (int i = 0; i < (KT == T_Q4_0 ? 4 : 8); i++) kq[i] = (int)word_at(kw, o + 2 + 4 * i);
 #pragma unroll
-            for (int g = 0; g < ATT_GMAX; g++) {
+            for (int g = 0; g < GM; g++) {
                 if (g < (int)G) {
                     const int4 y0 = *(const int4*)&sh_q[g][b * 8];
                     const int4 y1 = *(const int4*)&sh_q[g][b * 8 + 4];
@@ -338,13 +338,13 @@ __device__ __forceinline__ void attn_tile(const float* q, const u8* kc, const u8
                         sumi = dp4a(kq[4], y1.x, sumi); sumi = dp4a(kq[5], y1.y, sumi);
                         sumi = dp4a(kq[6], y1.z, sumi); sumi = dp4a(kq[7], y1.w, sumi);
                     }
-                    s[g] += dk * sh_qd[g][b] * (float)sumi;
+                    s[g] = fmaf(dk * sh_qd[g][b], (float)sumi, s[g]);
                 }
             }
         }
-        float c[ATT_GMAX];
+        float c[GM];
 #pragma unroll
-        for (int g = 0; g < ATT_GMAX; g++) {
+        for (int g = 0; g < GM; g++) {
             c[g] = 1.0f;
             if (g < (int)G) {
                 float sc = s[g] * scale;
@@ -354,13 +354,13 @@ __device__ __forceinline__ void attn_tile(const float* q, const u8* kc, const u8
                 c[g] = expf(m[g] - mn);
                 m[g] = mn;
                 const float pe = valid ? expf(sc - mn) : 0.0f;
-                l[g] = l[g] * c[g] + pe;
+                l[g] = fmaf(l[g], c[g], pe);
                 sh_p[warp][lane][g] = pe;
             }
         }
         sync_warp();
 #pragma unroll
-        for (int g = 0; g < ATT_GMAX; g++)
+        for (int g = 0; g < GM; g++)
 #pragma unroll
             for (int e = 0; e < EPL; e++) acc[g][e] *= c[g];
 #pragma unroll 2
@@ -377,25 +377,29 @@ __device__ __forceinline__ void attn_tile(const float* q, const u8* kc, const u8
                     v[2 * h + t] = KT == T_Q4_0 ? (float)((int)((byte >> vshift) & 0xF) - 8) : (float)(i8)byte;
                 }
             }
-            const float4 p0 = *(const float4*)&sh_p[warp][j][0];
-            const float4 p1 = *(const float4*)&sh_p[warp][j][4];
-            const float p[8] = {p0.x * dv, p0.y * dv, p0.z * dv, p0.w * dv, p1.x * dv, p1.y * dv, p1.z * dv, p1.w * dv};
+            float p[GM];
 #pragma unroll
-            for (int g = 0; g < ATT_GMAX; g++)
+            for (int g = 0; g < GM; g += 2) {
+                const float2 pp = *(const float2*)&sh_p[warp][j][g];
+                p[g] = pp.x * dv;
+                p[g + 1] = pp.y * dv;
+            }
+#pragma unroll
+            for (int g = 0; g < GM; g++)
                 if (g < (int)G)
 #pragma unroll
-                    for (int e = 0; e < EPL; e++) acc[g][e] += p[g] * v[e];
+                    for (int e = 0; e < EPL; e++) acc[g][e] = fmaf(p[g], v[e], acc[g][e]);
         }
         sync_warp();
     }
     __syncthreads();  // the V tiles' memory becomes the merge's
-    float* sh_acc = (float*)sh_raw;  // [ATQ_WARPS][ATT_GMAX][D]
+    float* sh_acc = (float*)sh_raw;  // [ATQ_WARPS][GM][D]
 #pragma unroll
-    for (int g = 0; g < ATT_GMAX; g++) {
+    for (int g = 0; g < GM; g++) {
         if (g < (int)G) {  // constant indices: a runtime g would put acc in local memory
             l[g] = warp_sum(l[g]);
 #pragma unroll
-            for (int e = 0; e < EPL; e++) sh_acc[(warp * ATT_GMAX + g) * D + lane * EPL + e] = acc[g][e];
+            for (int e = 0; e < EPL; e++) sh_acc[(warp * GM + g) * D + lane * EPL + e] = acc[g][e];
             if (lane == 0) {
                 sh_ml[warp][g][0] = m[g];
                 sh_ml[warp][g][1] = l[g];
@@ -403,20 +407,27 @@ __device__ __forceinline__ void attn_tile(const float* q, const u8* kc, const u8
         }
     }
     __syncthreads();
-    store_partials<D, ATQ_WARPS>(sh_acc, &sh_ml[0][0][0], G, r, n_heads, head0, split, n_splits, part_acc, part_ml);
+    store_partials<D, ATQ_WARPS, GM>(sh_acc, &sh_ml[0][0][0], G, r, n_heads, head0, split, n_splits, part_acc, part_ml);
 }
 
-#define ATTQ(KTN, KT, D)                                                                               \
-    KILN_KERNEL __launch_bounds__(ATQ_WARPS * 32, ATQ_BLOCKS) void attn_tile_##KTN##_##D(const float* q, const u8* kc, const u8* vc, u32 row_bytes,   \
+// attn_tile_*: up to ATT_GMAX query heads a block; attn_tile2_*: up to 2, for a kv head's query heads dealt
+// to several blocks (fewer registers, so more blocks an SM). A head's arithmetic is the same in both.
+#define ATQ_BLOCKS2 3  // 167 registers (4 blocks an SM spilled)
+#define ATTQ(name, GM, BLOCKS, KTN, KT, D)                                                                   \
+    KILN_KERNEL __launch_bounds__(ATQ_WARPS * 32, BLOCKS) void name##_##KTN##_##D(const float* q, const u8* kc, const u8* vc, u32 row_bytes,   \
                                            u32 n_heads, u32 n_kv_heads, u32 start, u32 window,          \
                                            float scale, float softcap, u32 chunk, u32 row_splits,       \
                                            float* part_acc, float* part_ml) {                           \
         grid_dependency_entry();                                                                        \
-        attn_tile<KT, D>(q, kc, vc, row_bytes, n_heads, n_kv_heads, start, window, scale, softcap,      \
-                         chunk, row_splits, part_acc, part_ml);                                         \
+        attn_tile<KT, D, GM>(q, kc, vc, row_bytes, n_heads, n_kv_heads, start, window, scale, softcap,  \
+                             chunk, row_splits, part_acc, part_ml);                                     \
     }
-ATTQ(q4_0, T_Q4_0, 64) ATTQ(q4_0, T_Q4_0, 128) ATTQ(q4_0, T_Q4_0, 256)
-ATTQ(q8_0, T_Q8_0, 64) ATTQ(q8_0, T_Q8_0, 128) ATTQ(q8_0, T_Q8_0, 256)
+#define ATTQ_ALL(name, GM, BLOCKS)                                                                          \
+    ATTQ(name, GM, BLOCKS, q4_0, T_Q4_0, 64) ATTQ(name, GM, BLOCKS, q4_0, T_Q4_0, 128)                      \
+    ATTQ(name, GM, BLOCKS, q4_0, T_Q4_0, 256) ATTQ(name, GM, BLOCKS, q8_0, T_Q8_0, 64)                      \
+    ATTQ(name, GM, BLOCKS, q8_0, T_Q8_0, 128) ATTQ(name, GM, BLOCKS, q8_0, T_Q8_0, 256)
+ATTQ_ALL(attn_tile, ATT_GMAX, ATQ_BLOCKS)
+ATTQ_ALL(attn_tile2, 2, ATQ_BLOCKS2)
 #endif
 
 // Merges the splits of each (row, head). Block (row·head, 32-value slice of the head), 8 warps: each warp

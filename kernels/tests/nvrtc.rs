@@ -33,6 +33,7 @@ fn every_kernel_compiles_with_nvrtc() {
             "mmqg8_1",
             "mmv2_q6_k_4",
             "rms_norm_split",
+            "attn_tile2_q4_0_256",
         ] {
             assert!(
                 ptx.contains(&format!(".entry {entry}(")),

@@ -1142,15 +1142,14 @@ impl<R: Runtime> Backend for GpuBackend<R> {
             let chunk = kv_len.div_ceil(n_splits);
             (chunk, 0, kv_len.div_ceil(chunk))
         };
-        // attn_tile_* deals a kv head's query heads to `groups` blocks when the splits leave SMs idle
-        // (short contexts: at depth 1 a block per kv head), up to about a block an SM; each block reads
-        // its kv head's keys and values again, from L2 at such depths. (Up to four blocks an SM made a
-        // 4-token verify pass's attention slower: 31.7 against 25.1 µs at depth 512, H200.)
+        // When the splits leave SMs idle (short contexts: at depth 1 a block per kv head), a kv head's
+        // query heads are dealt two to a block (`attn_tile2_*`, fewer registers), `groups` blocks per kv
+        // head; each block reads its kv head's keys and values again, from L2 at such depths. A head's
+        // arithmetic is the same in both kernels, so a row's result does not depend on the grouping.
+        let g_all = p.n_heads / p.n_kv_heads.max(1);
         let blocks = p.n_kv_heads * n_splits * rows;
-        let groups = if tiled && self.attn_groups && blocks < self.sm_count {
-            let g_all = (p.n_heads / p.n_kv_heads.max(1)).max(1);
-            let per = g_all.div_ceil(self.sm_count.div_ceil(blocks.max(1)).min(g_all));
-            g_all.div_ceil(per)
+        let groups = if tiled && self.attn_groups && g_all > 2 && blocks < self.sm_count {
+            g_all.div_ceil(2)
         } else {
             1
         };
@@ -1171,7 +1170,11 @@ impl<R: Runtime> Backend for GpuBackend<R> {
             u32_arg(op, chunk)?,
         );
         let softcap = p.softcap.unwrap_or(0.0);
-        let kernel = if tiled { "attn_tile" } else { "attn_split" };
+        let kernel = match (tiled, groups > 1) {
+            (true, true) => "attn_tile2",
+            (true, false) => "attn_tile",
+            (false, _) => "attn_split",
+        };
         let name = format!("{kernel}_{}_{d}", kv_kernel_name(kv.ty));
         let splits32 = u32_arg(op, row_splits)?;
         launch!(
