@@ -522,22 +522,19 @@ __device__ __forceinline__ void mmvf(const u8* w, u32 n_out, const float* x, u32
     block_reduce_store<NR>(acc, out, n_out, o);
 }
 
-#define MMVQ(name, TYPE, NR)                                                                          \
+// The block-per-row families: FN (mmvq, or mmvq2 for two rows a block) for TYPE and NR activation rows.
+#define MMVB(name, FN, TYPE, NR)                                                                      \
     KILN_KERNEL void name##_##NR(const u8* w, u32 row_bytes, u32 n_units, u32 n_out, const int* yq,    \
                                  const float2* yd, u32 k, float* out) {                               \
         grid_dependency_entry();                                                                      \
-        mmvq<TYPE, NR>(w, row_bytes, n_units, n_out, yq, yd, k, out);                                 \
+        FN<TYPE, NR>(w, row_bytes, n_units, n_out, yq, yd, k, out);                                   \
     }
+#define MMVQ(name, TYPE, NR) MMVB(name, mmvq, TYPE, NR)
 #define MMVQ_ALL(name, TYPE) \
     MMVQ(name, TYPE, 1) MMVQ(name, TYPE, 2) MMVQ(name, TYPE, 3) MMVQ(name, TYPE, 4) \
     MMVQ(name, TYPE, 5) MMVQ(name, TYPE, 6) MMVQ(name, TYPE, 7) MMVQ(name, TYPE, 8)
 
-#define MMV2(name, TYPE, NR)                                                                          \
-    KILN_KERNEL void name##_##NR(const u8* w, u32 row_bytes, u32 n_units, u32 n_out, const int* yq,    \
-                                 const float2* yd, u32 k, float* out) {                               \
-        grid_dependency_entry();                                                                      \
-        mmvq2<TYPE, NR>(w, row_bytes, n_units, n_out, yq, yd, k, out);                                \
-    }
+#define MMV2(name, TYPE, NR) MMVB(name, mmvq2, TYPE, NR)
 #define MMV2_ALL(name, TYPE) \
     MMV2(name, TYPE, 2) MMV2(name, TYPE, 3) MMV2(name, TYPE, 4) MMV2(name, TYPE, 5) \
     MMV2(name, TYPE, 6) MMV2(name, TYPE, 7) MMV2(name, TYPE, 8)

@@ -78,15 +78,10 @@ __device__ __forceinline__ void rms_norm_row(float* x, const float* y, const flo
     }
 }
 
-KILN_KERNEL void rms_norm(const float* x, const float* weight, u32 dim, float eps, float* out, i8* yq,
-                          float2* yd) {
-    grid_dependency_entry();
-    // x is only read when no residual is given.
-    rms_norm_row((float*)x, 0, weight, dim, eps, out, yq, yd);
-}
-
-KILN_KERNEL void add_rms_norm(float* x, const float* y, const float* weight, u32 dim, float eps, float* out,
-                              i8* yq, float2* yd) {
+// rms_norm_row a block per row; y (the residual) may be null, and then x is only read. The same parameters
+// as rms_norm_split below (one launch site): `partials` and `sync` are the split form's alone.
+KILN_KERNEL void rms_norm(float* x, const float* y, const float* weight, u32 dim, float eps, float* out, i8* yq,
+                          float2* yd, float* partials, u32* sync) {
     grid_dependency_entry();
     rms_norm_row(x, y, weight, dim, eps, out, yq, yd);
 }

@@ -50,62 +50,32 @@ impl<R: Runtime> GpuBackend<R> {
         let d = u32_arg(op, dim)?;
         let r = u32_arg(op, rows)?;
         let NormArgs { x, y, weight, out } = a;
-        if self.norm_split && rows <= SPLIT_MAX_ROWS && dim >= SPLIT_MIN_DIM {
+        let split = self.norm_split && rows <= SPLIT_MAX_ROWS && dim >= SPLIT_MIN_DIM;
+        let (name, cfg, partials, sync) = if split {
             let slices = dim.div_ceil(SPLIT_SLICE);
-            let (partials, sync) = {
-                let mut s = self.lock_scratch();
-                (
-                    self.ensure(&mut s.norm_partials, rows * slices)?,
-                    // Fixed size: allocated (zeroed) once, and every launch leaves the counts at zero.
-                    self.ensure(&mut s.norm_sync, 2 * SPLIT_MAX_ROWS)?,
-                )
-            };
+            let mut s = self.lock_scratch();
             let cfg = LaunchConfig {
                 grid_dim: (u32_arg(op, slices)?, r, 1),
                 block_dim: (SPLIT_THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
-            return self.producing(out, rows, dim, |yq, yd| {
-                launch!(
-                    self,
-                    "rms_norm_split",
-                    cfg,
-                    &x,
-                    &y,
-                    &weight,
-                    &d,
-                    &eps,
-                    &out,
-                    &yq,
-                    &yd,
-                    &partials,
-                    &sync
-                )
-            });
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (r, 1, 1),
-            block_dim: (norm_threads(dim), 1, 1),
-            shared_mem_bytes: 0,
+            (
+                "rms_norm_split",
+                cfg,
+                self.ensure(&mut s.norm_partials, rows * slices)?,
+                // Fixed size: allocated (zeroed) once, and every launch leaves the counts at zero.
+                self.ensure(&mut s.norm_sync, 2 * SPLIT_MAX_ROWS)?,
+            )
+        } else {
+            let cfg = LaunchConfig {
+                grid_dim: (r, 1, 1),
+                block_dim: (norm_threads(dim), 1, 1),
+                shared_mem_bytes: 0,
+            };
+            ("rms_norm", cfg, 0u64, 0u64)
         };
         self.producing(out, rows, dim, |yq, yd| {
-            if y == 0 {
-                launch!(self, "rms_norm", cfg, &x, &weight, &d, &eps, &out, &yq, &yd)
-            } else {
-                launch!(
-                    self,
-                    "add_rms_norm",
-                    cfg,
-                    &x,
-                    &y,
-                    &weight,
-                    &d,
-                    &eps,
-                    &out,
-                    &yq,
-                    &yd
-                )
-            }
+            launch!(self, name, cfg, &x, &y, &weight, &d, &eps, &out, &yq, &yd, &partials, &sync)
         })
     }
 }
