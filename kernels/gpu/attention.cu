@@ -410,8 +410,9 @@ __device__ __forceinline__ void attn_tile(const float* q, const u8* kc, const u8
     store_partials<D, ATQ_WARPS, GM>(sh_acc, &sh_ml[0][0][0], G, r, n_heads, head0, split, n_splits, part_acc, part_ml);
 }
 
-// attn_tile_*: up to ATT_GMAX query heads a block; attn_tile2_*: up to 2, for a kv head's query heads dealt
-// to several blocks (fewer registers, so more blocks an SM). A head's arithmetic is the same in both.
+// attn_tile_*: up to ATT_GMAX query heads a block; attn_tile2_*: up to 2 (TILE2_HEADS on the host), for a
+// kv head's query heads dealt to several blocks: a quarter of the per-key work, and no spills. A head's
+// arithmetic is the same in both.
 #define ATQ_BLOCKS2 3  // 167 registers (4 blocks an SM spilled)
 #define ATTQ(name, GM, BLOCKS, KTN, KT, D)                                                                   \
     KILN_KERNEL __launch_bounds__(ATQ_WARPS * 32, BLOCKS) void name##_##KTN##_##D(const float* q, const u8* kc, const u8* vc, u32 row_bytes,   \

@@ -47,57 +47,41 @@ __device__ __forceinline__ void unit(const u8* row, u32 u, const Act& a, float* 
     if (TYPE == T_Q6_K) unit_q6_k<NR>(row, u, a, acc);
 }
 
-template <int TYPE, int NR>
+// Output values o .. o + RPB - 1 by one block (RPB = 2: mmv2_*, the form for passes of 2+ activation rows),
+// each summed exactly as a block of its own sums it (the same threads, units and order). With two rows
+// each unit's activations, loaded once (the second row's unit calls read the same addresses with no
+// store between), serve both weight rows, which halves the L1 traffic that bounds a block per row at 4
+// activation rows (12 bytes of activations per weight byte). A decode step keeps a row a block, which
+// spreads a single row over more blocks.
+template <int TYPE, int NR, int RPB>
 __device__ __forceinline__ void mmvq(const u8* w, u32 row_bytes, u32 n_units, u32 n_out, const int* yq,
                                      const float2* yd, u32 k, float* out) {
-    const u32 o = blockIdx.x;
+    const u32 o = blockIdx.x * RPB;
     if (o >= n_out) return;
-    const u8* row = w + (u64)o * row_bytes;
-    const Act a = {yq, yd, k / 4, k / 32};
-    float acc[NR];
-#pragma unroll
-    for (int r = 0; r < NR; r++) acc[r] = 0.0f;
-    u32 u = threadIdx.x;
-    for (; u + MMV_THREADS < n_units; u += 2 * MMV_THREADS) {
-        unit<TYPE, NR>(row, u, a, acc);
-        unit<TYPE, NR>(row, u + MMV_THREADS, a, acc);
-    }
-    if (u < n_units) unit<TYPE, NR>(row, u, a, acc);
-    block_reduce_store<NR>(acc, out, n_out, o);
-}
-
-// Two output values per block, each summed exactly as mmvq sums it alone (the same threads, units and
-// order): the form of mmvq for passes of 2+ activation rows. Each unit's activations, loaded once (the
-// second row's unit calls read the same addresses with no store between), serve both weight rows, which
-// halves the L1 traffic that bounds a block per row at 4 activation rows (12 bytes of activations per
-// weight byte). A decode step keeps mmvq: a block per row spreads a single row over more blocks.
-template <int TYPE, int NR>
-__device__ __forceinline__ void mmvq2(const u8* w, u32 row_bytes, u32 n_units, u32 n_out, const int* yq,
-                                      const float2* yd, u32 k, float* out) {
-    const u32 o = blockIdx.x * 2;
-    if (o >= n_out) return;
-    const bool second = o + 1 < n_out;  // the same for the whole block
+    const bool second = RPB > 1 && o + 1 < n_out;  // the same for the whole block
     const u8* row0 = w + (u64)o * row_bytes;
     const u8* row1 = second ? row0 + row_bytes : row0;  // the last block may have one row: repeat it
     const Act a = {yq, yd, k / 4, k / 32};
-    float acc0[NR], acc1[NR];
+    float acc[RPB][NR];
 #pragma unroll
-    for (int r = 0; r < NR; r++) acc0[r] = acc1[r] = 0.0f;
+    for (int q = 0; q < RPB; q++)
+#pragma unroll
+        for (int r = 0; r < NR; r++) acc[q][r] = 0.0f;
     u32 u = threadIdx.x;
     for (; u + MMV_THREADS < n_units; u += 2 * MMV_THREADS) {
-        unit<TYPE, NR>(row0, u, a, acc0);
-        unit<TYPE, NR>(row1, u, a, acc1);
-        unit<TYPE, NR>(row0, u + MMV_THREADS, a, acc0);
-        unit<TYPE, NR>(row1, u + MMV_THREADS, a, acc1);
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int q = 0; q < RPB; q++) unit<TYPE, NR>(q ? row1 : row0, u + j * MMV_THREADS, a, acc[q]);
     }
     if (u < n_units) {
-        unit<TYPE, NR>(row0, u, a, acc0);
-        unit<TYPE, NR>(row1, u, a, acc1);
+#pragma unroll
+        for (int q = 0; q < RPB; q++) unit<TYPE, NR>(q ? row1 : row0, u, a, acc[q]);
     }
-    block_reduce_store<NR>(acc0, out, n_out, o);
+    block_reduce_store<NR>(acc[0], out, n_out, o);
     if (second) {
         __syncthreads();  // the first row's partial sums are read before the second's overwrite them
-        block_reduce_store<NR>(acc1, out, n_out, o + 1);
+        block_reduce_store<NR>(acc[RPB - 1], out, n_out, o + 1);
     }
 }
 
@@ -522,19 +506,19 @@ __device__ __forceinline__ void mmvf(const u8* w, u32 n_out, const float* x, u32
     block_reduce_store<NR>(acc, out, n_out, o);
 }
 
-// The block-per-row families: FN (mmvq, or mmvq2 for two rows a block) for TYPE and NR activation rows.
-#define MMVB(name, FN, TYPE, NR)                                                                      \
+// The block-per-row families: RPB output rows a block (mmvq) for TYPE and NR activation rows.
+#define MMVB(name, RPB, TYPE, NR)                                                                     \
     KILN_KERNEL void name##_##NR(const u8* w, u32 row_bytes, u32 n_units, u32 n_out, const int* yq,    \
                                  const float2* yd, u32 k, float* out) {                               \
         grid_dependency_entry();                                                                      \
-        FN<TYPE, NR>(w, row_bytes, n_units, n_out, yq, yd, k, out);                                   \
+        mmvq<TYPE, NR, RPB>(w, row_bytes, n_units, n_out, yq, yd, k, out);                            \
     }
-#define MMVQ(name, TYPE, NR) MMVB(name, mmvq, TYPE, NR)
+#define MMVQ(name, TYPE, NR) MMVB(name, 1, TYPE, NR)
 #define MMVQ_ALL(name, TYPE) \
     MMVQ(name, TYPE, 1) MMVQ(name, TYPE, 2) MMVQ(name, TYPE, 3) MMVQ(name, TYPE, 4) \
     MMVQ(name, TYPE, 5) MMVQ(name, TYPE, 6) MMVQ(name, TYPE, 7) MMVQ(name, TYPE, 8)
 
-#define MMV2(name, TYPE, NR) MMVB(name, mmvq2, TYPE, NR)
+#define MMV2(name, TYPE, NR) MMVB(name, 2, TYPE, NR)
 #define MMV2_ALL(name, TYPE) \
     MMV2(name, TYPE, 2) MMV2(name, TYPE, 3) MMV2(name, TYPE, 4) MMV2(name, TYPE, 5) \
     MMV2(name, TYPE, 6) MMV2(name, TYPE, 7) MMV2(name, TYPE, 8)
@@ -568,7 +552,7 @@ MMVQ_ALL(mmv_q4_k, T_Q4_K)
 MMVQ_ALL(mmv_q5_k, T_Q5_K)
 MMVQ_ALL(mmv_q6_k, T_Q6_K)
 
-// mmv2_*: two rows a block, for 2+ activation rows (mmvq2).
+// mmv2_*: two rows a block, for 2+ activation rows.
 MMV2_ALL(mmv2_q4_0, T_Q4_0)
 MMV2_ALL(mmv2_q4_1, T_Q4_1)
 MMV2_ALL(mmv2_q5_0, T_Q5_0)

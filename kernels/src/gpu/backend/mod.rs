@@ -90,8 +90,8 @@ pub struct GpuBackend<R: Runtime> {
     /// Decode attention over q4_0/q8_0 caches by `attn_tile_*`, a key per lane (default;
     /// `KILN_ATTN_TILE=0` keeps `attn_split_*`, a warp per key).
     attn_tile: bool,
-    /// A kv head's query heads dealt to several `attn_tile_*` blocks at short contexts (default;
-    /// `KILN_ATTN_GROUPS=0` keeps one block per kv head and split).
+    /// A kv head's query heads dealt to several `attn_tile2_*` blocks at short contexts (default;
+    /// `KILN_ATTN_GROUPS=0` keeps one `attn_tile_*` block per kv head and split).
     attn_groups: bool,
     /// Whether the device has the tensor-core K-quant products (`mmq_q4_k_*`, `mmqg_*`: CUDA sm_80+).
     mma_kernels: bool,
@@ -575,6 +575,8 @@ fn attention_chunk(n_ctx: usize) -> usize {
 
 /// The fewest keys of an `attn_tile_*` split (`ATQ_MIN_CHUNK`: a tile of 32 keys for each of 4 warps).
 const TILED_MIN_CHUNK: usize = 128;
+/// The query heads an `attn_tile2_*` block takes at most (its `GM` in kernels/gpu/attention.cu).
+const TILE2_HEADS: usize = 2;
 
 /// What [`GpuBackend::rope_args`] gives the RoPE kernels.
 struct RopeArgs<R: Runtime> {
@@ -1143,13 +1145,13 @@ impl<R: Runtime> Backend for GpuBackend<R> {
             (chunk, 0, kv_len.div_ceil(chunk))
         };
         // When the splits leave SMs idle (short contexts: at depth 1 a block per kv head), a kv head's
-        // query heads are dealt two to a block (`attn_tile2_*`, fewer registers), `groups` blocks per kv
-        // head; each block reads its kv head's keys and values again, from L2 at such depths. A head's
+        // query heads are dealt TILE2_HEADS to a block (`attn_tile2_*`), `groups` blocks per kv head;
+        // each block reads its kv head's keys and values again, from L2 at such depths. A head's
         // arithmetic is the same in both kernels, so a row's result does not depend on the grouping.
         let g_all = p.n_heads / p.n_kv_heads.max(1);
         let blocks = p.n_kv_heads * n_splits * rows;
-        let groups = if tiled && self.attn_groups && g_all > 2 && blocks < self.sm_count {
-            g_all.div_ceil(2)
+        let groups = if tiled && self.attn_groups && g_all > TILE2_HEADS && blocks < self.sm_count {
+            g_all.div_ceil(TILE2_HEADS)
         } else {
             1
         };
