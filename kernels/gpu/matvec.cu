@@ -200,7 +200,8 @@ MMVG(1) MMVG(2) MMVG(3) MMVG(4) MMVG(5) MMVG(6) MMVG(7) MMVG(8)
 // takes m16n8k16, one 16-value sub-block an mma, a thread's 4 bytes at 4t. Every column is computed alone,
 // in the same order for any NR, so a verify batch's rows equal decode steps bit for bit (speculative
 // decoding needs it). Blocks of WARPS warps split K (super-blocks dealt round-robin) and sum in a fixed
-// order.
+// order. The float arithmetic is spelled out with fmaf (as in the dp4a units of quant.h), so no
+// compiler's contraction choice, which may differ between the NR instantiations, decides the rounding.
 //
 // The per-sub-block work is kept to integer multiplies: within a super-block a Q4_K/Q5_K row's value is
 // d · Σ_sb yscale_sb · (sc_sb · c_sb) − dmin · Σ_sb ysum_sb · m_sb (the formula of unit_qk, regrouped),
@@ -306,23 +307,23 @@ __device__ __forceinline__ void mmq_blocks_qk(const u8* r0, const u8* r1, u32 n_
             // H100 (49 → 62 µs for the 34,816-row gate+up; bench/README.md, session 9).
             if (c0 < NR) {
                 const float2 y0 = y.yd0[sub];
-                sa[0] += y0.x * (float)(c[0] * sc0);
-                sa[2] += y0.x * (float)(c[2] * sc1);
-                sm[0] += y0.y * m0;
-                sm[2] += y0.y * m1;
+                sa[0] = fmaf(y0.x, (float)(c[0] * sc0), sa[0]);
+                sa[2] = fmaf(y0.x, (float)(c[2] * sc1), sa[2]);
+                sm[0] = fmaf(y0.y, m0, sm[0]);
+                sm[2] = fmaf(y0.y, m1, sm[2]);
             }
             if (c1 < NR) {
                 const float2 y1 = y.yd1[sub];
-                sa[1] += y1.x * (float)(c[1] * sc0);
-                sa[3] += y1.x * (float)(c[3] * sc1);
-                sm[1] += y1.y * m0;
-                sm[3] += y1.y * m1;
+                sa[1] = fmaf(y1.x, (float)(c[1] * sc0), sa[1]);
+                sa[3] = fmaf(y1.x, (float)(c[3] * sc1), sa[3]);
+                sm[1] = fmaf(y1.y, m0, sm[1]);
+                sm[3] = fmaf(y1.y, m1, sm[3]);
             }
         }
-        acc[0] += s0.d * sa[0] - s0.dmin * sm[0];
-        acc[1] += s0.d * sa[1] - s0.dmin * sm[1];
-        acc[2] += s1.d * sa[2] - s1.dmin * sm[2];
-        acc[3] += s1.d * sa[3] - s1.dmin * sm[3];
+        acc[0] += fmaf(s0.d, sa[0], -(s0.dmin * sm[0]));
+        acc[1] += fmaf(s0.d, sa[1], -(s0.dmin * sm[1]));
+        acc[2] += fmaf(s1.d, sa[2], -(s1.dmin * sm[2]));
+        acc[3] += fmaf(s1.d, sa[3], -(s1.dmin * sm[3]));
     }
 }
 
@@ -380,19 +381,19 @@ __device__ __forceinline__ void mmq_blocks_q6_k(const u8* r0, const u8* r1, u32 
             const u32 sub = blk * 8 + G;
             if (c0 < NR) {
                 const float ys = y.yd0[sub].x;
-                sa[0] += ys * (float)s[0];
-                sa[2] += ys * (float)s[2];
+                sa[0] = fmaf(ys, (float)s[0], sa[0]);
+                sa[2] = fmaf(ys, (float)s[2], sa[2]);
             }
             if (c1 < NR) {
                 const float ys = y.yd1[sub].x;
-                sa[1] += ys * (float)s[1];
-                sa[3] += ys * (float)s[3];
+                sa[1] = fmaf(ys, (float)s[1], sa[1]);
+                sa[3] = fmaf(ys, (float)s[3], sa[3]);
             }
         }
-        acc[0] += d0 * sa[0];
-        acc[1] += d0 * sa[1];
-        acc[2] += d1 * sa[2];
-        acc[3] += d1 * sa[3];
+        acc[0] = fmaf(d0, sa[0], acc[0]);
+        acc[1] = fmaf(d0, sa[1], acc[1]);
+        acc[2] = fmaf(d1, sa[2], acc[2]);
+        acc[3] = fmaf(d1, sa[3], acc[3]);
     }
 }
 
