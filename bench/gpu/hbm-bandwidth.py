@@ -6,8 +6,8 @@ copies one (read + write), timing each with CUDA events; prints the median of 20
 
 Then the same reduction over buffers of the sizes a decode step's products read one kernel at a time
 (the 27B's 5,120 × 6,144 Q4_K output projection, 17.7 MB; its Q4_K FFN down, 50.1 MB; gate+up, 100.3
-MB), each call on another buffer so nothing comes from L2: what one kernel of that size reaches
-when it starts from an idle bus and ends with a tail.
+MB) and 400 MB, each call on another buffer so nothing comes from L2: what one kernel of that size
+reaches when it starts from an idle bus and ends with a tail.
 """
 
 import statistics
