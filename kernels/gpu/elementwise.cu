@@ -74,6 +74,25 @@ KILN_KERNEL void copy_rows(const float* src, u64 src_off, u64 src_stride, float*
     }
 }
 
+// Several copies in one launch (Backend::copy_many): `spans` holds (source address, destination address,
+// values) per copy, uploaded by the host; blockIdx.y is the copy, the x blocks stride over its values,
+// four at a time where both ends are 16-byte aligned and the count a multiple of four.
+KILN_KERNEL void copy_spans(const u64* spans, u32 n_spans) {
+    grid_dependency_entry();
+    const u32 c = blockIdx.y;
+    if (c >= n_spans) return;
+    const float* src = (const float*)spans[3 * c];
+    float* dst = (float*)spans[3 * c + 1];
+    const u64 n = spans[3 * c + 2];
+    if ((((u64)src | (u64)dst | n * 4) & 15) == 0) {
+        const float4* s4 = (const float4*)src;
+        float4* d4 = (float4*)dst;
+        GRID_LOOP(i, n / 4) d4[i] = s4[i];
+    } else {
+        GRID_LOOP(i, n) dst[i] = src[i];
+    }
+}
+
 // Rotary embedding in place over `rows` rows of n_heads × head_dim. Thread per (row, head, pair). The
 // angle of pair i is pos·freq_scale·base^(−2i/n_rot), the power built by repeated multiplication as the
 // CPU backend (and ggml) do, so long positions round the same way.

@@ -3,8 +3,8 @@
 
 // Causal depthwise conv1d then SiLU. Thread per channel, walking the rows in order; `state` keeps the
 // last kernel−1 inputs of each channel (channel-major) and is advanced past the new rows.
-// `snapshots` (may be null): the state after each row, slot r at r × channels × (kernel − 1), so a
-// speculative verify pass can be rolled back to any of its tokens.
+// `snapshots` (may be null): the state after each row but the last (whose state is `state`), slot r at
+// r × channels × (kernel − 1), so a speculative verify pass can be rolled back to any of its tokens.
 #define CONV_BATCH 8
 KILN_KERNEL void conv1d_silu(const float* x, const float* weight, float* state, u32 rows, u32 channels,
                              u32 kernel, float* out, float* snapshots) {
@@ -31,7 +31,7 @@ KILN_KERNEL void conv1d_silu(const float* x, const float* weight, float* state, 
             out[(u64)r * channels + c] = silu(s);
             for (u32 j = 0; j + 1 < ks; j++) win[j] = win[j + 1];
             if (ks > 0) win[ks - 1] = xb[b];
-            if (snapshots)
+            if (snapshots && r + 1 < rows)
                 for (u32 j = 0; j < ks; j++) snapshots[((u64)r * channels + c) * ks + j] = win[j];
         }
     }
@@ -114,8 +114,9 @@ KILN_KERNEL void gated_delta_net(const float* q, const float* k, const float* v,
         }
         o = warp_sum(o);
         if (lane == 0) out[((u64)r * n_v_heads + h) * dv + j] = o * scale;
-        if (snapshots) {
-            // The state after token r, for rolling a speculative verify pass back to it.
+        if (snapshots && r + 1 < rows) {
+            // The state after token r, for rolling a speculative verify pass back to it (the last
+            // token's is the live state).
             float* snap = snapshots + (u64)r * n_v_heads * dv * dk + (u64)col * dk;
 #pragma unroll
             for (u32 t = 0; t < DN_MAX_PER_LANE; t++)

@@ -96,6 +96,15 @@ impl HostBytes {
     }
 }
 
+/// One copy of [`Backend::copy_many`]: `n` values from `src[src_off..]` to `dst[dst_off..]`.
+pub struct TensorCopy<'a, T> {
+    pub src: &'a T,
+    pub src_off: usize,
+    pub dst: &'a mut T,
+    pub dst_off: usize,
+    pub n: usize,
+}
+
 /// A weight as the model file stores it: `rows` rows of `cols` values in `ty` blocks (GGUF order:
 /// `cols` = ne0 is contiguous). Vectors (norm weights, biases) have `rows == 1`.
 #[derive(Clone)]
@@ -239,6 +248,31 @@ pub trait Backend: Send + Sync {
         dst_off: usize,
         n: usize,
     ) -> Result<()>;
+
+    /// Several copies, each as [`Backend::copy`] (no destination range overlaps another copy's
+    /// source or destination); with a range past its tensor, an error and nothing copied. A GPU
+    /// backend makes them one launch: rolling a speculative pass back copies two states of every
+    /// recurrent layer, 96 copies for the 27B.
+    fn copy_many(&self, copies: &mut [TensorCopy<'_, Self::Tensor>]) -> Result<()> {
+        for c in copies.iter() {
+            check_len(
+                "copy_many",
+                "source",
+                self.tensor_len(c.src),
+                c.src_off.saturating_add(c.n),
+            )?;
+            check_len(
+                "copy_many",
+                "destination",
+                self.tensor_len(c.dst),
+                c.dst_off.saturating_add(c.n),
+            )?;
+        }
+        for c in copies.iter_mut() {
+            self.copy(c.src, c.src_off, c.dst, c.dst_off, c.n)?;
+        }
+        Ok(())
+    }
 
     /// out[i] = row `tokens[i]` of the embedding table, dequantized.
     fn embed(&self, table: &Self::Weight, tokens: &[u32], out: &mut Self::Tensor) -> Result<()>;
@@ -469,9 +503,10 @@ pub trait Backend: Send + Sync {
         out: &mut Self::Tensor,
     ) -> Result<()>;
 
-    /// [`conv1d_silu`](Backend::conv1d_silu) that also writes the state after each of the `rows` tokens to
-    /// `snapshots` (slot r at r × the state's length), so a speculative verify pass can be rolled back to
-    /// any of its tokens by copying a slot, without recomputing.
+    /// [`conv1d_silu`](Backend::conv1d_silu) that also writes the state after each of the `rows` tokens
+    /// but the last (whose state is `state`) to `snapshots` (slot r at r × the state's length), so a
+    /// speculative verify pass can be rolled back to any of its tokens by copying a slot, without
+    /// recomputing.
     #[allow(clippy::too_many_arguments)]
     fn conv1d_silu_snapshots(
         &self,
@@ -489,7 +524,8 @@ pub trait Backend: Send + Sync {
         )))
     }
     /// [`gated_delta_net`](Backend::gated_delta_net) token by token, writing the state after each of the
-    /// `rows` tokens to `snapshots` (slot r at r × the state's length; `p.chunk` is ignored).
+    /// `rows` tokens but the last (whose state is `state`) to `snapshots` (slot r at r × the state's
+    /// length; `p.chunk` is ignored).
     #[allow(clippy::too_many_arguments)]
     fn gated_delta_net_snapshots(
         &self,

@@ -377,6 +377,68 @@ fn embed_every_type() {
     }
 }
 
+/// `copy_many` (one launch on the GPU) against the CPU's copies: 16-byte aligned runs (the
+/// four-at-a-time path), unaligned ones, a copy of nothing; a range past a tensor is an error that
+/// copies nothing at all.
+#[test]
+fn copy_many_equals_copies_one_by_one() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let src = values(11, 70_000, 1.0);
+    // (source offset, destination length, destination offset, values), one destination each.
+    let plan = [
+        (0, 65_536, 0, 65_536),
+        (3, 100, 5, 0),
+        (1_001, 50_000, 40_000, 5_003),
+        (4, 50_000, 8, 40_000),
+        (60_001, 50_000, 45_001, 4_999),
+    ];
+    fn run<B: Backend>(b: &B, src: &[f32], plan: &[(usize, usize, usize, usize)]) -> Vec<Vec<f32>> {
+        let s = put(b, src);
+        let mut dsts: Vec<B::Tensor> = (0..plan.len())
+            .map(|i| put(b, &values(20 + i as u64, plan[i].1, 1.0)))
+            .collect();
+        let mut list: Vec<TensorCopy<'_, B::Tensor>> = dsts
+            .iter_mut()
+            .zip(plan)
+            .map(|(dst, &(src_off, _, dst_off, n))| TensorCopy {
+                src: &s,
+                src_off,
+                dst,
+                dst_off,
+                n,
+            })
+            .collect();
+        b.copy_many(&mut list).unwrap();
+        drop(list);
+        dsts.iter().zip(plan).map(|(d, p)| get(b, d, p.1)).collect()
+    }
+    assert_eq!(run(g, &src, &plan), run(&c, &src, &plan));
+
+    let s = put(g, &src);
+    let before = values(30, 1_000, 1.0);
+    let (mut fits, mut past) = (put(g, &before), put(g, &before));
+    let mut copies = [
+        TensorCopy {
+            src: &s,
+            src_off: 0,
+            dst: &mut fits,
+            dst_off: 0,
+            n: 1_000,
+        },
+        TensorCopy {
+            src: &s,
+            src_off: 69_500,
+            dst: &mut past,
+            dst_off: 0,
+            n: 600,
+        },
+    ];
+    assert!(g.copy_many(&mut copies).is_err());
+    assert_eq!(get(g, &fits, 1_000), before);
+    assert_eq!(get(g, &past, 1_000), before);
+}
+
 #[test]
 fn norms_and_elementwise() {
     let Some(g) = gpu() else { return };

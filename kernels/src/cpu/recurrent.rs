@@ -47,7 +47,8 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 /// Causal depthwise conv1d over `rows` tokens of `channels` values, then SiLU. `weight` holds `kernel`
 /// taps per channel (`weight[c·kernel + t]`, oldest first); `state` holds the previous `kernel − 1` inputs
 /// per channel (`state[c·(kernel−1) + t]`, oldest first) and is advanced past the `rows` new tokens. With
-/// `snapshots` (`rows` slots of the state's length), slot r receives the state after token r.
+/// `snapshots` (`rows` slots of the state's length), slot r receives the state after token r, for
+/// every token but the last (whose state is `state` itself).
 #[allow(clippy::too_many_arguments)]
 pub fn conv1d_silu(
     pool: &ThreadPool,
@@ -83,7 +84,8 @@ pub fn conv1d_silu(
                     s += a * b;
                 }
                 unsafe { *out_p.get().add(r * channels + c) = super::ops::silu(s) };
-                if let Some(snap) = snap_p {
+                // The last token's state is the live one: its slot stays unwritten.
+                if let (Some(snap), true) = (snap_p, r + 1 < rows) {
                     // SAFETY: channel c's part of slot r, owned by this task.
                     let dst = unsafe {
                         std::slice::from_raw_parts_mut(snap.get().add((r * channels + c) * ks), ks)
@@ -111,7 +113,8 @@ pub fn l2_norm_row(x: &mut [f32], eps: f32) {
 /// The gated delta rule over `rows` tokens for every V-head. q, k: rows of `n_k_heads × dk`; v and out:
 /// rows of `n_v_heads × dv`; g (log-decay) and beta: rows of `n_v_heads`; state: `n_v_heads × dv × dk`.
 /// V-head h reads Q/K head `h % n_k_heads`. With `snapshots` (`rows` slots of the state's length) the
-/// rule runs token by token and slot r receives the state after token r.
+/// rule runs token by token and slot r receives the state after token r, for every token but the last
+/// (whose state is `state` itself).
 #[allow(clippy::too_many_arguments)]
 pub fn gated_delta_net(
     pool: &ThreadPool,
@@ -149,6 +152,9 @@ pub fn gated_delta_net(
         if let Some(snap) = snap_p {
             for t in 0..rows {
                 head.step(m, t);
+                if t + 1 == rows {
+                    break; // the last token's state is the live one: its slot stays unwritten
+                }
                 // SAFETY: V-head h's block of slot t, owned by this task.
                 let dst = unsafe {
                     std::slice::from_raw_parts_mut(

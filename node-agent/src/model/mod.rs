@@ -14,7 +14,7 @@ pub mod transformer;
 pub use batch::BatchRow;
 
 use crate::gguf::{GgufError, GgufFile};
-use kiln_kernels::backend::{Backend, BackendError, KvType};
+use kiln_kernels::backend::{Backend, BackendError, KvType, TensorCopy};
 use std::sync::Arc;
 use thiserror::Error;
 
@@ -191,12 +191,13 @@ impl<B: Backend> RecurrentState<B> {
     }
 }
 
-/// `slots` copies of a recurrent state: slot r is the state after token r of the last snapshot pass.
+/// `slots` copies of a recurrent state: slot r is the state after token r of the last snapshot pass,
+/// for every token but the pass's last, whose state is the live one (its slot is left unwritten).
 pub struct StateSnapshots<B: Backend> {
     pub conv: B::Tensor,
     pub ssm: B::Tensor,
     pub slots: usize,
-    /// Slots the last snapshot pass wrote.
+    /// Tokens the last snapshot pass ran.
     pub filled: usize,
 }
 
@@ -271,9 +272,11 @@ impl<B: Backend> Cache<B> {
     }
 
     /// Moves every recurrent state back to just after token `keep − 1` of the last snapshot pass (its
-    /// first `keep` tokens stay, the rest are forgotten). Attention layers need nothing: the rejected
+    /// first `keep` tokens stay, the rest are forgotten): one [`Backend::copy_many`] for all layers.
+    /// Keeping every token leaves the states as they are. Attention layers need nothing: the rejected
     /// positions are overwritten by the next pass.
     pub fn rollback(&mut self, backend: &B, keep: usize) -> Result<()> {
+        let mut copies = Vec::new();
         for l in &mut self.layers {
             if let LayerCache::Recurrent(r) = l {
                 let s = r.snapshots.as_mut().ok_or_else(|| {
@@ -285,13 +288,29 @@ impl<B: Backend> Cache<B> {
                         s.filled
                     )));
                 }
-                let (c, m) = (backend.tensor_len(&r.conv), backend.tensor_len(&r.ssm));
-                backend.copy(&s.conv, (keep - 1) * c, &mut r.conv, 0, c)?;
-                backend.copy(&s.ssm, (keep - 1) * m, &mut r.ssm, 0, m)?;
+                let whole_pass = keep == s.filled;
                 s.filled = 0;
+                if whole_pass {
+                    continue;
+                }
+                let (c, m) = (backend.tensor_len(&r.conv), backend.tensor_len(&r.ssm));
+                copies.push(TensorCopy {
+                    src: &s.conv,
+                    src_off: (keep - 1) * c,
+                    dst: &mut r.conv,
+                    dst_off: 0,
+                    n: c,
+                });
+                copies.push(TensorCopy {
+                    src: &s.ssm,
+                    src_off: (keep - 1) * m,
+                    dst: &mut r.ssm,
+                    dst_off: 0,
+                    n: m,
+                });
             }
         }
-        Ok(())
+        Ok(backend.copy_many(&mut copies)?)
     }
 
     /// A copy of every recurrent state (nothing for attention layers, whose entries stay in place).
@@ -300,29 +319,36 @@ impl<B: Backend> Cache<B> {
         for l in &self.layers {
             if let LayerCache::Recurrent(r) = l {
                 let (c, m) = (backend.tensor_len(&r.conv), backend.tensor_len(&r.ssm));
-                let (mut conv, mut ssm) = (backend.tensor(c)?, backend.tensor(m)?);
-                backend.copy(&r.conv, 0, &mut conv, 0, c)?;
-                backend.copy(&r.ssm, 0, &mut ssm, 0, m)?;
-                states.push((conv, ssm));
+                states.push((backend.tensor(c)?, backend.tensor(m)?));
             }
         }
+        let mut copies = Vec::with_capacity(2 * states.len());
+        let recurrent = self.layers.iter().filter_map(|l| match l {
+            LayerCache::Recurrent(r) => Some(r),
+            LayerCache::Attention(_) => None,
+        });
+        for (r, (conv, ssm)) in recurrent.zip(&mut states) {
+            copies.push(whole(backend, &r.conv, conv));
+            copies.push(whole(backend, &r.ssm, ssm));
+        }
+        backend.copy_many(&mut copies)?;
         Ok(StateCopy { states })
     }
 
     /// Puts the recurrent states of `copy` (made by [`Cache::save_states`] of this cache) back.
     pub fn restore_states(&mut self, backend: &B, copy: &StateCopy<B>) -> Result<()> {
         let mut it = copy.states.iter();
+        let mut copies = Vec::with_capacity(2 * copy.states.len());
         for l in &mut self.layers {
             if let LayerCache::Recurrent(r) = l {
                 let (conv, ssm) = it
                     .next()
                     .ok_or_else(|| ModelError::Invalid("state copy of another model".into()))?;
-                let (c, m) = (backend.tensor_len(&r.conv), backend.tensor_len(&r.ssm));
-                backend.copy(conv, 0, &mut r.conv, 0, c)?;
-                backend.copy(ssm, 0, &mut r.ssm, 0, m)?;
+                copies.push(whole(backend, conv, &mut r.conv));
+                copies.push(whole(backend, ssm, &mut r.ssm));
             }
         }
-        Ok(())
+        Ok(backend.copy_many(&mut copies)?)
     }
 
     /// Bytes of one [`StateCopy`] of this cache.
@@ -503,4 +529,19 @@ pub fn load<B: Backend + 'static>(file: &GgufFile, backend: Arc<B>) -> Result<Bo
     Ok(Box::new(transformer::Transformer::load(
         file, backend, spec,
     )?))
+}
+
+/// All of `src` into `dst` (of the same length, checked by the backend).
+fn whole<'a, B: Backend>(
+    backend: &B,
+    src: &'a B::Tensor,
+    dst: &'a mut B::Tensor,
+) -> TensorCopy<'a, B::Tensor> {
+    TensorCopy {
+        src,
+        src_off: 0,
+        n: backend.tensor_len(src),
+        dst,
+        dst_off: 0,
+    }
 }

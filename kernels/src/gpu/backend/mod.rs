@@ -7,7 +7,7 @@ use super::runtime::{DevBuf, DevValue, GemmF16, LaunchConfig, Runtime};
 use crate::backend::{
     check_len, gated_qk_norm_rope_by_parts, kv_layout, shape_err, split_qkv_l2_by_parts,
     Activation, AttentionParams, Backend, DeltaNetGates, DeltaNetParams, KvType, Result,
-    RopeParams, RopeStyle, WeightSource,
+    RopeParams, RopeStyle, TensorCopy, WeightSource,
 };
 use crate::quant::{dequantize_row, GgmlType};
 use std::collections::HashMap;
@@ -73,6 +73,8 @@ struct Scratch<R: Runtime> {
     /// `rms_norm_split`'s partial sums (a row's slices) and its barrier words (two a row).
     norm_partials: Option<DevBuf<R, f32>>,
     norm_sync: Option<DevBuf<R, u32>>,
+    /// `copy_spans`' table: (source, destination, values) per copy.
+    copy_spans: Option<DevBuf<R, u64>>,
 }
 
 pub struct GpuBackend<R: Runtime> {
@@ -168,6 +170,7 @@ impl<R: Runtime> Default for Scratch<R> {
             argmax_keys: None,
             norm_partials: None,
             norm_sync: None,
+            copy_spans: None,
         }
     }
 }
@@ -760,6 +763,52 @@ impl<R: Runtime> Backend for GpuBackend<R> {
         self.launches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         dst.buf.copy_from(&self.rt, dst_off, &src.buf, src_off, n)
+    }
+
+    fn copy_many(&self, copies: &mut [TensorCopy<'_, GpuTensor<R>>]) -> Result<()> {
+        let mut spans = Vec::with_capacity(3 * copies.len());
+        for c in copies.iter() {
+            check_len(
+                "copy_many",
+                "source",
+                c.src.len,
+                c.src_off.saturating_add(c.n),
+            )?;
+            check_len(
+                "copy_many",
+                "destination",
+                c.dst.len,
+                c.dst_off.saturating_add(c.n),
+            )?;
+            if c.n > 0 {
+                let value = size_of::<f32>() as u64;
+                spans.extend_from_slice(&[
+                    self.ptr(&c.src.buf) + c.src_off as u64 * value,
+                    self.ptr(&c.dst.buf) + c.dst_off as u64 * value,
+                    c.n as u64,
+                ]);
+            }
+        }
+        let largest = copies.iter().map(|c| c.n).max().unwrap_or(0);
+        // A launch's copies are its grid's y blocks (at most 65,535).
+        for chunk in spans.chunks(3 * 4096) {
+            let table = {
+                let mut s = self.lock_scratch();
+                self.ensure(&mut s.copy_spans, chunk.len())?;
+                let buf = s.copy_spans.as_mut().expect("allocated above");
+                buf.write(&self.rt, 0, chunk)?;
+                self.ptr(buf)
+            };
+            let n_spans = (chunk.len() / 3) as u32;
+            // Enough blocks of 256 threads for a float4 each, up to 64 a copy (they stride beyond).
+            let cfg = LaunchConfig {
+                grid_dim: (largest.div_ceil(4 * 256).clamp(1, 64) as u32, n_spans, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            launch!(self, "copy_spans", cfg, &table, &n_spans)?;
+        }
+        Ok(())
     }
 
     fn embed(&self, table: &GpuWeight<R>, tokens: &[u32], out: &mut GpuTensor<R>) -> Result<()> {
