@@ -293,21 +293,8 @@ impl<B: Backend> Cache<B> {
                 if whole_pass {
                     continue;
                 }
-                let (c, m) = (backend.tensor_len(&r.conv), backend.tensor_len(&r.ssm));
-                copies.push(TensorCopy {
-                    src: &s.conv,
-                    src_off: (keep - 1) * c,
-                    dst: &mut r.conv,
-                    dst_off: 0,
-                    n: c,
-                });
-                copies.push(TensorCopy {
-                    src: &s.ssm,
-                    src_off: (keep - 1) * m,
-                    dst: &mut r.ssm,
-                    dst_off: 0,
-                    n: m,
-                });
+                copies.push(state_copy(backend, &s.conv, keep - 1, &mut r.conv));
+                copies.push(state_copy(backend, &s.ssm, keep - 1, &mut r.ssm));
             }
         }
         Ok(backend.copy_many(&mut copies)?)
@@ -328,8 +315,8 @@ impl<B: Backend> Cache<B> {
             LayerCache::Attention(_) => None,
         });
         for (r, (conv, ssm)) in recurrent.zip(&mut states) {
-            copies.push(whole(backend, &r.conv, conv));
-            copies.push(whole(backend, &r.ssm, ssm));
+            copies.push(state_copy(backend, &r.conv, 0, conv));
+            copies.push(state_copy(backend, &r.ssm, 0, ssm));
         }
         backend.copy_many(&mut copies)?;
         Ok(StateCopy { states })
@@ -344,8 +331,8 @@ impl<B: Backend> Cache<B> {
                 let (conv, ssm) = it
                     .next()
                     .ok_or_else(|| ModelError::Invalid("state copy of another model".into()))?;
-                copies.push(whole(backend, conv, &mut r.conv));
-                copies.push(whole(backend, ssm, &mut r.ssm));
+                copies.push(state_copy(backend, conv, 0, &mut r.conv));
+                copies.push(state_copy(backend, ssm, 0, &mut r.ssm));
             }
         }
         Ok(backend.copy_many(&mut copies)?)
@@ -531,17 +518,20 @@ pub fn load<B: Backend + 'static>(file: &GgufFile, backend: Arc<B>) -> Result<Bo
     )?))
 }
 
-/// All of `src` into `dst` (of the same length, checked by the backend).
-fn whole<'a, B: Backend>(
+/// Slot `slot` of `src` (slots of `dst`'s length; a plain state is slot 0) into `dst`. The ranges are
+/// checked by the backend.
+fn state_copy<'a, B: Backend>(
     backend: &B,
     src: &'a B::Tensor,
+    slot: usize,
     dst: &'a mut B::Tensor,
 ) -> TensorCopy<'a, B::Tensor> {
+    let n = backend.tensor_len(dst);
     TensorCopy {
         src,
-        src_off: 0,
-        n: backend.tensor_len(src),
+        src_off: slot * n,
         dst,
         dst_off: 0,
+        n,
     }
 }
