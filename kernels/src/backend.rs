@@ -69,6 +69,18 @@ pub(crate) fn check_len(op: &'static str, what: &str, have: usize, need: usize) 
     Ok(())
 }
 
+/// The ranges of one copy: `n` values from `src_off` of a `src_len`-value source to `dst_off` of a
+/// `dst_len`-value destination (offsets past `usize` fail as past the end).
+pub(crate) fn check_copy(
+    op: &'static str,
+    (src_len, src_off): (usize, usize),
+    (dst_len, dst_off): (usize, usize),
+    n: usize,
+) -> Result<()> {
+    check_len(op, "source", src_len, src_off.saturating_add(n))?;
+    check_len(op, "destination", dst_len, dst_off.saturating_add(n))
+}
+
 /// Bytes owned elsewhere (a memory-mapped model file) that a weight views without copying.
 #[derive(Clone)]
 pub struct HostBytes {
@@ -255,17 +267,11 @@ pub trait Backend: Send + Sync {
     /// recurrent layer, 96 copies for the 27B.
     fn copy_many(&self, copies: &mut [TensorCopy<'_, Self::Tensor>]) -> Result<()> {
         for c in copies.iter() {
-            check_len(
+            check_copy(
                 "copy_many",
-                "source",
-                self.tensor_len(c.src),
-                c.src_off.saturating_add(c.n),
-            )?;
-            check_len(
-                "copy_many",
-                "destination",
-                self.tensor_len(c.dst),
-                c.dst_off.saturating_add(c.n),
+                (self.tensor_len(c.src), c.src_off),
+                (self.tensor_len(c.dst), c.dst_off),
+                c.n,
             )?;
         }
         for c in copies.iter_mut() {

@@ -295,8 +295,7 @@ impl Backend for CpuBackend {
         dst_off: usize,
         n: usize,
     ) -> Result<()> {
-        check_len("copy", "source", src.len(), src_off + n)?;
-        check_len("copy", "destination", dst.len(), dst_off + n)?;
+        check_copy("copy", (src.len(), src_off), (dst.len(), dst_off), n)?;
         dst[dst_off..dst_off + n].copy_from_slice(&src[src_off..src_off + n]);
         Ok(())
     }

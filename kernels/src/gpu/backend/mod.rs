@@ -5,9 +5,9 @@
 
 use super::runtime::{DevBuf, DevValue, GemmF16, LaunchConfig, Runtime};
 use crate::backend::{
-    check_len, gated_qk_norm_rope_by_parts, kv_layout, shape_err, split_qkv_l2_by_parts,
-    Activation, AttentionParams, Backend, DeltaNetGates, DeltaNetParams, KvType, Result,
-    RopeParams, RopeStyle, TensorCopy, WeightSource,
+    check_copy, check_len, gated_qk_norm_rope_by_parts, kv_layout, shape_err,
+    split_qkv_l2_by_parts, Activation, AttentionParams, Backend, DeltaNetGates, DeltaNetParams,
+    KvType, Result, RopeParams, RopeStyle, TensorCopy, WeightSource,
 };
 use crate::quant::{dequantize_row, GgmlType};
 use std::collections::HashMap;
@@ -755,8 +755,7 @@ impl<R: Runtime> Backend for GpuBackend<R> {
         dst_off: usize,
         n: usize,
     ) -> Result<()> {
-        check_len("copy", "source", src.len, src_off.saturating_add(n))?;
-        check_len("copy", "destination", dst.len, dst_off.saturating_add(n))?;
+        check_copy("copy", (src.len, src_off), (dst.len, dst_off), n)?;
         if n == 0 {
             return Ok(());
         }
@@ -768,17 +767,11 @@ impl<R: Runtime> Backend for GpuBackend<R> {
     fn copy_many(&self, copies: &mut [TensorCopy<'_, GpuTensor<R>>]) -> Result<()> {
         let mut spans = Vec::with_capacity(3 * copies.len());
         for c in copies.iter() {
-            check_len(
+            check_copy(
                 "copy_many",
-                "source",
-                c.src.len,
-                c.src_off.saturating_add(c.n),
-            )?;
-            check_len(
-                "copy_many",
-                "destination",
-                c.dst.len,
-                c.dst_off.saturating_add(c.n),
+                (c.src.len, c.src_off),
+                (c.dst.len, c.dst_off),
+                c.n,
             )?;
             if c.n > 0 {
                 let value = size_of::<f32>() as u64;
