@@ -1,9 +1,10 @@
 // A CUPTI injection library: the CUDA driver loads it when CUDA_INJECTION64_PATH names it, and it writes
 // one CSV line per kernel the process runs (GPU start and end, when the host queued it, grid, name) to
 // $KILN_TRACE_OUT; with KILN_TRACE_HOST=1 also one per copy and per driver call (when the host was in
-// it), which shows what the GPU waits for between two decode steps. It times kernels where they really run, inside a decode step with programmatic
-// dependent launch, where Nsight Compute (kernel-times.sh) can only time each kernel alone. Nsight
-// Systems, which would do this, cannot make a report on the GPU machine (device README, KINDS.md).
+// it), which shows what the GPU waits for between two decode steps. It times kernels where they really
+// run, inside a decode step with programmatic dependent launch, where Nsight Compute (kernel-times.sh)
+// can only time each kernel alone. Nsight Systems, which would do this, cannot make a report on the GPU
+// machine (device README, KINDS.md).
 // Built on the GPU machine by step-trace.sh against CUPTI from the CUDA toolkit or PyTorch's wheels.
 #include <cupti.h>
 

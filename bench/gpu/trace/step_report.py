@@ -22,8 +22,7 @@ def load(path):
         for r in csv.DictReader(f):
             if r["kind"] != "kernel":
                 continue
-            rows.append((int(r["start_ns"]), int(r["end_ns"]), int(r["queued_ns"]), r["name"].split("(")[0],
-                         int(r["blocks"])))
+            rows.append((int(r["start_ns"]), int(r["end_ns"]), int(r["queued_ns"]), r["name"].split("(")[0]))
     rows.sort()
     return rows
 
@@ -46,12 +45,12 @@ def main():
     if not steps:
         sys.exit("no decode step found (no embed_rows kernel)")
     per_step = []  # name -> (count, marginal ns, host-late ns) for each step
-    spans, between, late_total, kernel_counts = [], [], [], []
+    spans, late_total = [], []
     for a, b in steps:
         by = collections.defaultdict(lambda: [0, 0, 0])
         late = 0
         for i in range(a, b):
-            s, e, q, name, _ = rows[i]
+            _, e, q, name = rows[i]
             prev_end = rows[i - 1][1]
             marginal = e - prev_end
             host_late = max(0, q - prev_end)
@@ -61,11 +60,9 @@ def main():
             late += host_late
         per_step.append(by)
         spans.append(rows[b - 1][1] - rows[a - 1][1])
-        between.append(rows[a][1] - rows[a - 1][1])
         late_total.append(late)
-        kernel_counts.append(b - a)
     med = statistics.median
-    print(f"{len(steps)} decode steps of {kernel_counts[0]} kernels; median step {med(spans)/1e3:.1f} us "
+    print(f"{len(steps)} decode steps of {steps[0][1] - steps[0][0]} kernels; median step {med(spans)/1e3:.1f} us "
           f"(end to end, {1e9/med(spans):.2f} steps/s), min {min(spans)/1e3:.1f}, max {max(spans)/1e3:.1f}")
     print(f"GPU waiting on the host: median {med(late_total)/1e3:.1f} us a step")
     names = sorted({n for by in per_step for n in by}, key=lambda n: -med([by[n][1] for by in per_step]))
