@@ -255,76 +255,83 @@ struct MmqCols {
 
 // Q4_K (144 bytes per 256) and Q5_K (176: the same nibbles after 32 bytes of fifth bits, bit sb of byte l
 // for value l of sub-block sb): super-blocks first, first + step, ... of the thread's rows r0 and r1 into
-// acc: (row g, c0), (row g, c1), (row g+8, c0), (row g+8, c1).
+// acc: (row g, c0), (row g, c1), (row g+8, c0), (row g+8, c1). mmq_block_qk is one super-block: b0 and
+// b1 its bytes in the thread's two rows, blk its index along k; bench/gpu/product-lab-kernels.cu runs it
+// on super-blocks staged in shared memory. (Split out of the loop, the 3- and 4-row forms got faster:
+// a verify of 4 tokens 10.90 against 11.39 ms on an H100, bench/README.md session 15.)
+template <int NR, bool FIVE>
+__device__ __forceinline__ void mmq_block_qk(const u8* b0, const u8* b1, u32 blk, const MmqCols& y, u32 t,
+                                             float (&acc)[4]) {
+    constexpr u32 QS = FIVE ? 48 : 16;
+    const u32 c0 = 2 * t, c1 = 2 * t + 1;
+    const uint4 h0 = *(const uint4*)b0, h1 = *(const uint4*)b1;
+    uint2 q0[4], q1[4];
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) {
+        // 8 bytes of the 32-byte chunk kk: low nibbles are sub-block 2kk, high ones 2kk + 1.
+        q0[kk] = *(const uint2*)(b0 + QS + 32 * kk + 8 * t);
+        q1[kk] = *(const uint2*)(b1 + QS + 32 * kk + 8 * t);
+    }
+    // Q5_K: the fifth bits of the same 8 value positions, for all 8 sub-blocks.
+    uint2 f0 = make_uint2(0, 0), f1 = make_uint2(0, 0);
+    if (FIVE) {
+        f0 = *(const uint2*)(b0 + 16 + 8 * t);
+        f1 = *(const uint2*)(b1 + 16 + 8 * t);
+    }
+    const Q4kScales s0 = q4k_scales(h0), s1 = q4k_scales(h1);
+    // Per (row, column): Σ yscale · (sc · c) and Σ ysum · m over the super-block's sub-blocks.
+    float sa[4] = {0.0f, 0.0f, 0.0f, 0.0f}, sm[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int sb = 0; sb < 8; sb++) {
+        const int kk = sb / 2;
+        const u32 sh = 4 * (sb % 2);
+        int a[4] = {(int)((q0[kk].x >> sh) & 0x0F0F0F0F), (int)((q1[kk].x >> sh) & 0x0F0F0F0F),
+                    (int)((q0[kk].y >> sh) & 0x0F0F0F0F), (int)((q1[kk].y >> sh) & 0x0F0F0F0F)};
+        if (FIVE) {
+            a[0] |= (int)(((f0.x >> sb) & 0x01010101u) << 4);
+            a[1] |= (int)(((f1.x >> sb) & 0x01010101u) << 4);
+            a[2] |= (int)(((f0.y >> sb) & 0x01010101u) << 4);
+            a[3] |= (int)(((f1.y >> sb) & 0x01010101u) << 4);
+        }
+        // Loaded by every lane (column 0's values where the column is past NR) and zeroed by a
+        // select, not a branch: the whole warp reaches the mma together.
+        const int2 yv = *(const int2*)(y.yb + blk * 256 + 32 * sb + 8 * t);
+        const int b[2] = {y.has_b ? yv.x : 0, y.has_b ? yv.y : 0};
+        int c[4] = {0, 0, 0, 0};
+        mma_s8(c, a, b);
+        const int sc0 = byte_of(s0.sc[sb / 4], sb % 4), sc1 = byte_of(s1.sc[sb / 4], sb % 4);
+        const float m0 = (float)byte_of(s0.m[sb / 4], sb % 4), m1 = (float)byte_of(s1.m[sb / 4], sb % 4);
+        const u32 sub = blk * 8 + sb;
+        // The two columns are written out, not looped over: the same arithmetic as a loop over
+        // {c0, c1} with an array of the two scale pointers ran 4-row products 25% slower on an
+        // H100 (49 → 62 µs for the 34,816-row gate+up; bench/README.md, session 9).
+        if (c0 < NR) {
+            const float2 y0 = y.yd0[sub];
+            sa[0] = fmaf(y0.x, (float)(c[0] * sc0), sa[0]);
+            sa[2] = fmaf(y0.x, (float)(c[2] * sc1), sa[2]);
+            sm[0] = fmaf(y0.y, m0, sm[0]);
+            sm[2] = fmaf(y0.y, m1, sm[2]);
+        }
+        if (c1 < NR) {
+            const float2 y1 = y.yd1[sub];
+            sa[1] = fmaf(y1.x, (float)(c[1] * sc0), sa[1]);
+            sa[3] = fmaf(y1.x, (float)(c[3] * sc1), sa[3]);
+            sm[1] = fmaf(y1.y, m0, sm[1]);
+            sm[3] = fmaf(y1.y, m1, sm[3]);
+        }
+    }
+    acc[0] += fmaf(s0.d, sa[0], -(s0.dmin * sm[0]));
+    acc[1] += fmaf(s0.d, sa[1], -(s0.dmin * sm[1]));
+    acc[2] += fmaf(s1.d, sa[2], -(s1.dmin * sm[2]));
+    acc[3] += fmaf(s1.d, sa[3], -(s1.dmin * sm[3]));
+}
+
 template <int NR, bool FIVE>
 __device__ __forceinline__ void mmq_blocks_qk(const u8* r0, const u8* r1, u32 n_blocks, u32 first, u32 step,
                                               const MmqCols& y, u32 t, float (&acc)[4]) {
-    constexpr u32 BYTES = FIVE ? 176 : 144, QS = FIVE ? 48 : 16;
-    const u32 c0 = 2 * t, c1 = 2 * t + 1;
-    for (u32 blk = first; blk < n_blocks; blk += step) {
-        const u8* b0 = r0 + blk * BYTES;
-        const u8* b1 = r1 + blk * BYTES;
-        const uint4 h0 = *(const uint4*)b0, h1 = *(const uint4*)b1;
-        uint2 q0[4], q1[4];
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            // 8 bytes of the 32-byte chunk kk: low nibbles are sub-block 2kk, high ones 2kk + 1.
-            q0[kk] = *(const uint2*)(b0 + QS + 32 * kk + 8 * t);
-            q1[kk] = *(const uint2*)(b1 + QS + 32 * kk + 8 * t);
-        }
-        // Q5_K: the fifth bits of the same 8 value positions, for all 8 sub-blocks.
-        uint2 f0 = make_uint2(0, 0), f1 = make_uint2(0, 0);
-        if (FIVE) {
-            f0 = *(const uint2*)(b0 + 16 + 8 * t);
-            f1 = *(const uint2*)(b1 + 16 + 8 * t);
-        }
-        const Q4kScales s0 = q4k_scales(h0), s1 = q4k_scales(h1);
-        // Per (row, column): Σ yscale · (sc · c) and Σ ysum · m over the super-block's sub-blocks.
-        float sa[4] = {0.0f, 0.0f, 0.0f, 0.0f}, sm[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-        for (int sb = 0; sb < 8; sb++) {
-            const int kk = sb / 2;
-            const u32 sh = 4 * (sb % 2);
-            int a[4] = {(int)((q0[kk].x >> sh) & 0x0F0F0F0F), (int)((q1[kk].x >> sh) & 0x0F0F0F0F),
-                        (int)((q0[kk].y >> sh) & 0x0F0F0F0F), (int)((q1[kk].y >> sh) & 0x0F0F0F0F)};
-            if (FIVE) {
-                a[0] |= (int)(((f0.x >> sb) & 0x01010101u) << 4);
-                a[1] |= (int)(((f1.x >> sb) & 0x01010101u) << 4);
-                a[2] |= (int)(((f0.y >> sb) & 0x01010101u) << 4);
-                a[3] |= (int)(((f1.y >> sb) & 0x01010101u) << 4);
-            }
-            // Loaded by every lane (column 0's values where the column is past NR) and zeroed by a
-            // select, not a branch: the whole warp reaches the mma together.
-            const int2 yv = *(const int2*)(y.yb + blk * 256 + 32 * sb + 8 * t);
-            const int b[2] = {y.has_b ? yv.x : 0, y.has_b ? yv.y : 0};
-            int c[4] = {0, 0, 0, 0};
-            mma_s8(c, a, b);
-            const int sc0 = byte_of(s0.sc[sb / 4], sb % 4), sc1 = byte_of(s1.sc[sb / 4], sb % 4);
-            const float m0 = (float)byte_of(s0.m[sb / 4], sb % 4), m1 = (float)byte_of(s1.m[sb / 4], sb % 4);
-            const u32 sub = blk * 8 + sb;
-            // The two columns are written out, not looped over: the same arithmetic as a loop over
-            // {c0, c1} with an array of the two scale pointers ran 4-row products 25% slower on an
-            // H100 (49 → 62 µs for the 34,816-row gate+up; bench/README.md, session 9).
-            if (c0 < NR) {
-                const float2 y0 = y.yd0[sub];
-                sa[0] = fmaf(y0.x, (float)(c[0] * sc0), sa[0]);
-                sa[2] = fmaf(y0.x, (float)(c[2] * sc1), sa[2]);
-                sm[0] = fmaf(y0.y, m0, sm[0]);
-                sm[2] = fmaf(y0.y, m1, sm[2]);
-            }
-            if (c1 < NR) {
-                const float2 y1 = y.yd1[sub];
-                sa[1] = fmaf(y1.x, (float)(c[1] * sc0), sa[1]);
-                sa[3] = fmaf(y1.x, (float)(c[3] * sc1), sa[3]);
-                sm[1] = fmaf(y1.y, m0, sm[1]);
-                sm[3] = fmaf(y1.y, m1, sm[3]);
-            }
-        }
-        acc[0] += fmaf(s0.d, sa[0], -(s0.dmin * sm[0]));
-        acc[1] += fmaf(s0.d, sa[1], -(s0.dmin * sm[1]));
-        acc[2] += fmaf(s1.d, sa[2], -(s1.dmin * sm[2]));
-        acc[3] += fmaf(s1.d, sa[3], -(s1.dmin * sm[3]));
-    }
+    constexpr u32 BYTES = FIVE ? 176 : 144;
+    for (u32 blk = first; blk < n_blocks; blk += step)
+        mmq_block_qk<NR, FIVE>(r0 + blk * BYTES, r1 + blk * BYTES, blk, y, t, acc);
 }
 
 // Q6_K (210 bytes per 256: ql[128], qh[64], 16 int8 scales, d; blocks only 2-byte aligned, so every word
