@@ -1,0 +1,208 @@
+// A lab for the decode step's quantized products: Kiln's own kernels (kernels/gpu/matvec.cu, built with
+// the experiments of product-lab-kernels.cu into one code object, device code only, as NVRTC builds it)
+// timed next to experimental variants and a plain read of the same bytes, each in a
+// chain of programmatically launched kernels over distinct weight copies (more bytes than L2 holds), as a
+// decode step runs them. stream-ceiling.cu showed such a chain of plain reads reaches 96-99% of HBM
+// bandwidth; this is where a product kernel's distance from that is taken apart.
+//
+//   nvcc -cubin -O3 -std=c++17 -arch=sm_90 -I kernels/gpu -o /tmp/lab.cubin bench/gpu/product-lab-kernels.cu
+//   nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/product-lab bench/gpu/product-lab.cu
+//   /tmp/product-lab /tmp/lab.cubin [reps=9]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <vector>
+
+
+#define CHECK(x)                                                                                  \
+    do {                                                                                          \
+        cudaError_t e_ = (x);                                                                     \
+        if (e_ != cudaSuccess) {                                                                  \
+            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));    \
+            exit(1);                                                                              \
+        }                                                                                         \
+    } while (0)
+
+typedef unsigned char u8;
+typedef signed char i8;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+struct Shape {
+    const char* name;
+    u32 n_out, k;
+};
+
+int main(int argc, char** argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: product-lab LAB.cubin [reps]\n");
+        return 2;
+    }
+    const int reps = argc > 2 ? atoi(argv[2]) : 9;
+    cudaLibrary_t lib;
+    CHECK(cudaLibraryLoadFromFile(&lib, argv[1], nullptr, nullptr, 0, nullptr, nullptr, 0));
+    auto kernel = [&](const char* name) {
+        cudaKernel_t k;
+        CHECK(cudaLibraryGetKernel(&k, lib, name));
+        return (const void*)k;
+    };
+    cudaDeviceProp prop;
+    CHECK(cudaGetDeviceProperties(&prop, 0));
+    printf("%s, %d SMs\n", prop.name, prop.multiProcessorCount);
+    cudaStream_t st;
+    CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    cudaEvent_t e0, e1;
+    CHECK(cudaEventCreate(&e0));
+    CHECK(cudaEventCreate(&e1));
+
+    const Shape shapes[] = {{"gate+up 34816x5120", 34816, 5120},
+                            {"down 5120x17408", 5120, 17408},
+                            {"out 5120x6144", 5120, 6144}};
+    for (const Shape& s : shapes) {
+        const u32 row_bytes = s.k / 256 * 144;
+        const size_t bytes = (size_t)row_bytes * s.n_out;
+        const int copies = std::max(8, (int)(800e6 / bytes));  // 800 MB: 16x the L2
+        std::vector<u8*> w(copies);
+        // Random bytes with every super-block's two f16 scales set to small normal values.
+        std::vector<u8> host(bytes);
+        u32 x = 12345;
+        for (size_t i = 0; i < bytes; i++) {
+            x = x * 1664525u + 1013904223u;
+            host[i] = (u8)(x >> 24);
+        }
+        for (size_t b = 0; b < bytes; b += 144) {
+            host[b] = 0x00, host[b + 1] = 0x1c;  // d = 2^-8
+            host[b + 2] = 0x00, host[b + 3] = 0x18;  // dmin = 2^-9
+        }
+        for (auto& p : w) {
+            CHECK(cudaMalloc(&p, bytes));
+            CHECK(cudaMemcpy(p, host.data(), bytes, cudaMemcpyHostToDevice));
+        }
+        i8* yq;
+        float2* yd;
+        float* out;
+        CHECK(cudaMalloc(&out, 8 * s.n_out * sizeof(float)));
+        CHECK(cudaMalloc(&yq, 8 * s.k));
+        CHECK(cudaMalloc(&yd, 8 * s.k / 32 * sizeof(float2)));
+        {
+            std::vector<i8> hq(8 * s.k);
+            std::vector<float> hd(8 * s.k / 32 * 2);
+            for (auto& q : hq) q = (i8)((x = x * 1664525u + 1013904223u) >> 24);
+            for (auto& d : hd) d = ((x = x * 1664525u + 1013904223u) >> 8) * (1.0f / (1 << 24)) * 0.01f;
+            CHECK(cudaMemcpy(yq, hq.data(), hq.size(), cudaMemcpyHostToDevice));
+            CHECK(cudaMemcpy(yd, hd.data(), hd.size() * 4, cudaMemcpyHostToDevice));
+        }
+
+        auto pdl = [&](const void* fn, dim3 grid, dim3 block, void** args) {
+            cudaLaunchConfig_t cfg = {};
+            cfg.gridDim = grid;
+            cfg.blockDim = block;
+            cfg.stream = st;
+            cudaLaunchAttribute attr[1];
+            attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+            attr[0].val.programmaticStreamSerializationAllowed = 1;
+            cfg.attrs = attr;
+            cfg.numAttrs = 1;
+            CHECK(cudaLaunchKernelExC(&cfg, fn, args));
+        };
+        // Times `launch(c)` over every copy c in one captured graph; returns the median µs a launch.
+        auto time_chain = [&](const std::function<void(int)>& launch) {
+            cudaGraph_t g;
+            cudaGraphExec_t ge;
+            CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+            for (int c = 0; c < copies; c++) launch(c);
+            CHECK(cudaStreamEndCapture(st, &g));
+            CHECK(cudaGraphInstantiate(&ge, g, 0));
+            std::vector<float> t;
+            for (int r = 0; r <= reps; r++) {
+                CHECK(cudaEventRecord(e0, st));
+                CHECK(cudaGraphLaunch(ge, st));
+                CHECK(cudaEventRecord(e1, st));
+                CHECK(cudaEventSynchronize(e1));
+                float ms;
+                CHECK(cudaEventElapsedTime(&ms, e0, e1));
+                if (r) t.push_back(ms);
+            }
+            CHECK(cudaGraphExecDestroy(ge));
+            CHECK(cudaGraphDestroy(g));
+            std::sort(t.begin(), t.end());
+            return t[t.size() / 2] * 1e3 / copies;
+        };
+        // Whether `fn` computes what Kiln's `ref` does, to the bit (NR activation rows, copy 0).
+        auto same = [&](const void* fn, u32 warps, const void* ref, u32 ref_warps, u32 nr) {
+            // (fn's extra blocks, where it holds more rows a block, find no rows and store nothing)
+            std::vector<float> a(nr * s.n_out), b(nr * s.n_out);
+            for (int pass = 0; pass < 2; pass++) {
+                CHECK(cudaMemset(out, 0xff, 8 * s.n_out * sizeof(float)));
+                const u8* wp = w[0];
+                u32 rb = row_bytes, n = s.n_out, k = s.k;
+                void* args[] = {&wp, &rb, &n, &yq, &yd, &k, &out};
+                pdl(pass ? fn : ref, dim3((s.n_out + 15) / 16), dim3(32 * (pass ? warps : ref_warps)), args);
+                CHECK(cudaStreamSynchronize(st));
+                CHECK(cudaMemcpy(pass ? b.data() : a.data(), out, a.size() * 4, cudaMemcpyDeviceToHost));
+            }
+            size_t diff = 0;
+            for (size_t i = 0; i < a.size(); i++) diff += memcmp(&a[i], &b[i], 4) != 0;
+            return diff;
+        };
+        // tiles: the 16-row tiles a block holds (1 for Kiln's kernels)
+        auto product = [&](const char* name, const void* fn, u32 warps, u32 tiles = 1) {
+            const u32 blocks = ((s.n_out + 15) / 16 + tiles - 1) / tiles;
+            const double us = time_chain([&](int c) {
+                const u8* wp = w[c];
+                u32 rb = row_bytes, n = s.n_out, k = s.k;
+                void* args[] = {&wp, &rb, &n, &yq, &yd, &k, &out};
+                pdl(fn, dim3(blocks), dim3(32 * warps), args);
+            });
+            printf("  %-22s %8.1f us %8.0f GB/s\n", name, us, bytes / us / 1e3);
+        };
+        printf("%s Q4_K: %.1f MB, %d copies\n", s.name, bytes / 1e6, copies);
+        {
+            const double us = time_chain([&](int c) {
+                const uint4* p = (const uint4*)w[c];
+                u64 n16 = bytes / 16;
+                void* args[] = {&p, &n16, &out};
+                pdl(kernel("read_stream"), dim3(8 * prop.multiProcessorCount), dim3(256), args);
+            });
+            printf("  %-22s %8.1f us %8.0f GB/s\n", "read_stream", us, bytes / us / 1e3);
+        }
+        // Kiln's kernels; the partition (warps a 16-row block) its decode step takes for this shape
+        // (Matvec::mmq_warps), which every single-row variant below must reproduce to the bit.
+        const u32 part = (s.n_out + 15) / 16 * 4 < 16u * prop.multiProcessorCount ? 8 : 4;
+        const char* kiln1 = part == 8 ? "mmq8_q4_k_1" : "mmq_q4_k_1";
+        product("mmq_q4_k_1", kernel("mmq_q4_k_1"), 4);
+        product("mmq8_q4_k_1", kernel("mmq8_q4_k_1"), 8);
+        product("mmq_q4_k_4 (verify)", kernel("mmq_q4_k_4"), 4);
+        product("mmq8_q4_k_4 (verify)", kernel("mmq8_q4_k_4"), 8);
+        // mmq's loads without the math, with and without the activation loads.
+        product("pattern4", kernel("pattern4"), 4);
+        product("pattern4_act", kernel("pattern4_act"), 4);
+        // The wide loads without the math: (warps, k split, tile-contiguous layout).
+        const int wide[][3] = {{4, 4, 0}, {4, 4, 1}, {8, 8, 0}, {8, 8, 1}};
+        for (auto& v : wide) {
+            char name[64];
+            snprintf(name, sizeof name, "pwide_%d_%d_%d", v[0], v[1], v[2]);
+            product(name, kernel(name), v[0], v[0] / v[1]);
+        }
+        // The full products: wide loads with mma (both partitions), a row a lane with dp4a.
+        for (const char* n : {"mmqw_q4_k_1", "mmqw8_q4_k_1"}) {
+            const bool eight = n[4] == '8';
+            product(n, kernel(n), 4);
+            printf("    values differing from %s: %zu\n", eight ? "mmq8_q4_k_1" : "mmq_q4_k_1",
+                   same(kernel(n), 4, kernel(eight ? "mmq8_q4_k_1" : "mmq_q4_k_1"), eight ? 8 : 4, 1));
+        }
+        product("mmqw_hot_q4_k_1 (no HBM)", kernel("mmqw_hot_q4_k_1"), 4);
+        const char* mmvt = part == 8 ? "mmvt8_q4_k" : "mmvt4_q4_k";
+        product(mmvt, kernel(mmvt), 4, 2);  // 32 rows a block
+        printf("    values differing from %s: %zu\n", kiln1, same(kernel(mmvt), 4, kernel(kiln1), part, 1));
+        for (auto p : w) CHECK(cudaFree(p));
+        CHECK(cudaFree(yq));
+        CHECK(cudaFree(yd));
+        CHECK(cudaFree(out));
+    }
+    return 0;
+}
