@@ -106,6 +106,19 @@ __device__ __forceinline__ void pattern_wide(const u8* w, u32 row_bytes, u32 n_o
     }
 PWIDE(4, 4, 0) PWIDE(4, 4, 1) PWIDE(8, 8, 0) PWIDE(8, 8, 1)
 
+// Rows o0 .. o0 + ROWS - 1 of a product from each row's P partition sums, added in partition order as
+// mmq_rows adds its warps' (after the block's barrier).
+template <int P, int ROWS>
+__device__ __forceinline__ void add_partitions(const float (*part)[ROWS], u32 o0, u32 n_out, float* out) {
+    __syncthreads();
+    if (threadIdx.x < ROWS && o0 + threadIdx.x < n_out) {
+        float s = 0.0f;
+#pragma unroll
+        for (int p = 0; p < P; p++) s += part[p][threadIdx.x];
+        out[o0 + threadIdx.x] = s;
+    }
+}
+
 // ---- mmqw: mmq for one activation row with the pwide loads. A block of 4 warps takes 16 rows as
 // mmq_rows does; each warp reads its super-block of the 16 rows as lane-consecutive 16-byte loads, parks
 // it in a warp-private slice of shared memory (rows padded to 160 bytes, so the fragment reads hit
@@ -177,13 +190,7 @@ __device__ __forceinline__ void mmq_wide_q4_k(const u8* w, u32 row_bytes, u32 n_
             part[warp + a * WARPS][g + 8] = acc[a][2];
         }
     }
-    __syncthreads();
-    if (threadIdx.x < 16 && o0 + threadIdx.x < n_out) {
-        float s = 0.0f;
-#pragma unroll
-        for (int p = 0; p < P; p++) s += part[p][threadIdx.x];
-        out[o0 + threadIdx.x] = s;
-    }
+    add_partitions<P, 16>(part, o0, n_out, out);
 }
 
 KILN_KERNEL void mmqw_q4_k_1(const u8* w, u32 row_bytes, u32 n_out, const i8* yq, const float2* yd, u32 k,
@@ -279,13 +286,7 @@ __device__ __forceinline__ void mmvt_q4k(const u8* w, u32 row_bytes, u32 n_out, 
     cp_async_wait<0>();
 #pragma unroll
     for (int a = 0; a < PW; a++) part[warp + a * WARPS][lane] = acc[a];
-    __syncthreads();
-    if (threadIdx.x < 32 && row0 + threadIdx.x < n_out) {
-        float total = 0.0f;
-#pragma unroll
-        for (int p = 0; p < P; p++) total += part[p][threadIdx.x];
-        out[row0 + threadIdx.x] = total;
-    }
+    add_partitions<P, 32>(part, row0, n_out, out);
 }
 
 #define MMVT(P)                                                                                      \

@@ -8,24 +8,9 @@
 //   nvcc -cubin -O3 -std=c++17 -arch=sm_90 -I kernels/gpu -o /tmp/lab.cubin bench/gpu/product-lab-kernels.cu
 //   nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/product-lab bench/gpu/product-lab.cu
 //   /tmp/product-lab /tmp/lab.cubin [reps=9]
-#include <cuda_runtime.h>
-
-#include <algorithm>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
-#include <functional>
-#include <vector>
 
-
-#define CHECK(x)                                                                                  \
-    do {                                                                                          \
-        cudaError_t e_ = (x);                                                                     \
-        if (e_ != cudaSuccess) {                                                                  \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));    \
-            exit(1);                                                                              \
-        }                                                                                         \
-    } while (0)
+#include "lab.h"
 
 typedef unsigned char u8;
 typedef signed char i8;
@@ -55,9 +40,7 @@ int main(int argc, char** argv) {
     printf("%s, %d SMs\n", prop.name, prop.multiProcessorCount);
     cudaStream_t st;
     CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    cudaEvent_t e0, e1;
-    CHECK(cudaEventCreate(&e0));
-    CHECK(cudaEventCreate(&e1));
+    Timer timer(st);
 
     const Shape shapes[] = {{"gate+up 34816x5120", 34816, 5120},
                             {"down 5120x17408", 5120, 17408},
@@ -97,40 +80,14 @@ int main(int argc, char** argv) {
             CHECK(cudaMemcpy(yd, hd.data(), hd.size() * 4, cudaMemcpyHostToDevice));
         }
 
-        auto pdl = [&](const void* fn, dim3 grid, dim3 block, void** args) {
-            cudaLaunchConfig_t cfg = {};
-            cfg.gridDim = grid;
-            cfg.blockDim = block;
-            cfg.stream = st;
-            cudaLaunchAttribute attr[1];
-            attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-            attr[0].val.programmaticStreamSerializationAllowed = 1;
-            cfg.attrs = attr;
-            cfg.numAttrs = 1;
-            CHECK(cudaLaunchKernelExC(&cfg, fn, args));
-        };
-        // Times `launch(c)` over every copy c in one captured graph; returns the median µs a launch.
+        // The median µs a launch of `launch(c)` over every copy c, in one captured graph.
         auto time_chain = [&](const std::function<void(int)>& launch) {
-            cudaGraph_t g;
-            cudaGraphExec_t ge;
-            CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
-            for (int c = 0; c < copies; c++) launch(c);
-            CHECK(cudaStreamEndCapture(st, &g));
-            CHECK(cudaGraphInstantiate(&ge, g, 0));
-            std::vector<float> t;
-            for (int r = 0; r <= reps; r++) {
-                CHECK(cudaEventRecord(e0, st));
-                CHECK(cudaGraphLaunch(ge, st));
-                CHECK(cudaEventRecord(e1, st));
-                CHECK(cudaEventSynchronize(e1));
-                float ms;
-                CHECK(cudaEventElapsedTime(&ms, e0, e1));
-                if (r) t.push_back(ms);
-            }
+            cudaGraphExec_t ge = capture(st, [&] {
+                for (int c = 0; c < copies; c++) launch(c);
+            });
+            const float ms = timer.median(reps, [&] { CHECK(cudaGraphLaunch(ge, st)); });
             CHECK(cudaGraphExecDestroy(ge));
-            CHECK(cudaGraphDestroy(g));
-            std::sort(t.begin(), t.end());
-            return t[t.size() / 2] * 1e3 / copies;
+            return ms * 1e3 / copies;
         };
         // Whether `fn` computes what Kiln's `ref` does, to the bit (NR activation rows, copy 0).
         auto same = [&](const void* fn, u32 warps, const void* ref, u32 ref_warps, u32 nr) {
@@ -141,7 +98,7 @@ int main(int argc, char** argv) {
                 const u8* wp = w[0];
                 u32 rb = row_bytes, n = s.n_out, k = s.k;
                 void* args[] = {&wp, &rb, &n, &yq, &yd, &k, &out};
-                pdl(pass ? fn : ref, dim3((s.n_out + 15) / 16), dim3(32 * (pass ? warps : ref_warps)), args);
+                launch_pdl(st, pass ? fn : ref, dim3((s.n_out + 15) / 16), dim3(32 * (pass ? warps : ref_warps)), args);
                 CHECK(cudaStreamSynchronize(st));
                 CHECK(cudaMemcpy(pass ? b.data() : a.data(), out, a.size() * 4, cudaMemcpyDeviceToHost));
             }
@@ -156,7 +113,7 @@ int main(int argc, char** argv) {
                 const u8* wp = w[c];
                 u32 rb = row_bytes, n = s.n_out, k = s.k;
                 void* args[] = {&wp, &rb, &n, &yq, &yd, &k, &out};
-                pdl(fn, dim3(blocks), dim3(32 * warps), args);
+                launch_pdl(st, fn, dim3(blocks), dim3(32 * warps), args);
             });
             printf("  %-22s %8.1f us %8.0f GB/s\n", name, us, bytes / us / 1e3);
         };
@@ -166,7 +123,7 @@ int main(int argc, char** argv) {
                 const uint4* p = (const uint4*)w[c];
                 u64 n16 = bytes / 16;
                 void* args[] = {&p, &n16, &out};
-                pdl(kernel("read_stream"), dim3(8 * prop.multiProcessorCount), dim3(256), args);
+                launch_pdl(st, kernel("read_stream"), dim3(8 * prop.multiProcessorCount), dim3(256), args);
             });
             printf("  %-22s %8.1f us %8.0f GB/s\n", "read_stream", us, bytes / us / 1e3);
         }

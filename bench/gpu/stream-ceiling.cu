@@ -19,21 +19,7 @@
 //
 // Built and run on the GPU machine by bench/gpu/product-lab.sh [small=0] [reps=7] [sweep]; `sweep` adds
 // the kernels+pdl chain by loads in flight (16-byte loads a thread x blocks an SM).
-#include <cuda_runtime.h>
-
-#include <algorithm>
-#include <cstdio>
-#include <cstdlib>
-#include <vector>
-
-#define CHECK(x)                                                                                  \
-    do {                                                                                          \
-        cudaError_t e_ = (x);                                                                     \
-        if (e_ != cudaSuccess) {                                                                  \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));    \
-            exit(1);                                                                              \
-        }                                                                                         \
-    } while (0)
+#include "lab.h"
 
 constexpr int THREADS = 256;
 constexpr int UNROLL = 8;  // 16-byte loads in flight per thread (128 B)
@@ -220,46 +206,26 @@ int main(int argc, char** argv) {
 
     cudaStream_t st;
     CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    cudaEvent_t e0, e1;
-    CHECK(cudaEventCreate(&e0));
-    CHECK(cudaEventCreate(&e1));
+    Timer timer(st);
 
-    auto launch_pdl = [&](auto kernel, int blocks, int threads, auto... args) {
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = blocks;
-        cfg.blockDim = threads;
-        cfg.stream = st;
-        cudaLaunchAttribute attr[1];
-        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attr[0].val.programmaticStreamSerializationAllowed = 1;
-        cfg.attrs = attr;
-        cfg.numAttrs = 1;
-        CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
-    };
     // One graph per kernel-per-buffer mode.
-    auto capture = [&](int mode) {
-        cudaGraph_t g;
-        cudaGraphExec_t ge;
-        CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
-        for (size_t k = 0; k < bufs.size(); k++) {
-            const uint4* p = bufs[k];
-            long n = n16[k];
-            if (mode == 0)
-                read_one<0><<<grid, THREADS, 0, st>>>(p, n, sink);
-            else if (mode == 1)
-                launch_pdl(read_one<1>, grid, THREADS, p, n, sink);
-            else
-                launch_pdl(read_one<2>, grid, THREADS, p, n, sink);
-            for (int s = 0; s < small; s++) {
+    auto chain = [&](int mode) {
+        return capture(st, [&] {
+            for (size_t k = 0; k < bufs.size(); k++) {
+                const uint4* p = bufs[k];
+                long n = n16[k];
                 if (mode == 0)
-                    small_kernel<false><<<1, 256, 0, st>>>(x);
+                    read_one<0><<<grid, THREADS, 0, st>>>(p, n, sink);
                 else
-                    launch_pdl(small_kernel<true>, 1, 256, x);
+                    launch_pdl(st, mode == 1 ? read_one<1> : read_one<2>, grid, THREADS, p, n, sink);
+                for (int s = 0; s < small; s++) {
+                    if (mode == 0)
+                        small_kernel<false><<<1, 256, 0, st>>>(x);
+                    else
+                        launch_pdl(st, small_kernel<true>, 1, 256, x);
+                }
             }
-        }
-        CHECK(cudaStreamEndCapture(st, &g));
-        CHECK(cudaGraphInstantiate(&ge, g, 0));
-        return ge;
+        });
     };
     auto persistent = [&](auto kernel) {
         void* args[] = {&b, &small, &barrier, nullptr, &sink};
@@ -272,22 +238,19 @@ int main(int argc, char** argv) {
 
     const char* names[] = {"kernels", "kernels+pdl", "kernels+pre", "persistent", "persistent+regs",
                            "persistent+l2", "stream"};
-    cudaGraphExec_t graphs[3] = {capture(0), capture(1), capture(2)};
+    cudaGraphExec_t graphs[3] = {chain(0), chain(1), chain(2)};
     std::vector<std::vector<double>> ms(7);
     for (int r = 0; r < reps + 1; r++) {  // the first round warms up
         for (int m = 0; m < 7; m++) {
-            CHECK(cudaEventRecord(e0, st));
-            switch (m) {
-                case 0: case 1: case 2: CHECK(cudaGraphLaunch(graphs[m], st)); break;
-                case 3: persistent(read_all<0>); break;
-                case 4: persistent(read_all<1>); break;
-                case 5: persistent(read_all<2>); break;
-                case 6: persistent(read_all<3>); break;
-            }
-            CHECK(cudaEventRecord(e1, st));
-            CHECK(cudaEventSynchronize(e1));
-            float t;
-            CHECK(cudaEventElapsedTime(&t, e0, e1));
+            const float t = timer.once([&] {
+                switch (m) {
+                    case 0: case 1: case 2: CHECK(cudaGraphLaunch(graphs[m], st)); break;
+                    case 3: persistent(read_all<0>); break;
+                    case 4: persistent(read_all<1>); break;
+                    case 5: persistent(read_all<2>); break;
+                    case 6: persistent(read_all<3>); break;
+                }
+            });
             if (r > 0) ms[m].push_back(t);
         }
     }
@@ -312,26 +275,13 @@ int main(int argc, char** argv) {
                 int fit = 0;
                 CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, THREADS, 0));
                 int g = bb * prop.multiProcessorCount;
-                cudaGraph_t gr;
-                cudaGraphExec_t ge;
-                CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
-                for (size_t k = 0; k < bufs.size(); k++) launch_pdl(kernel, g, THREADS, (const uint4*)bufs[k], n16[k], sink);
-                CHECK(cudaStreamEndCapture(st, &gr));
-                CHECK(cudaGraphInstantiate(&ge, gr, 0));
-                std::vector<double> t;
-                for (int r = 0; r < reps + 1; r++) {
-                    CHECK(cudaEventRecord(e0, st));
-                    CHECK(cudaGraphLaunch(ge, st));
-                    CHECK(cudaEventRecord(e1, st));
-                    CHECK(cudaEventSynchronize(e1));
-                    float ms1;
-                    CHECK(cudaEventElapsedTime(&ms1, e0, e1));
-                    if (r > 0) t.push_back(ms1);
-                }
-                std::sort(t.begin(), t.end());
-                printf(" %8.0f%s", total / (t[t.size() / 2] / 1e3) / 1e9, bb > fit ? "*" : " ");
+                cudaGraphExec_t ge = capture(st, [&] {
+                    for (size_t k = 0; k < bufs.size(); k++)
+                        launch_pdl(st, kernel, g, THREADS, (const uint4*)bufs[k], n16[k], sink);
+                });
+                const float med = timer.median(reps, [&] { CHECK(cudaGraphLaunch(ge, st)); });
+                printf(" %8.0f%s", total / (med / 1e3) / 1e9, bb > fit ? "*" : " ");
                 CHECK(cudaGraphExecDestroy(ge));
-                CHECK(cudaGraphDestroy(gr));
             }
             printf("\n");
         };
