@@ -149,7 +149,8 @@ __device__ __forceinline__ void mmvq_warp(const u8* w, u32 row_bytes, u32 n_unit
 struct MatvecPart {
     const u8* w;
     float* out;
-    u32 row_bytes, n_units, n_out, type, first_block, pad;
+    // tiled: a Q4_K/Q5_K weight in the tensor-core kernels' tiled layout (qk_frags_tile)
+    u32 row_bytes, n_units, n_out, type, first_block, tiled;
 };
 struct MatvecGroup {
     MatvecPart p[MMVG_MAX_PARTS];
@@ -253,45 +254,90 @@ struct MmqCols {
     bool has_b;
 };
 
-// Q4_K (144 bytes per 256) and Q5_K (176: the same nibbles after 32 bytes of fifth bits, bit sb of byte l
-// for value l of sub-block sb): super-blocks first, first + step, ... of the thread's rows r0 and r1 into
-// acc: (row g, c0), (row g, c1), (row g+8, c0), (row g+8, c1). mmq_block_qk is one super-block: b0 and
-// b1 its bytes in the thread's two rows, blk its index along k; bench/gpu/product-lab-kernels.cu runs it
-// on super-blocks staged in shared memory. (Split out of the loop, the 3- and 4-row forms got faster:
-// a verify of 4 tokens 10.90 against 11.39 ms on an H100, bench/README.md session 15.)
-template <int NR, bool FIVE>
-__device__ __forceinline__ void mmq_block_qk(const u8* b0, const u8* b1, u32 blk, const MmqCols& y, u32 t,
-                                             float (&acc)[4]) {
-    constexpr u32 QS = FIVE ? 48 : 16;
-    const u32 c0 = 2 * t, c1 = 2 * t + 1;
-    const uint4 h0 = *(const uint4*)b0, h1 = *(const uint4*)b1;
+// A thread's weight fragments of one Q4_K (144 bytes per 256) or Q5_K (176: the same nibbles after 32
+// bytes of fifth bits, bit sb of byte l for value l of sub-block sb) super-block: its rows g and g + 8's
+// 16-byte heads (d, dmin, the packed scales), 8 bytes at 8t of each 32-byte chunk kk of their nibbles
+// (low nibbles sub-block 2kk, high ones 2kk + 1), and for Q5_K 8 bytes at 8t of their fifth bits.
+struct QkFrags {
+    uint4 h0, h1;
     uint2 q0[4], q1[4];
+    uint2 f0, f1;
+};
+
+// The fragments from the super-block's bytes b0 and b1 in the thread's two rows (GGUF's layout).
+template <bool FIVE>
+__device__ __forceinline__ QkFrags qk_frags_rows(const u8* b0, const u8* b1, u32 t) {
+    constexpr u32 QS = FIVE ? 48 : 16;
+    QkFrags f;
+    f.h0 = *(const uint4*)b0;
+    f.h1 = *(const uint4*)b1;
 #pragma unroll
     for (int kk = 0; kk < 4; kk++) {
-        // 8 bytes of the 32-byte chunk kk: low nibbles are sub-block 2kk, high ones 2kk + 1.
-        q0[kk] = *(const uint2*)(b0 + QS + 32 * kk + 8 * t);
-        q1[kk] = *(const uint2*)(b1 + QS + 32 * kk + 8 * t);
+        f.q0[kk] = *(const uint2*)(b0 + QS + 32 * kk + 8 * t);
+        f.q1[kk] = *(const uint2*)(b1 + QS + 32 * kk + 8 * t);
     }
-    // Q5_K: the fifth bits of the same 8 value positions, for all 8 sub-blocks.
-    uint2 f0 = make_uint2(0, 0), f1 = make_uint2(0, 0);
+    f.f0 = f.f1 = make_uint2(0, 0);
     if (FIVE) {
-        f0 = *(const uint2*)(b0 + 16 + 8 * t);
-        f1 = *(const uint2*)(b1 + 16 + 8 * t);
+        f.f0 = *(const uint2*)(b0 + 16 + 8 * t);
+        f.f1 = *(const uint2*)(b1 + 16 + 8 * t);
     }
-    const Q4kScales s0 = q4k_scales(h0), s1 = q4k_scales(h1);
+    return f;
+}
+
+// The tiled layout the GPU backend repacks Q4_K/Q5_K weights into for these kernels (the tile_qk kernel
+// below writes it, at load): each 16-row group's bytes stay where they were, but as one
+// tile a super-block, tile `blk` at blk · 16 · 144 (Q5_K 176) from the group's start, holding the 16 rows'
+// heads (16 bytes each, row order), for Q5_K then 512 bytes of fifth bits, then 2,048 bytes of nibbles;
+// each 512-byte run is a warp's 16 bytes a lane in lane order, so a thread's fragments come in whole
+// 16-byte loads and each load instruction of a warp reads 512 consecutive bytes (GGUF's layout gave 8
+// bytes a lane from 8 rows: 18-37% slower as loads alone, bench/README.md session 15). Lane l = 4g + t's
+// 16 bytes are, in the four nibble runs: (q0[0], q0[1]), (q0[2], q0[3]), (q1[0], q1[1]), (q1[2], q1[3]);
+// in the fifth-bit run: (f0, f1).
+template <bool FIVE>
+__device__ __forceinline__ QkFrags qk_frags_tile(const u8* tile, u32 lane) {
+    const uint4* heads = (const uint4*)tile;
+    const uint4* runs = (const uint4*)(tile + 256) + lane;
+    QkFrags f;
+    f.h0 = heads[lane / 4];
+    f.h1 = heads[lane / 4 + 8];
+    f.f0 = f.f1 = make_uint2(0, 0);
+    if (FIVE) {
+        const uint4 v = runs[0];
+        f.f0 = make_uint2(v.x, v.y);
+        f.f1 = make_uint2(v.z, v.w);
+        runs += 32;
+    }
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const uint4 v = runs[32 * j];
+        uint2* q = j < 2 ? f.q0 : f.q1;
+        q[2 * (j % 2)] = make_uint2(v.x, v.y);
+        q[2 * (j % 2) + 1] = make_uint2(v.z, v.w);
+    }
+    return f;
+}
+
+// One super-block (index blk along k) of the thread's two rows into acc: (row g, c0), (row g, c1),
+// (row g+8, c0), (row g+8, c1). bench/gpu/product-lab-kernels.cu runs it on super-blocks staged in shared
+// memory (mmq_block_qk). (Split out of the loop, the 3- and 4-row forms got faster: a verify of 4 tokens
+// 10.90 against 11.39 ms on an H100, bench/README.md session 15.)
+template <int NR, bool FIVE>
+__device__ __forceinline__ void mmq_frags_qk(const QkFrags& w, u32 blk, const MmqCols& y, u32 t, float (&acc)[4]) {
+    const u32 c0 = 2 * t, c1 = 2 * t + 1;
+    const Q4kScales s0 = q4k_scales(w.h0), s1 = q4k_scales(w.h1);
     // Per (row, column): Σ yscale · (sc · c) and Σ ysum · m over the super-block's sub-blocks.
     float sa[4] = {0.0f, 0.0f, 0.0f, 0.0f}, sm[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int sb = 0; sb < 8; sb++) {
         const int kk = sb / 2;
         const u32 sh = 4 * (sb % 2);
-        int a[4] = {(int)((q0[kk].x >> sh) & 0x0F0F0F0F), (int)((q1[kk].x >> sh) & 0x0F0F0F0F),
-                    (int)((q0[kk].y >> sh) & 0x0F0F0F0F), (int)((q1[kk].y >> sh) & 0x0F0F0F0F)};
+        int a[4] = {(int)((w.q0[kk].x >> sh) & 0x0F0F0F0F), (int)((w.q1[kk].x >> sh) & 0x0F0F0F0F),
+                    (int)((w.q0[kk].y >> sh) & 0x0F0F0F0F), (int)((w.q1[kk].y >> sh) & 0x0F0F0F0F)};
         if (FIVE) {
-            a[0] |= (int)(((f0.x >> sb) & 0x01010101u) << 4);
-            a[1] |= (int)(((f1.x >> sb) & 0x01010101u) << 4);
-            a[2] |= (int)(((f0.y >> sb) & 0x01010101u) << 4);
-            a[3] |= (int)(((f1.y >> sb) & 0x01010101u) << 4);
+            a[0] |= (int)(((w.f0.x >> sb) & 0x01010101u) << 4);
+            a[1] |= (int)(((w.f1.x >> sb) & 0x01010101u) << 4);
+            a[2] |= (int)(((w.f0.y >> sb) & 0x01010101u) << 4);
+            a[3] |= (int)(((w.f1.y >> sb) & 0x01010101u) << 4);
         }
         // Loaded by every lane (column 0's values where the column is past NR) and zeroed by a
         // select, not a branch: the whole warp reaches the mma together.
@@ -327,11 +373,23 @@ __device__ __forceinline__ void mmq_block_qk(const u8* b0, const u8* b1, u32 blk
 }
 
 template <int NR, bool FIVE>
-__device__ __forceinline__ void mmq_blocks_qk(const u8* r0, const u8* r1, u32 n_blocks, u32 first, u32 step,
-                                              const MmqCols& y, u32 t, float (&acc)[4]) {
+__device__ __forceinline__ void mmq_block_qk(const u8* b0, const u8* b1, u32 blk, const MmqCols& y, u32 t,
+                                             float (&acc)[4]) {
+    mmq_frags_qk<NR, FIVE>(qk_frags_rows<FIVE>(b0, b1, t), blk, y, t, acc);
+}
+
+// Super-blocks first, first + step, ... of the thread's rows r0 and r1 (TILED: of the 16-row group at
+// `group`, in the tiled layout).
+template <int NR, bool FIVE, bool TILED>
+__device__ __forceinline__ void mmq_blocks_qk(const u8* r0, const u8* r1, const u8* group, u32 n_blocks,
+                                              u32 first, u32 step, const MmqCols& y, u32 lane, float (&acc)[4]) {
     constexpr u32 BYTES = FIVE ? 176 : 144;
-    for (u32 blk = first; blk < n_blocks; blk += step)
-        mmq_block_qk<NR, FIVE>(r0 + blk * BYTES, r1 + blk * BYTES, blk, y, t, acc);
+    for (u32 blk = first; blk < n_blocks; blk += step) {
+        if (TILED)
+            mmq_frags_qk<NR, FIVE>(qk_frags_tile<FIVE>(group + blk * 16 * BYTES, lane), blk, y, lane % 4, acc);
+        else
+            mmq_block_qk<NR, FIVE>(r0 + blk * BYTES, r1 + blk * BYTES, blk, y, lane % 4, acc);
+    }
 }
 
 // Q6_K (210 bytes per 256: ql[128], qh[64], 16 int8 scales, d; blocks only 2-byte aligned, so every word
@@ -404,8 +462,9 @@ __device__ __forceinline__ void mmq_blocks_q6_k(const u8* r0, const u8* r1, u32 
     }
 }
 
-// Output rows o0 .. o0 + 15 of a TYPE product by a block of WARPS warps.
-template <int TYPE, int NR, int WARPS>
+// Output rows o0 .. o0 + 15 of a TYPE product by a block of WARPS warps (TILED: Q4_K/Q5_K weights in the
+// tiled layout, whole 16-row groups).
+template <int TYPE, int NR, int WARPS, bool TILED = false>
 __device__ __forceinline__ void mmq_rows(const u8* w, u32 row_bytes, u32 n_out, u32 o0, const i8* yq,
                                          const float2* yd, u32 k, float* out, float (*part)[16][8]) {
     const u32 lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -420,7 +479,8 @@ __device__ __forceinline__ void mmq_rows(const u8* w, u32 row_bytes, u32 n_out, 
     if (TYPE == T_Q6_K)
         mmq_blocks_q6_k<NR>(r0, r1, k / 256, warp, WARPS, y, t, acc);
     else
-        mmq_blocks_qk<NR, TYPE == T_Q5_K>(r0, r1, k / 256, warp, WARPS, y, t, acc);
+        mmq_blocks_qk<NR, TYPE == T_Q5_K, TILED>(r0, r1, w + (u64)o0 * row_bytes, k / 256, warp, WARPS, y, lane,
+                                                acc);
     // The warps' partial sums, added in warp order.
     part[warp][g][c0] = acc[0];
     part[warp][g][c1] = acc[1];
@@ -447,32 +507,45 @@ __device__ __forceinline__ void mmq_group(const MatvecGroup& g, const i8* yq, co
     for (u32 j = 1; j < MMVG_MAX_PARTS; j++)
         if (j < g.n_parts && blockIdx.x >= g.p[j].first_block) p = g.p[j];
     const u32 o0 = (blockIdx.x - p.first_block) * 16;
-    // The type is the same for the whole block, so every thread reaches the block barrier inside.
+    // The type and layout are the same for the whole block, so every thread reaches the block barrier
+    // inside.
     switch (p.type) {
-        case T_Q4_K: mmq_rows<T_Q4_K, NR, WARPS>(p.w, p.row_bytes, p.n_out, o0, yq, yd, k, p.out, part); break;
-        case T_Q5_K: mmq_rows<T_Q5_K, NR, WARPS>(p.w, p.row_bytes, p.n_out, o0, yq, yd, k, p.out, part); break;
+        case T_Q4_K:
+            if (p.tiled)
+                mmq_rows<T_Q4_K, NR, WARPS, true>(p.w, p.row_bytes, p.n_out, o0, yq, yd, k, p.out, part);
+            else
+                mmq_rows<T_Q4_K, NR, WARPS>(p.w, p.row_bytes, p.n_out, o0, yq, yd, k, p.out, part);
+            break;
+        case T_Q5_K:
+            if (p.tiled)
+                mmq_rows<T_Q5_K, NR, WARPS, true>(p.w, p.row_bytes, p.n_out, o0, yq, yd, k, p.out, part);
+            else
+                mmq_rows<T_Q5_K, NR, WARPS>(p.w, p.row_bytes, p.n_out, o0, yq, yd, k, p.out, part);
+            break;
         case T_Q6_K: mmq_rows<T_Q6_K, NR, WARPS>(p.w, p.row_bytes, p.n_out, o0, yq, yd, k, p.out, part); break;
         default: break;
     }
 }
 
 // A single Q4_K product, with its own arguments (fewer registers than a group's part selection).
-template <int NR, int WARPS>
+template <int NR, int WARPS, bool TILED>
 __device__ __forceinline__ void mmq_q4_k(const u8* w, u32 row_bytes, u32 n_out, const i8* yq, const float2* yd,
                                          u32 k, float* out) {
     __shared__ float part[WARPS][16][8];
-    mmq_rows<T_Q4_K, NR, WARPS>(w, row_bytes, n_out, blockIdx.x * 16, yq, yd, k, out, part);
+    mmq_rows<T_Q4_K, NR, WARPS, TILED>(w, row_bytes, n_out, blockIdx.x * 16, yq, yd, k, out, part);
 }
 
-// mmq_q4_k_* (a Q4_K product) and mmqg_* (a group, or a Q5_K or Q6_K product): 4 warps a block of 16
-// rows; the mmq8 and mmqg8 forms 8 (more loads in flight for the products with few outputs and long rows,
-// such as the FFN's down projection).
-#define MMQ(name, WARPS, NR)                                                                          \
+// mmq_q4_k_* (a Q4_K product; mmqt_q4_k_* with its weight tiled) and mmqg_* (a group, or a Q5_K or
+// Q6_K product): 4 warps a block of 16 rows; the mmq8, mmqt8 and mmqg8 forms 8 (more loads in flight for
+// the products with few outputs and long rows, such as the FFN's down projection).
+#define MMQ_AS(name, WARPS, NR, TILED)                                                                \
     KILN_KERNEL void name##_##NR(const u8* w, u32 row_bytes, u32 n_out, const i8* yq, const float2* yd, \
                                  u32 k, float* out) {                                                  \
         grid_dependency_entry();                                                                       \
-        mmq_q4_k<NR, WARPS>(w, row_bytes, n_out, yq, yd, k, out);                                      \
+        mmq_q4_k<NR, WARPS, TILED>(w, row_bytes, n_out, yq, yd, k, out);                               \
     }
+#define MMQ(name, WARPS, NR) MMQ_AS(name, WARPS, NR, false)
+#define MMQT(name, WARPS, NR) MMQ_AS(name, WARPS, NR, true)
 #define MMQG(name, WARPS, NR)                                                                     \
     KILN_KERNEL void name##_##NR(MatvecGroup g, const i8* yq, const float2* yd, u32 k) {          \
         grid_dependency_entry();                                                                   \
@@ -483,6 +556,8 @@ __device__ __forceinline__ void mmq_q4_k(const u8* w, u32 row_bytes, u32 n_out, 
     M(name, WARPS, 5) M(name, WARPS, 6) M(name, WARPS, 7) M(name, WARPS, 8)
 MMQ_ALL(MMQ, mmq_q4_k, 4)
 MMQ_ALL(MMQ, mmq8_q4_k, 8)
+MMQ_ALL(MMQT, mmqt_q4_k, 4)
+MMQ_ALL(MMQT, mmqt8_q4_k, 8)
 MMQ_ALL(MMQG, mmqg, 4)
 MMQ_ALL(MMQG, mmqg8, 8)
 #endif
@@ -583,14 +658,49 @@ MMVF_ALL(mmv_f16, true)
 MMVF_ALL(mmv_f32, false)
 
 // Rows of a weight matrix (any type) gathered and dequantized: the token embedding.
+// tiled: a Q4_K/Q5_K table in the tensor-core products' tiled layout (an LM head tied to the embeddings).
 KILN_KERNEL void embed_rows(int type, const u8* table, u32 row_bytes, u32 n_rows, const u32* tokens,
-                            u32 n_tokens, u32 dim, float* out) {
+                            u32 n_tokens, u32 dim, float* out, u32 tiled) {
     grid_dependency_entry();
     const u32 t = blockIdx.y;
     if (t >= n_tokens) return;
     const u32 tok = tokens[t];
     for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < dim; i += gridDim.x * blockDim.x)
-        out[(u64)t * dim + i] = tok < n_rows ? dequant_value(type, table + (u64)tok * row_bytes, i) : 0.0f;
+        out[(u64)t * dim + i] = tok >= n_rows ? 0.0f
+                                : tiled      ? dequant_value_tiled(type, table, row_bytes, tok, i)
+                                             : dequant_value(type, table + (u64)tok * row_bytes, i);
+}
+
+// Q4_K/Q5_K rows in whole 16-row groups (GGUF's layout) into the tiled layout of the tensor-core products
+// (qk_frags_tile), once, when the weight is loaded: a thread a 16-byte piece of the output, which is a
+// row's head or a lane's two 8-byte pieces of a run. `n_pieces` = the bytes / 16.
+KILN_KERNEL void tile_qk(const u8* src, u8* dst, u64 n_pieces, u32 row_bytes, u32 five) {
+    grid_dependency_entry();
+    const u32 block = five ? 176 : 144, nibbles = five ? 48 : 16;  // a tile holds `block` pieces
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n_pieces; i += (u64)gridDim.x * blockDim.x) {
+        const u64 group = i / row_bytes;  // a 16-row group is row_bytes pieces
+        const u32 in_group = (u32)(i % row_bytes), blk = in_group / block, q = in_group % block;
+        const u8* rows = src + group * 16 * row_bytes + blk * block;  // row r's super-block: + r · row_bytes
+        uint4 v;
+        if (q < 16) {
+            v = *(const uint4*)(rows + (u64)q * row_bytes);
+        } else {
+            const u32 p = q - 16;
+            u32 r0, r1, o0, o1;
+            if (five && p < 32) {  // fifth bits: 8 bytes of row g, then of row g + 8
+                const u32 g = p / 4, t = p % 4;
+                r0 = g, r1 = g + 8, o0 = o1 = 16 + 8 * t;
+            } else {  // nibble run j: two 8-byte pieces of one row
+                const u32 pp = p - (five ? 32 : 0), j = pp / 32, g = pp % 32 / 4, t = pp % 4, kk = 2 * (j % 2);
+                r0 = r1 = j < 2 ? g : g + 8;
+                o0 = nibbles + 32 * kk + 8 * t, o1 = o0 + 32;
+            }
+            const uint2 a = *(const uint2*)(rows + (u64)r0 * row_bytes + o0);
+            const uint2 b = *(const uint2*)(rows + (u64)r1 * row_bytes + o1);
+            v = make_uint4(a.x, a.y, b.x, b.y);
+        }
+        *(uint4*)(dst + i * 16) = v;
+    }
 }
 
 // A whole vector weight dequantized to f32 (norm weights, biases: read every step, so kept dense).
@@ -604,7 +714,8 @@ KILN_KERNEL void dequant_row(int type, const u8* src, u32 n, float* out) {
 // the f16 activations with the vendor BLAS (tensor cores), which beats any per-row kernel past ~8 rows.
 // One thread per group of 32 values (k a multiple of 32), written as four 16-byte stores: the expansion
 // runs near memory speed, where one value per thread through dequant_value ran ~5x slower.
-KILN_KERNEL void dequant_f16(int type, const u8* src, u32 rows, u32 k, u32 row_bytes, u16* out) {
+// tiled: a Q4_K/Q5_K matrix in the tensor-core products' tiled layout.
+KILN_KERNEL void dequant_f16(int type, const u8* src, u32 rows, u32 k, u32 row_bytes, u16* out, u32 tiled) {
     grid_dependency_entry();
     const u32 groups = k / 32;
     const u64 n = (u64)rows * groups;
@@ -612,7 +723,10 @@ KILN_KERNEL void dequant_f16(int type, const u8* src, u32 rows, u32 k, u32 row_b
         const u64 r = t / groups;
         const u32 g = (u32)(t % groups);
         float v[32];
-        dequant_group(type, src + r * row_bytes, g, v);
+        if (tiled)
+            dequant_group_tiled(type, src, row_bytes, (u32)r, g, v);
+        else
+            dequant_group(type, src + r * row_bytes, g, v);
         uint4* dst = (uint4*)(out + r * k + (u64)g * 32);
 #pragma unroll
         for (int c = 0; c < 4; c++) {

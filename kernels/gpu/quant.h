@@ -279,6 +279,39 @@ __device__ __forceinline__ u32 units_per_row(int type, u32 k) {
     }
 }
 
+// A Q4_K/Q5_K value of sub-block `sub` of a super-block with 16-byte head h (d, dmin, packed scales),
+// from its nibble byte and (Q5_K) its fifth-bit byte.
+__device__ __forceinline__ float qk_value(const u8* h, u8 byte, u8 fifth, u32 sub, bool five) {
+    int sc, m;
+    scale_min_k4(sub, h + 4, &sc, &m);
+    int q = (sub & 1) ? (byte >> 4) : (byte & 0xF);
+    if (five) q |= ((fifth >> sub) & 1) << 4;
+    return h2f(*(const u16*)h) * sc * (float)q - h2f(*(const u16*)(h + 2)) * m;
+}
+
+// The tiled Q4_K/Q5_K layout of the tensor-core products (matvec.cu, qk_frags_tile): where byte `pos` of
+// row rr's super-block (0 .. 143, Q5_K 175, in GGUF's order) sits in its 16-row group's tile.
+__device__ __forceinline__ u32 qk_tile_offset(bool five, u32 rr, u32 pos) {
+    if (pos < 16) return 16 * rr + pos;  // the heads
+    const u32 g = rr % 8, hi = rr / 8;
+    if (five && pos < 48) {  // fifth bits: lane 4g + l / 8, rows g + 8 in the lane's second 8 bytes
+        const u32 l = pos - 16;
+        return 256 + 16 * (4 * g + l / 8) + 8 * hi + l % 8;
+    }
+    const u32 p = pos - (five ? 48 : 16), kk = p / 32, l = p % 32;
+    return 256 + (five ? 512 : 0) + 512 * (2 * hi + kk / 2) + 16 * (4 * g + l / 8) + 8 * (kk % 2) + l % 8;
+}
+
+// Value i of row r of a tiled Q4_K/Q5_K matrix of `row_bytes` bytes a row.
+__device__ __forceinline__ float dequant_value_tiled(int type, const u8* w, u32 row_bytes, u32 r, u32 i) {
+    const bool five = type == T_Q5_K;
+    const u32 rr = r % 16, j = i % 256, sub = j / 32, l = j % 32;
+    const u8* tile = w + (u64)(r / 16) * 16 * row_bytes + (u64)(i / 256) * 16 * (five ? 176 : 144);
+    const u8 byte = tile[qk_tile_offset(five, rr, (five ? 48 : 16) + 32 * (sub / 2) + l)];
+    const u8 fifth = five ? tile[qk_tile_offset(five, rr, 16 + l)] : 0;
+    return qk_value(tile + 16 * rr, byte, fifth, sub, five);
+}
+
 // One dequantized value `i` of a row (embedding gathers, KV loads): slow, general, exact.
 __device__ __forceinline__ float dequant_value(int type, const u8* row, u32 i) {
     switch (type) {
@@ -311,13 +344,8 @@ __device__ __forceinline__ float dequant_value(int type, const u8* row, u32 i) {
         case T_Q4_K: case T_Q5_K: {
             const bool five = type == T_Q5_K;
             const u8* b = row + (i / 256) * (five ? 176 : 144); const u32 j = i % 256;
-            const u32 sub = j / 32, l = j % 32, pair = sub / 2;
-            int sc, m;
-            scale_min_k4(sub, b + 4, &sc, &m);
-            const u8 byte = b[(five ? 48 : 16) + 32 * pair + l];
-            int q = (sub & 1) ? (byte >> 4) : (byte & 0xF);
-            if (five) q |= ((b[16 + l] >> sub) & 1) << 4;
-            return h2f(*(const u16*)b) * sc * (float)q - h2f(*(const u16*)(b + 2)) * m;
+            const u32 sub = j / 32, l = j % 32;
+            return qk_value(b, b[(five ? 48 : 16) + 32 * (sub / 2) + l], five ? b[16 + l] : 0, sub, five);
         }
         case T_Q6_K: {
             const u8* b = row + (i / 256) * 210; const u32 j = i % 256;
@@ -403,5 +431,31 @@ __device__ __forceinline__ void dequant_group(int type, const u8* row, u32 g, fl
 #pragma unroll
             for (int j = 0; j < 32; j++) v[j] = dequant_value(type, row, g * 32 + j);
         }
+    }
+}
+
+// Group g (values 32g .. 32g + 31) of row r of a tiled Q4_K/Q5_K matrix, as dequant_group gives the same
+// row untiled: the nibble (and fifth-bit) bytes come as four 8-byte pieces, one from each lane t's run.
+__device__ __forceinline__ void dequant_group_tiled(int type, const u8* w, u32 row_bytes, u32 r, u32 g, float* v) {
+    const bool five = type == T_Q5_K;
+    const u32 rr = r % 16, sub = g % 8;
+    const u8* tile = w + (u64)(r / 16) * 16 * row_bytes + (u64)(g / 8) * 16 * (five ? 176 : 144);
+    const u8* h = tile + 16 * rr;
+    int sc, m;
+    scale_min_k4(sub, h + 4, &sc, &m);
+    const float d = h2f(*(const u16*)h) * (float)sc, dm = h2f(*(const u16*)(h + 2)) * (float)m;
+    uint2 q[4], f[4];
+#pragma unroll
+    for (int t = 0; t < 4; t++) {
+        q[t] = *(const uint2*)(tile + qk_tile_offset(five, rr, (five ? 48 : 16) + 32 * (sub / 2) + 8 * t));
+        f[t] = five ? *(const uint2*)(tile + qk_tile_offset(five, rr, 16 + 8 * t)) : make_uint2(0, 0);
+    }
+#pragma unroll
+    for (int l = 0; l < 32; l++) {
+        const u32 qw = l % 8 < 4 ? q[l / 8].x : q[l / 8].y, fw = l % 8 < 4 ? f[l / 8].x : f[l / 8].y;
+        const u32 byte = (qw >> (8 * (l % 4))) & 0xFF;
+        int x = (sub & 1) ? (int)(byte >> 4) : (int)(byte & 0xF);
+        if (five) x |= (((fw >> (8 * (l % 4))) >> sub) & 1) << 4;
+        v[l] = d * (float)x - dm;
     }
 }

@@ -11,6 +11,7 @@ use kiln_kernels::quant::{quantize_row, GgmlType};
 use std::sync::{Arc, OnceLock};
 
 type GpuTensor = <Gpu as Backend>::Tensor;
+type GpuWeightOf = <Gpu as Backend>::Weight;
 
 fn gpu() -> Option<&'static Gpu> {
     static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
@@ -116,10 +117,86 @@ fn matmul_every_type_and_batch() {
     // default mma, whose Q4_K products run on the tensor cores; a block per pair of rows from 2
     // activation rows on, the last block with a single row); 2201 (more than 16 per SM on an H100)
     // the warp-per-row ones (a warp per pair of rows from 2 activation rows on), with
-    // a partly filled last block whose last warp has a single row.
+    // a partly filled last block whose last warp has a single row. Q4_K and Q5_K also in whole
+    // 16-row groups (a few, and more than 16 blocks of 4 warps an SM on an H100), which the loader
+    // tiles where the tensor-core products run.
     for (i, ty) in types.into_iter().enumerate() {
-        for n_out in [71, 2201] {
+        let tiled_too: &[usize] = match ty {
+            GgmlType::Q4_K | GgmlType::Q5_K => &[64, 8448],
+            _ => &[],
+        };
+        for &n_out in [71, 2201].iter().chain(tiled_too) {
             matmul_matches_cpu(g, &c, ty, n_out, i as u64 + 1);
+        }
+    }
+}
+
+/// Q4_K and Q5_K weights in the tensor-core products' tiled layout give what the same weights in GGUF's
+/// layout give, to the bit: single products (Q4_K: both on the tensor cores) for 1..13 rows and through
+/// cuBLAS for 64, group products, and embedding rows.
+#[test]
+fn tiled_weights_compute_what_gguf_layout_does() {
+    let Some(g) = gpu() else { return };
+    if g.load_weight_as(weight(GgmlType::Q4_K, 16, 256, 1), true)
+        .is_err()
+    {
+        eprintln!("skipping: this GPU has no tensor-core products, so nothing is tiled");
+        return;
+    }
+    let k = 1024;
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    for ty in [GgmlType::Q4_K, GgmlType::Q5_K] {
+        for n_out in [64, 8448] {
+            let tiled = g.load_weight_as(weight(ty, n_out, k, 90), true).unwrap();
+            let plain = g.load_weight_as(weight(ty, n_out, k, 90), false).unwrap();
+            assert!(g.is_tiled(&tiled) && !g.is_tiled(&plain));
+            // Q5_K single products on GGUF's layout take the dp4a kernels (other sums): groups only.
+            let singles = if ty == GgmlType::Q4_K {
+                &[1, 4, 8, 13, 64][..]
+            } else {
+                &[64][..]
+            };
+            for &rows in singles {
+                let xg = put(g, &values(300 + rows as u64, rows * k, 1.0));
+                let (mut ot, mut op) = (
+                    g.tensor(rows * n_out).unwrap(),
+                    g.tensor(rows * n_out).unwrap(),
+                );
+                g.matmul(&tiled, &xg, rows, &mut ot).unwrap();
+                g.matmul(&plain, &xg, rows, &mut op).unwrap();
+                assert!(
+                    bits(get(g, &ot, rows * n_out)) == bits(get(g, &op, rows * n_out)),
+                    "{ty} {n_out}×{k}, {rows} rows: tiled differs from GGUF's layout"
+                );
+            }
+            for rows in [1, 4, 8] {
+                let xg = put(g, &values(400 + rows as u64, rows * k, 1.0));
+                let q6 = g.load_weight(weight(GgmlType::Q6_K, 48, k, 91)).unwrap();
+                let outs = |w: &GpuWeightOf| {
+                    let mut o = [
+                        g.tensor(rows * n_out).unwrap(),
+                        g.tensor(rows * 48).unwrap(),
+                    ];
+                    let [a, b] = &mut o;
+                    g.matmul_group(&mut [(w, a), (&q6, b)], &xg, rows).unwrap();
+                    [
+                        bits(get(g, &o[0], rows * n_out)),
+                        bits(get(g, &o[1], rows * 48)),
+                    ]
+                };
+                assert!(
+                    outs(&tiled) == outs(&plain),
+                    "{ty} {n_out}×{k} in a group, {rows} rows: tiled differs from GGUF's layout"
+                );
+            }
+            let toks = [0u32, n_out as u32 - 1, 17, 17];
+            let (mut et, mut ep) = (g.tensor(4 * k).unwrap(), g.tensor(4 * k).unwrap());
+            g.embed(&tiled, &toks, &mut et).unwrap();
+            g.embed(&plain, &toks, &mut ep).unwrap();
+            assert!(
+                bits(get(g, &et, 4 * k)) == bits(get(g, &ep, 4 * k)),
+                "{ty}: embedding rows of a tiled table differ"
+            );
         }
     }
 }
@@ -1047,14 +1124,15 @@ fn producers_quantize_for_the_next_product() {
     });
 }
 
-/// Products of one input as one launch (a Q8_0 part among K-quants: the dp4a group kernel) equal the
-/// CPU's separate products, for a decode step and verify batches, and each row of a batch equals that row
-/// alone bit for bit.
+/// Products of one input as one launch (a Q8_0 part among K-quants: the dp4a group kernel; where the
+/// tensor-core products run, the 304-row Q4_K part is tiled, and the group runs as single products)
+/// equal the CPU's separate products, for a decode step and verify batches, and each row of a batch
+/// equals that row alone bit for bit.
 #[test]
 fn grouped_products_match_cpu() {
     grouped_products_on(&[
         (GgmlType::Q5_K, 700),
-        (GgmlType::Q4_K, 300),
+        (GgmlType::Q4_K, 304),
         (GgmlType::Q6_K, 129),
         (GgmlType::Q8_0, 48),
     ]);

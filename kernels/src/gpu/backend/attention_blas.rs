@@ -87,7 +87,8 @@ impl<R: Runtime> GpuBackend<R> {
                 &keys32,
                 &d32,
                 &rb32,
-                &kh
+                &kh,
+                &0u32
             )?;
             launch!(
                 self,
@@ -98,7 +99,8 @@ impl<R: Runtime> GpuBackend<R> {
                 &keys32,
                 &d32,
                 &rb32,
-                &vh
+                &vh,
+                &0u32
             )?;
             for r0 in (0..rows).step_by(sub) {
                 let nr = (rows - r0).min(sub);

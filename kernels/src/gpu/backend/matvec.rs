@@ -45,7 +45,7 @@ pub(super) enum Matvec {
     /// a GPU without the kernel, as `auto`. A step costs the same as with `auto`, and a 4-token verify
     /// pass 1.20× a step instead of 1.46× (bench/README.md, session 8).
     /// `warps`: the warps of a 16-row block (`KILN_MMQ_WARPS` = 4 | 8; unset: by shape, see
-    /// [`Matvec::mmq_warps`]). `groups`: products of one input whose weights are all Q4_K, Q5_K or
+    /// [`Matvec::mmq_warps`]; 8 where the weights are tiled, see [`Matvec::for_tiles`]). `groups`: products of one input whose weights are all Q4_K, Q5_K or
     /// Q6_K as one tensor-core launch (`mmqg_*`; default; `KILN_MMQ_GROUP=0` keeps `mmvg_*`).
     /// The groups took a 4-token verify pass from 1.35× a step to 1.29× on an H200, the step unchanged
     /// (bench/README.md, session 11). `singles`: single Q5_K and Q6_K products on the tensor cores
@@ -85,6 +85,27 @@ impl Matvec {
         }
     }
 
+    /// The variant for a backend that tiles its Q4_K/Q5_K weights: 8 warps a 16-row block for every
+    /// tensor-core product unless `KILN_MMQ_WARPS` says otherwise. On tiles, 8 warps beat the by-shape
+    /// choice on an H100: decode 119.5-119.8 against 113-118 tok/s, a 4-token verify 9.92 against 10.16
+    /// ms (bench/README.md, session 16).
+    pub(super) fn for_tiles(self) -> Matvec {
+        match self {
+            Matvec::Mma {
+                pairs_from,
+                warps: None,
+                groups,
+                singles,
+            } => Matvec::Mma {
+                pairs_from,
+                warps: Some(8),
+                groups,
+                singles,
+            },
+            other => other,
+        }
+    }
+
     /// The variant for a product with `n_out` outputs of `n_units` units each on a GPU of `sm_count`
     /// SMs. It depends on the weight's shape alone, so a verify batch sums every output in the same
     /// order as a decode step (a warp's second row is summed exactly as a warp of its own would).
@@ -112,18 +133,27 @@ impl Matvec {
     /// The tensor-core Q4_K kernel family and its warps per 16-row block for a product of `n_out`
     /// outputs: 8 warps where the 16-row blocks alone would put fewer than 16 warps on an SM (the
     /// 5,120-output products with 17,408-value rows), else 4. By shape alone, like `for_shape`.
-    /// `group`: the family of group launches (`mmqg_*`), else of single Q4_K products.
-    fn mmq_warps(self, n_out: usize, sm_count: usize, group: bool) -> (&'static str, u32) {
+    /// `group`: the family of group launches (`mmqg_*`, which take each part's layout from the part),
+    /// else of single Q4_K products (`tiled`: of a tiled weight, `mmqt_q4_k_*`).
+    fn mmq_warps(
+        self,
+        n_out: usize,
+        sm_count: usize,
+        group: bool,
+        tiled: bool,
+    ) -> (&'static str, u32) {
         let warps = match self {
             Matvec::Mma { warps: Some(w), .. } => w,
             _ if n_out.div_ceil(16) * 4 < 16 * sm_count => 8,
             _ => 4,
         };
-        let name = match (group, warps == 8) {
-            (false, false) => "mmq_q4_k",
-            (false, true) => "mmq8_q4_k",
-            (true, false) => "mmqg",
-            (true, true) => "mmqg8",
+        let name = match (group, tiled, warps == 8) {
+            (false, false, false) => "mmq_q4_k",
+            (false, false, true) => "mmq8_q4_k",
+            (false, true, false) => "mmqt_q4_k",
+            (false, true, true) => "mmqt8_q4_k",
+            (true, _, false) => "mmqg",
+            (true, _, true) => "mmqg8",
         };
         (name, warps)
     }
@@ -173,7 +203,8 @@ struct MatvecPart {
     n_out: u32,
     ty: u32,
     first_block: u32,
-    pad: u32,
+    /// The weight is tiled (backend/tiles.rs).
+    tiled: u32,
 }
 
 /// The layout of `MatvecGroup` in kernels/gpu/matvec.cu, passed by value as the kernel's first argument.
@@ -248,7 +279,8 @@ impl<R: Runtime> GpuBackend<R> {
         let mut s = self.lock_scratch();
         let (qp, dp) = self.quantized_act(&mut s, xp, rows, k)?;
         let row_bytes = u32_arg("matmul", w.ty.bytes_for(k).unwrap_or(0))?;
-        if self.mma_kernels && self.matvec.mma_for(w.ty, false) {
+        // A tiled weight takes the tensor cores whatever the switches say: only they read its layout.
+        if self.mma_kernels && (w.tiled || self.matvec.mma_for(w.ty, false)) {
             if w.ty != GgmlType::Q4_K {
                 // Q5_K and Q6_K through the group kernel, as a group of one.
                 let mut g = MatvecGroup {
@@ -261,7 +293,7 @@ impl<R: Runtime> GpuBackend<R> {
                 return Ok(());
             }
             // Whole super-blocks: the kernel walks k in 256s (a Q4_K row always holds whole ones).
-            let (fam, warps) = self.matvec.mmq_warps(n_out, self.sm_count, false);
+            let (fam, warps) = self.matvec.mmq_warps(n_out, self.sm_count, false, w.tiled);
             let cfg = LaunchConfig {
                 grid_dim: (u32_arg("matmul", n_out.div_ceil(16))?, 1, 1),
                 block_dim: (32 * warps, 1, 1),
@@ -341,7 +373,14 @@ impl<R: Runtime> GpuBackend<R> {
             && parts
                 .iter()
                 .all(|(w, _)| w.cols == k && mmv_kernel(w.ty).is_some());
-        if !one_launch {
+        let mma = self.mma_kernels
+            && parts
+                .iter()
+                .all(|(w, _)| w.tiled || self.matvec.mma_for(w.ty, true));
+        // `mmvg_*` reads GGUF's layout only: a group with a tiled part and a part the tensor cores do
+        // not take runs as single products.
+        let tiled_without_mma = !mma && parts.iter().any(|(w, _)| w.tiled);
+        if !one_launch || tiled_without_mma {
             for (w, out) in parts.iter_mut() {
                 self.product(w, x, rows, out)?;
             }
@@ -349,7 +388,6 @@ impl<R: Runtime> GpuBackend<R> {
         }
         check_len("matmul", "input", x.len, rows * k)?;
         let xp = self.ptr(&x.buf);
-        let mma = self.mma_kernels && parts.iter().all(|(w, _)| self.matvec.mma_for(w.ty, true));
         // A block covers 16 rows of a part on the tensor cores, else a row per warp.
         let per_block = if mma {
             16
@@ -403,7 +441,7 @@ impl<R: Runtime> GpuBackend<R> {
             n_out: u32_arg("matmul", w.rows)?,
             ty: w.ty as u32,
             first_block: u32_arg("matmul", first_block)?,
-            pad: 0,
+            tiled: w.tiled as u32,
         })
     }
 
@@ -419,7 +457,7 @@ impl<R: Runtime> GpuBackend<R> {
         rows: usize,
         k: usize,
     ) -> Result<()> {
-        let (fam, warps) = self.matvec.mmq_warps(n_out, self.sm_count, true);
+        let (fam, warps) = self.matvec.mmq_warps(n_out, self.sm_count, true, false);
         let cfg = LaunchConfig {
             grid_dim: (u32_arg("matmul", blocks)?, 1, 1),
             block_dim: (32 * warps, 1, 1),

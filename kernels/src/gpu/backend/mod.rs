@@ -38,6 +38,8 @@ pub struct GpuWeight<R: Runtime> {
     data: DevBuf<R, u8>,
     /// Vectors (norm weights, biases, gate constants) dequantized once: they are read on every token.
     dense: Option<DevBuf<R, f32>>,
+    /// `data` is in the tensor-core products' tiled layout (backend/tiles.rs), not GGUF's.
+    tiled: bool,
 }
 
 pub struct GpuKvCache<R: Runtime> {
@@ -97,6 +99,9 @@ pub struct GpuBackend<R: Runtime> {
     attn_groups: bool,
     /// Whether the device has the tensor-core K-quant products (`mmq_q4_k_*`, `mmqg_*`: CUDA sm_80+).
     mma_kernels: bool,
+    /// Q4_K and Q5_K weights in whole 16-row groups are loaded in the tiled layout those products read
+    /// fastest (backend/tiles.rs; default where they run, `KILN_TILES=0` keeps GGUF's layout).
+    tiles: bool,
     /// Argmax and top-k picked on the device (default; `KILN_DEVICE_SAMPLING=0` reads whole rows back
     /// and picks on the host, for comparisons).
     device_sampling: bool,
@@ -150,6 +155,7 @@ mod attention_blas;
 mod matvec;
 mod norm;
 mod sampling;
+mod tiles;
 use matvec::{mmv_kernel, Matvec};
 use norm::NormArgs;
 
@@ -183,12 +189,18 @@ impl<R: Runtime> GpuBackend<R> {
             .is_ok_and(|v| v == "1")
             .then(|| Mutex::new(HashMap::new()));
         let mma_kernels = rt.func("mmq_q4_k_1").is_ok() && rt.func("mmqg_1").is_ok();
+        let matvec = Matvec::from_env();
+        let tiles = mma_kernels
+            && matches!(matvec, Matvec::Mma { .. })
+            && crate::gpu::switched_on("KILN_TILES");
+        let matvec = if tiles { matvec.for_tiles() } else { matvec };
         GpuBackend {
             mma_kernels,
+            tiles,
             rt,
             ordinal,
             sm_count,
-            matvec: Matvec::from_env(),
+            matvec,
             fuse: crate::gpu::switched_on("KILN_CUDA_FUSE"),
             attn_blas: crate::gpu::switched_on("KILN_ATTN_BLAS"),
             attn_tile: crate::gpu::switched_on("KILN_ATTN_TILE"),
@@ -218,6 +230,49 @@ impl<R: Runtime> GpuBackend<R> {
         Ok(())
     }
 
+    /// [`Backend::load_weight`] with the layout chosen by the caller: `tiled` puts a Q4_K or Q5_K matrix
+    /// of whole 16-row groups in the tensor-core products' layout (backend/tiles.rs), which every kernel
+    /// reading it then follows; the loader tiles wherever those products run. An error if `tiled` is
+    /// asked of a weight that cannot be tiled, or on a device without the products.
+    pub fn load_weight_as(&self, src: WeightSource, tiled: bool) -> Result<GpuWeight<R>> {
+        check_source(&src)?;
+        if tiled && !(self.mma_kernels && tiles::tileable(src.ty, src.rows)) {
+            return Err(shape_err(
+                "load_weight",
+                format!(
+                    "{} ({} × {} {}) cannot be tiled on this device",
+                    src.name, src.rows, src.cols, src.ty
+                ),
+            ));
+        }
+        let bytes = src.bytes.as_slice();
+        let dense = if src.rows == 1 {
+            let mut v = vec![0f32; src.cols];
+            dequantize_row(src.ty, bytes, &mut v)?;
+            Some(self.upload(&v)?)
+        } else {
+            None
+        };
+        let data = if tiled {
+            self.upload_tiled(src.ty, &[bytes], src.rows)?
+        } else {
+            self.upload(bytes)?
+        };
+        Ok(GpuWeight {
+            ty: src.ty,
+            rows: src.rows,
+            cols: src.cols,
+            data,
+            dense,
+            tiled,
+        })
+    }
+
+    /// Whether `w` was loaded in the tiled layout.
+    pub fn is_tiled(&self, w: &GpuWeight<R>) -> bool {
+        w.tiled
+    }
+
     /// Whether large products go through the vendor's BLAS (cuBLAS).
     pub fn has_blas(&self) -> bool {
         self.rt.has_blas()
@@ -244,9 +299,20 @@ impl<R: Runtime> GpuBackend<R> {
                     format!("rows of {k} values (multiple of 32 needed)"),
                 ));
             }
-            let wp = self.ptr(&w.data);
+            let (wp, tiled) = (self.ptr(&w.data), w.tiled as u32);
             let cfg = grid((n_out * k / 32).min(1 << 26), 256);
-            launch!(self, "dequant_f16", cfg, &ty, &wp, &r, &k32, &rb, &wh)?;
+            launch!(
+                self,
+                "dequant_f16",
+                cfg,
+                &ty,
+                &wp,
+                &r,
+                &k32,
+                &rb,
+                &wh,
+                &tiled
+            )?;
             wh
         };
         let xh = self.ensure(&mut s.x_f16, rows * k)?;
@@ -656,22 +722,8 @@ impl<R: Runtime> Backend for GpuBackend<R> {
     }
 
     fn load_weight(&self, src: WeightSource) -> Result<GpuWeight<R>> {
-        check_source(&src)?;
-        let bytes = src.bytes.as_slice();
-        let dense = if src.rows == 1 {
-            let mut v = vec![0f32; src.cols];
-            dequantize_row(src.ty, bytes, &mut v)?;
-            Some(self.upload(&v)?)
-        } else {
-            None
-        };
-        Ok(GpuWeight {
-            ty: src.ty,
-            rows: src.rows,
-            cols: src.cols,
-            data: self.upload(bytes)?,
-            dense,
-        })
+        let tiled = self.tiles && tiles::tileable(src.ty, src.rows);
+        self.load_weight_as(src, tiled)
     }
 
     fn load_stacked(&self, parts: Vec<WeightSource>) -> Result<Option<GpuWeight<R>>> {
@@ -695,21 +747,30 @@ impl<R: Runtime> Backend for GpuBackend<R> {
                 .checked_add(p.rows)
                 .ok_or_else(|| shape_err("load_stacked", "size overflows"))?;
         }
-        // Rows are stored one after another, so the parts' bytes concatenated are the stacked matrix.
+        // Rows are stored one after another, so the parts' bytes concatenated are the stacked matrix
+        // (tiled as a whole: tiles never cross a 16-row group).
         let total: usize = parts.iter().map(|p| p.bytes.as_slice().len()).sum();
-        let mut data = self.alloc_zeros::<u8>(total)?;
-        let mut at = 0;
-        for p in &parts {
-            let b = p.bytes.as_slice();
-            data.write(&self.rt, at, b)?;
-            at += b.len();
-        }
+        let tiled = self.tiles && tiles::tileable(ty, rows);
+        let data = if tiled {
+            let slices: Vec<&[u8]> = parts.iter().map(|p| p.bytes.as_slice()).collect();
+            self.upload_tiled(ty, &slices, rows)?
+        } else {
+            let mut data = self.alloc_zeros::<u8>(total)?;
+            let mut at = 0;
+            for p in &parts {
+                let b = p.bytes.as_slice();
+                data.write(&self.rt, at, b)?;
+                at += b.len();
+            }
+            data
+        };
         Ok(Some(GpuWeight {
             ty,
             rows,
             cols,
             data,
             dense: None,
+            tiled,
         }))
     }
 
@@ -830,6 +891,7 @@ impl<R: Runtime> Backend for GpuBackend<R> {
             shared_mem_bytes: 0,
         };
         let (tp, ip, op) = (self.ptr(&table.data), self.ptr(&ids), self.ptr(&out.buf));
+        let tiled = table.tiled as u32;
         launch!(
             self,
             "embed_rows",
@@ -841,7 +903,8 @@ impl<R: Runtime> Backend for GpuBackend<R> {
             &ip,
             &n_tok,
             &dim32,
-            &op
+            &op,
+            &tiled
         )
     }
 
