@@ -65,6 +65,16 @@ int main(int argc, char** argv) {
             CHECK(cudaMalloc(&p, bytes));
             CHECK(cudaMemcpy(p, host.data(), bytes, cudaMemcpyHostToDevice));
         }
+        // The same weights tiled (by Kiln's tile_qk, as the GPU backend loads them), for the mmqt kernels.
+        std::vector<u8*> wt(copies);
+        for (int c = 0; c < copies; c++) {
+            CHECK(cudaMalloc(&wt[c], bytes));
+            u64 pieces = bytes / 16;
+            u32 rb = row_bytes, five = 0;
+            void* args[] = {&w[c], &wt[c], &pieces, &rb, &five};
+            launch_pdl(st, kernel("tile_qk"), dim3((u32)((pieces + 255) / 256)), dim3(256), args);
+        }
+        CHECK(cudaStreamSynchronize(st));
         i8* yq;
         float2* yd;
         float* out;
@@ -89,13 +99,15 @@ int main(int argc, char** argv) {
             CHECK(cudaGraphExecDestroy(ge));
             return ms * 1e3 / copies;
         };
-        // Whether `fn` computes what Kiln's `ref` does, to the bit (NR activation rows, copy 0).
-        auto same = [&](const void* fn, u32 warps, const void* ref, u32 ref_warps, u32 nr) {
+        // Whether `fn` computes what Kiln's `ref` does, to the bit (NR activation rows, copy 0; `fw`: fn's
+        // weights).
+        auto same = [&](const void* fn, u32 warps, const void* ref, u32 ref_warps, u32 nr,
+                        const std::vector<u8*>* fw = nullptr) {
             // (fn's extra blocks, where it holds more rows a block, find no rows and store nothing)
             std::vector<float> a(nr * s.n_out), b(nr * s.n_out);
             for (int pass = 0; pass < 2; pass++) {
                 CHECK(cudaMemset(out, 0xff, 8 * s.n_out * sizeof(float)));
-                const u8* wp = w[0];
+                const u8* wp = pass && fw ? (*fw)[0] : w[0];
                 u32 rb = row_bytes, n = s.n_out, k = s.k;
                 void* args[] = {&wp, &rb, &n, &yq, &yd, &k, &out};
                 launch_pdl(st, pass ? fn : ref, dim3((s.n_out + 15) / 16), dim3(32 * (pass ? warps : ref_warps)), args);
@@ -107,10 +119,11 @@ int main(int argc, char** argv) {
             return diff;
         };
         // tiles: the 16-row tiles a block holds (1 for Kiln's kernels)
-        auto product = [&](const char* name, const void* fn, u32 warps, u32 tiles = 1) {
+        auto product = [&](const char* name, const void* fn, u32 warps, u32 tiles = 1,
+                           const std::vector<u8*>* fw = nullptr) {
             const u32 blocks = ((s.n_out + 15) / 16 + tiles - 1) / tiles;
             const double us = time_chain([&](int c) {
-                const u8* wp = w[c];
+                const u8* wp = fw ? (*fw)[c] : w[c];
                 u32 rb = row_bytes, n = s.n_out, k = s.k;
                 void* args[] = {&wp, &rb, &n, &yq, &yd, &k, &out};
                 launch_pdl(st, fn, dim3(blocks), dim3(32 * warps), args);
@@ -135,6 +148,15 @@ int main(int argc, char** argv) {
         product("mmq8_q4_k_1", kernel("mmq8_q4_k_1"), 8);
         product("mmq_q4_k_4 (verify)", kernel("mmq_q4_k_4"), 4);
         product("mmq8_q4_k_4 (verify)", kernel("mmq8_q4_k_4"), 8);
+        // The same kernels on the tiled layout: 16-byte lane-consecutive loads, the same math.
+        for (u32 nr : {1u, 4u})
+            for (u32 warps : {4u, 8u}) {
+                char name[32], ref[32];
+                snprintf(name, sizeof name, "mmqt%s_q4_k_%u", warps == 8 ? "8" : "", nr);
+                snprintf(ref, sizeof ref, "mmq%s_q4_k_%u", warps == 8 ? "8" : "", nr);
+                product(name, kernel(name), warps, 1, &wt);
+                printf("    values differing from %s: %zu\n", ref, same(kernel(name), warps, kernel(ref), warps, nr, &wt));
+            }
         // mmq's loads without the math, with and without the activation loads.
         product("pattern4", kernel("pattern4"), 4);
         product("pattern4_act", kernel("pattern4_act"), 4);
@@ -157,6 +179,7 @@ int main(int argc, char** argv) {
         product(mmvt, kernel(mmvt), 4, 2);  // 32 rows a block
         printf("    values differing from %s: %zu\n", kiln1, same(kernel(mmvt), 4, kernel(kiln1), part, 1));
         for (auto p : w) CHECK(cudaFree(p));
+        for (auto p : wt) CHECK(cudaFree(p));
         CHECK(cudaFree(yq));
         CHECK(cudaFree(yd));
         CHECK(cudaFree(out));
