@@ -296,3 +296,7 @@ __device__ __forceinline__ void mmvt_q4k(const u8* w, u32 row_bytes, u32 n_out, 
         mmvt_q4k<P, 4>(w, row_bytes, n_out, yq, yd, k, out);                                         \
     }
 MMVT(4) MMVT(8)
+
+// ---- mmqt16: the tiled product with 16 warps a 16-row block (partition 16), for the products with
+// few outputs (5,120), whose 320 blocks of 8 warps hold under a third of the GPU's warps.
+MMQ_ALL(MMQT, mmqt16_q4_k, 16)

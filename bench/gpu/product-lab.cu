@@ -157,6 +157,9 @@ int main(int argc, char** argv) {
                 product(name, kernel(name), warps, 1, &wt);
                 printf("    values differing from %s: %zu\n", ref, same(kernel(name), warps, kernel(ref), warps, nr, &wt));
             }
+        // Partition 16 (no untiled kernel to compare with: a row of 4 equals the row alone instead).
+        product("mmqt16_q4_k_1", kernel("mmqt16_q4_k_1"), 16, 1, &wt);
+        product("mmqt16_q4_k_4", kernel("mmqt16_q4_k_4"), 16, 1, &wt);
         // mmq's loads without the math, with and without the activation loads.
         product("pattern4", kernel("pattern4"), 4);
         product("pattern4_act", kernel("pattern4_act"), 4);
