@@ -496,6 +496,16 @@ __device__ __forceinline__ void mmq_rows(const u8* w, u32 row_bytes, u32 n_out, 
     }
 }
 
+// Rows o0 .. o0 + 15 of a group's part, in the part's layout (Q6_K is never tiled).
+template <int TYPE, int NR, int WARPS>
+__device__ __forceinline__ void mmq_part(const MatvecPart& p, u32 o0, const i8* yq, const float2* yd, u32 k,
+                                         float (*part)[16][8]) {
+    if (TYPE != T_Q6_K && p.tiled)
+        mmq_rows<TYPE, NR, WARPS, true>(p.w, p.row_bytes, p.n_out, o0, yq, yd, k, p.out, part);
+    else
+        mmq_rows<TYPE, NR, WARPS>(p.w, p.row_bytes, p.n_out, o0, yq, yd, k, p.out, part);
+}
+
 // Several products of the same activations (the recurrent layer's input projections, attention's q, k
 // and v: one launch, like mmvg) or a single Q5_K or Q6_K one: the parts' 16-row blocks dealt out in order,
 // each part of any of the three types.
@@ -510,19 +520,9 @@ __device__ __forceinline__ void mmq_group(const MatvecGroup& g, const i8* yq, co
     // The type and layout are the same for the whole block, so every thread reaches the block barrier
     // inside.
     switch (p.type) {
-        case T_Q4_K:
-            if (p.tiled)
-                mmq_rows<T_Q4_K, NR, WARPS, true>(p.w, p.row_bytes, p.n_out, o0, yq, yd, k, p.out, part);
-            else
-                mmq_rows<T_Q4_K, NR, WARPS>(p.w, p.row_bytes, p.n_out, o0, yq, yd, k, p.out, part);
-            break;
-        case T_Q5_K:
-            if (p.tiled)
-                mmq_rows<T_Q5_K, NR, WARPS, true>(p.w, p.row_bytes, p.n_out, o0, yq, yd, k, p.out, part);
-            else
-                mmq_rows<T_Q5_K, NR, WARPS>(p.w, p.row_bytes, p.n_out, o0, yq, yd, k, p.out, part);
-            break;
-        case T_Q6_K: mmq_rows<T_Q6_K, NR, WARPS>(p.w, p.row_bytes, p.n_out, o0, yq, yd, k, p.out, part); break;
+        case T_Q4_K: mmq_part<T_Q4_K, NR, WARPS>(p, o0, yq, yd, k, part); break;
+        case T_Q5_K: mmq_part<T_Q5_K, NR, WARPS>(p, o0, yq, yd, k, part); break;
+        case T_Q6_K: mmq_part<T_Q6_K, NR, WARPS>(p, o0, yq, yd, k, part); break;
         default: break;
     }
 }

@@ -45,11 +45,12 @@ pub(super) enum Matvec {
     /// a GPU without the kernel, as `auto`. A step costs the same as with `auto`, and a 4-token verify
     /// pass 1.20× a step instead of 1.46× (bench/README.md, session 8).
     /// `warps`: the warps of a 16-row block (`KILN_MMQ_WARPS` = 4 | 8; unset: by shape, see
-    /// [`Matvec::mmq_warps`]; 8 where the weights are tiled, see [`Matvec::for_tiles`]). `groups`: products of one input whose weights are all Q4_K, Q5_K or
-    /// Q6_K as one tensor-core launch (`mmqg_*`; default; `KILN_MMQ_GROUP=0` keeps `mmvg_*`).
-    /// The groups took a 4-token verify pass from 1.35× a step to 1.29× on an H200, the step unchanged
-    /// (bench/README.md, session 11). `singles`: single Q5_K and Q6_K products on the tensor cores
-    /// too (`KILN_MMQ_SINGLES=1`; off: the Q6_K kernel's 16-bit loads made a 27B step 8% slower).
+    /// [`Matvec::mmq_warps`], or 8 where the weights are tiled, see [`Matvec::for_tiles`]). `groups`:
+    /// products of one input whose weights are all Q4_K, Q5_K or Q6_K as one tensor-core launch
+    /// (`mmqg_*`; default; `KILN_MMQ_GROUP=0` keeps `mmvg_*`). The groups took a 4-token verify pass
+    /// from 1.35× a step to 1.29× on an H200, the step unchanged (bench/README.md, session 11).
+    /// `singles`: single Q5_K and Q6_K products on the tensor cores too (`KILN_MMQ_SINGLES=1`; off:
+    /// the Q6_K kernel's 16-bit loads made a 27B step 8% slower; tiled Q5_K weights take them anyway).
     Mma {
         pairs_from: usize,
         warps: Option<u32>,
@@ -87,8 +88,8 @@ impl Matvec {
 
     /// The variant for a backend that tiles its Q4_K/Q5_K weights: 8 warps a 16-row block for every
     /// tensor-core product unless `KILN_MMQ_WARPS` says otherwise. On tiles, 8 warps beat the by-shape
-    /// choice on an H100: decode 119.5-119.8 against 113-118 tok/s, a 4-token verify 9.92 against 10.16
-    /// ms (bench/README.md, session 16).
+    /// choice on an H100: decode 119.3-119.8 against 110.2-118.1 tok/s, a 4-token verify 9.92 against
+    /// 10.14-10.18 ms; 16 are slower on every shape (bench/README.md, session 16).
     pub(super) fn for_tiles(self) -> Matvec {
         match self {
             Matvec::Mma {

@@ -3,7 +3,7 @@
 //! holds one tile a super-block: the 16 rows' 16-byte heads, (Q5_K) 512 bytes of fifth bits, then 2,048
 //! bytes of nibbles, every 512-byte run being a warp's 16 bytes a lane in lane order. A thread's mma
 //! fragments then arrive in whole 16-byte loads and each load instruction reads 512 consecutive bytes,
-//! where GGUF's row order gave 8 bytes a lane from 8 rows: the 27B's Q4_K products ran 13-22% faster
+//! where GGUF's row order gave 8 bytes a lane from 8 rows: the 27B's Q4_K products ran 14-22% faster
 //! on an H100 with the same arithmetic, bit for bit (bench/README.md, session 16).
 
 use super::{u32_arg, GpuBackend};
