@@ -69,7 +69,7 @@ int main(int argc, char** argv) {
         std::vector<u8*> wt(copies);
         for (int c = 0; c < copies; c++) {
             CHECK(cudaMalloc(&wt[c], bytes));
-            u64 pieces = bytes / 16;
+            u64 pieces = bytes / 8;
             u32 rb = row_bytes, five = 0;
             void* args[] = {&w[c], &wt[c], &pieces, &rb, &five};
             launch_pdl(st, kernel("tile_qk"), dim3((u32)((pieces + 255) / 256)), dim3(256), args);

@@ -672,34 +672,17 @@ KILN_KERNEL void embed_rows(int type, const u8* table, u32 row_bytes, u32 n_rows
 }
 
 // Q4_K/Q5_K rows in whole 16-row groups (GGUF's layout) into the tiled layout of the tensor-core products
-// (qk_frags_tile), once, when the weight is loaded: a thread a 16-byte piece of the output, which is a
-// row's head or a lane's two 8-byte pieces of a run. `n_pieces` = the bytes / 16.
+// (qk_frags_tile), once, when the weight is loaded: a thread an 8-byte piece of the source, stored where
+// qk_tile_offset (the layout's one definition, which the gathers read by) puts it; the layout keeps each
+// aligned 8 bytes of a super-block together. `n_pieces` = the bytes / 8.
 KILN_KERNEL void tile_qk(const u8* src, u8* dst, u64 n_pieces, u32 row_bytes, u32 five) {
     grid_dependency_entry();
-    const u32 block = five ? 176 : 144, nibbles = five ? 48 : 16;  // a tile holds `block` pieces
+    const u32 block = five ? 176 : 144;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n_pieces; i += (u64)gridDim.x * blockDim.x) {
-        const u64 group = i / row_bytes;  // a 16-row group is row_bytes pieces
-        const u32 in_group = (u32)(i % row_bytes), blk = in_group / block, q = in_group % block;
-        const u8* rows = src + group * 16 * row_bytes + blk * block;  // row r's super-block: + r · row_bytes
-        uint4 v;
-        if (q < 16) {
-            v = *(const uint4*)(rows + (u64)q * row_bytes);
-        } else {
-            const u32 p = q - 16;
-            u32 r0, r1, o0, o1;
-            if (five && p < 32) {  // fifth bits: 8 bytes of row g, then of row g + 8
-                const u32 g = p / 4, t = p % 4;
-                r0 = g, r1 = g + 8, o0 = o1 = 16 + 8 * t;
-            } else {  // nibble run j: two 8-byte pieces of one row
-                const u32 pp = p - (five ? 32 : 0), j = pp / 32, g = pp % 32 / 4, t = pp % 4, kk = 2 * (j % 2);
-                r0 = r1 = j < 2 ? g : g + 8;
-                o0 = nibbles + 32 * kk + 8 * t, o1 = o0 + 32;
-            }
-            const uint2 a = *(const uint2*)(rows + (u64)r0 * row_bytes + o0);
-            const uint2 b = *(const uint2*)(rows + (u64)r1 * row_bytes + o1);
-            v = make_uint4(a.x, a.y, b.x, b.y);
-        }
-        *(uint4*)(dst + i * 16) = v;
+        const u64 row = i * 8 / row_bytes;
+        const u32 in_row = (u32)(i * 8 % row_bytes), blk = in_row / block, pos = in_row % block;
+        const u64 to = (row / 16) * 16 * row_bytes + (u64)blk * 16 * block + qk_tile_offset(five, row % 16, pos);
+        *(uint2*)(dst + to) = *(const uint2*)(src + i * 8);
     }
 }
 

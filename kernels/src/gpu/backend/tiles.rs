@@ -51,7 +51,7 @@ impl<R: Runtime> GpuBackend<R> {
                 }
                 at += p.len();
             }
-            let n_pieces = ((end - start) / 16) as u64;
+            let n_pieces = ((end - start) / 8) as u64;
             let (src, dst) = (self.ptr(&staging), self.ptr(&data) + start as u64);
             let cfg = LaunchConfig {
                 grid_dim: (n_pieces.div_ceil(256).min(1 << 16) as u32, 1, 1),
