@@ -145,6 +145,8 @@ fn tiled_weights_compute_what_gguf_layout_does() {
     }
     let k = 1024;
     let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    // The untiled Q6_K part every group below shares.
+    let q6 = g.load_weight(weight(GgmlType::Q6_K, 48, k, 91)).unwrap();
     for ty in [GgmlType::Q4_K, GgmlType::Q5_K] {
         for n_out in [64, 8448] {
             let tiled = g.load_weight_as(weight(ty, n_out, k, 90), true).unwrap();
@@ -171,7 +173,6 @@ fn tiled_weights_compute_what_gguf_layout_does() {
             }
             for rows in [1, 4, 8] {
                 let xg = put(g, &values(400 + rows as u64, rows * k, 1.0));
-                let q6 = g.load_weight(weight(GgmlType::Q6_K, 48, k, 91)).unwrap();
                 let outs = |w: &GpuWeightOf| {
                     let mut o = [
                         g.tensor(rows * n_out).unwrap(),
