@@ -27,7 +27,11 @@ typedef unsigned long long u64;
 // let the next kernel launch in turn. That hides the launch and ramp-up of each of the ~900 small
 // kernels of a decode step behind the tail of the one before. Every kernel waits, so each one also
 // finds everything earlier in the stream done. Elsewhere (and for launches without the attribute), a
-// no-op.
+// no-op. A kernel may load before it only what the launch just before it (which may still be running)
+// never writes: weights, and a recurrent layer's state, which only an earlier launch of the same kernel
+// or a copy between passes writes (everything two launches back has finished when a kernel starts:
+// the launch before it waited here before letting it launch). Those loads then overlap the kernel
+// before it instead of adding a round trip to the step.
 __device__ __forceinline__ void grid_dependency_entry() {
 #if defined(KILN_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");

@@ -21,20 +21,21 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 // (one block for the whole GPU, so the kernel is pure latency).
 #define NORM_VALUES_PER_THREAD 8
 
-// out = x / sqrt(mean(x²) + eps) · weight (weight may be null), after x += y when y is given (the
-// residual add that precedes most norms, fused to save a launch). The block size depends only on `dim`
-// (the host picks it), so a row is summed in the same order whatever the batch: a verify pass of several
-// tokens rounds exactly as single decode steps do. With `yq` given (dim a multiple of 32), the output is
+// out = v / sqrt(mean(v²) + eps) · weight (weight may be null) for v = x, or v = x + y when y is given
+// (the residual add that precedes most norms, fused to save a launch; v is then stored to `sum`, a
+// buffer other than x and y). The block size depends only on `dim` (the host picks it), so a row is
+// summed in the same order whatever the batch. With `yq` given (dim a multiple of 32), the output is
 // also quantized for the product that reads it next (quantize_group), saving that product's own pass.
-__device__ __forceinline__ void rms_norm_row(float* x, const float* y, const float* weight, u32 dim, float eps,
-                                             float* out, i8* yq, float2* yd) {
+__device__ __forceinline__ void rms_norm_row(const float* x, const float* y, const float* weight, u32 dim,
+                                             float eps, float* sum, float* out, i8* yq, float2* yd) {
     __shared__ float scratch[32];
-    float* xr = x + (u64)blockIdx.x * dim;
+    const float* xr = x + (u64)blockIdx.x * dim;
     const float* yr = y ? y + (u64)blockIdx.x * dim : 0;
+    float* sr = y ? sum + (u64)blockIdx.x * dim : 0;
     float* orow = out + (u64)blockIdx.x * dim;
     float s = 0.0f;
     if (dim <= blockDim.x * NORM_VALUES_PER_THREAD) {
-        // Every load before the first store: a store to x could alias any later load (nothing tells the
+        // Every load before the first store: a store could alias any later load (nothing tells the
         // compiler otherwise), so loads after it would each wait out their own round trip.
         float v[NORM_VALUES_PER_THREAD], r[NORM_VALUES_PER_THREAD], w[NORM_VALUES_PER_THREAD];
 #pragma unroll
@@ -49,7 +50,7 @@ __device__ __forceinline__ void rms_norm_row(float* x, const float* y, const flo
             const u32 i = threadIdx.x + j * blockDim.x;
             if (yr && i < dim) {
                 v[j] += r[j];
-                xr[i] = v[j];
+                sr[i] = v[j];
             }
             s += v[j] * v[j];
         }
@@ -65,104 +66,78 @@ __device__ __forceinline__ void rms_norm_row(float* x, const float* y, const flo
         return;
     }
     // Each thread reads back only the values it wrote itself, so no barrier is needed between the loops.
+    const float* vr = yr ? sr : xr;
     for (u32 i = threadIdx.x; i < dim; i += blockDim.x) {
-        if (yr) xr[i] += yr[i];
-        s += xr[i] * xr[i];
+        const float v = yr ? xr[i] + yr[i] : xr[i];
+        if (yr) sr[i] = v;
+        s += v * v;
     }
     s = block_sum(s, scratch);
     const float scale = 1.0f / sqrtf(s / (float)dim + eps);
     for (u32 i = threadIdx.x; i < dim; i += blockDim.x) {
-        const float o = weight ? xr[i] * scale * weight[i] : xr[i] * scale;
+        const float o = weight ? vr[i] * scale * weight[i] : vr[i] * scale;
         orow[i] = o;
         if (yq) quantize_group(o, (u64)blockIdx.x * dim + i, true, yq, yd);
     }
 }
 
 // rms_norm_row a block per row; y (the residual) may be null, and then x is only read. The same parameters
-// as rms_norm_split below (one launch site): `partials` and `sync` are the split form's alone.
-KILN_KERNEL void rms_norm(float* x, const float* y, const float* weight, u32 dim, float eps, float* out, i8* yq,
-                          float2* yd, float* partials, u32* sync) {
+// as rms_norm_split below (one launch site).
+KILN_KERNEL void rms_norm(const float* x, const float* y, const float* weight, u32 dim, float eps, float* sum,
+                          float* out, i8* yq, float2* yd) {
     grid_dependency_entry();
-    rms_norm_row(x, y, weight, dim, eps, out, yq, yd);
+    rms_norm_row(x, y, weight, dim, eps, sum, out, yq, yd);
 }
 
 // The same norm for a few long rows (decode and verify: the 27B's rows are 5,120 values), a block per
 // NORM_SPLIT_SLICE values of a row: grid (slices, rows). One block per row left the step's 127 norms each
 // on a single SM, bound by its issue rate (the quantization's shuffles, 5 values a thread) at ≈ 8 µs.
-// Each block adds and sums its own slice (x is written only by the block that read it), the blocks of a
-// row meet at a barrier in global memory, and each adds the row's partial sums in slice order: the
-// row's scale is the same in every block and for any number of rows, so a verify row rounds exactly as
-// a decode step does. The host launches this form only for a few rows (every block of a row is then
-// resident at once; with programmatic launches the next kernel's blocks only start once every block here
-// has started), and `sync` holds two zero-initialised words a row (arrivals, generation) that each launch
-// leaves as it found them but for the generation.
-#define NORM_SPLIT_THREADS 128
-#define NORM_SPLIT_VALUES 2
-#define NORM_SPLIT_SLICE (NORM_SPLIT_THREADS * NORM_SPLIT_VALUES)
+// Every block sums the squares of its whole row itself (20 KB or 40 KB from L2, read by all of the row's
+// blocks at once, in one batch of loads for rows up to 8,192 values) in one fixed order, so the row's
+// scale has the same bits in every block and for any number of rows: a verify row rounds exactly as a
+// decode step does. Then it normalizes and quantizes its own slice. The sum x + y goes to `sum`, never to
+// x, which the row's other blocks may still be reading (the blocks of a row used to meet at a barrier in
+// global memory instead). dim is a multiple of 4 (the host checks).
+#define NORM_SPLIT_THREADS 256
+#define NORM_SPLIT_SLICE NORM_SPLIT_THREADS
+// float4 loads of the whole row a thread keeps in flight (of x, and of y when given).
+#define NORM_SPLIT_LOADS 8
 
-// Publishes this block's partial sum `s` of row blockIdx.y, waits for the row's other blocks and returns
-// the row's sum, added in slice order (the same bits in every block).
-__device__ __forceinline__ float row_barrier_sum(float s, float* partials, u32* sync) {
-    __shared__ float total;
-    const u32 nb = gridDim.x, r = blockIdx.y;
-    volatile float* row_partials = partials + (u64)r * nb;
-    if (threadIdx.x == 0) {
-        u32* arrived = sync + 2 * r;
-        volatile u32* generation = sync + 2 * r + 1;
-        const u32 g0 = *generation;  // read before arriving: the last block bumps it only after that
-        row_partials[blockIdx.x] = s;
-        __threadfence();
-        if (atomicAdd(arrived, 1u) == nb - 1) {
-            atomicExch(arrived, 0u);  // ready for the next launch
-            __threadfence();
-            atomicAdd((u32*)generation, 1u);
-        } else {
-            while (*generation == g0) {
-            }
-        }
-        __threadfence();
-    }
-    __syncthreads();
-    if (threadIdx.x < WARP_SIZE) {
-        float t = 0.0f;
-        for (u32 j = threadIdx.x; j < nb; j += WARP_SIZE) t += row_partials[j];
-        t = warp_sum(t);
-        if (threadIdx.x == 0) total = t;
-    }
-    __syncthreads();
-    return total;
-}
-
-// rms_norm (y null) or add_rms_norm, split as above.
-KILN_KERNEL void rms_norm_split(float* x, const float* y, const float* weight, u32 dim, float eps, float* out,
-                                i8* yq, float2* yd, float* partials, u32* sync) {
-    grid_dependency_entry();
+KILN_KERNEL void rms_norm_split(const float* x, const float* y, const float* weight, u32 dim, float eps,
+                                float* sum, float* out, i8* yq, float2* yd) {
     __shared__ float scratch[32];
     const u64 row = (u64)blockIdx.y * dim;
-    const u32 first = blockIdx.x * NORM_SPLIT_SLICE + threadIdx.x;
-    float v[NORM_SPLIT_VALUES], w[NORM_SPLIT_VALUES];
-#pragma unroll
-    for (int j = 0; j < NORM_SPLIT_VALUES; j++) {
-        const u32 i = first + j * NORM_SPLIT_THREADS;
-        v[j] = i < dim ? x[row + i] + (y ? y[row + i] : 0.0f) : 0.0f;
-        w[j] = i < dim && weight ? weight[i] : 1.0f;
-    }
+    const u32 i = blockIdx.x * NORM_SPLIT_SLICE + threadIdx.x;
+    const float w = i < dim && weight ? weight[i] : 1.0f;  // a weight: loaded before the wait
+    grid_dependency_entry();
+    const float4* x4 = (const float4*)(x + row);
+    const float4* y4 = y ? (const float4*)(y + row) : 0;
+    const u32 n4 = dim / 4;
+    const float v = i < dim ? x[row + i] + (y ? y[row + i] : 0.0f) : 0.0f;
     float s = 0.0f;
+    for (u32 i0 = threadIdx.x; i0 < n4; i0 += NORM_SPLIT_LOADS * NORM_SPLIT_THREADS) {
+        float4 a[NORM_SPLIT_LOADS], b[NORM_SPLIT_LOADS];
 #pragma unroll
-    for (int j = 0; j < NORM_SPLIT_VALUES; j++) {
-        const u32 i = first + j * NORM_SPLIT_THREADS;
-        if (y && i < dim) x[row + i] = v[j];
-        s += v[j] * v[j];
-    }
-    s = row_barrier_sum(block_sum(s, scratch), partials, sync);
-    const float scale = 1.0f / sqrtf(s / (float)dim + eps);
+        for (int j = 0; j < NORM_SPLIT_LOADS; j++) {
+            const u32 k = i0 + j * NORM_SPLIT_THREADS;
+            a[j] = k < n4 ? x4[k] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            b[j] = y4 && k < n4 ? y4[k] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
 #pragma unroll
-    for (int j = 0; j < NORM_SPLIT_VALUES; j++) {
-        const u32 i = first + j * NORM_SPLIT_THREADS;
-        const float o = v[j] * scale * w[j];
-        if (i < dim) out[row + i] = o;
-        if (yq) quantize_group(o, row + i, i < dim, yq, yd);
+        for (int j = 0; j < NORM_SPLIT_LOADS; j++) {
+            // The same additions as v's, so a value's square is of the value stored.
+            const float e0 = a[j].x + b[j].x, e1 = a[j].y + b[j].y, e2 = a[j].z + b[j].z, e3 = a[j].w + b[j].w;
+            s = fmaf(e0, e0, s);
+            s = fmaf(e1, e1, s);
+            s = fmaf(e2, e2, s);
+            s = fmaf(e3, e3, s);
+        }
     }
+    s = block_sum(s, scratch);
+    const float o = v * (1.0f / sqrtf(s / (float)dim + eps)) * w;
+    if (y && i < dim) sum[row + i] = v;
+    if (i < dim) out[row + i] = o;
+    if (yq) quantize_group(o, row + i, i < dim, yq, yd);
 }
 
 // out = rms_norm(x)·weight ⊙ silu(z): the gated norm at the end of a Gated DeltaNet layer (quantized too

@@ -323,21 +323,26 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
     /// x[..n] += y[..n].
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor, n: usize) -> Result<()>;
-    /// The residual add and the norm after it: x[..rows·dim] += y, then `rms_norm` of x into `out`.
-    /// Backends that can fuse the two (one pass, one launch) override it.
+    /// The residual add and the norm after it: sum[..rows·dim] = x + y, then `rms_norm` of the sum into
+    /// `out`. The sum goes to a tensor of its own, not back into x (a model keeps two residual buffers
+    /// and swaps them), so a backend may read all of x while it stores sums: the GPU's norm for a few
+    /// long rows has every block of a row read the whole row. Backends that fuse the two (one pass, one
+    /// launch) override it.
     #[allow(clippy::too_many_arguments)]
     fn add_rms_norm(
         &self,
-        x: &mut Self::Tensor,
+        x: &Self::Tensor,
         y: &Self::Tensor,
         weight: Option<&Self::Weight>,
         rows: usize,
         dim: usize,
         eps: f32,
+        sum: &mut Self::Tensor,
         out: &mut Self::Tensor,
     ) -> Result<()> {
-        self.add_assign(x, y, rows * dim)?;
-        self.rms_norm(x, weight, rows, dim, eps, out)
+        self.copy(x, 0, sum, 0, rows * dim)?;
+        self.add_assign(sum, y, rows * dim)?;
+        self.rms_norm(sum, weight, rows, dim, eps, out)
     }
     /// x[..n] *= s.
     fn scale(&self, x: &mut Self::Tensor, s: f32, n: usize) -> Result<()>;

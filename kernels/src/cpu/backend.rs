@@ -394,6 +394,28 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn add_rms_norm(
+        &self,
+        x: &Vec<f32>,
+        y: &Vec<f32>,
+        weight: Option<&CpuWeight>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        sum: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let n = rows * dim;
+        check_len("add_rms_norm", "x", x.len(), n)?;
+        check_len("add_rms_norm", "y", y.len(), n)?;
+        check_len("add_rms_norm", "sum", sum.len(), n)?;
+        // One pass for the sum (the default copies x first).
+        for ((s, a), b) in sum[..n].iter_mut().zip(&x[..n]).zip(&y[..n]) {
+            *s = a + b;
+        }
+        self.rms_norm(sum, weight, rows, dim, eps, out)
+    }
+
     fn scale(&self, x: &mut Vec<f32>, s: f32, n: usize) -> Result<()> {
         check_len("scale", "x", x.len(), n)?;
         x[..n].iter_mut().for_each(|v| *v *= s);

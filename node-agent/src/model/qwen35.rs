@@ -229,7 +229,10 @@ pub struct MtpBlock<B: Backend> {
 
 struct Scratch<B: Backend> {
     rows: usize,
+    /// The residual stream, and the buffer its next sum goes to (`add_rms_norm` writes x + y to a tensor
+    /// other than x; [`Qwen35::add_norm`] swaps the two).
     x: B::Tensor,
+    x_next: B::Tensor,
     h: B::Tensor,
     o: B::Tensor,
     /// attn_q output (q|gate interleaved) or attn_qkv output.
@@ -407,6 +410,7 @@ impl<B: Backend> Qwen35<B> {
         Ok(Scratch {
             rows,
             x: t(hp.n_embd)?,
+            x_next: t(hp.n_embd)?,
             h: t(hp.n_embd)?,
             o: t(hp.n_embd)?,
             wide: t((2 * hp.q_dim()).max(hp.conv_dim()))?,
@@ -683,6 +687,23 @@ impl<B: Backend> Qwen35<B> {
         self.delta_net_output(w, sc, n)
     }
 
+    /// x += o, then h = RMSNorm(x) · weight, for n rows: the sum goes to `x_next`, which then becomes x.
+    fn add_norm(&self, sc: &mut Scratch<B>, weight: &B::Weight, n: usize) -> Result<()> {
+        let hp = &self.hp;
+        self.backend.add_rms_norm(
+            &sc.x,
+            &sc.o,
+            Some(weight),
+            n,
+            hp.n_embd,
+            hp.rms_eps,
+            &mut sc.x_next,
+            &mut sc.h,
+        )?;
+        std::mem::swap(&mut sc.x, &mut sc.x_next);
+        Ok(())
+    }
+
     /// One block: x += mixer(RMSNorm(x)); o = FFN(RMSNorm(x)). The last residual add (x += o) is the
     /// caller's: with `residual_pending` the next block does it fused with its first norm. `target` holds
     /// the cache (and the attention cache entry of the first row), `positions` the RoPE positions of
@@ -700,15 +721,7 @@ impl<B: Backend> Qwen35<B> {
         let (n, d) = (positions.len(), hp.n_embd);
         if residual_pending {
             // The previous block's feed-forward output, added here together with this block's norm.
-            be.add_rms_norm(
-                &mut sc.x,
-                &sc.o,
-                Some(&layer.attn_norm),
-                n,
-                d,
-                hp.rms_eps,
-                &mut sc.h,
-            )?;
+            self.add_norm(sc, &layer.attn_norm, n)?;
         } else {
             be.rms_norm(&sc.x, Some(&layer.attn_norm), n, d, hp.rms_eps, &mut sc.h)?;
         }
@@ -716,15 +729,7 @@ impl<B: Backend> Qwen35<B> {
             Mixer::Attention(w) => self.attention(w, sc, target, positions)?,
             Mixer::DeltaNet(w) => self.delta_net(w, sc, target, n, snapshots)?,
         }
-        be.add_rms_norm(
-            &mut sc.x,
-            &sc.o,
-            Some(&layer.post_norm),
-            n,
-            d,
-            hp.rms_eps,
-            &mut sc.h,
-        )?;
+        self.add_norm(sc, &layer.post_norm, n)?;
         layer.ffn.gate_up.apply(
             be,
             Activation::SwiGlu,

@@ -72,9 +72,6 @@ struct Scratch<R: Runtime> {
     sample_vals: Option<DevBuf<R, f32>>,
     /// `argmax_split`'s best (value, index) key of each block of each row.
     argmax_keys: Option<DevBuf<R, u64>>,
-    /// `rms_norm_split`'s partial sums (a row's slices) and its barrier words (two a row).
-    norm_partials: Option<DevBuf<R, f32>>,
-    norm_sync: Option<DevBuf<R, u32>>,
     /// `copy_spans`' table: (source, destination, values) per copy.
     copy_spans: Option<DevBuf<R, u64>>,
 }
@@ -174,8 +171,6 @@ impl<R: Runtime> Default for Scratch<R> {
             sample_ids: None,
             sample_vals: None,
             argmax_keys: None,
-            norm_partials: None,
-            norm_sync: None,
             copy_spans: None,
         }
     }
@@ -944,6 +939,7 @@ impl<R: Runtime> Backend for GpuBackend<R> {
         let args = NormArgs {
             x: self.ptr(&x.buf),
             y: 0,
+            sum: 0,
             weight: self.norm_weight("rms_norm", weight, dim)?,
             out: self.ptr(&out.buf),
         };
@@ -952,17 +948,19 @@ impl<R: Runtime> Backend for GpuBackend<R> {
 
     fn add_rms_norm(
         &self,
-        x: &mut GpuTensor<R>,
+        x: &GpuTensor<R>,
         y: &GpuTensor<R>,
         weight: Option<&GpuWeight<R>>,
         rows: usize,
         dim: usize,
         eps: f32,
+        sum: &mut GpuTensor<R>,
         out: &mut GpuTensor<R>,
     ) -> Result<()> {
         let op = "add_rms_norm";
         check_len(op, "input", x.len, rows * dim)?;
         check_len(op, "residual", y.len, rows * dim)?;
+        check_len(op, "sum", sum.len, rows * dim)?;
         check_len(op, "output", out.len, rows * dim)?;
         if rows == 0 {
             return Ok(());
@@ -970,6 +968,7 @@ impl<R: Runtime> Backend for GpuBackend<R> {
         let args = NormArgs {
             x: self.ptr(&x.buf),
             y: self.ptr(&y.buf),
+            sum: self.ptr(&sum.buf),
             weight: self.norm_weight(op, weight, dim)?,
             out: self.ptr(&out.buf),
         };

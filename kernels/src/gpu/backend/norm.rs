@@ -1,24 +1,26 @@
 //! The residual stream's RMSNorm launches (kernels/gpu/norm.cu): a block per row, or for a few long rows
-//! (decode and verify) a block per slice of a row whose blocks meet at a barrier (`rms_norm_split`).
+//! (decode and verify) a block per slice of a row, each summing the whole row itself (`rms_norm_split`).
 
 use super::{norm_threads, u32_arg, GpuBackend, GpuWeight};
 use crate::backend::Result;
 use crate::gpu::runtime::{LaunchConfig, Runtime};
 
-/// The most rows the split form takes: every block of them must be resident at once (8 rows of the 27B's
-/// 5,120 values are 160 blocks of 128 threads), and it is the verify batch's limit.
+/// The most rows the split form takes (the verify batch's limit): each of a row's blocks reads the whole
+/// row, which pays for a few rows, not for a prompt.
 const SPLIT_MAX_ROWS: usize = 8;
-/// Rows shorter than this keep one block (few values a thread there, so no barrier to pay for).
+/// Rows shorter than this keep one block (few values a thread there: splitting them buys nothing).
 const SPLIT_MIN_DIM: usize = 2048;
 /// A split block's threads and the values of a row it takes (NORM_SPLIT_THREADS, NORM_SPLIT_SLICE).
-const SPLIT_THREADS: u32 = 128;
-const SPLIT_SLICE: usize = 2 * SPLIT_THREADS as usize;
+const SPLIT_THREADS: u32 = 256;
+const SPLIT_SLICE: usize = SPLIT_THREADS as usize;
 
-/// A norm's addresses: the rows `x` (updated to x + y when `y` is not null), the optional weight (null:
-/// none) and the output.
+/// A norm's addresses: the rows `x`, the residual `y` (null: none) and where x + y goes (`sum`, not x:
+/// the split form's blocks read whole rows of x while others store), the optional weight (null: none)
+/// and the output.
 pub(super) struct NormArgs {
     pub x: u64,
     pub y: u64,
+    pub sum: u64,
     pub weight: u64,
     pub out: u64,
 }
@@ -49,33 +51,36 @@ impl<R: Runtime> GpuBackend<R> {
     ) -> Result<()> {
         let d = u32_arg(op, dim)?;
         let r = u32_arg(op, rows)?;
-        let NormArgs { x, y, weight, out } = a;
-        let split = self.norm_split && rows <= SPLIT_MAX_ROWS && dim >= SPLIT_MIN_DIM;
-        let (name, cfg, partials, sync) = if split {
+        let NormArgs {
+            x,
+            y,
+            sum,
+            weight,
+            out,
+        } = a;
+        // The split form's float4 loads need rows of whole 16-byte units.
+        let split = self.norm_split
+            && rows <= SPLIT_MAX_ROWS
+            && dim >= SPLIT_MIN_DIM
+            && dim.is_multiple_of(4);
+        let (name, cfg) = if split {
             let slices = dim.div_ceil(SPLIT_SLICE);
-            let mut s = self.lock_scratch();
             let cfg = LaunchConfig {
                 grid_dim: (u32_arg(op, slices)?, r, 1),
                 block_dim: (SPLIT_THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
-            (
-                "rms_norm_split",
-                cfg,
-                self.ensure(&mut s.norm_partials, rows * slices)?,
-                // Fixed size: allocated (zeroed) once, and every launch leaves the counts at zero.
-                self.ensure(&mut s.norm_sync, 2 * SPLIT_MAX_ROWS)?,
-            )
+            ("rms_norm_split", cfg)
         } else {
             let cfg = LaunchConfig {
                 grid_dim: (r, 1, 1),
                 block_dim: (norm_threads(dim), 1, 1),
                 shared_mem_bytes: 0,
             };
-            ("rms_norm", cfg, 0u64, 0u64)
+            ("rms_norm", cfg)
         };
         self.producing(out, rows, dim, |yq, yd| {
-            launch!(self, name, cfg, &x, &y, &weight, &d, &eps, &out, &yq, &yd, &partials, &sync)
+            launch!(self, name, cfg, &x, &y, &weight, &d, &eps, &sum, &out, &yq, &yd)
         })
     }
 }
