@@ -5,16 +5,26 @@
 // last kernel−1 inputs of each channel (channel-major) and is advanced past the new rows.
 // `snapshots` (may be null): the state after each row but the last (whose state is `state`), slot r at
 // r × channels × (kernel − 1), so a speculative verify pass can be rolled back to any of its tokens.
+// The window and the taps sit in registers (loops over CONV_MAX_TAPS with the tap count as a bound: a
+// runtime index put them in local memory), and are loaded before the wait (compat.h): the state only
+// this kernel's earlier launches write, the taps are a weight.
 #define CONV_BATCH 8
+#define CONV_MAX_TAPS 8
 KILN_KERNEL void conv1d_silu(const float* x, const float* weight, float* state, u32 rows, u32 channels,
                              u32 kernel, float* out, float* snapshots) {
-    grid_dependency_entry();
     const u32 c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= channels) return;
-    const u32 ks = kernel - 1;
-    float win[8];  // kernel ≤ 8 (checked by the host)
-    for (u32 j = 0; j < ks; j++) win[j] = state[c * ks + j];
-    const float* w = weight + (u64)c * kernel;
+    const bool live = c < channels;
+    const u32 ks = kernel - 1;  // kernel ≤ CONV_MAX_TAPS (checked by the host)
+    // The window's taps, and the last tap (the new input's) apart: w[ks] would be a runtime index.
+    float win[CONV_MAX_TAPS - 1], w[CONV_MAX_TAPS - 1];
+#pragma unroll
+    for (u32 j = 0; j < CONV_MAX_TAPS - 1; j++) {
+        win[j] = live && j < ks ? state[c * ks + j] : 0.0f;
+        w[j] = live && j < ks ? weight[(u64)c * kernel + j] : 0.0f;
+    }
+    const float w_last = live ? weight[(u64)c * kernel + ks] : 0.0f;
+    grid_dependency_entry();
+    if (!live) return;
     // The inputs come CONV_BATCH rows at a time, all loads in flight together: a prompt chunk walks
     // hundreds of rows, and one load per row waited out a round trip each.
     for (u32 r0 = 0; r0 < rows; r0 += CONV_BATCH) {
@@ -26,16 +36,28 @@ KILN_KERNEL void conv1d_silu(const float* x, const float* weight, float* state, 
             const u32 r = r0 + b;
             if (r >= rows) break;
             float s = 0.0f;
-            for (u32 j = 0; j < ks; j++) s += win[j] * w[j];
-            s += xb[b] * w[ks];
+#pragma unroll
+            for (u32 j = 0; j < CONV_MAX_TAPS - 1; j++)
+                if (j < ks) s += win[j] * w[j];
+            s += xb[b] * w_last;
             out[(u64)r * channels + c] = silu(s);
-            for (u32 j = 0; j + 1 < ks; j++) win[j] = win[j + 1];
-            if (ks > 0) win[ks - 1] = xb[b];
-            if (snapshots && r + 1 < rows)
-                for (u32 j = 0; j < ks; j++) snapshots[((u64)r * channels + c) * ks + j] = win[j];
+#pragma unroll
+            for (u32 j = 0; j < CONV_MAX_TAPS - 2; j++)
+                if (j + 1 < ks) win[j] = win[j + 1];
+            // Written as a select over the window, so the index stays a constant.
+#pragma unroll
+            for (u32 j = 0; j < CONV_MAX_TAPS - 1; j++)
+                if (j + 1 == ks) win[j] = xb[b];
+            if (snapshots && r + 1 < rows) {
+#pragma unroll
+                for (u32 j = 0; j < CONV_MAX_TAPS - 1; j++)
+                    if (j < ks) snapshots[((u64)r * channels + c) * ks + j] = win[j];
+            }
         }
     }
-    for (u32 j = 0; j < ks; j++) state[c * ks + j] = win[j];
+#pragma unroll
+    for (u32 j = 0; j < CONV_MAX_TAPS - 1; j++)
+        if (j < ks) state[c * ks + j] = win[j];
 }
 
 // alpha ← softplus(alpha + dt_bias)·a, beta ← sigmoid(beta), over rows × n values.
@@ -77,16 +99,20 @@ __device__ __forceinline__ void delta_inputs(DeltaInputs& in, const float* q, co
 KILN_KERNEL void gated_delta_net(const float* q, const float* k, const float* v, const float* g,
                                  const float* beta, float* state, u32 rows, u32 n_k_heads, u32 n_v_heads,
                                  u32 dk, u32 dv, float scale, float* out, float* snapshots) {
-    grid_dependency_entry();
     const u32 warps = blockDim.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
     const u32 col = blockIdx.x * warps + threadIdx.x / WARP_SIZE;
-    if (col >= n_v_heads * dv || rows == 0) return;
+    const bool live = col < n_v_heads * dv && rows > 0;
     const u32 h = col / dv, j = col % dv, hk = h % n_k_heads;
     const u32 per = dk / WARP_SIZE;
+    // The state column before the wait (compat.h: only this kernel's earlier launches and copies
+    // between passes write it): 3 MB a layer for the 27B, which then streams in while the q/k/v split
+    // before this kernel runs.
     float s[DN_MAX_PER_LANE];
     float* st = state + (u64)col * dk;
 #pragma unroll
-    for (u32 t = 0; t < DN_MAX_PER_LANE; t++) s[t] = t < per ? st[lane + t * WARP_SIZE] : 0.0f;
+    for (u32 t = 0; t < DN_MAX_PER_LANE; t++) s[t] = live && t < per ? st[lane + t * WARP_SIZE] : 0.0f;
+    grid_dependency_entry();
+    if (!live) return;
     DeltaInputs next;
     delta_inputs(next, q, k, v, g, beta, 0, n_k_heads, n_v_heads, h, hk, j, dk, dv, per, lane);
     for (u32 r = 0; r < rows; r++) {

@@ -1048,37 +1048,41 @@ fn gated_delta_net_conv_and_gates() {
         );
     }
 
-    let (channels, kernel) = (96, 4);
-    let (wc, wg) = (
-        c.load_weight(weight(GgmlType::F32, channels, kernel, 50))
-            .unwrap(),
-        g.load_weight(weight(GgmlType::F32, channels, kernel, 50))
-            .unwrap(),
-    );
-    let mut stc = put(&c, &values(51, channels * (kernel - 1), 1.0));
-    let mut stg = put(g, &values(51, channels * (kernel - 1), 1.0));
-    for (step, rows) in [6usize, 1, 2].into_iter().enumerate() {
-        let x = values(60 + step as u64, rows * channels, 1.0);
-        let (mut oc, mut og) = (
-            c.tensor(rows * channels).unwrap(),
-            g.tensor(rows * channels).unwrap(),
+    // The model's 4 taps, and the fewest and most the kernel takes (its window lives in registers
+    // sized for 8).
+    let channels = 96;
+    for kernel in [4, 2, 8] {
+        let (wc, wg) = (
+            c.load_weight(weight(GgmlType::F32, channels, kernel, 50))
+                .unwrap(),
+            g.load_weight(weight(GgmlType::F32, channels, kernel, 50))
+                .unwrap(),
         );
-        c.conv1d_silu(&put(&c, &x), &wc, &mut stc, rows, &mut oc)
-            .unwrap();
-        g.conv1d_silu(&put(g, &x), &wg, &mut stg, rows, &mut og)
-            .unwrap();
-        assert_close(
-            &format!("conv1d_silu step {step}"),
-            &get(g, &og, rows * channels),
-            &get(&c, &oc, rows * channels),
-            1e-6,
-        );
-        assert_close(
-            &format!("conv state step {step}"),
-            &get(g, &stg, channels * (kernel - 1)),
-            &get(&c, &stc, channels * (kernel - 1)),
-            0.0,
-        );
+        let mut stc = put(&c, &values(51, channels * (kernel - 1), 1.0));
+        let mut stg = put(g, &values(51, channels * (kernel - 1), 1.0));
+        for (step, rows) in [6usize, 1, 2].into_iter().enumerate() {
+            let x = values(60 + step as u64, rows * channels, 1.0);
+            let (mut oc, mut og) = (
+                c.tensor(rows * channels).unwrap(),
+                g.tensor(rows * channels).unwrap(),
+            );
+            c.conv1d_silu(&put(&c, &x), &wc, &mut stc, rows, &mut oc)
+                .unwrap();
+            g.conv1d_silu(&put(g, &x), &wg, &mut stg, rows, &mut og)
+                .unwrap();
+            assert_close(
+                &format!("conv1d_silu, {kernel} taps, step {step}"),
+                &get(g, &og, rows * channels),
+                &get(&c, &oc, rows * channels),
+                1e-6,
+            );
+            assert_close(
+                &format!("conv state, {kernel} taps, step {step}"),
+                &get(g, &stg, channels * (kernel - 1)),
+                &get(&c, &stc, channels * (kernel - 1)),
+                0.0,
+            );
+        }
     }
     let _ = Arc::new(0);
 }
