@@ -154,6 +154,20 @@ __device__ __forceinline__ void load_ints_b2(const u8* p, int* out) {
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
 __device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+// The sum of v over the block (every thread gets it), warps added in order; `scratch` holds 32 floats
+// of shared memory. Every thread of the block must call it.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    v = warp_sum(v);
+    const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
+    const int warps = blockDim.x / WARP_SIZE;
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float t = 0.0f;
+    for (int w = 0; w < warps; w++) t += scratch[w];
+    return t;
+}
+
 // A Gated DeltaNet's gates for head h, in place: alpha ← softplus(alpha + dt_bias)·a (the log-decay),
 // beta ← sigmoid(beta). Shared by delta_net_gates and split_qkv_l2, which applies them in passing.
 __device__ __forceinline__ void delta_net_gate(float* alpha, float* beta, const float* dt_bias, const float* a,

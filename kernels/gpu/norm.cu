@@ -4,18 +4,6 @@
 
 #define NORM_THREADS 256
 
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
-    v = warp_sum(v);
-    const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
-    const int warps = blockDim.x / WARP_SIZE;
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    float t = 0.0f;
-    for (int w = 0; w < warps; w++) t += scratch[w];
-    return t;
-}
-
 // Values of a row each thread holds in registers when the row fits the block that way: the row is then
 // read once, with all its loads in flight together, which matters for the decode step's single row
 // (one block for the whole GPU, so the kernel is pure latency).

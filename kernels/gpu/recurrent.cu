@@ -5,24 +5,56 @@
 // last kernel−1 inputs of each channel (channel-major) and is advanced past the new rows.
 // `snapshots` (may be null): the state after each row but the last (whose state is `state`), slot r at
 // r × channels × (kernel − 1), so a speculative verify pass can be rolled back to any of its tokens.
-// The window and the taps sit in registers (loops over CONV_MAX_TAPS with the tap count as a bound: a
-// runtime index put them in local memory), and are loaded before the wait (compat.h): the state only
-// this kernel's earlier launches write, the taps are a weight.
 #define CONV_BATCH 8
 #define CONV_MAX_TAPS 8
+
+// One channel's window and taps, in registers: loops over CONV_MAX_TAPS with the tap count as a bound (a
+// runtime index put them in local memory), the last tap (the new input's) apart. Loaded before the wait
+// (compat.h): the state only this kernel's earlier launches write, the taps are a weight.
+struct ConvChannel {
+    float win[CONV_MAX_TAPS - 1], w[CONV_MAX_TAPS - 1], w_last;
+    u32 ks;
+
+    __device__ __forceinline__ void load(const float* state, const float* weight, u32 c, u32 kernel, bool live) {
+        ks = kernel - 1;  // kernel ≤ CONV_MAX_TAPS (checked by the host)
+#pragma unroll
+        for (u32 j = 0; j < CONV_MAX_TAPS - 1; j++) {
+            win[j] = live && j < ks ? state[c * ks + j] : 0.0f;
+            w[j] = live && j < ks ? weight[(u64)c * kernel + j] : 0.0f;
+        }
+        w_last = live ? weight[(u64)c * kernel + ks] : 0.0f;
+    }
+
+    // silu(conv) of the next input, and the window moved past it.
+    __device__ __forceinline__ float step(float x) {
+        float s = 0.0f;
+#pragma unroll
+        for (u32 j = 0; j < CONV_MAX_TAPS - 1; j++)
+            if (j < ks) s += win[j] * w[j];
+        s += x * w_last;
+#pragma unroll
+        for (u32 j = 0; j < CONV_MAX_TAPS - 2; j++)
+            if (j + 1 < ks) win[j] = win[j + 1];
+        // A select over the window, so the index stays a constant.
+#pragma unroll
+        for (u32 j = 0; j < CONV_MAX_TAPS - 1; j++)
+            if (j + 1 == ks) win[j] = x;
+        return silu(s);
+    }
+
+    __device__ __forceinline__ void save(float* dst) const {
+#pragma unroll
+        for (u32 j = 0; j < CONV_MAX_TAPS - 1; j++)
+            if (j < ks) dst[j] = win[j];
+    }
+};
+
 KILN_KERNEL void conv1d_silu(const float* x, const float* weight, float* state, u32 rows, u32 channels,
                              u32 kernel, float* out, float* snapshots) {
     const u32 c = blockIdx.x * blockDim.x + threadIdx.x;
     const bool live = c < channels;
-    const u32 ks = kernel - 1;  // kernel ≤ CONV_MAX_TAPS (checked by the host)
-    // The window's taps, and the last tap (the new input's) apart: w[ks] would be a runtime index.
-    float win[CONV_MAX_TAPS - 1], w[CONV_MAX_TAPS - 1];
-#pragma unroll
-    for (u32 j = 0; j < CONV_MAX_TAPS - 1; j++) {
-        win[j] = live && j < ks ? state[c * ks + j] : 0.0f;
-        w[j] = live && j < ks ? weight[(u64)c * kernel + j] : 0.0f;
-    }
-    const float w_last = live ? weight[(u64)c * kernel + ks] : 0.0f;
+    ConvChannel ch;
+    ch.load(state, weight, c, kernel, live);
     grid_dependency_entry();
     if (!live) return;
     // The inputs come CONV_BATCH rows at a time, all loads in flight together: a prompt chunk walks
@@ -35,29 +67,55 @@ KILN_KERNEL void conv1d_silu(const float* x, const float* weight, float* state, 
         for (u32 b = 0; b < CONV_BATCH; b++) {
             const u32 r = r0 + b;
             if (r >= rows) break;
-            float s = 0.0f;
-#pragma unroll
-            for (u32 j = 0; j < CONV_MAX_TAPS - 1; j++)
-                if (j < ks) s += win[j] * w[j];
-            s += xb[b] * w_last;
-            out[(u64)r * channels + c] = silu(s);
-#pragma unroll
-            for (u32 j = 0; j < CONV_MAX_TAPS - 2; j++)
-                if (j + 1 < ks) win[j] = win[j + 1];
-            // Written as a select over the window, so the index stays a constant.
-#pragma unroll
-            for (u32 j = 0; j < CONV_MAX_TAPS - 1; j++)
-                if (j + 1 == ks) win[j] = xb[b];
-            if (snapshots && r + 1 < rows) {
-#pragma unroll
-                for (u32 j = 0; j < CONV_MAX_TAPS - 1; j++)
-                    if (j < ks) snapshots[((u64)r * channels + c) * ks + j] = win[j];
-            }
+            out[(u64)r * channels + c] = ch.step(xb[b]);
+            if (snapshots && r + 1 < rows) ch.save(snapshots + ((u64)r * channels + c) * ch.ks);
         }
     }
+    ch.save(state + c * ch.ks);
+}
+
+// conv1d_silu and split_qkv_l2 (norm.cu) in one launch, for up to CONV_BATCH rows (decode, verify): a
+// block of head_k threads per run of head_k channels of the conv's [q heads | k heads | v], a thread a
+// channel as in conv1d_silu. A q or k block L2-normalises its head in each row with the block sum
+// split_qkv_l2 takes (whose warps past head_k add zeros), so q, k and v are split_qkv_l2's to the bit.
+// The last block, with `alpha` given, applies the delta-rule gates as split_qkv_l2's does.
+KILN_KERNEL void conv_split_l2(const float* x, const float* weight, float* state, u32 rows, u32 kernel,
+                               float* snapshots, u32 n_k_heads, u32 head_k, u32 v_dim, float eps, float* q,
+                               float* k, float* v, float* alpha, float* beta, const float* dt_bias,
+                               const float* a, u32 n_gates) {
+    __shared__ float scratch[32];
+    const u32 kd = n_k_heads * head_k, channels = 2 * kd + v_dim;
+    const bool gates = alpha && blockIdx.x == gridDim.x - 1;
+    const bool head = blockIdx.x < 2 * n_k_heads;  // the whole block normalises, or none of it
+    const u32 c = blockIdx.x * head_k + threadIdx.x;
+    const bool live = !gates && c < channels;
+    ConvChannel ch;
+    ch.load(state, weight, c, kernel, live);
+    grid_dependency_entry();
+    if (gates) {
+        for (u32 r = 0; r < rows; r++)
+            for (u32 h = threadIdx.x; h < n_gates; h += blockDim.x)
+                delta_net_gate(alpha, beta, dt_bias, a, (u64)r * n_gates + h, h);
+        return;
+    }
+    float xb[CONV_BATCH];
 #pragma unroll
-    for (u32 j = 0; j < CONV_MAX_TAPS - 1; j++)
-        if (j < ks) state[c * ks + j] = win[j];
+    for (u32 r = 0; r < CONV_BATCH; r++) xb[r] = live && r < rows ? x[(u64)r * channels + c] : 0.0f;
+    float* dst = head ? (c < kd ? q + c : k + (c - kd)) : v + (c - 2 * kd);
+    const u32 stride = head ? kd : v_dim;
+#pragma unroll
+    for (u32 r = 0; r < CONV_BATCH; r++) {
+        if (r >= rows) break;
+        const float o = live ? ch.step(xb[r]) : 0.0f;
+        if (live && snapshots && r + 1 < rows) ch.save(snapshots + ((u64)r * channels + c) * ch.ks);
+        if (head) {
+            const float scale = 1.0f / sqrtf(block_sum(o * o, scratch) + eps);
+            dst[(u64)r * stride] = o * scale;
+        } else if (live) {
+            dst[(u64)r * stride] = o;
+        }
+    }
+    if (live) ch.save(state + c * ch.ks);
 }
 
 // alpha ← softplus(alpha + dt_bias)·a, beta ← sigmoid(beta), over rows × n values.

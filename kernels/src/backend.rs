@@ -452,6 +452,26 @@ pub trait Backend: Send + Sync {
     {
         split_qkv_l2_by_parts(self, qkv, rows, n_k_heads, head_k, v_dim, eps, out, gates)
     }
+    /// A Gated DeltaNet's conv and q/k/v preparation: [`Backend::conv1d_silu`] of `x` into `conv_out`
+    /// (with `snapshots`, [`Backend::conv1d_silu_snapshots`]), then [`Backend::split_qkv_l2`] of it as
+    /// `split` says. A GPU backend runs both as one launch for a few rows (decode, verify), and then
+    /// leaves `conv_out` as it was.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_split_qkv_l2(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Weight,
+        state: &mut Self::Tensor,
+        rows: usize,
+        snapshots: Option<&mut Self::Tensor>,
+        conv_out: &mut Self::Tensor,
+        split: QkvSplit<'_, Self>,
+    ) -> Result<()>
+    where
+        Self: Sized,
+    {
+        conv_split_qkv_l2_by_parts(self, x, weight, state, rows, snapshots, conv_out, split)
+    }
     /// A gated attention layer's query and key preparation (Qwen3.5/3.6): `qg` holds rows of
     /// `rope.n_heads` × [q | gate] (`rope.head_dim` each) and `k` rows of `n_kv_heads` heads; per head
     /// q ← RoPE(RMSNorm(q)·q_norm) into `q_out`, the gate copied into `gate_out`, and k ←
@@ -683,6 +703,44 @@ pub struct DeltaNetGates<'a, B: Backend> {
     pub beta: &'a mut B::Tensor,
     pub dt_bias: &'a B::Weight,
     pub a: &'a B::Weight,
+}
+
+/// What [`Backend::split_qkv_l2`] takes besides its input rows, for [`Backend::conv_split_qkv_l2`]: the
+/// heads of q and k, the width of v, the norms' eps, the outputs [q, k, v] and the gates.
+pub struct QkvSplit<'a, B: Backend> {
+    pub n_k_heads: usize,
+    pub head_k: usize,
+    pub v_dim: usize,
+    pub eps: f32,
+    pub out: [&'a mut B::Tensor; 3],
+    pub gates: Option<DeltaNetGates<'a, B>>,
+}
+
+/// [`Backend::conv_split_qkv_l2`] as its two operations.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_split_qkv_l2_by_parts<B: Backend>(
+    be: &B,
+    x: &B::Tensor,
+    weight: &B::Weight,
+    state: &mut B::Tensor,
+    rows: usize,
+    snapshots: Option<&mut B::Tensor>,
+    conv_out: &mut B::Tensor,
+    split: QkvSplit<'_, B>,
+) -> Result<()> {
+    match snapshots {
+        Some(s) => be.conv1d_silu_snapshots(x, weight, state, rows, conv_out, s)?,
+        None => be.conv1d_silu(x, weight, state, rows, conv_out)?,
+    }
+    let QkvSplit {
+        n_k_heads,
+        head_k,
+        v_dim,
+        eps,
+        out,
+        gates,
+    } = split;
+    be.split_qkv_l2(conv_out, rows, n_k_heads, head_k, v_dim, eps, out, gates)
 }
 
 /// [`Backend::split_qkv_l2`] from the backend's copies and norms (and its gates op).

@@ -1445,3 +1445,101 @@ fn sampling_on_the_device_matches_the_references() {
     assert!(g.argmax_rows(&put(g, &[1.0]), 1, 0).is_err());
     assert!(g.top_k_rows(&put(g, &[1.0; 4]), 2, 4, 3).is_err());
 }
+
+/// The fused conv and q/k/v split ([`Backend::conv_split_qkv_l2`]: one launch for up to 8 rows) gives
+/// the bits of the conv followed by the split, launch by launch: outputs, gates, the advanced state and
+/// its per-row snapshots; 9 rows take the two launches. A v width that is not whole heads leaves the
+/// last block part empty.
+#[test]
+fn conv_split_equals_conv_then_split() {
+    let Some(g) = gpu() else { return };
+    let (heads, hk, vd, kernel, n_gates) = (2, 128, 320, 4, 3);
+    let channels = 2 * heads * hk + vd;
+    let conv_w = g
+        .load_weight(weight(GgmlType::F32, channels, kernel, 70))
+        .unwrap();
+    let (dt, av) = (
+        vector(g, "dt_bias", &values(71, n_gates, 1.0)),
+        vector(g, "a", &values(72, n_gates, 1.0)),
+    );
+    let state0 = values(73, channels * (kernel - 1), 1.0);
+    for rows in [1usize, 4, 8, 9] {
+        for snapshots in [false, true] {
+            let x = values(74 + rows as u64, rows * channels, 1.0);
+            let (alpha, beta) = (
+                values(80, rows * n_gates, 2.0),
+                values(81, rows * n_gates, 2.0),
+            );
+            // Each form from the same inputs: [q, k, v, alpha, beta, state, snapshots].
+            let run = |fused: bool| -> Vec<Vec<f32>> {
+                let sizes = [rows * heads * hk, rows * heads * hk, rows * vd];
+                let mut t: Vec<_> = sizes.iter().map(|&n| g.tensor(n).unwrap()).collect();
+                let (mut al, mut be) = (put(g, &alpha), put(g, &beta));
+                let mut state = put(g, &state0);
+                let mut snap = g.tensor(rows * state0.len()).unwrap();
+                let mut conv_out = g.tensor(rows * channels).unwrap();
+                let [q, k, v] = &mut t[..] else {
+                    unreachable!()
+                };
+                let split = QkvSplit {
+                    n_k_heads: heads,
+                    head_k: hk,
+                    v_dim: vd,
+                    eps: 1e-6,
+                    out: [q, k, v],
+                    gates: Some(DeltaNetGates {
+                        alpha: &mut al,
+                        beta: &mut be,
+                        dt_bias: &dt,
+                        a: &av,
+                    }),
+                };
+                let snap_arg = snapshots.then_some(&mut snap);
+                let xt = put(g, &x);
+                if fused {
+                    g.conv_split_qkv_l2(
+                        &xt,
+                        &conv_w,
+                        &mut state,
+                        rows,
+                        snap_arg,
+                        &mut conv_out,
+                        split,
+                    )
+                } else {
+                    conv_split_qkv_l2_by_parts(
+                        g,
+                        &xt,
+                        &conv_w,
+                        &mut state,
+                        rows,
+                        snap_arg,
+                        &mut conv_out,
+                        split,
+                    )
+                }
+                .unwrap();
+                let mut out: Vec<_> = t.iter().zip(sizes).map(|(t, n)| get(g, t, n)).collect();
+                out.push(get(g, &al, alpha.len()));
+                out.push(get(g, &be, beta.len()));
+                out.push(get(g, &state, state0.len()));
+                if snapshots {
+                    // Slots for every row but the last (whose state is the live one).
+                    out.push(get(g, &snap, (rows - 1) * state0.len()));
+                }
+                out
+            };
+            let (fused, parts) = (run(true), run(false));
+            for (i, what) in ["q", "k", "v", "alpha", "beta", "state", "snapshots"]
+                .iter()
+                .enumerate()
+                .take(parts.len())
+            {
+                assert_eq!(
+                    fused[i], parts[i],
+                    "{what}, {rows} rows, snapshots {snapshots}: fused against conv then split"
+                );
+            }
+        }
+    }
+}

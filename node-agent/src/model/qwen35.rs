@@ -25,8 +25,8 @@ use super::{
 };
 use crate::gguf::{GgufFile, Value};
 use kiln_kernels::backend::{
-    Activation, AttentionParams, Backend, DeltaNetGates, DeltaNetParams, KvType, RopeParams,
-    RopeStyle,
+    Activation, AttentionParams, Backend, DeltaNetGates, DeltaNetParams, KvType, QkvSplit,
+    RopeParams, RopeStyle,
 };
 use std::sync::{Arc, Mutex};
 
@@ -538,18 +538,27 @@ impl<B: Backend> Qwen35<B> {
             (_, false) => None,
         };
         self.delta_net_inputs(w, sc, n)?;
-        match snap.as_mut() {
-            Some(s) => be.conv1d_silu_snapshots(
-                &sc.wide,
-                &w.conv,
-                &mut st.conv,
-                n,
-                &mut sc.conv,
-                &mut s.conv,
-            )?,
-            None => be.conv1d_silu(&sc.wide, &w.conv, &mut st.conv, n, &mut sc.conv)?,
-        }
-        self.split_qkv(w, sc, n)?;
+        be.conv_split_qkv_l2(
+            &sc.wide,
+            &w.conv,
+            &mut st.conv,
+            n,
+            snap.as_mut().map(|s| &mut s.conv),
+            &mut sc.conv,
+            QkvSplit {
+                n_k_heads: hp.n_k_heads,
+                head_k: hp.head_k_dim,
+                v_dim: hp.value_dim(),
+                eps: hp.rms_eps,
+                out: [&mut sc.q, &mut sc.k, &mut sc.v],
+                gates: Some(DeltaNetGates {
+                    alpha: &mut sc.alpha,
+                    beta: &mut sc.beta,
+                    dt_bias: &w.dt_bias,
+                    a: &w.a,
+                }),
+            },
+        )?;
         match snap {
             Some(s) => {
                 be.gated_delta_net_snapshots(

@@ -7,7 +7,7 @@ use super::runtime::{DevBuf, DevValue, GemmF16, LaunchConfig, Runtime};
 use crate::backend::{
     check_copy, check_len, gated_qk_norm_rope_by_parts, kv_layout, shape_err,
     split_qkv_l2_by_parts, Activation, AttentionParams, Backend, DeltaNetGates, DeltaNetParams,
-    KvType, Result, RopeParams, RopeStyle, TensorCopy, WeightSource,
+    KvType, QkvSplit, Result, RopeParams, RopeStyle, TensorCopy, WeightSource,
 };
 use crate::quant::{dequantize_row, GgmlType};
 use std::collections::HashMap;
@@ -151,6 +151,7 @@ macro_rules! launch {
 mod attention_blas;
 mod matvec;
 mod norm;
+mod recurrent;
 mod sampling;
 mod tiles;
 use matvec::{mmv_kernel, Matvec};
@@ -449,72 +450,6 @@ impl<R: Runtime> GpuBackend<R> {
             }
             None => Ok(0),
         }
-    }
-
-    /// The causal conv, optionally keeping the state after every row (speculative rollback).
-    fn conv1d(
-        &self,
-        x: &GpuTensor<R>,
-        weight: &GpuWeight<R>,
-        state: &mut GpuTensor<R>,
-        rows: usize,
-        out: &mut GpuTensor<R>,
-        snapshots: Option<&mut GpuTensor<R>>,
-    ) -> Result<()> {
-        let op = "conv1d_silu";
-        let (channels, kernel) = (weight.rows, weight.cols);
-        if !(2..=8).contains(&kernel) {
-            return Err(shape_err(
-                op,
-                format!("kernel of {kernel} taps (2..=8 supported)"),
-            ));
-        }
-        if weight.ty != GgmlType::F32 {
-            return Err(shape_err(
-                op,
-                format!("weight type {} (F32 expected)", weight.ty),
-            ));
-        }
-        check_len(op, "input", x.len, rows * channels)?;
-        check_len(op, "output", out.len, rows * channels)?;
-        if state.len != channels * (kernel - 1) {
-            return Err(shape_err(
-                op,
-                format!(
-                    "state of {} values, expected {}",
-                    state.len,
-                    channels * (kernel - 1)
-                ),
-            ));
-        }
-        if rows == 0 {
-            return Ok(());
-        }
-        let snap = self.snapshot_ptr(op, snapshots, rows * state.len)?;
-        let (xp, wp, sp, op_) = (
-            self.ptr(&x.buf),
-            self.ptr(&weight.data),
-            self.ptr(&state.buf),
-            self.ptr(&out.buf),
-        );
-        let (r, c, k) = (
-            u32_arg(op, rows)?,
-            u32_arg(op, channels)?,
-            u32_arg(op, kernel)?,
-        );
-        launch!(
-            self,
-            "conv1d_silu",
-            grid(channels, 128),
-            &xp,
-            &wp,
-            &sp,
-            &r,
-            &c,
-            &k,
-            &op_,
-            &snap
-        )
     }
 
     /// The delta rule over `rows` tokens ([q, k, v, g, beta] as the trait takes them), optionally keeping
@@ -1476,6 +1411,19 @@ impl<R: Runtime> Backend for GpuBackend<R> {
             self, op, cfg, &xp, &nh, &hk, &vd, &eps, &qp, &kp, &vp, &g.alpha, &g.beta, &g.dt_bias,
             &g.a, &g.n
         )
+    }
+
+    fn conv_split_qkv_l2(
+        &self,
+        x: &GpuTensor<R>,
+        weight: &GpuWeight<R>,
+        state: &mut GpuTensor<R>,
+        rows: usize,
+        snapshots: Option<&mut GpuTensor<R>>,
+        conv_out: &mut GpuTensor<R>,
+        split: QkvSplit<'_, Self>,
+    ) -> Result<()> {
+        self.conv_split(x, weight, state, rows, snapshots, conv_out, split)
     }
 
     fn gated_qk_norm_rope(
