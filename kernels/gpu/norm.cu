@@ -132,9 +132,23 @@ KILN_KERNEL void rms_norm_split(const float* x, const float* y, const float* wei
 // when `yq` is given, as in rms_norm_row).
 KILN_KERNEL void rms_norm_gated(const float* x, const float* weight, const float* z, u32 dim, float eps,
                                 float* out, i8* yq, float2* yd) {
-    grid_dependency_entry();
     __shared__ float scratch[32];
     const u64 base = (u64)blockIdx.x * dim;
+    if (dim <= blockDim.x) {
+        // A value a thread (the 27B's heads are 128 values): x and z in one round of loads, the weight
+        // before the wait; the same sums and products as the loops below.
+        const u32 i = threadIdx.x;
+        const bool live = i < dim;
+        const float w = live ? weight[i] : 0.0f;
+        grid_dependency_entry();
+        const float xv = live ? x[base + i] : 0.0f, zv = live ? z[base + i] : 0.0f;
+        const float scale = 1.0f / sqrtf(block_sum(xv * xv, scratch) / (float)dim + eps);
+        const float o = xv * scale * w * silu(zv);
+        if (live) out[base + i] = o;
+        if (yq) quantize_group(o, base + i, live, yq, yd);
+        return;
+    }
+    grid_dependency_entry();
     float s = 0.0f;
     for (u32 i = threadIdx.x; i < dim; i += blockDim.x) s += x[base + i] * x[base + i];
     s = block_sum(s, scratch);
