@@ -103,10 +103,14 @@ KILN_KERNEL void conv_split_l2(const float* x, const float* weight, float* state
     for (u32 r = 0; r < CONV_BATCH; r++) xb[r] = live && r < rows ? x[(u64)r * channels + c] : 0.0f;
     float* dst = head ? (c < kd ? q + c : k + (c - kd)) : v + (c - 2 * kd);
     const u32 stride = head ? kd : v_dim;
+    // Not unrolled (hipcc cannot unroll a loop around block_sum's barriers): row r's input is picked from
+    // xb by a select over constant indices, so xb stays in registers.
+    for (u32 r = 0; r < rows; r++) {
+        float xr = 0.0f;
 #pragma unroll
-    for (u32 r = 0; r < CONV_BATCH; r++) {
-        if (r >= rows) break;
-        const float o = live ? ch.step(xb[r]) : 0.0f;
+        for (u32 b = 0; b < CONV_BATCH; b++)
+            if (b == r) xr = xb[b];
+        const float o = live ? ch.step(xr) : 0.0f;
         if (live && snapshots && r + 1 < rows) ch.save(snapshots + ((u64)r * channels + c) * ch.ks);
         if (head) {
             const float scale = 1.0f / sqrtf(block_sum(o * o, scratch) + eps);

@@ -1495,29 +1495,21 @@ fn conv_split_equals_conv_then_split() {
                     }),
                 };
                 let snap_arg = snapshots.then_some(&mut snap);
-                let xt = put(g, &x);
-                if fused {
-                    g.conv_split_qkv_l2(
-                        &xt,
-                        &conv_w,
-                        &mut state,
-                        rows,
-                        snap_arg,
-                        &mut conv_out,
-                        split,
-                    )
+                let op = if fused {
+                    <Gpu as Backend>::conv_split_qkv_l2
                 } else {
-                    conv_split_qkv_l2_by_parts(
-                        g,
-                        &xt,
-                        &conv_w,
-                        &mut state,
-                        rows,
-                        snap_arg,
-                        &mut conv_out,
-                        split,
-                    )
-                }
+                    conv_split_qkv_l2_by_parts::<Gpu>
+                };
+                op(
+                    g,
+                    &put(g, &x),
+                    &conv_w,
+                    &mut state,
+                    rows,
+                    snap_arg,
+                    &mut conv_out,
+                    split,
+                )
                 .unwrap();
                 let mut out: Vec<_> = t.iter().zip(sizes).map(|(t, n)| get(g, t, n)).collect();
                 out.push(get(g, &al, alpha.len()));

@@ -156,6 +156,7 @@ mod sampling;
 mod tiles;
 use matvec::{mmv_kernel, Matvec};
 use norm::NormArgs;
+use recurrent::split_widths;
 
 impl<R: Runtime> Default for Scratch<R> {
     fn default() -> Self {
@@ -1356,17 +1357,8 @@ impl<R: Runtime> Backend for GpuBackend<R> {
         gates: Option<DeltaNetGates<'_, Self>>,
     ) -> Result<()> {
         let op = "split_qkv_l2";
-        let kd = n_k_heads
-            .checked_mul(head_k)
-            .ok_or_else(|| shape_err(op, "size overflows"))?;
-        let cd = kd
-            .checked_mul(2)
-            .and_then(|w| w.checked_add(v_dim))
-            .ok_or_else(|| shape_err(op, "size overflows"))?;
+        let cd = split_widths(op, (n_k_heads, head_k, v_dim), rows, [q, k, v])?.1;
         check_len(op, "input", qkv.len, rows * cd)?;
-        check_len(op, "q", q.len, rows * kd)?;
-        check_len(op, "k", k.len, rows * kd)?;
-        check_len(op, "v", v.len, rows * v_dim)?;
         if rows == 0 || cd == 0 {
             return Ok(());
         }

@@ -121,24 +121,15 @@ impl<R: Runtime> GpuBackend<R> {
                 self, x, weight, state, rows, snapshots, conv_out, split,
             );
         }
-        let kd = n_k_heads
-            .checked_mul(head_k)
-            .ok_or_else(|| shape_err(op, "size overflows"))?;
-        let channels = kd
-            .checked_mul(2)
-            .and_then(|w| w.checked_add(v_dim))
-            .ok_or_else(|| shape_err(op, "size overflows"))?;
         let kernel = self.conv_shape(op, x, weight, state, rows)?;
+        let [q, k, v] = split.out;
+        let channels = split_widths(op, (n_k_heads, head_k, v_dim), rows, [q, k, v])?.1;
         if weight.rows != channels {
             return Err(shape_err(
                 op,
                 format!("{} conv channels, the split takes {channels}", weight.rows),
             ));
         }
-        let [q, k, v] = split.out;
-        check_len(op, "q", q.len, rows * kd)?;
-        check_len(op, "k", k.len, rows * kd)?;
-        check_len(op, "v", v.len, rows * v_dim)?;
         let snap = self.snapshot_ptr(op, snapshots, rows * state.len)?;
         let has_gates = split.gates.is_some();
         let g = match split.gates {
@@ -170,4 +161,25 @@ impl<R: Runtime> GpuBackend<R> {
             &vp, &g.alpha, &g.beta, &g.dt_bias, &g.a, &g.n
         )
     }
+}
+
+/// The widths of a Gated DeltaNet's q/k/v split, (q or k, the whole row) = (n_k_heads · head_k,
+/// 2 · that + v_dim) for `(n_k_heads, head_k, v_dim)`, after checking that q, k and v hold `rows` rows.
+pub(super) fn split_widths<R: Runtime>(
+    op: &'static str,
+    (n_k_heads, head_k, v_dim): (usize, usize, usize),
+    rows: usize,
+    [q, k, v]: [&GpuTensor<R>; 3],
+) -> Result<(usize, usize)> {
+    let kd = n_k_heads
+        .checked_mul(head_k)
+        .ok_or_else(|| shape_err(op, "size overflows"))?;
+    let row = kd
+        .checked_mul(2)
+        .and_then(|w| w.checked_add(v_dim))
+        .ok_or_else(|| shape_err(op, "size overflows"))?;
+    check_len(op, "q", q.len, rows * kd)?;
+    check_len(op, "k", k.len, rows * kd)?;
+    check_len(op, "v", v.len, rows * v_dim)?;
+    Ok((kd, row))
 }
