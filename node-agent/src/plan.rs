@@ -312,9 +312,10 @@ pub const ATTENTION_SPLITS_MAX: u64 = 1024;
 /// Sized for the worst case the engine reserves, so a long prompt never allocates mid-request:
 /// - `logits`: ubatch × vocab f32 — every row of a prompt micro-batch may be an output (speculative
 ///   verification and `logprobs` need them), and with a 248K vocabulary this is the largest buffer.
-/// - `activations`: ubatch × (4·n_embd + 3·widest projection) f32 — the residual stream, the normed
-///   input, and at the peak the FFN's gate, up and their product (or the attention/DeltaNet input
-///   projections when wider); buffers are reused layer to layer, so this does not scale with depth.
+/// - `activations`: ubatch × (5·n_embd + 3·widest projection) f32 — the residual stream (two buffers: a
+///   residual add writes its sum into the other), the normed input, and at the peak the FFN's gate, up
+///   and their product (or the attention/DeltaNet input projections when wider); buffers are reused
+///   layer to layer, so this does not scale with depth.
 /// - `attention_scratch`: a quantized KV cache is expanded to f16 for one layer's K and V when a
 ///   batch attends over it (2 × ctx × KV heads × head dim × 2 bytes; zero for f16/f32 KV), plus what
 ///   the GPU backend's prefill attention holds for one head group: its scores (f32) and probabilities
@@ -479,7 +480,7 @@ impl PlanOptions {
         } else {
             0
         };
-        let activations = ub * (4 * m.n_embd as u64 + 3 * widest) * 4 + mtp_act;
+        let activations = ub * (5 * m.n_embd as u64 + 3 * widest) * 4 + mtp_act;
         let expanded_kv = match self.kv_type {
             KvType::F16 | KvType::F32 => 0,
             _ => 2 * ctx64 * (m.n_head_kv * m.head_dim_k.max(m.head_dim_v)) as u64 * 2,
