@@ -545,19 +545,11 @@ impl<B: Backend> Qwen35<B> {
             n,
             snap.as_mut().map(|s| &mut s.conv),
             &mut sc.conv,
-            QkvSplit {
-                n_k_heads: hp.n_k_heads,
-                head_k: hp.head_k_dim,
-                v_dim: hp.value_dim(),
-                eps: hp.rms_eps,
-                out: [&mut sc.q, &mut sc.k, &mut sc.v],
-                gates: Some(DeltaNetGates {
-                    alpha: &mut sc.alpha,
-                    beta: &mut sc.beta,
-                    dt_bias: &w.dt_bias,
-                    a: &w.a,
-                }),
-            },
+            qkv_split(
+                hp,
+                w,
+                [&mut sc.q, &mut sc.k, &mut sc.v, &mut sc.alpha, &mut sc.beta],
+            ),
         )?;
         match snap {
             Some(s) => {
@@ -615,21 +607,20 @@ impl<B: Backend> Qwen35<B> {
     /// Splits the conv output into q, k and v and L2-normalises q and k per head; turns the raw
     /// decay/write projections into the delta rule's gates on the way (one GPU launch for both).
     fn split_qkv(&self, w: &DeltaNetWeights<B>, sc: &mut Scratch<B>, n: usize) -> Result<()> {
-        let (hp, be) = (&self.hp, &*self.backend);
-        be.split_qkv_l2(
+        let s = qkv_split(
+            &self.hp,
+            w,
+            [&mut sc.q, &mut sc.k, &mut sc.v, &mut sc.alpha, &mut sc.beta],
+        );
+        self.backend.split_qkv_l2(
             &sc.conv,
             n,
-            hp.n_k_heads,
-            hp.head_k_dim,
-            hp.value_dim(),
-            hp.rms_eps,
-            [&mut sc.q, &mut sc.k, &mut sc.v],
-            Some(DeltaNetGates {
-                alpha: &mut sc.alpha,
-                beta: &mut sc.beta,
-                dt_bias: &w.dt_bias,
-                a: &w.a,
-            }),
+            s.n_k_heads,
+            s.head_k,
+            s.v_dim,
+            s.eps,
+            s.out,
+            s.gates,
         )?;
         Ok(())
     }
@@ -813,6 +804,28 @@ impl<B: Backend> Qwen35<B> {
             |r| self.scratch(r),
             f,
         )
+    }
+}
+
+/// A recurrent layer's q/k/v split as the backend takes it: q, k and v L2-normalised per head into the
+/// first three tensors, the delta-rule gates applied in passing to alpha and beta (the last two).
+fn qkv_split<'a, B: Backend>(
+    hp: &Hparams,
+    w: &'a DeltaNetWeights<B>,
+    [q, k, v, alpha, beta]: [&'a mut B::Tensor; 5],
+) -> QkvSplit<'a, B> {
+    QkvSplit {
+        n_k_heads: hp.n_k_heads,
+        head_k: hp.head_k_dim,
+        v_dim: hp.value_dim(),
+        eps: hp.rms_eps,
+        out: [q, k, v],
+        gates: Some(DeltaNetGates {
+            alpha,
+            beta,
+            dt_bias: &w.dt_bias,
+            a: &w.a,
+        }),
     }
 }
 
