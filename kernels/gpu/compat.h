@@ -169,7 +169,8 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 }
 
 // A Gated DeltaNet's gates for head h, in place: alpha ← softplus(alpha + dt_bias)·a (the log-decay),
-// beta ← sigmoid(beta). Shared by delta_net_gates and split_qkv_l2, which applies them in passing.
+// beta ← sigmoid(beta). Shared by delta_net_gates, and by split_qkv_l2 and conv_split_l2, which apply
+// them in passing.
 __device__ __forceinline__ void delta_net_gate(float* alpha, float* beta, const float* dt_bias, const float* a,
                                                u64 i, u32 h) {
     const float z = alpha[i] + dt_bias[h];

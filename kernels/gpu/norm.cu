@@ -78,8 +78,9 @@ KILN_KERNEL void rms_norm(const float* x, const float* y, const float* weight, u
 }
 
 // The same norm for a few long rows (decode and verify: the 27B's rows are 5,120 values), a block per
-// NORM_SPLIT_SLICE values of a row: grid (slices, rows). One block per row left the step's 127 norms each
-// on a single SM, bound by its issue rate (the quantization's shuffles, 5 values a thread) at ≈ 8 µs.
+// slice of NORM_SPLIT_THREADS values of a row, a value a thread: grid (slices, rows). One block per row
+// left the step's 127 norms each on a single SM, bound by its issue rate (the quantization's shuffles, 5
+// values a thread) at ≈ 8 µs.
 // Every block sums the squares of its whole row itself (20 KB or 40 KB from L2, read by all of the row's
 // blocks at once, in one batch of loads for rows up to 8,192 values) in one fixed order, so the row's
 // scale has the same bits in every block and for any number of rows: a verify row rounds exactly as a
@@ -87,7 +88,6 @@ KILN_KERNEL void rms_norm(const float* x, const float* y, const float* weight, u
 // x, which the row's other blocks may still be reading (the blocks of a row used to meet at a barrier in
 // global memory instead). dim is a multiple of 4 (the host checks).
 #define NORM_SPLIT_THREADS 256
-#define NORM_SPLIT_SLICE NORM_SPLIT_THREADS
 // float4 loads of the whole row a thread keeps in flight (of x, and of y when given).
 #define NORM_SPLIT_LOADS 8
 
@@ -95,7 +95,7 @@ KILN_KERNEL void rms_norm_split(const float* x, const float* y, const float* wei
                                 float* sum, float* out, i8* yq, float2* yd) {
     __shared__ float scratch[32];
     const u64 row = (u64)blockIdx.y * dim;
-    const u32 i = blockIdx.x * NORM_SPLIT_SLICE + threadIdx.x;
+    const u32 i = blockIdx.x * NORM_SPLIT_THREADS + threadIdx.x;
     const float w = i < dim && weight ? weight[i] : 1.0f;  // a weight: loaded before the wait
     grid_dependency_entry();
     const float4* x4 = (const float4*)(x + row);

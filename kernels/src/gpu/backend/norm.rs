@@ -10,9 +10,8 @@ use crate::gpu::runtime::{LaunchConfig, Runtime};
 const SPLIT_MAX_ROWS: usize = 8;
 /// Rows shorter than this keep one block (few values a thread there: splitting them buys nothing).
 const SPLIT_MIN_DIM: usize = 2048;
-/// A split block's threads and the values of a row it takes (NORM_SPLIT_THREADS, NORM_SPLIT_SLICE).
+/// A split block's threads, a value of the row each (NORM_SPLIT_THREADS).
 const SPLIT_THREADS: u32 = 256;
-const SPLIT_SLICE: usize = SPLIT_THREADS as usize;
 
 /// A norm's addresses: the rows `x`, the residual `y` (null: none) and where x + y goes (`sum`, not x:
 /// the split form's blocks read whole rows of x while others store), the optional weight (null: none)
@@ -64,7 +63,7 @@ impl<R: Runtime> GpuBackend<R> {
             && dim >= SPLIT_MIN_DIM
             && dim.is_multiple_of(4);
         let (name, cfg) = if split {
-            let slices = dim.div_ceil(SPLIT_SLICE);
+            let slices = dim.div_ceil(SPLIT_THREADS as usize);
             let cfg = LaunchConfig {
                 grid_dim: (u32_arg(op, slices)?, r, 1),
                 block_dim: (SPLIT_THREADS, 1, 1),

@@ -130,6 +130,8 @@ impl<R: Runtime> GpuBackend<R> {
                 format!("{} conv channels, the split takes {channels}", weight.rows),
             ));
         }
+        // Left unwritten here, but checked as the two launches would: the same calls fail either way.
+        check_len(op, "conv output", conv_out.len, rows * channels)?;
         let snap = self.snapshot_ptr(op, snapshots, rows * state.len)?;
         let has_gates = split.gates.is_some();
         let g = match split.gates {
