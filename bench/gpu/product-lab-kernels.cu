@@ -119,95 +119,8 @@ __device__ __forceinline__ void add_partitions(const float (*part)[ROWS], u32 o0
     }
 }
 
-// ---- mmqw: mmq for one activation row with the pwide loads. A block of 4 warps takes 16 rows as
-// mmq_rows does; each warp reads its super-block of the 16 rows as lane-consecutive 16-byte loads, parks
-// it in a warp-private slice of shared memory (rows padded to 160 bytes, so the fragment reads hit
-// distinct banks), issues the loads of its next super-block, and runs mmq_block_qk on the slice. The
-// super-blocks are dealt round-robin over P partitions (P = 4: one a warp; P = 8: two a warp,
-// alternating) and the partitions' sums added in order: mmq_rows' arithmetic with P warps, so a row
-// equals mmq_q4_k_1's (P = 4) or mmq8_q4_k_1's (P = 8) to the bit, as a decode row must equal the same
-// row of a verify batch.
-//
-// HOT: every super-block's weights are read from the rows' first one (an L2 hit after the first warp),
-// which leaves the math and the shared-memory traffic: how long the product takes without HBM.
-template <int P, bool HOT = false>
-__device__ __forceinline__ void mmq_wide_q4_k(const u8* w, u32 row_bytes, u32 n_out, const i8* yq,
-                                              const float2* yd, u32 k, float* out) {
-    constexpr u32 WARPS = 4, PW = P / WARPS, PIECES = 144 / 16, STRIDE = 160;
-    constexpr u32 J = (16 * PIECES + 31) / 32;  // 16-byte loads a lane a super-block (the last partly)
-    __shared__ __align__(16) u8 stage[WARPS][16 * STRIDE];
-    __shared__ float part[P][16];
-    const u32 lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4, nb = k / 256;
-    const u32 o0 = blockIdx.x * 16;
-    const MmqCols y = {yq, yd, yd, g == 0};  // one activation row: column 0
-    // Piece 32j + lane of the 16 runs: row (32j + lane) / 9 (clamped: rows past the matrix are read but
-    // never stored), 16 bytes at (32j + lane) % 9; `dst` is where it goes in the slice.
-    const u8* src[J];
-    u32 dst[J];
-#pragma unroll
-    for (int j = 0; j < J; j++) {
-        const u32 idx = 32 * j + lane, r = min(idx / PIECES, 15u);
-        src[j] = w + (u64)min(o0 + r, n_out - 1) * row_bytes + idx % PIECES * 16;
-        dst[j] = r * STRIDE + idx % PIECES * 16;
-    }
-    u8* slice = stage[warp];
-    uint4 v[J];
-    auto fetch = [&](u32 blk) {
-#pragma unroll
-        for (int j = 0; j < J; j++)
-            if (32 * j + lane < 16 * PIECES) v[j] = *(const uint4*)(src[j] + (HOT ? 0 : blk * 144));
-    };
-    // acc[a]: partition warp + 4a. A super-block's terms go to a fresh sum first and are added to their
-    // partition after: acc + (0 + term) equals acc + term to the bit, since a sum that starts at +0 is
-    // never -0.
-    float acc[PW][4];
-#pragma unroll
-    for (int a = 0; a < PW; a++) acc[a][0] = acc[a][1] = acc[a][2] = acc[a][3] = 0.0f;
-    if (warp < nb) fetch(warp);
-    u32 done = 0;
-    for (u32 blk = warp; blk < nb; blk += WARPS, done++) {
-#pragma unroll
-        for (int j = 0; j < J; j++)
-            if (32 * j + lane < 16 * PIECES) *(uint4*)(slice + dst[j]) = v[j];
-        sync_warp();
-        if (blk + WARPS < nb) fetch(blk + WARPS);
-        float term[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        mmq_block_qk<1, false>(slice + g * STRIDE, slice + (g + 8) * STRIDE, blk, y, t, PW == 1 ? acc[0] : term);
-        if (PW == 2) {
-            const bool odd = done % 2;
-#pragma unroll
-            for (int c = 0; c < 4; c++) {
-                acc[0][c] = odd ? acc[0][c] : acc[0][c] + term[c];
-                acc[PW - 1][c] = odd ? acc[PW - 1][c] + term[c] : acc[PW - 1][c];
-            }
-        }
-        sync_warp();  // every lane has read the slice before the next super-block overwrites it
-    }
-    if (t == 0) {
-#pragma unroll
-        for (int a = 0; a < PW; a++) {
-            part[warp + a * WARPS][g] = acc[a][0];
-            part[warp + a * WARPS][g + 8] = acc[a][2];
-        }
-    }
-    add_partitions<P, 16>(part, o0, n_out, out);
-}
-
-KILN_KERNEL void mmqw_q4_k_1(const u8* w, u32 row_bytes, u32 n_out, const i8* yq, const float2* yd, u32 k,
-                             float* out) {
-    grid_dependency_entry();
-    mmq_wide_q4_k<4>(w, row_bytes, n_out, yq, yd, k, out);
-}
-KILN_KERNEL void mmqw8_q4_k_1(const u8* w, u32 row_bytes, u32 n_out, const i8* yq, const float2* yd, u32 k,
-                              float* out) {
-    grid_dependency_entry();
-    mmq_wide_q4_k<8>(w, row_bytes, n_out, yq, yd, k, out);
-}
-KILN_KERNEL void mmqw_hot_q4_k_1(const u8* w, u32 row_bytes, u32 n_out, const i8* yq, const float2* yd, u32 k,
-                                 float* out) {
-    grid_dependency_entry();
-    mmq_wide_q4_k<4, true>(w, row_bytes, n_out, yq, yd, k, out);
-}
+// ---- mmqw (session 15: mmq's loads staged in shared memory, the next super-block's in registers) ran
+// on the arithmetic before session 18's and is at commit faed454 with its rows.
 
 // cp.async (sm_80+): 16 bytes from global to shared memory without a register.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
@@ -221,11 +134,11 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 // ---- mmvt: one activation row, a weight row a lane, dp4a instead of mma. A block of 4 warps takes 32
-// rows; the super-blocks are dealt over P partitions as in mmqw, each warp copying the 32 rows'
-// super-block (32 runs of 144 bytes) into its shared-memory ring with cp.async one super-block ahead;
-// every lane reads the same activations (broadcast). Each lane's partials are mmq's warp partials for
-// its row; the block adds them in order, so the result equals mmq_q4_k_1 (P = 4) or mmq8_q4_k_1 (P = 8)
-// to the bit.
+// rows; the super-blocks are dealt round-robin over P partitions (P = 4: one a warp; P = 8: two a warp,
+// alternating), each warp copying the 32 rows' super-block (32 runs of 144 bytes) into its shared-memory
+// ring with cp.async one super-block ahead; every lane reads the same activations (broadcast). The block
+// adds the partitions in order. (Until session 18 this equalled mmq's arithmetic to the bit; mmq now
+// takes the sub-blocks as the mma's columns, so the two agree within rounding.)
 template <int P, int WARPS>
 __device__ __forceinline__ void mmvt_q4k(const u8* w, u32 row_bytes, u32 n_out, const i8* yq, const float2* yd,
                                          u32 k, float* out) {
@@ -300,3 +213,4 @@ MMVT(4) MMVT(8)
 // ---- mmqt16: the tiled product with 16 warps a 16-row block (partition 16), for the products with
 // few outputs (5,120), whose 320 blocks of 8 warps hold under a third of the GPU's warps.
 MMQ_ALL(MMQT, mmqt16_q4_k, 16)
+

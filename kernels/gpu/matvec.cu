@@ -190,24 +190,22 @@ __device__ __forceinline__ void mmvq_group(const MatvecGroup& g, const int* yq, 
 MMVG(1) MMVG(2) MMVG(3) MMVG(4) MMVG(5) MMVG(6) MMVG(7) MMVG(8)
 
 // K-quant products (Q4_K, Q5_K, Q6_K) × up to 8 activation rows on the tensor cores (NVIDIA sm_80+: int8
-// mma.sync). A warp takes 16 output rows and a K-slice; one mma multiplies a sub-block of those 16 weight
-// rows (4-, 5- or 6-bit values, which are int8 in the fragment) with the same sub-block of the 8 activation
-// columns (int8; columns past NR are zero) into exact int32 sums. Unlike the dp4a kernels, the activations
-// are read once per 16 weight rows instead of once per row, so a verify batch is not bound by L1 traffic.
-// The sums over k inside an mma are integers, so the order of the values does not matter: for Q4_K and
-// Q5_K (m16n8k32, one 32-value sub-block an mma) a thread loads 8 consecutive bytes of a row's sub-block
-// pair and feeds them to the fragment slots of logical k = 16h + 4t + e (t = lane % 4), for physical
-// 8t + 4h + e, and loads the activations with the same permutation. Q6_K's scales cover 16 values, so it
-// takes m16n8k16, one 16-value sub-block an mma, a thread's 4 bytes at 4t. Every column is computed alone,
-// in the same order for any NR, so a verify batch's rows equal decode steps bit for bit (speculative
-// decoding needs it). Blocks of WARPS warps split K (super-blocks dealt round-robin) and sum in a fixed
-// order. The float arithmetic is spelled out with fmaf (as in the dp4a units of quant.h), so no
-// compiler's contraction choice, which may differ between the NR instantiations, decides the rounding.
+// mma.sync). A warp takes 16 output rows and a K-slice; the mma multiply those 16 weight rows' 4-, 5- or
+// 6-bit values (int8 in the fragments) with int8 activations into exact int32 sums, so the activations
+// are read once per 16 weight rows instead of once per row and a verify batch is not bound by L1 traffic.
+// Q4_K and Q5_K put a super-block's 8 sub-blocks in the 8 columns (mmq_frags_qk); Q6_K, whose scales
+// cover 16 values, puts the activation rows there (columns past NR zero) and takes m16n8k16, one
+// 16-value sub-block an mma, a thread's 4 bytes at 4t. The sums inside an mma are integers, so the order
+// of the values within it does not matter. Every activation row is computed alone, in the same order for
+// any NR, so a verify batch's rows equal decode steps bit for bit (speculative decoding needs it). Blocks
+// of WARPS warps split K (super-blocks dealt round-robin) and sum in a fixed order. The float arithmetic
+// is spelled out with fmaf (as in the dp4a units of quant.h), so no compiler's contraction choice, which
+// may differ between the NR instantiations, decides the rounding.
 //
 // The per-sub-block work is kept to integer multiplies: within a super-block a Q4_K/Q5_K row's value is
 // d · Σ_sb yscale_sb · (sc_sb · c_sb) − dmin · Σ_sb ysum_sb · m_sb (the formula of unit_qk, regrouped),
-// with the 6-bit scales and mins unpacked for all 8 sub-blocks at once from the three scale words; a
-// Q6_K row's is d · Σ_G yscale_G · (sc_2G · c_2G + sc_2G+1 · c_2G+1) over its 32-value groups G.
+// with the 6-bit scales and mins unpacked from the three scale words; a Q6_K row's is
+// d · Σ_G yscale_G · (sc_2G · c_2G + sc_2G+1 · c_2G+1) over its 32-value groups G.
 #if defined(KILN_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 #define KILN_MMQ 1
 
@@ -254,141 +252,155 @@ struct MmqCols {
     bool has_b;
 };
 
-// A thread's weight fragments of one Q4_K (144 bytes per 256) or Q5_K (176: the same nibbles after 32
-// bytes of fifth bits, bit sb of byte l for value l of sub-block sb) super-block: its rows g and g + 8's
-// 16-byte heads (d, dmin, the packed scales), 8 bytes at 8t of each 32-byte chunk kk of their nibbles
-// (low nibbles sub-block 2kk, high ones 2kk + 1), and for Q5_K 8 bytes at 8t of their fifth bits.
+// Q4_K (144 bytes per 256) and Q5_K (176: the same nibbles after 32 bytes of fifth bits, bit sb of byte l
+// for value l of sub-block sb) take the sub-blocks, not the activation rows, as the mma's columns: A's
+// k-slots 4t .. 4t + 3 hold sub-block 2t and 16 + 4t .. 16 + 4t + 3 sub-block 2t + 1 (mma p of a
+// super-block's 8 taking their positions 4p .. 4p + 3), and B's column n carries sub-block n's activations
+// in that sub-block's slots only, so after 8 mma the int32 C holds every (row, sub-block) dot of the
+// super-block: lane 4g + t has rows g and g + 8, sub-blocks 2t and 2t + 1. The scales, mins and
+// activation scales are then applied once a super-block by all 32 lanes; with the activation rows as the
+// columns (before session 18) they were applied once a sub-block by the 8 lanes holding column 0 of a
+// single row: 165 instructions a super-block against 275, the 27B's Q4_K products 8-22% faster on an H200
+// (bench/README.md, session 18). NR activation rows run NR chains of 8 mma on the same A fragments, each
+// summed alone in the same order. A lane's weights are chunk t of its two rows (32 bytes: the low nibbles
+// are sub-block 2t, the high ones 2t + 1) and, for Q5_K, both rows' 32 bytes of fifth bits.
 struct QkFrags {
-    uint4 h0, h1;
-    uint2 q0[4], q1[4];
-    uint2 f0, f1;
+    uint4 h0, h1;  // rows g and g + 8's heads: d, dmin, the packed scales and mins
+    uint4 q[4];    // chunk t of row g (q[0], q[1]) and of row g + 8 (q[2], q[3])
+    uint4 f[4];    // Q5_K: row g's fifth bits (f[0], f[1]) and row g + 8's (f[2], f[3])
 };
 
-// The fragments from the super-block's bytes b0 and b1 in the thread's two rows (GGUF's layout).
+// The fragments from the super-block's bytes b0 and b1 in the thread's two rows (GGUF's layout; a row's
+// bytes start 16-byte aligned, its blocks being 144 or 176 bytes).
 template <bool FIVE>
 __device__ __forceinline__ QkFrags qk_frags_rows(const u8* b0, const u8* b1, u32 t) {
     constexpr u32 QS = FIVE ? 48 : 16;
     QkFrags f;
     f.h0 = *(const uint4*)b0;
     f.h1 = *(const uint4*)b1;
+    f.q[0] = *(const uint4*)(b0 + QS + 32 * t);
+    f.q[1] = *(const uint4*)(b0 + QS + 32 * t + 16);
+    f.q[2] = *(const uint4*)(b1 + QS + 32 * t);
+    f.q[3] = *(const uint4*)(b1 + QS + 32 * t + 16);
 #pragma unroll
-    for (int kk = 0; kk < 4; kk++) {
-        f.q0[kk] = *(const uint2*)(b0 + QS + 32 * kk + 8 * t);
-        f.q1[kk] = *(const uint2*)(b1 + QS + 32 * kk + 8 * t);
-    }
-    f.f0 = f.f1 = make_uint2(0, 0);
-    if (FIVE) {
-        f.f0 = *(const uint2*)(b0 + 16 + 8 * t);
-        f.f1 = *(const uint2*)(b1 + 16 + 8 * t);
-    }
+    for (int j = 0; j < 4; j++)
+        f.f[j] = FIVE ? *(const uint4*)((j < 2 ? b0 : b1) + 16 + 16 * (j % 2)) : make_uint4(0, 0, 0, 0);
     return f;
 }
 
 // The tiled layout the GPU backend repacks Q4_K/Q5_K weights into for these kernels (the tile_qk kernel
-// below writes it, at load): each 16-row group's bytes stay where they were, but as one
-// tile a super-block, tile `blk` at blk · 16 · 144 (Q5_K 176) from the group's start, holding the 16 rows'
-// heads (16 bytes each, row order), for Q5_K then 512 bytes of fifth bits, then 2,048 bytes of nibbles;
-// each 512-byte run is a warp's 16 bytes a lane in lane order, so a thread's fragments come in whole
-// 16-byte loads and each load instruction of a warp reads 512 consecutive bytes (GGUF's layout gave 8
-// bytes a lane from 8 rows: 18-37% slower as loads alone, bench/README.md session 15). Lane l = 4g + t's
-// 16 bytes are, in the four nibble runs: (q0[0], q0[1]), (q0[2], q0[3]), (q1[0], q1[1]), (q1[2], q1[3]);
-// in the fifth-bit run: (f0, f1).
+// below writes it, at load; qk_tile_offset in quant.h is its one definition): each 16-row group's bytes
+// stay where they were, but as one tile a super-block, tile `blk` at blk · 16 · 144 (Q5_K 176) from the
+// group's start, holding the 16 rows' heads (16 bytes each, row order), for Q5_K then their fifth bits
+// (32 bytes each, row order), then 2,048 bytes of nibbles as four 512-byte runs, lane 4g + t's 16 bytes
+// of run j being bytes 16 (j % 2) .. + 15 of chunk t of row g + 8 (j / 2). A thread's nibbles come in
+// whole 16-byte loads and each load instruction of a warp reads 512 consecutive bytes (GGUF's layout
+// gave 8 rows a load instruction: 14-22% slower products, bench/README.md session 16).
 template <bool FIVE>
 __device__ __forceinline__ QkFrags qk_frags_tile(const u8* tile, u32 lane) {
+    const u32 g = lane / 4;
     const uint4* heads = (const uint4*)tile;
-    const uint4* runs = (const uint4*)(tile + 256) + lane;
+    const uint4* runs = (const uint4*)(tile + (FIVE ? 768 : 256)) + lane;
     QkFrags f;
-    f.h0 = heads[lane / 4];
-    f.h1 = heads[lane / 4 + 8];
-    f.f0 = f.f1 = make_uint2(0, 0);
-    if (FIVE) {
-        const uint4 v = runs[0];
-        f.f0 = make_uint2(v.x, v.y);
-        f.f1 = make_uint2(v.z, v.w);
-        runs += 32;
-    }
+    f.h0 = heads[g];
+    f.h1 = heads[g + 8];
 #pragma unroll
-    for (int j = 0; j < 4; j++) {
-        const uint4 v = runs[32 * j];
-        uint2* q = j < 2 ? f.q0 : f.q1;
-        q[2 * (j % 2)] = make_uint2(v.x, v.y);
-        q[2 * (j % 2) + 1] = make_uint2(v.z, v.w);
-    }
+    for (int j = 0; j < 4; j++) f.q[j] = runs[32 * j];
+    const uint4* fifth = (const uint4*)(tile + 256);
+#pragma unroll
+    for (int j = 0; j < 4; j++) f.f[j] = FIVE ? fifth[2 * (g + 8 * (j / 2)) + j % 2] : make_uint4(0, 0, 0, 0);
     return f;
 }
 
-// One super-block (index blk along k) of the thread's two rows into acc: (row g, c0), (row g, c1),
-// (row g+8, c0), (row g+8, c1). bench/gpu/product-lab-kernels.cu runs it on super-blocks staged in shared
-// memory (mmq_block_qk). (Split out of the loop, the 3- and 4-row forms got faster: a verify of 4 tokens
-// 10.90 against 11.39 ms on an H100, bench/README.md session 15.)
-template <int NR, bool FIVE>
-__device__ __forceinline__ void mmq_frags_qk(const QkFrags& w, u32 blk, const MmqCols& y, u32 t, float (&acc)[4]) {
-    const u32 c0 = 2 * t, c1 = 2 * t + 1;
-    const Q4kScales s0 = q4k_scales(w.h0), s1 = q4k_scales(w.h1);
-    // Per (row, column): Σ yscale · (sc · c) and Σ ysum · m over the super-block's sub-blocks.
-    float sa[4] = {0.0f, 0.0f, 0.0f, 0.0f}, sm[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-    for (int sb = 0; sb < 8; sb++) {
-        const int kk = sb / 2;
-        const u32 sh = 4 * (sb % 2);
-        int a[4] = {(int)((w.q0[kk].x >> sh) & 0x0F0F0F0F), (int)((w.q1[kk].x >> sh) & 0x0F0F0F0F),
-                    (int)((w.q0[kk].y >> sh) & 0x0F0F0F0F), (int)((w.q1[kk].y >> sh) & 0x0F0F0F0F)};
-        if (FIVE) {
-            a[0] |= (int)(((w.f0.x >> sb) & 0x01010101u) << 4);
-            a[1] |= (int)(((w.f1.x >> sb) & 0x01010101u) << 4);
-            a[2] |= (int)(((w.f0.y >> sb) & 0x01010101u) << 4);
-            a[3] |= (int)(((w.f1.y >> sb) & 0x01010101u) << 4);
-        }
-        // Loaded by every lane (column 0's values where the column is past NR) and zeroed by a
-        // select, not a branch: the whole warp reaches the mma together.
-        const int2 yv = *(const int2*)(y.yb + blk * 256 + 32 * sb + 8 * t);
-        const int b[2] = {y.has_b ? yv.x : 0, y.has_b ? yv.y : 0};
-        int c[4] = {0, 0, 0, 0};
-        mma_s8(c, a, b);
-        const int sc0 = byte_of(s0.sc[sb / 4], sb % 4), sc1 = byte_of(s1.sc[sb / 4], sb % 4);
-        const float m0 = (float)byte_of(s0.m[sb / 4], sb % 4), m1 = (float)byte_of(s1.m[sb / 4], sb % 4);
-        const u32 sub = blk * 8 + sb;
-        // The two columns are written out, not looped over: the same arithmetic as a loop over
-        // {c0, c1} with an array of the two scale pointers ran 4-row products 25% slower on an
-        // H100 (49 → 62 µs for the 34,816-row gate+up; bench/README.md, session 9).
-        if (c0 < NR) {
-            const float2 y0 = y.yd0[sub];
-            sa[0] = fmaf(y0.x, (float)(c[0] * sc0), sa[0]);
-            sa[2] = fmaf(y0.x, (float)(c[2] * sc1), sa[2]);
-            sm[0] = fmaf(y0.y, m0, sm[0]);
-            sm[2] = fmaf(y0.y, m1, sm[2]);
-        }
-        if (c1 < NR) {
-            const float2 y1 = y.yd1[sub];
-            sa[1] = fmaf(y1.x, (float)(c[1] * sc0), sa[1]);
-            sa[3] = fmaf(y1.x, (float)(c[3] * sc1), sa[3]);
-            sm[1] = fmaf(y1.y, m0, sm[1]);
-            sm[3] = fmaf(y1.y, m1, sm[3]);
-        }
-    }
-    acc[0] += fmaf(s0.d, sa[0], -(s0.dmin * sm[0]));
-    acc[1] += fmaf(s0.d, sa[1], -(s0.dmin * sm[1]));
-    acc[2] += fmaf(s1.d, sa[2], -(s1.dmin * sm[2]));
-    acc[3] += fmaf(s1.d, sa[3], -(s1.dmin * sm[3]));
+__device__ __forceinline__ u32 word_of(const uint4& v, int i) {
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
+// One super-block (index blk along k) of the thread's two rows into acc[r] (row g, row g + 8) for each
+// activation row r: NR rows of yq (k values each) and of yd (k / 32 (scale, scaled sum) pairs each).
 template <int NR, bool FIVE>
-__device__ __forceinline__ void mmq_block_qk(const u8* b0, const u8* b1, u32 blk, const MmqCols& y, u32 t,
-                                             float (&acc)[4]) {
-    mmq_frags_qk<NR, FIVE>(qk_frags_rows<FIVE>(b0, b1, t), blk, y, t, acc);
+__device__ __forceinline__ void mmq_frags_qk(const QkFrags& w, u32 blk, const i8* yq, const float2* yd, u32 k,
+                                             u32 lane, float (&acc)[NR][2]) {
+    const u32 g = lane / 4, t = lane % 4;
+    // The thread's B registers: column g (sub-block g) in the k-slots of sub-block 2t, then of 2t + 1.
+    const u32 m0 = g == 2 * t ? ~0u : 0u, m1 = g == 2 * t + 1 ? ~0u : 0u;
+    constexpr u32 NIB = 0x0F0F0F0Fu;
+    // Activation row r's sub-block g: two 16-byte loads for the one- and two-row products, else a word an
+    // mma (eight rows' 32 bytes would not stay in registers).
+    constexpr int HELD = NR <= 2 ? NR : 1;
+    uint4 yh[HELD][2];
+#pragma unroll
+    for (int r = 0; r < HELD; r++) {
+        const uint4* p = (const uint4*)(yq + (u64)r * k + blk * 256 + 32 * g);
+        yh[r][0] = p[0];
+        yh[r][1] = p[1];
+    }
+    int c[NR][4];
+#pragma unroll
+    for (int r = 0; r < NR; r++) c[r][0] = c[r][1] = c[r][2] = c[r][3] = 0;
+#pragma unroll
+    for (int p = 0; p < 8; p++) {
+        const u32 wg = word_of(w.q[p / 4], p % 4), wh = word_of(w.q[2 + p / 4], p % 4);
+        int a[4] = {(int)(wg & NIB), (int)(wh & NIB), (int)((wg >> 4) & NIB), (int)((wh >> 4) & NIB)};
+        if (FIVE) {
+            const u32 fg = word_of(w.f[p / 4], p % 4), fh = word_of(w.f[2 + p / 4], p % 4);
+            a[0] |= (int)(((fg >> (2 * t)) & 0x01010101u) << 4);
+            a[1] |= (int)(((fh >> (2 * t)) & 0x01010101u) << 4);
+            a[2] |= (int)(((fg >> (2 * t + 1)) & 0x01010101u) << 4);
+            a[3] |= (int)(((fh >> (2 * t + 1)) & 0x01010101u) << 4);
+        }
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            const u32 yw = NR <= 2 ? word_of(yh[r < HELD ? r : 0][p / 4], p % 4)
+                                   : *(const u32*)(yq + (u64)r * k + blk * 256 + 32 * g + 4 * p);
+            const int b[2] = {(int)(yw & m0), (int)(yw & m1)};
+            mma_s8(c[r], a, b);
+        }
+    }
+    // Sub-blocks 2t and 2t + 1's scales and mins: bytes 2 (t % 2) and 2 (t % 2) + 1 of word t / 2.
+    const Q4kScales s0 = q4k_scales(w.h0), s1 = q4k_scales(w.h1);
+    const u32 sh = 16 * (t % 2);
+    const u32 sw0 = t < 2 ? s0.sc[0] : s0.sc[1], mw0 = t < 2 ? s0.m[0] : s0.m[1];
+    const u32 sw1 = t < 2 ? s1.sc[0] : s1.sc[1], mw1 = t < 2 ? s1.m[0] : s1.m[1];
+    const int sc0a = (int)((sw0 >> sh) & 0xFF), sc0b = (int)((sw0 >> (sh + 8)) & 0xFF);
+    const int sc1a = (int)((sw1 >> sh) & 0xFF), sc1b = (int)((sw1 >> (sh + 8)) & 0xFF);
+    const float mn0a = (float)((mw0 >> sh) & 0xFF), mn0b = (float)((mw0 >> (sh + 8)) & 0xFF);
+    const float mn1a = (float)((mw1 >> sh) & 0xFF), mn1b = (float)((mw1 >> (sh + 8)) & 0xFF);
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        // (scale, scaled sum) of sub-blocks 2t (x, y) and 2t + 1 (z, w); k / 32 is a multiple of 8.
+        const float4 ys = *(const float4*)(yd + (u64)r * (k / 32) + blk * 8 + 2 * t);
+        const float sa0 = fmaf(ys.x, (float)(c[r][0] * sc0a), ys.z * (float)(c[r][1] * sc0b));
+        const float sm0 = fmaf(ys.y, mn0a, ys.w * mn0b);
+        const float sa1 = fmaf(ys.x, (float)(c[r][2] * sc1a), ys.z * (float)(c[r][3] * sc1b));
+        const float sm1 = fmaf(ys.y, mn1a, ys.w * mn1b);
+        acc[r][0] += fmaf(s0.d, sa0, -(s0.dmin * sm0));
+        acc[r][1] += fmaf(s1.d, sa1, -(s1.dmin * sm1));
+    }
 }
 
 // Super-blocks first, first + step, ... of the thread's rows r0 and r1 (TILED: of the 16-row group at
-// `group`, in the tiled layout).
+// `group`, in the tiled layout). A single activation row keeps the next super-block's weights in flight
+// while it computes one (the loads issued before the mma, into a second set of registers): with 4 warps a
+// 16-row block, a warp of the 27B's 5,120-output products otherwise waits for each super-block alone
+// (down projection 28.0 against 16.8 µs on an H200, bench/README.md session 18). More rows keep their
+// registers for the activations.
 template <int NR, bool FIVE, bool TILED>
 __device__ __forceinline__ void mmq_blocks_qk(const u8* r0, const u8* r1, const u8* group, u32 n_blocks,
-                                              u32 first, u32 step, const MmqCols& y, u32 lane, float (&acc)[4]) {
+                                              u32 first, u32 step, const i8* yq, const float2* yd, u32 k,
+                                              u32 lane, float (&acc)[NR][2]) {
     constexpr u32 BYTES = FIVE ? 176 : 144;
+    constexpr bool AHEAD = NR == 1 && !FIVE;
+    auto fetch = [&](u32 blk) {
+        return TILED ? qk_frags_tile<FIVE>(group + blk * 16 * BYTES, lane)
+                     : qk_frags_rows<FIVE>(r0 + blk * BYTES, r1 + blk * BYTES, lane % 4);
+    };
+    QkFrags next;
+    if (AHEAD && first < n_blocks) next = fetch(first);
     for (u32 blk = first; blk < n_blocks; blk += step) {
-        if (TILED)
-            mmq_frags_qk<NR, FIVE>(qk_frags_tile<FIVE>(group + blk * 16 * BYTES, lane), blk, y, lane % 4, acc);
-        else
-            mmq_block_qk<NR, FIVE>(r0 + blk * BYTES, r1 + blk * BYTES, blk, y, lane % 4, acc);
+        const QkFrags w = AHEAD ? next : fetch(blk);
+        if (AHEAD && blk + step < n_blocks) next = fetch(blk + step);
+        mmq_frags_qk<NR, FIVE>(w, blk, yq, yd, k, lane, acc);
     }
 }
 
@@ -472,20 +484,39 @@ __device__ __forceinline__ void mmq_rows(const u8* w, u32 row_bytes, u32 n_out, 
     // The thread's two weight rows (clamped: rows past the matrix are read but never stored).
     const u8* r0 = w + (u64)min(o0 + g, n_out - 1) * row_bytes;
     const u8* r1 = w + (u64)min(o0 + g + 8, n_out - 1) * row_bytes;
-    const u32 c0 = 2 * t, c1 = 2 * t + 1;
-    const MmqCols y = {yq + (u64)(g < NR ? g : 0) * k, yd + (u64)(c0 < NR ? c0 : 0) * (k / 32),
-                       yd + (u64)(c1 < NR ? c1 : 0) * (k / 32), g < NR};
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (TYPE == T_Q6_K)
+    // The warps' partial sums (part[warp][row][activation row]), added in warp order below.
+    if (TYPE == T_Q6_K) {
+        const u32 c0 = 2 * t, c1 = 2 * t + 1;
+        const MmqCols y = {yq + (u64)(g < NR ? g : 0) * k, yd + (u64)(c0 < NR ? c0 : 0) * (k / 32),
+                           yd + (u64)(c1 < NR ? c1 : 0) * (k / 32), g < NR};
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         mmq_blocks_q6_k<NR>(r0, r1, k / 256, warp, WARPS, y, t, acc);
-    else
-        mmq_blocks_qk<NR, TYPE == T_Q5_K, TILED>(r0, r1, w + (u64)o0 * row_bytes, k / 256, warp, WARPS, y, lane,
-                                                acc);
-    // The warps' partial sums, added in warp order.
-    part[warp][g][c0] = acc[0];
-    part[warp][g][c1] = acc[1];
-    part[warp][g + 8][c0] = acc[2];
-    part[warp][g + 8][c1] = acc[3];
+        part[warp][g][c0] = acc[0];
+        part[warp][g][c1] = acc[1];
+        part[warp][g + 8][c0] = acc[2];
+        part[warp][g + 8][c1] = acc[3];
+    } else {
+        float acc[NR][2];
+#pragma unroll
+        for (int r = 0; r < NR; r++) acc[r][0] = acc[r][1] = 0.0f;
+        mmq_blocks_qk<NR, TYPE == T_Q5_K, TILED>(r0, r1, w + (u64)o0 * row_bytes, k / 256, warp, WARPS, yq, yd, k,
+                                                lane, acc);
+        // A row's sub-block pairs are on the lanes t = 0 .. 3 of its g: added in one fixed tree.
+#pragma unroll
+        for (int r = 0; r < NR; r++)
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                acc[r][i] += shfl_xor(acc[r][i], 1);
+                acc[r][i] += shfl_xor(acc[r][i], 2);
+            }
+        if (t == 0) {
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                part[warp][g][r] = acc[r][0];
+                part[warp][g + 8][r] = acc[r][1];
+            }
+        }
+    }
     __syncthreads();
     const u32 row = threadIdx.x / 8, col = threadIdx.x % 8;  // the first 128 threads: one (row, column) each
     if (row < 16 && col < NR && o0 + row < n_out) {

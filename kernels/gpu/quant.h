@@ -290,16 +290,15 @@ __device__ __forceinline__ float qk_value(const u8* h, u8 byte, u8 fifth, u32 su
 }
 
 // The tiled Q4_K/Q5_K layout of the tensor-core products (matvec.cu, qk_frags_tile): where byte `pos` of
-// row rr's super-block (0 .. 143, Q5_K 175, in GGUF's order) sits in its 16-row group's tile.
+// row rr's super-block (0 .. 143, Q5_K 175, in GGUF's order) sits in its 16-row group's tile. Aligned
+// 8-byte pieces of a super-block stay together (tile_qk and dequant_group_tiled move them whole).
 __device__ __forceinline__ u32 qk_tile_offset(bool five, u32 rr, u32 pos) {
-    if (pos < 16) return 16 * rr + pos;  // the heads
-    const u32 g = rr % 8, hi = rr / 8;
-    if (five && pos < 48) {  // fifth bits: lane 4g + l / 8, rows g + 8 in the lane's second 8 bytes
-        const u32 l = pos - 16;
-        return 256 + 16 * (4 * g + l / 8) + 8 * hi + l % 8;
-    }
-    const u32 p = pos - (five ? 48 : 16), kk = p / 32, l = p % 32;
-    return 256 + (five ? 512 : 0) + 512 * (2 * hi + kk / 2) + 16 * (4 * g + l / 8) + 8 * (kk % 2) + l % 8;
+    if (pos < 16) return 16 * rr + pos;                       // the heads, row order
+    if (five && pos < 48) return 256 + 32 * rr + (pos - 16);  // the fifth bits, row order
+    // The nibbles: lane 4g + t's 16 bytes of run j are bytes 16 (j % 2) .. + 15 of chunk t of row
+    // g + 8 (j / 2).
+    const u32 p = pos - (five ? 48 : 16), chunk = p / 32, half = p % 32 / 16;
+    return (five ? 768 : 256) + 512 * (2 * (rr / 8) + half) + 16 * (4 * (rr % 8) + chunk) + p % 16;
 }
 
 // Value i of row r of a tiled Q4_K/Q5_K matrix of `row_bytes` bytes a row.
@@ -435,7 +434,7 @@ __device__ __forceinline__ void dequant_group(int type, const u8* row, u32 g, fl
 }
 
 // Group g (values 32g .. 32g + 31) of row r of a tiled Q4_K/Q5_K matrix, as dequant_group gives the same
-// row untiled: the nibble (and fifth-bit) bytes come as four 8-byte pieces, one from each lane t's run.
+// row untiled: the nibble (and fifth-bit) bytes come as four 8-byte pieces.
 __device__ __forceinline__ void dequant_group_tiled(int type, const u8* w, u32 row_bytes, u32 r, u32 g, float* v) {
     const bool five = type == T_Q5_K;
     const u32 rr = r % 16, sub = g % 8;

@@ -45,8 +45,8 @@ pub(super) enum Matvec {
     /// a GPU without the kernel, as `auto`. A step costs the same as with `auto`, and a 4-token verify
     /// pass 1.20× a step instead of 1.46× (bench/README.md, session 8).
     /// `warps`: the warps of a 16-row block (`KILN_MMQ_WARPS` = 4 | 8; unset: by shape, see
-    /// [`Matvec::mmq_warps`], or 8 where the weights are tiled, see [`Matvec::for_tiles`]). `groups`:
-    /// products of one input whose weights are all Q4_K, Q5_K or Q6_K as one tensor-core launch
+    /// [`Matvec::mmq_warps`]). `groups`: products of one input whose weights are all Q4_K, Q5_K or
+    /// Q6_K as one tensor-core launch
     /// (`mmqg_*`; default; `KILN_MMQ_GROUP=0` keeps `mmvg_*`). The groups took a 4-token verify pass
     /// from 1.35× a step to 1.29× on an H200, the step unchanged (bench/README.md, session 11).
     /// `singles`: single Q5_K and Q6_K products on the tensor cores too (`KILN_MMQ_SINGLES=1`; off:
@@ -86,27 +86,6 @@ impl Matvec {
         }
     }
 
-    /// The variant for a backend that tiles its Q4_K/Q5_K weights: 8 warps a 16-row block for every
-    /// tensor-core product unless `KILN_MMQ_WARPS` says otherwise. On tiles, 8 warps beat the by-shape
-    /// choice on an H100: decode 119.3-119.8 against 110.2-118.1 tok/s, a 4-token verify 9.92 against
-    /// 10.14-10.18 ms; 16 are slower on every shape (bench/README.md, session 16).
-    pub(super) fn for_tiles(self) -> Matvec {
-        match self {
-            Matvec::Mma {
-                pairs_from,
-                warps: None,
-                groups,
-                singles,
-            } => Matvec::Mma {
-                pairs_from,
-                warps: Some(8),
-                groups,
-                singles,
-            },
-            other => other,
-        }
-    }
-
     /// The variant for a product with `n_out` outputs of `n_units` units each on a GPU of `sm_count`
     /// SMs. It depends on the weight's shape alone, so a verify batch sums every output in the same
     /// order as a decode step (a warp's second row is summed exactly as a warp of its own would).
@@ -132,8 +111,10 @@ impl Matvec {
     }
 
     /// The tensor-core Q4_K kernel family and its warps per 16-row block for a product of `n_out`
-    /// outputs: 8 warps where the 16-row blocks alone would put fewer than 16 warps on an SM (the
-    /// 5,120-output products with 17,408-value rows), else 4. By shape alone, like `for_shape`.
+    /// outputs: 8 warps where the 16-row blocks alone would put fewer than 16 warps on an SM (the 27B's
+    /// 5,120-output products), else 4. By shape alone, like `for_shape`. On an H200, tiled, one row:
+    /// gate+up 26.3 µs with 4 warps against 28.1 with 8; down 14.8 and output 6.5 µs with 8 against
+    /// 17.8 and 7.1 with 4 (bench/README.md, session 18).
     /// `group`: the family of group launches (`mmqg_*`, which take each part's layout from the part),
     /// else of single Q4_K products (`tiled`: of a tiled weight, `mmqt_q4_k_*`).
     fn mmq_warps(

@@ -190,7 +190,6 @@ impl<R: Runtime> GpuBackend<R> {
         let tiles = mma_kernels
             && matches!(matvec, Matvec::Mma { .. })
             && crate::gpu::switched_on("KILN_TILES");
-        let matvec = if tiles { matvec.for_tiles() } else { matvec };
         GpuBackend {
             mma_kernels,
             tiles,

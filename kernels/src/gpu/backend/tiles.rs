@@ -1,10 +1,11 @@
 //! The tiled layout of Q4_K and Q5_K weights for the tensor-core products (kernels/gpu/matvec.cu,
 //! `qk_frags_tile`), written once when a weight is loaded. Each 16-row group keeps its byte range, but
-//! holds one tile a super-block: the 16 rows' 16-byte heads, (Q5_K) 512 bytes of fifth bits, then 2,048
-//! bytes of nibbles, every 512-byte run being a warp's 16 bytes a lane in lane order. A thread's mma
-//! fragments then arrive in whole 16-byte loads and each load instruction reads 512 consecutive bytes,
-//! where GGUF's row order gave 8 bytes a lane from 8 rows: the 27B's Q4_K products ran 14-22% faster
-//! on an H100 with the same arithmetic, bit for bit (bench/README.md, session 16).
+//! holds one tile a super-block: the 16 rows' 16-byte heads, (Q5_K) their 32 bytes of fifth bits each,
+//! then 2,048 bytes of nibbles, every 512-byte run being a warp's 16 bytes a lane in lane order (lane
+//! 4g + t: a half of chunk t of row g or g + 8). A thread's nibbles then arrive in whole 16-byte loads and
+//! each load instruction reads 512 consecutive bytes, where GGUF's row order gave 8 rows an instruction:
+//! the 27B's Q4_K products ran 14-22% faster on an H100 with the same arithmetic, bit for bit
+//! (bench/README.md, session 16). `qk_tile_offset` in kernels/gpu/quant.h defines the layout.
 
 use super::{u32_arg, GpuBackend};
 use crate::backend::Result;
