@@ -260,7 +260,7 @@ struct MmqCols {
 // super-block: lane 4g + t has rows g and g + 8, sub-blocks 2t and 2t + 1. The scales, mins and
 // activation scales are then applied once a super-block by all 32 lanes; with the activation rows as the
 // columns (before session 18) they were applied once a sub-block by the 8 lanes holding column 0 of a
-// single row: 165 instructions a super-block against 275, the 27B's Q4_K products 8-22% faster on an H200
+// single row: 165 instructions a super-block against 275, the 27B's Q4_K products 13-31% faster on an H200
 // (bench/README.md, session 18). NR activation rows run NR chains of 8 mma on the same A fragments, each
 // summed alone in the same order. A lane's weights are chunk t of its two rows (32 bytes: the low nibbles
 // are sub-block 2t, the high ones 2t + 1) and, for Q5_K, both rows' 32 bytes of fifth bits.
