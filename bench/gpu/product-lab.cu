@@ -99,11 +99,11 @@ int main(int argc, char** argv) {
             CHECK(cudaGraphExecDestroy(ge));
             return ms * 1e3 / copies;
         };
-        // Whether `fn` computes what Kiln's `ref` does, to the bit (NR activation rows, copy 0; `fw`: fn's
-        // weights).
-        auto same = [&](const void* fn, u32 warps, const void* ref, u32 ref_warps, u32 nr,
-                        const std::vector<u8*>* fw = nullptr) {
-            // (fn's extra blocks, where it holds more rows a block, find no rows and store nothing)
+        // The values of Kiln's `ref` and of `fn` (NR activation rows, copy 0 of the weights; `fw`: fn's
+        // weights, else GGUF's layout), one block per 16 rows each (fn's extra blocks, where it holds more
+        // rows a block, find no rows and store nothing).
+        auto outputs = [&](const void* fn, u32 warps, const void* ref, u32 ref_warps, u32 nr,
+                           const std::vector<u8*>* fw) {
             std::vector<float> a(nr * s.n_out), b(nr * s.n_out);
             for (int pass = 0; pass < 2; pass++) {
                 CHECK(cudaMemset(out, 0xff, 8 * s.n_out * sizeof(float)));
@@ -114,9 +114,27 @@ int main(int argc, char** argv) {
                 CHECK(cudaStreamSynchronize(st));
                 CHECK(cudaMemcpy(pass ? b.data() : a.data(), out, a.size() * 4, cudaMemcpyDeviceToHost));
             }
+            return std::make_pair(a, b);
+        };
+        // Whether `fn` computes what `ref` does, to the bit: the values that differ.
+        auto same = [&](const void* fn, u32 warps, const void* ref, u32 ref_warps, u32 nr,
+                        const std::vector<u8*>* fw = nullptr) {
+            const auto [a, b] = outputs(fn, warps, ref, ref_warps, nr, fw);
             size_t diff = 0;
             for (size_t i = 0; i < a.size(); i++) diff += memcmp(&a[i], &b[i], 4) != 0;
             return diff;
+        };
+        // The largest difference from `ref`'s values relative to its largest value (another order of the
+        // same sums: rounding only).
+        auto close = [&](const void* fn, u32 warps, const void* ref, u32 ref_warps, u32 nr,
+                         const std::vector<u8*>* fw = nullptr) {
+            const auto [a, b] = outputs(fn, warps, ref, ref_warps, nr, fw);
+            double big = 0, diff = 0;
+            for (size_t i = 0; i < a.size(); i++) {
+                big = std::max(big, (double)fabsf(a[i]));
+                diff = std::max(diff, (double)fabsf(a[i] - b[i]));
+            }
+            return diff / big;
         };
         // tiles: the 16-row tiles a block holds (1 for Kiln's kernels)
         auto product = [&](const char* name, const void* fn, u32 warps, u32 tiles = 1,
@@ -129,27 +147,6 @@ int main(int argc, char** argv) {
                 launch_pdl(st, fn, dim3(blocks), dim3(32 * warps), args);
             });
             printf("  %-22s %8.1f us %8.0f GB/s\n", name, us, bytes / us / 1e3);
-        };
-        // The largest difference from `ref`'s values relative to its largest value (another order of the
-        // same sums: rounding only).
-        auto close = [&](const void* fn, u32 warps, const void* ref, u32 ref_warps, u32 nr,
-                         const std::vector<u8*>& fw) {
-            std::vector<float> a(nr * s.n_out), b(nr * s.n_out);
-            for (int pass = 0; pass < 2; pass++) {
-                CHECK(cudaMemset(out, 0xff, 8 * s.n_out * sizeof(float)));
-                const u8* wp = pass ? fw[0] : w[0];
-                u32 rb = row_bytes, n = s.n_out, k = s.k;
-                void* args[] = {&wp, &rb, &n, &yq, &yd, &k, &out};
-                launch_pdl(st, pass ? fn : ref, dim3((s.n_out + 15) / 16), dim3(32 * (pass ? warps : ref_warps)), args);
-                CHECK(cudaStreamSynchronize(st));
-                CHECK(cudaMemcpy(pass ? b.data() : a.data(), out, a.size() * 4, cudaMemcpyDeviceToHost));
-            }
-            double big = 0, diff = 0;
-            for (size_t i = 0; i < a.size(); i++) {
-                big = std::max(big, (double)fabsf(a[i]));
-                diff = std::max(diff, (double)fabsf(a[i] - b[i]));
-            }
-            return diff / big;
         };
         printf("%s Q4_K: %.1f MB, %d copies\n", s.name, bytes / 1e6, copies);
         {
@@ -195,7 +192,7 @@ int main(int argc, char** argv) {
         const char* mmvt = part == 8 ? "mmvt8_q4_k" : "mmvt4_q4_k";
         product(mmvt, kernel(mmvt), 4, 2);  // 32 rows a block
         printf("    largest difference from %s / its largest value: %.2e\n", kiln1,
-               close(kernel(mmvt), 4, kernel(kiln1), part, 1, w));
+               close(kernel(mmvt), 4, kernel(kiln1), part, 1));
         for (auto p : w) CHECK(cudaFree(p));
         for (auto p : wt) CHECK(cudaFree(p));
         CHECK(cudaFree(yq));
