@@ -73,9 +73,11 @@ pub const SOURCES: &[(&str, &str)] = &[
 ];
 
 /// One translation unit for a run-time compiler: the files concatenated, their local `#include "…"`
-/// and `#pragma once` lines dropped (each header appears once, first).
+/// and `#pragma once` lines dropped (each header appears once, first). `KILN_KERNEL_DEFINES`
+/// (`NAME=VALUE` pairs, space-separated) puts `#define`s first, for measuring a kernel variant without a
+/// new build (bench/gpu); the cached code is keyed by the whole source, so each variant compiles once.
 pub fn single_source() -> String {
-    let mut out = String::new();
+    let mut out = defines_prelude(&std::env::var("KILN_KERNEL_DEFINES").unwrap_or_default());
     for (name, text) in SOURCES {
         out += &format!("// ---- {name}\n");
         for line in text.lines() {
@@ -84,6 +86,29 @@ pub fn single_source() -> String {
                 out += line;
                 out.push('\n');
             }
+        }
+    }
+    out
+}
+
+/// `#define NAME VALUE` lines for `NAME=VALUE` pairs (a bare `NAME` defines it as 1); a token that
+/// is not an identifier is left out, with a warning, rather than given to the compiler as source.
+fn defines_prelude(spec: &str) -> String {
+    let mut out = String::new();
+    for token in spec.split_whitespace() {
+        let (name, value) = token.split_once('=').unwrap_or((token, "1"));
+        let ident = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let plain = value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-');
+        if ident && plain && !value.is_empty() {
+            out += &format!("#define {name} {value}\n");
+        } else {
+            eprintln!("KILN_KERNEL_DEFINES: {token:?} is not NAME=VALUE (an identifier, a plain value); ignored");
         }
     }
     out
@@ -131,4 +156,20 @@ pub(crate) fn cached_build(
         }
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::defines_prelude;
+
+    #[test]
+    fn kernel_defines_become_define_lines_and_bad_tokens_are_dropped() {
+        assert_eq!(defines_prelude(""), "");
+        assert_eq!(
+            defines_prelude(" KILN_A=1  B_2=-0.5 FLAG "),
+            "#define KILN_A 1\n#define B_2 -0.5\n#define FLAG 1\n"
+        );
+        // Not an identifier, or a value that would inject source: left out.
+        assert_eq!(defines_prelude("2X=1 A=1;int Y= =3 C=(1)"), "");
+    }
 }
