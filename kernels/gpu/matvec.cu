@@ -193,9 +193,10 @@ MMVG(1) MMVG(2) MMVG(3) MMVG(4) MMVG(5) MMVG(6) MMVG(7) MMVG(8)
 // mma.sync). A warp takes 16 output rows and a K-slice; the mma multiply those 16 weight rows' 4-, 5- or
 // 6-bit values (int8 in the fragments) with int8 activations into exact int32 sums, so the activations
 // are read once per 16 weight rows instead of once per row and a verify batch is not bound by L1 traffic.
-// Q4_K and Q5_K put a super-block's 8 sub-blocks in the 8 columns (mmq_frags_qk); Q6_K, whose scales
-// cover 16 values, puts the activation rows there (columns past NR zero) and takes m16n8k16, one
-// 16-value sub-block an mma, a thread's 4 bytes at 4t. The sums inside an mma are integers, so the order
+// Q4_K and Q5_K put a super-block's 8 sub-blocks in the 8 columns (mmq_frags_qk; most verify batches
+// (sub-block, row) pairs: mmq_frags_qk_pairs); Q6_K, whose scales cover 16 values, puts the activation
+// rows there (columns past NR zero) and takes m16n8k16, one 16-value sub-block an mma, a thread's 4
+// bytes at 4t. The sums inside an mma are integers, so the order
 // of the values within it does not matter. Every activation row is computed alone, in the same order for
 // any NR, so a verify batch's rows equal decode steps bit for bit (speculative decoding needs it). Blocks
 // of WARPS warps split K (super-blocks dealt round-robin) and sum in a fixed order. The float arithmetic
@@ -382,16 +383,114 @@ __device__ __forceinline__ void mmq_frags_qk(const QkFrags& w, u32 blk, const i8
     }
 }
 
+// Which activation-row counts take the row pairs below (bit NR of KILN_MMQ_PAIR_ROWS, which
+// KILN_KERNEL_DEFINES can set for measuring), the others the sub-block columns of mmq_frags_qk, one mma
+// chain a row: 2, 3, 4, 6 and 8 rows. With 5 and 7 the last pair is half empty and the pairs' 3-4 pairs
+// of sums took 140-146 registers: 5 rows 10.71-10.72 ms against 9.85-9.87 for the 27B's verify pass, 7
+// rows 13.40-13.49 against 13.18-13.21 (H200, bench/README.md, session 19).
+#ifndef KILN_MMQ_PAIR_ROWS
+#define KILN_MMQ_PAIR_ROWS 0x15C
+#endif
+__host__ __device__ constexpr bool mmq_pairs(int nr) { return nr >= 2 && ((KILN_MMQ_PAIR_ROWS >> nr) & 1); }
+
+// A verify batch's rows (NR of mmq_pairs) in pairs on m16n8k16, whose lane t owns only k-slots 4t ..
+// 4t + 3: set 0 of the mma puts the even sub-blocks there (2t, the low nibbles of chunk t), set 1 the odd
+// ones (2t + 1), and B's 8 columns are (sub-block, activation row) for a pair of rows: column n the
+// set's n % 4-th sub-block of row n / 4, filled by the lane whose k-slots hold that sub-block
+// (g % 4 == t) and zero elsewhere. Four B entries in sixteen carry values against one in eight with the
+// sub-blocks alone as the columns (mmq_frags_qk), so 4 rows take 32 m16n8k16 a super-block instead of
+// 32 m16n8k32, and the activations come in four 16-byte loads a row pair instead of a 4-byte load and
+// two masks an mma. Lane 4g + t ends with sub-blocks 4u .. 4u + 3 (u = t % 2) of activation row t / 2
+// of the pair, for rows g and g + 8: the sums P_2u and P_2u+1 that decode's lanes 2u and 2u + 1
+// accumulate, computed with decode's exact formula, kept apart over the super-blocks and added as
+// decode's lane tree adds them (mmq_rows), so every verify row equals a decode step bit for bit. The
+// 27B's verify pass of 4 tokens: 7.95-8.01 ms against 8.80-8.83 (one token 6.15-6.21; H200, session 19).
+template <int NR, bool FIVE>
+__device__ __forceinline__ void mmq_frags_qk_pairs(const QkFrags& w, u32 blk, const i8* yq, const float2* yd,
+                                                   u32 k, u32 lane, float (&acc)[(NR + 1) / 2][2][2]) {
+    constexpr int NP = (NR + 1) / 2;
+    const u32 g = lane / 4, t = lane % 4, u = t % 2;
+    constexpr u32 NIB = 0x0F0F0F0Fu;
+    // The A side of mma p: set 0 (low nibbles: sub-block 2t) and set 1 (high: 2t + 1), rows g and g + 8.
+    auto frags = [&](int p, int (&a0)[2], int (&a1)[2]) {
+        const u32 wg = word_of(w.q[p / 4], p % 4), wh = word_of(w.q[2 + p / 4], p % 4);
+        a0[0] = (int)(wg & NIB);
+        a0[1] = (int)(wh & NIB);
+        a1[0] = (int)((wg >> 4) & NIB);
+        a1[1] = (int)((wh >> 4) & NIB);
+        if (FIVE) {
+            const u32 fg = word_of(w.f[p / 4], p % 4), fh = word_of(w.f[2 + p / 4], p % 4);
+            a0[0] |= (int)(((fg >> (2 * t)) & 0x01010101u) << 4);
+            a0[1] |= (int)(((fh >> (2 * t)) & 0x01010101u) << 4);
+            a1[0] |= (int)(((fg >> (2 * t + 1)) & 0x01010101u) << 4);
+            a1[1] |= (int)(((fh >> (2 * t + 1)) & 0x01010101u) << 4);
+        }
+    };
+    // The B side: sub-blocks 2t and 2t + 1 (64 consecutive bytes) of activation row 2rp + g / 4.
+    auto acts = [&](int rp, uint4 (&v)[4]) {
+        const u32 r = 2 * rp + g / 4;
+        const bool carries = g % 4 == t && r < NR;
+        const uint4* y = (const uint4*)(yq + (u64)(carries ? r : 0) * k + blk * 256 + 64 * t);
+#pragma unroll
+        for (int j = 0; j < 4; j++) v[j] = carries ? y[j] : make_uint4(0, 0, 0, 0);
+    };
+    // A row pair at a time, its activations loaded for it (all pairs' at once held 16 more registers
+    // at 4 rows: 9.37 against 9.31 ms for the 27B's 4-token verify pass, H200, session 19), the A
+    // fragments rebuilt for each pair.
+    int c[NP][2][4];
+#pragma unroll
+    for (int rp = 0; rp < NP; rp++) {
+        uint4 yv[4];
+        acts(rp, yv);
+#pragma unroll
+        for (int s = 0; s < 2; s++) c[rp][s][0] = c[rp][s][1] = c[rp][s][2] = c[rp][s][3] = 0;
+#pragma unroll
+        for (int p = 0; p < 8; p++) {
+            int a0[2], a1[2];
+            frags(p, a0, a1);
+            mma_s8_k16(c[rp][0], a0, (int)word_of(yv[p / 4], p % 4));
+            mma_s8_k16(c[rp][1], a1, (int)word_of(yv[2 + p / 4], p % 4));
+        }
+    }
+    // Sub-blocks 4u .. 4u + 3's scales and mins: the bytes of word u.
+    const Q4kScales s0 = q4k_scales(w.h0), s1 = q4k_scales(w.h1);
+    const u32 sw[2] = {u ? s0.sc[1] : s0.sc[0], u ? s1.sc[1] : s1.sc[0]};
+    const u32 mw[2] = {u ? s0.m[1] : s0.m[0], u ? s1.m[1] : s1.m[0]};
+    const float d[2] = {s0.d, s1.d}, dmin[2] = {s0.dmin, s1.dmin};
+#pragma unroll
+    for (int rp = 0; rp < NP; rp++) {
+        const u32 r = 2 * rp + t / 2;
+        if (r >= NR) continue;
+        // (scale, scaled sum) of sub-blocks 4u, 4u + 1 (lo) and 4u + 2, 4u + 3 (hi).
+        const float4 lo = *(const float4*)(yd + (u64)r * (k / 32) + blk * 8 + 4 * u);
+        const float4 hi = *(const float4*)(yd + (u64)r * (k / 32) + blk * 8 + 4 * u + 2);
+#pragma unroll
+        for (int i = 0; i < 2; i++) {  // rows g (C's 0, 1) and g + 8 (2, 3)
+            const int sc[4] = {(int)(sw[i] & 0xFF), (int)((sw[i] >> 8) & 0xFF), (int)((sw[i] >> 16) & 0xFF),
+                               (int)(sw[i] >> 24)};
+            const float mn[4] = {(float)(mw[i] & 0xFF), (float)((mw[i] >> 8) & 0xFF),
+                                 (float)((mw[i] >> 16) & 0xFF), (float)(mw[i] >> 24)};
+            const float sa0 = fmaf(lo.x, (float)(c[rp][0][2 * i] * sc[0]), lo.z * (float)(c[rp][1][2 * i] * sc[1]));
+            const float sm0 = fmaf(lo.y, mn[0], lo.w * mn[1]);
+            const float sa1 =
+                fmaf(hi.x, (float)(c[rp][0][2 * i + 1] * sc[2]), hi.z * (float)(c[rp][1][2 * i + 1] * sc[3]));
+            const float sm1 = fmaf(hi.y, mn[2], hi.w * mn[3]);
+            acc[rp][i][0] += fmaf(d[i], sa0, -(dmin[i] * sm0));
+            acc[rp][i][1] += fmaf(d[i], sa1, -(dmin[i] * sm1));
+        }
+    }
+}
+
 // Super-blocks first, first + step, ... of the thread's rows r0 and r1 (TILED: of the 16-row group at
 // `group`, in the tiled layout). A single activation row keeps the next super-block's weights in flight
 // while it computes one (the loads issued before the mma, into a second set of registers): with 4 warps a
 // 16-row block, a warp of the 27B's 5,120-output products otherwise waits for each super-block alone
 // (down projection 28.0 against 16.8 µs on an H200, bench/README.md session 18). More rows keep their
 // registers for the activations.
-template <int NR, bool FIVE, bool TILED>
+template <int NR, bool FIVE, bool TILED, typename Acc>
 __device__ __forceinline__ void mmq_blocks_qk(const u8* r0, const u8* r1, const u8* group, u32 n_blocks,
                                               u32 first, u32 step, const i8* yq, const float2* yd, u32 k,
-                                              u32 lane, float (&acc)[NR][2]) {
+                                              u32 lane, Acc& acc) {
     constexpr u32 BYTES = FIVE ? 176 : 144;
     constexpr bool AHEAD = NR == 1 && !FIVE;
     auto fetch = [&](u32 blk) {
@@ -403,7 +502,10 @@ __device__ __forceinline__ void mmq_blocks_qk(const u8* r0, const u8* r1, const 
     for (u32 blk = first; blk < n_blocks; blk += step) {
         const QkFrags w = AHEAD ? next : fetch(blk);
         if (AHEAD && blk + step < n_blocks) next = fetch(blk + step);
-        mmq_frags_qk<NR, FIVE>(w, blk, yq, yd, k, lane, acc);
+        if constexpr (!mmq_pairs(NR))
+            mmq_frags_qk<NR, FIVE>(w, blk, yq, yd, k, lane, acc);
+        else
+            mmq_frags_qk_pairs<NR, FIVE>(w, blk, yq, yd, k, lane, acc);
     }
 }
 
@@ -498,13 +600,14 @@ __device__ __forceinline__ void mmq_rows(const u8* w, u32 row_bytes, u32 n_out, 
         part[warp][g][c1] = acc[1];
         part[warp][g + 8][c0] = acc[2];
         part[warp][g + 8][c1] = acc[3];
-    } else {
+    } else if constexpr (!mmq_pairs(NR)) {
         float acc[NR][2];
 #pragma unroll
         for (int r = 0; r < NR; r++) acc[r][0] = acc[r][1] = 0.0f;
         mmq_blocks_qk<NR, TYPE == T_Q5_K, TILED>(r0, r1, w + (u64)o0 * row_bytes, k / 256, warp, WARPS, yq, yd, k,
                                                 lane, acc);
-        // A row's sub-block pairs are on the lanes t = 0 .. 3 of its g: added in one fixed tree.
+        // A row's sub-block pairs P_t are on the lanes t = 0 .. 3 of its g: added in one fixed tree,
+        // (P_0 + P_1) + (P_2 + P_3).
 #pragma unroll
         for (int r = 0; r < NR; r++)
 #pragma unroll
@@ -517,6 +620,25 @@ __device__ __forceinline__ void mmq_rows(const u8* w, u32 row_bytes, u32 n_out, 
             for (int r = 0; r < NR; r++) {
                 part[warp][g][r] = acc[r][0];
                 part[warp][g + 8][r] = acc[r][1];
+            }
+        }
+    } else {
+        // Per row pair, output row (g, g + 8) and the lane's two sums P_2u, P_2u+1 (mmq_frags_qk_pairs).
+        constexpr int NP = (NR + 1) / 2;
+        float acc[NP][2][2];
+#pragma unroll
+        for (int rp = 0; rp < NP; rp++) acc[rp][0][0] = acc[rp][0][1] = acc[rp][1][0] = acc[rp][1][1] = 0.0f;
+        mmq_blocks_qk<NR, TYPE == T_Q5_K, TILED>(r0, r1, w + (u64)o0 * row_bytes, k / 256, warp, WARPS, yq, yd, k,
+                                                lane, acc);
+        // Decode's tree: P_0 + P_1 on lane t = 0 (P_2 + P_3 on t = 1), then the two added across the lanes.
+#pragma unroll
+        for (int rp = 0; rp < NP; rp++) {
+            const u32 r = 2 * rp + t / 2;
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                float s = acc[rp][i][0] + acc[rp][i][1];
+                s += shfl_xor(s, 1);
+                if (t % 2 == 0 && r < NR) part[warp][g + 8 * i][r] = s;
             }
         }
     }
@@ -569,12 +691,52 @@ __device__ __forceinline__ void mmq_q4_k(const u8* w, u32 row_bytes, u32 n_out, 
     mmq_rows<T_Q4_K, NR, WARPS, TILED>(w, row_bytes, n_out, blockIdx.x * 16, yq, yd, k, out, part);
 }
 
+// The single Q4_K products of 2, 4 and 6 activation rows held to the registers that let 24 warps share
+// an SM (`KILN_MMQ_BOUND_WARPS`; negative: no bound; MMQ_BOUNDS_<rows> = MMQ_BOUNDS_ON or _OFF chooses
+// the row counts, both through KILN_KERNEL_DEFINES for measuring). Unbounded, the 4-row kernel took 82
+// registers, 20 warps an SM, and the 27B's 4-token verify pass 9.31 ms against 7.99-8.02 bounded; 2 rows
+// 6.78-6.81 against 7.09-7.12 ms (64 registers unbounded, 72 bounded: another schedule); 6 rows (96
+// bytes spilled) 10.36-10.38 against 11.41-11.46. The others spill when bounded and ran slower: 3 rows
+// 8.02-8.06 against 7.75-7.80 ms; 5, 7 and 8 rows 11.9-12.0, 17.0-17.1 and 15.0-15.1 ms against 9.85,
+// 13.2 and 13.15; the groups (mmqg) at 3 rows 8.5 ms (H200, bench/README.md, session 19).
+#ifndef KILN_MMQ_BOUND_WARPS
+#define KILN_MMQ_BOUND_WARPS 24
+#endif
+#if KILN_MMQ_BOUND_WARPS < 0
+#define MMQ_BOUNDS_ON(WARPS)
+#else
+#define MMQ_BOUNDS_ON(WARPS) __launch_bounds__(WARPS * 32, KILN_MMQ_BOUND_WARPS / WARPS)
+#endif
+#define MMQ_BOUNDS_OFF(WARPS)
+#define MMQ_BOUNDS_1 MMQ_BOUNDS_OFF
+#ifndef MMQ_BOUNDS_2
+#define MMQ_BOUNDS_2 MMQ_BOUNDS_ON
+#endif
+#ifndef MMQ_BOUNDS_3
+#define MMQ_BOUNDS_3 MMQ_BOUNDS_OFF
+#endif
+#ifndef MMQ_BOUNDS_4
+#define MMQ_BOUNDS_4 MMQ_BOUNDS_ON
+#endif
+#ifndef MMQ_BOUNDS_5
+#define MMQ_BOUNDS_5 MMQ_BOUNDS_OFF
+#endif
+#ifndef MMQ_BOUNDS_6
+#define MMQ_BOUNDS_6 MMQ_BOUNDS_ON
+#endif
+#ifndef MMQ_BOUNDS_7
+#define MMQ_BOUNDS_7 MMQ_BOUNDS_OFF
+#endif
+#ifndef MMQ_BOUNDS_8
+#define MMQ_BOUNDS_8 MMQ_BOUNDS_OFF
+#endif
+
 // mmq_q4_k_* (a Q4_K product; mmqt_q4_k_* with its weight tiled) and mmqg_* (a group, or a Q5_K or
 // Q6_K product): 4 warps a block of 16 rows; the mmq8, mmqt8 and mmqg8 forms 8 (more loads in flight for
 // the products with few outputs and long rows, such as the FFN's down projection).
 #define MMQ_AS(name, WARPS, NR, TILED)                                                                \
-    KILN_KERNEL void name##_##NR(const u8* w, u32 row_bytes, u32 n_out, const i8* yq, const float2* yd, \
-                                 u32 k, float* out) {                                                  \
+    KILN_KERNEL MMQ_BOUNDS_##NR(WARPS) void name##_##NR(const u8* w, u32 row_bytes, u32 n_out, const i8* yq, \
+                                                        const float2* yd, u32 k, float* out) {             \
         grid_dependency_entry();                                                                       \
         mmq_q4_k<NR, WARPS, TILED>(w, row_bytes, n_out, yq, yd, k, out);                               \
     }
