@@ -430,27 +430,16 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
     /// In place, per row of `dim` values: x / √(Σx² + eps).
     fn l2_norm(&self, x: &mut Self::Tensor, rows: usize, dim: usize, eps: f32) -> Result<()>;
-    /// Rows of `[q | k | v]` (q and k `n_k_heads × head_k` values, v `v_dim`) split into q, k and v,
-    /// with each head of q and k L2-normalised ([`Backend::l2_norm`]): a Gated DeltaNet's conv output.
-    /// With `gates`, also [`Backend::delta_net_gates`] on them (independent of the split: together
-    /// only to save a GPU launch). Default: three [`Backend::copy_rows`], two norms and the gates; a
-    /// GPU backend does it in one launch.
-    #[allow(clippy::too_many_arguments)]
-    fn split_qkv_l2(
-        &self,
-        qkv: &Self::Tensor,
-        rows: usize,
-        n_k_heads: usize,
-        head_k: usize,
-        v_dim: usize,
-        eps: f32,
-        out: [&mut Self::Tensor; 3],
-        gates: Option<DeltaNetGates<'_, Self>>,
-    ) -> Result<()>
+    /// Rows of `[q | k | v]` (q and k `split.n_k_heads × split.head_k` values, v `split.v_dim`) split
+    /// into `split.out` = [q, k, v], with each head of q and k L2-normalised ([`Backend::l2_norm`]): a
+    /// Gated DeltaNet's conv output. With `split.gates`, also [`Backend::delta_net_gates`] on them
+    /// (independent of the split: together only to save a GPU launch). Default: three
+    /// [`Backend::copy_rows`], two norms and the gates; a GPU backend does it in one launch.
+    fn split_qkv_l2(&self, qkv: &Self::Tensor, rows: usize, split: QkvSplit<'_, Self>) -> Result<()>
     where
         Self: Sized,
     {
-        split_qkv_l2_by_parts(self, qkv, rows, n_k_heads, head_k, v_dim, eps, out, gates)
+        split_qkv_l2_by_parts(self, qkv, rows, split)
     }
     /// A Gated DeltaNet's conv and q/k/v preparation: [`Backend::conv1d_silu`] of `x` into `conv_out`
     /// (with `snapshots`, [`Backend::conv1d_silu_snapshots`]), then [`Backend::split_qkv_l2`] of it as
@@ -705,7 +694,7 @@ pub struct DeltaNetGates<'a, B: Backend> {
     pub a: &'a B::Weight,
 }
 
-/// What [`Backend::split_qkv_l2`] takes besides its input rows, for [`Backend::conv_split_qkv_l2`]: the
+/// What [`Backend::split_qkv_l2`] and [`Backend::conv_split_qkv_l2`] take besides their input rows: the
 /// heads of q and k, the width of v, the norms' eps, the outputs [q, k, v] and the gates.
 pub struct QkvSplit<'a, B: Backend> {
     pub n_k_heads: usize,
@@ -732,30 +721,24 @@ pub fn conv_split_qkv_l2_by_parts<B: Backend>(
         Some(s) => be.conv1d_silu_snapshots(x, weight, state, rows, conv_out, s)?,
         None => be.conv1d_silu(x, weight, state, rows, conv_out)?,
     }
+    be.split_qkv_l2(conv_out, rows, split)
+}
+
+/// [`Backend::split_qkv_l2`] from the backend's copies and norms (and its gates op).
+pub fn split_qkv_l2_by_parts<B: Backend>(
+    be: &B,
+    qkv: &B::Tensor,
+    rows: usize,
+    split: QkvSplit<'_, B>,
+) -> Result<()> {
     let QkvSplit {
         n_k_heads,
         head_k,
         v_dim,
         eps,
-        out,
+        out: [q, k, v],
         gates,
     } = split;
-    be.split_qkv_l2(conv_out, rows, n_k_heads, head_k, v_dim, eps, out, gates)
-}
-
-/// [`Backend::split_qkv_l2`] from the backend's copies and norms (and its gates op).
-#[allow(clippy::too_many_arguments)]
-pub fn split_qkv_l2_by_parts<B: Backend>(
-    be: &B,
-    qkv: &B::Tensor,
-    rows: usize,
-    n_k_heads: usize,
-    head_k: usize,
-    v_dim: usize,
-    eps: f32,
-    [q, k, v]: [&mut B::Tensor; 3],
-    gates: Option<DeltaNetGates<'_, B>>,
-) -> Result<()> {
     let kd = n_k_heads * head_k;
     let cd = 2 * kd + v_dim;
     be.copy_rows(qkv, 0, cd, q, 0, kd, kd, rows)?;

@@ -1320,8 +1320,15 @@ fn split_on<B: Backend>(
         dt_bias: &dt,
         a: &av,
     });
-    b.split_qkv_l2(&put(b, x), rows, heads, hk, vd, 1e-6, [q, k, v], gates)
-        .unwrap();
+    let split = QkvSplit {
+        n_k_heads: heads,
+        head_k: hk,
+        v_dim: vd,
+        eps: 1e-6,
+        out: [q, k, v],
+        gates,
+    };
+    b.split_qkv_l2(&put(b, x), rows, split).unwrap();
     let mut out: Vec<_> = t.iter().zip(sizes).map(|(t, n)| get(b, t, n)).collect();
     out.push(get(b, &al, alpha.len()));
     out.push(get(b, &be, beta.len()));

@@ -612,16 +612,7 @@ impl<B: Backend> Qwen35<B> {
             w,
             [&mut sc.q, &mut sc.k, &mut sc.v, &mut sc.alpha, &mut sc.beta],
         );
-        self.backend.split_qkv_l2(
-            &sc.conv,
-            n,
-            s.n_k_heads,
-            s.head_k,
-            s.v_dim,
-            s.eps,
-            s.out,
-            s.gates,
-        )?;
+        self.backend.split_qkv_l2(&sc.conv, n, s)?;
         Ok(())
     }
 

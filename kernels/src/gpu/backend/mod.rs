@@ -6,8 +6,8 @@
 use super::runtime::{DevBuf, DevValue, GemmF16, LaunchConfig, Runtime};
 use crate::backend::{
     check_copy, check_len, gated_qk_norm_rope_by_parts, kv_layout, shape_err,
-    split_qkv_l2_by_parts, Activation, AttentionParams, Backend, DeltaNetGates, DeltaNetParams,
-    KvType, QkvSplit, Result, RopeParams, RopeStyle, TensorCopy, WeightSource,
+    split_qkv_l2_by_parts, Activation, AttentionParams, Backend, DeltaNetParams, KvType, QkvSplit,
+    Result, RopeParams, RopeStyle, TensorCopy, WeightSource,
 };
 use crate::quant::{dequantize_row, GgmlType};
 use std::collections::HashMap;
@@ -1348,32 +1348,25 @@ impl<R: Runtime> Backend for GpuBackend<R> {
         &self,
         qkv: &GpuTensor<R>,
         rows: usize,
-        n_k_heads: usize,
-        head_k: usize,
-        v_dim: usize,
-        eps: f32,
-        [q, k, v]: [&mut GpuTensor<R>; 3],
-        gates: Option<DeltaNetGates<'_, Self>>,
+        split: QkvSplit<'_, Self>,
     ) -> Result<()> {
         let op = "split_qkv_l2";
-        let cd = split_widths(op, (n_k_heads, head_k, v_dim), rows, [q, k, v])?.1;
+        let (n_k_heads, head_k, v_dim) = (split.n_k_heads, split.head_k, split.v_dim);
+        let [q, k, v] = &split.out;
+        let cd = split_widths(op, (n_k_heads, head_k, v_dim), rows, [&**q, &**k, &**v])?.1;
         check_len(op, "input", qkv.len, rows * cd)?;
         if rows == 0 || cd == 0 {
             return Ok(());
         }
         if !self.fuse {
-            return split_qkv_l2_by_parts(
-                self,
-                qkv,
-                rows,
-                n_k_heads,
-                head_k,
-                v_dim,
-                eps,
-                [q, k, v],
-                gates,
-            );
+            return split_qkv_l2_by_parts(self, qkv, rows, split);
         }
+        let QkvSplit {
+            eps,
+            out: [q, k, v],
+            gates,
+            ..
+        } = split;
         // The gates' block (the last) when given.
         let has_gates = gates.is_some();
         let g = match gates {
