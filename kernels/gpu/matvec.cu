@@ -317,6 +317,25 @@ __device__ __forceinline__ u32 word_of(const uint4& v, int i) {
     return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
+// The A fragments of a super-block's mma p (positions 4p .. 4p + 3 of the lane's sub-blocks): rows g and
+// g + 8's low nibbles (sub-block 2t), then their high nibbles (2t + 1), Q5_K's fifth bits added.
+template <bool FIVE>
+__device__ __forceinline__ void qk_a_frags(const QkFrags& w, int p, u32 t, int (&a)[4]) {
+    constexpr u32 NIB = 0x0F0F0F0Fu;
+    const u32 wg = word_of(w.q[p / 4], p % 4), wh = word_of(w.q[2 + p / 4], p % 4);
+    a[0] = (int)(wg & NIB);
+    a[1] = (int)(wh & NIB);
+    a[2] = (int)((wg >> 4) & NIB);
+    a[3] = (int)((wh >> 4) & NIB);
+    if (FIVE) {
+        const u32 fg = word_of(w.f[p / 4], p % 4), fh = word_of(w.f[2 + p / 4], p % 4);
+        a[0] |= (int)(((fg >> (2 * t)) & 0x01010101u) << 4);
+        a[1] |= (int)(((fh >> (2 * t)) & 0x01010101u) << 4);
+        a[2] |= (int)(((fg >> (2 * t + 1)) & 0x01010101u) << 4);
+        a[3] |= (int)(((fh >> (2 * t + 1)) & 0x01010101u) << 4);
+    }
+}
+
 // One super-block (index blk along k) of the thread's two rows into acc[r] (row g, row g + 8) for each
 // activation row r: NR rows of yq (k values each) and of yd (k / 32 (scale, scaled sum) pairs each).
 template <int NR, bool FIVE>
@@ -325,7 +344,6 @@ __device__ __forceinline__ void mmq_frags_qk(const QkFrags& w, u32 blk, const i8
     const u32 g = lane / 4, t = lane % 4;
     // The thread's B registers: column g (sub-block g) in the k-slots of sub-block 2t, then of 2t + 1.
     const u32 m0 = g == 2 * t ? ~0u : 0u, m1 = g == 2 * t + 1 ? ~0u : 0u;
-    constexpr u32 NIB = 0x0F0F0F0Fu;
     // Activation row r's sub-block g: two 16-byte loads for the one- and two-row products, else a word an
     // mma (eight rows' 32 bytes would not stay in registers).
     constexpr int HELD = NR <= 2 ? NR : 1;
@@ -341,15 +359,8 @@ __device__ __forceinline__ void mmq_frags_qk(const QkFrags& w, u32 blk, const i8
     for (int r = 0; r < NR; r++) c[r][0] = c[r][1] = c[r][2] = c[r][3] = 0;
 #pragma unroll
     for (int p = 0; p < 8; p++) {
-        const u32 wg = word_of(w.q[p / 4], p % 4), wh = word_of(w.q[2 + p / 4], p % 4);
-        int a[4] = {(int)(wg & NIB), (int)(wh & NIB), (int)((wg >> 4) & NIB), (int)((wh >> 4) & NIB)};
-        if (FIVE) {
-            const u32 fg = word_of(w.f[p / 4], p % 4), fh = word_of(w.f[2 + p / 4], p % 4);
-            a[0] |= (int)(((fg >> (2 * t)) & 0x01010101u) << 4);
-            a[1] |= (int)(((fh >> (2 * t)) & 0x01010101u) << 4);
-            a[2] |= (int)(((fg >> (2 * t + 1)) & 0x01010101u) << 4);
-            a[3] |= (int)(((fh >> (2 * t + 1)) & 0x01010101u) << 4);
-        }
+        int a[4];
+        qk_a_frags<FIVE>(w, p, t, a);
 #pragma unroll
         for (int r = 0; r < NR; r++) {
             const u32 yw = NR == HELD ? word_of(yh[r < HELD ? r : 0][p / 4], p % 4)
@@ -410,22 +421,6 @@ __device__ __forceinline__ void mmq_frags_qk_pairs(const QkFrags& w, u32 blk, co
                                                    u32 k, u32 lane, float (&acc)[(NR + 1) / 2][2][2]) {
     constexpr int NP = (NR + 1) / 2;
     const u32 g = lane / 4, t = lane % 4, u = t % 2;
-    constexpr u32 NIB = 0x0F0F0F0Fu;
-    // The A side of mma p: set 0 (low nibbles: sub-block 2t) and set 1 (high: 2t + 1), rows g and g + 8.
-    auto frags = [&](int p, int (&a0)[2], int (&a1)[2]) {
-        const u32 wg = word_of(w.q[p / 4], p % 4), wh = word_of(w.q[2 + p / 4], p % 4);
-        a0[0] = (int)(wg & NIB);
-        a0[1] = (int)(wh & NIB);
-        a1[0] = (int)((wg >> 4) & NIB);
-        a1[1] = (int)((wh >> 4) & NIB);
-        if (FIVE) {
-            const u32 fg = word_of(w.f[p / 4], p % 4), fh = word_of(w.f[2 + p / 4], p % 4);
-            a0[0] |= (int)(((fg >> (2 * t)) & 0x01010101u) << 4);
-            a0[1] |= (int)(((fh >> (2 * t)) & 0x01010101u) << 4);
-            a1[0] |= (int)(((fg >> (2 * t + 1)) & 0x01010101u) << 4);
-            a1[1] |= (int)(((fh >> (2 * t + 1)) & 0x01010101u) << 4);
-        }
-    };
     // The B side: sub-blocks 2t and 2t + 1 (64 consecutive bytes) of activation row 2rp + g / 4.
     auto acts = [&](int rp, uint4 (&v)[4]) {
         const u32 r = 2 * rp + g / 4;
@@ -446,8 +441,10 @@ __device__ __forceinline__ void mmq_frags_qk_pairs(const QkFrags& w, u32 blk, co
         for (int s = 0; s < 2; s++) c[rp][s][0] = c[rp][s][1] = c[rp][s][2] = c[rp][s][3] = 0;
 #pragma unroll
         for (int p = 0; p < 8; p++) {
-            int a0[2], a1[2];
-            frags(p, a0, a1);
+            // mma p's A: set 0 (low nibbles: sub-block 2t) and set 1 (high: 2t + 1), rows g and g + 8.
+            int a[4];
+            qk_a_frags<FIVE>(w, p, t, a);
+            const int a0[2] = {a[0], a[1]}, a1[2] = {a[2], a[3]};
             mma_s8_k16(c[rp][0], a0, (int)word_of(yv[p / 4], p % 4));
             mma_s8_k16(c[rp][1], a1, (int)word_of(yv[2 + p / 4], p % 4));
         }
