@@ -1297,6 +1297,23 @@ fn split_qkv_l2_matches_cpu() {
     }
 }
 
+/// The split tests' [`QkvSplit`]: rows of `heads` × `head_k` q and k and `v_dim` v into `out`, L2 eps
+/// 1e-6, with `gates`.
+fn qkv_split<'a, B: Backend>(
+    (heads, head_k, v_dim): (usize, usize, usize),
+    out: [&'a mut B::Tensor; 3],
+    gates: Option<DeltaNetGates<'a, B>>,
+) -> QkvSplit<'a, B> {
+    QkvSplit {
+        n_k_heads: heads,
+        head_k,
+        v_dim,
+        eps: 1e-6,
+        out,
+        gates,
+    }
+}
+
 /// [`Backend::split_qkv_l2`] on `b` of `x` (rows, heads, head_k, v_dim), with the gates from
 /// [alpha, beta, dt_bias, a] when `with_gates`: its q, k, v, alpha and beta afterwards.
 fn split_on<B: Backend>(
@@ -1320,15 +1337,12 @@ fn split_on<B: Backend>(
         dt_bias: &dt,
         a: &av,
     });
-    let split = QkvSplit {
-        n_k_heads: heads,
-        head_k: hk,
-        v_dim: vd,
-        eps: 1e-6,
-        out: [q, k, v],
-        gates,
-    };
-    b.split_qkv_l2(&put(b, x), rows, split).unwrap();
+    b.split_qkv_l2(
+        &put(b, x),
+        rows,
+        qkv_split((heads, hk, vd), [q, k, v], gates),
+    )
+    .unwrap();
     let mut out: Vec<_> = t.iter().zip(sizes).map(|(t, n)| get(b, t, n)).collect();
     out.push(get(b, &al, alpha.len()));
     out.push(get(b, &be, beta.len()));
@@ -1488,19 +1502,13 @@ fn conv_split_equals_conv_then_split() {
                 let [q, k, v] = &mut t[..] else {
                     unreachable!()
                 };
-                let split = QkvSplit {
-                    n_k_heads: heads,
-                    head_k: hk,
-                    v_dim: vd,
-                    eps: 1e-6,
-                    out: [q, k, v],
-                    gates: Some(DeltaNetGates {
-                        alpha: &mut al,
-                        beta: &mut be,
-                        dt_bias: &dt,
-                        a: &av,
-                    }),
+                let gates = DeltaNetGates {
+                    alpha: &mut al,
+                    beta: &mut be,
+                    dt_bias: &dt,
+                    a: &av,
                 };
+                let split = qkv_split((heads, hk, vd), [q, k, v], Some(gates));
                 let snap_arg = snapshots.then_some(&mut snap);
                 let op = if fused {
                     <Gpu as Backend>::conv_split_qkv_l2
