@@ -128,7 +128,7 @@ __device__ __forceinline__ int dp4a(int a, int b, int c) {
 #endif
 }
 
-// A 32-bit word from a 2-byte aligned address (blocks of 18, 22, 34 and 210 bytes are only that aligned).
+// A 32-bit word from a 2-byte aligned address (blocks of 18, 22 and 34 bytes are only that aligned).
 __device__ __forceinline__ int load_int_b2(const u8* p) {
     const u16* q = (const u16*)p;
     return (int)((u32)q[0] | ((u32)q[1] << 16));

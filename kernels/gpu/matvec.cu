@@ -506,35 +506,35 @@ __device__ __forceinline__ void mmq_blocks_qk(const u8* r0, const u8* r1, const 
     }
 }
 
-// Q6_K (210 bytes per 256: ql[128], qh[64], 16 int8 scales, d; blocks only 2-byte aligned, so every word
-// comes in two 16-bit loads). Value v = 128n + 32q + l of a block has its low nibble in ql[64n + 32(q & 1)
-// + l] (high nibbles for q ≥ 2) and its high bit pair in qh[32n + l] (bits 2q, 2q + 1); its 16-value
-// sub-block j = v / 16 has scale j. The thread's 4 bytes of sub-block j = 8n + 2q + lh sit at 16lh + 4t of
-// those runs.
+// Q6_K in the GPU's layout (q6k_body in quant.h: a super-block's 208-byte body of ql[128], qh[64] and 16
+// int8 scales, 16-byte aligned, its d apart). Value v = 128n + 32q + l of a block has its low nibble in
+// ql[64n + 32(q & 1) + l] (high nibbles for q ≥ 2) and its high bit pair in qh[32n + l] (bits 2q, 2q + 1);
+// its 16-value sub-block j = v / 16 has scale j. The thread's 4 bytes of sub-block j = 8n + 2q + lh sit
+// at 16lh + 4t of those runs.
 template <int NR>
 __device__ __forceinline__ void mmq_blocks_q6_k(const u8* r0, const u8* r1, u32 n_blocks, u32 first, u32 step,
                                                 const MmqCols& y, u32 t, float (&acc)[4]) {
     const u32 c0 = 2 * t, c1 = 2 * t + 1;
     for (u32 blk = first; blk < n_blocks; blk += step) {
-        const u8* b0 = r0 + blk * 210;
-        const u8* b1 = r1 + blk * 210;
+        const u8* b0 = q6k_body(r0, blk);
+        const u8* b1 = q6k_body(r1, blk);
         // ql words by (n, q & 1, lh), qh words by (n, lh), the 16 scales as 4 words.
         int l0[8], l1[8], hb0[4], hb1[4], sc0[4], sc1[4];
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             const u32 off = 64 * (i / 4) + 32 * ((i / 2) % 2) + 16 * (i % 2) + 4 * t;
-            l0[i] = load_int_b2(b0 + off);
-            l1[i] = load_int_b2(b1 + off);
+            l0[i] = *(const int*)(b0 + off);
+            l1[i] = *(const int*)(b1 + off);
         }
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const u32 off = 128 + 32 * (i / 2) + 16 * (i % 2) + 4 * t;
-            hb0[i] = load_int_b2(b0 + off);
-            hb1[i] = load_int_b2(b1 + off);
-            sc0[i] = load_int_b2(b0 + 192 + 4 * i);
-            sc1[i] = load_int_b2(b1 + 192 + 4 * i);
+            hb0[i] = *(const int*)(b0 + off);
+            hb1[i] = *(const int*)(b1 + off);
+            sc0[i] = *(const int*)(b0 + 192 + 4 * i);
+            sc1[i] = *(const int*)(b1 + 192 + 4 * i);
         }
-        const float d0 = h2f(*(const u16*)(b0 + 208)), d1 = h2f(*(const u16*)(b1 + 208));
+        const float d0 = q6k_d(r0, n_blocks, blk), d1 = q6k_d(r1, n_blocks, blk);
         float sa[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
         for (int G = 0; G < 8; G++) {
@@ -861,7 +861,7 @@ KILN_KERNEL void embed_rows(int type, const u8* table, u32 row_bytes, u32 n_rows
     for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < dim; i += gridDim.x * blockDim.x)
         out[(u64)t * dim + i] = tok >= n_rows ? 0.0f
                                 : tiled      ? dequant_value_tiled(type, table, row_bytes, tok, i)
-                                             : dequant_value(type, table + (u64)tok * row_bytes, i);
+                                             : dequant_value(type, table + (u64)tok * row_bytes, i, dim);
 }
 
 // Q4_K/Q5_K rows in whole 16-row groups (GGUF's layout) into the tiled layout of the tensor-core products
@@ -883,7 +883,7 @@ KILN_KERNEL void tile_qk(const u8* src, u8* dst, u64 n_pieces, u32 row_bytes, u3
 KILN_KERNEL void dequant_row(int type, const u8* src, u32 n, float* out) {
     grid_dependency_entry();
     const u32 i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = dequant_value(type, src, i);
+    if (i < n) out[i] = dequant_value(type, src, i, n);
 }
 
 // Prefill (many activation rows): the weight matrix is expanded to f16 once per call and multiplied by
@@ -902,7 +902,7 @@ KILN_KERNEL void dequant_f16(int type, const u8* src, u32 rows, u32 k, u32 row_b
         if (tiled)
             dequant_group_tiled(type, src, row_bytes, (u32)r, g, v);
         else
-            dequant_group(type, src + r * row_bytes, g, v);
+            dequant_group(type, src + r * row_bytes, g, k, v);
         uint4* dst = (uint4*)(out + r * k + (u64)g * 32);
 #pragma unroll
         for (int c = 0; c < 4; c++) {

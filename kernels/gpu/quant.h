@@ -230,6 +230,23 @@ __device__ __forceinline__ void unit_qk(const u8* row, u32 u, const Act& a, floa
     }
 }
 
+// The GPU's Q6_K layout, written when a weight is loaded (kernels/src/gpu/backend/q6k.rs): GGUF's 210-byte
+// super-blocks are only 2-byte aligned, so a thread's 32-byte run of them took 9 word loads and 8 funnel
+// shifts. A row of nb super-blocks is stored as their 208-byte bodies (ql[128], qh[64], the 16 scales)
+// back to back, then their nb f16 d's, padded to a multiple of 16 bytes: every body 16-byte aligned.
+__device__ __forceinline__ const u8* q6k_body(const u8* row, u32 blk) { return row + blk * 208; }
+__device__ __forceinline__ float q6k_d(const u8* row, u32 nb, u32 blk) {
+    return h2f(*(const u16*)(row + nb * 208 + 2 * blk));
+}
+
+// The activation-row counts up to which unit_q6_k takes the stored values (0 .. 63) and adds −32 · Σy
+// with dp4a, instead of making each value signed first: the same integer sums (so every row count still
+// gives the same bits), 10.9 M instructions against 12.3 M for a 27B Q6_K down projection, 168.5-169.2
+// against 167.9-168.5 tok/s (H200, bench/README.md, session 20). Past one row each row pays the dp4a.
+#ifndef KILN_Q6K_BIASED
+#define KILN_Q6K_BIASED 1
+#endif
+
 // Four Q6_K values as signed bytes, each its low nibble (word `lo` shifted right by `nshift`) with its high
 // bit pair (word `hi` shifted right by `hshift`) above it, minus 32: the subtraction without borrows
 // crossing bytes.
@@ -238,24 +255,28 @@ __device__ __forceinline__ int q6_signed(int lo, int hi, u32 nshift, u32 hshift)
     return ((v | (int)0x80808080) - 0x20202020) ^ (int)0x80808080;
 }
 
-// Q6_K: 210 bytes per 256 (ql[128], qh[64], 16 int8 scales, d); unit = 32 consecutive values (two
-// scale groups), whose low nibbles and high bit pairs are 32 contiguous bytes each. Blocks are only
-// 2-byte aligned, so both runs come through load_ints_b2; the 4 bytes it reads past each run are still
-// inside the block (qh follows ql, the scales follow qh).
+// Q6_K in the GPU's layout (q6k_body): unit = 32 consecutive values (two scale groups), whose low
+// nibbles and high bit pairs are 32 contiguous, 16-byte aligned bytes each.
 template <int NR>
 __device__ __forceinline__ void unit_q6_k(const u8* row, u32 u, const Act& a, float* acc) {
     const u32 blk = u >> 3, hf = (u >> 2) & 1, qq = u & 3;
-    const u8* b = row + blk * 210;
-    const float d = h2f(*(const u16*)(b + 208));
+    const u8* b = q6k_body(row, blk);
+    const float d = q6k_d(row, a.yd_stride / 8, blk);
     const u32 sc2 = *(const u16*)(b + 192 + 8 * hf + 2 * qq);  // the two groups' scales, one load
     const float sc0 = (float)(i8)(sc2 & 0xFF), sc1 = (float)(i8)(sc2 >> 8);
-    int ql[8], qh[8];
-    load_ints_b2<8>(b + 64 * hf + 32 * (qq & 1), ql);
-    load_ints_b2<8>(b + 128 + 32 * hf, qh);
+    const uint4* lp = (const uint4*)(b + 64 * hf + 32 * (qq & 1));
+    const uint4* hp = (const uint4*)(b + 128 + 32 * hf);
+    const uint4 l0 = lp[0], l1 = lp[1], h0 = hp[0], h1 = hp[1];
+    const int ql[8] = {(int)l0.x, (int)l0.y, (int)l0.z, (int)l0.w, (int)l1.x, (int)l1.y, (int)l1.z, (int)l1.w};
+    const int qh[8] = {(int)h0.x, (int)h0.y, (int)h0.z, (int)h0.w, (int)h1.x, (int)h1.y, (int)h1.z, (int)h1.w};
     const u32 nshift = (qq >> 1) * 4, hshift = 2 * qq;
+    // BIASED (KILN_Q6K_BIASED): the values as stored and −32 · Σy added by dp4a with four −32 bytes.
+    constexpr bool BIASED = NR <= KILN_Q6K_BIASED;
     int v[8];
 #pragma unroll
-    for (int i = 0; i < 8; i++) v[i] = q6_signed(ql[i], qh[i], nshift, hshift);
+    for (int i = 0; i < 8; i++)
+        v[i] = BIASED ? ((ql[i] >> nshift) & 0x0F0F0F0F) | (((qh[i] >> hshift) & 0x03030303) << 4)
+                      : q6_signed(ql[i], qh[i], nshift, hshift);
     const u32 first = blk * 256 + 128 * hf + 32 * qq;  // 32-aligned: one activation scale
 #pragma unroll
     for (int r = 0; r < NR; r++) {
@@ -265,6 +286,13 @@ __device__ __forceinline__ void unit_q6_k(const u8* row, u32 u, const Act& a, fl
         s0 = dp4a(v[1], ya.y, s0); s1 = dp4a(v[5], yb.y, s1);
         s0 = dp4a(v[2], ya.z, s0); s1 = dp4a(v[6], yb.z, s1);
         s0 = dp4a(v[3], ya.w, s0); s1 = dp4a(v[7], yb.w, s1);
+        if (BIASED) {
+            const int m32 = (int)0xE0E0E0E0;
+            s0 = dp4a(m32, ya.x, s0); s1 = dp4a(m32, yb.x, s1);
+            s0 = dp4a(m32, ya.y, s0); s1 = dp4a(m32, yb.y, s1);
+            s0 = dp4a(m32, ya.z, s0); s1 = dp4a(m32, yb.z, s1);
+            s0 = dp4a(m32, ya.w, s0); s1 = dp4a(m32, yb.w, s1);
+        }
         acc[r] = fmaf(d * a.yd[r * a.yd_stride + first / 32].x, fmaf(sc0, (float)s0, sc1 * (float)s1), acc[r]);
     }
 }
@@ -311,8 +339,8 @@ __device__ __forceinline__ float dequant_value_tiled(int type, const u8* w, u32 
     return qk_value(tile + 16 * rr, byte, fifth, sub, five);
 }
 
-// One dequantized value `i` of a row (embedding gathers, KV loads): slow, general, exact.
-__device__ __forceinline__ float dequant_value(int type, const u8* row, u32 i) {
+// One dequantized value `i` of a row of `k` values (embedding gathers, KV loads): slow, general, exact.
+__device__ __forceinline__ float dequant_value(int type, const u8* row, u32 i, u32 k) {
     switch (type) {
         case T_F32: return ((const float*)row)[i];
         case T_F16: return h2f(((const u16*)row)[i]);
@@ -347,21 +375,21 @@ __device__ __forceinline__ float dequant_value(int type, const u8* row, u32 i) {
             return qk_value(b, b[(five ? 48 : 16) + 32 * (sub / 2) + l], five ? b[16 + l] : 0, sub, five);
         }
         case T_Q6_K: {
-            const u8* b = row + (i / 256) * 210; const u32 j = i % 256;
+            const u8* b = q6k_body(row, i / 256); const u32 j = i % 256;
             const u32 hf = j / 128, r = j % 128, qq = r / 32, l = r % 32;
             const u8 lb = b[64 * hf + 32 * (qq & 1) + l];
             const int lo = (qq >> 1) ? (lb >> 4) : (lb & 0xF);
             const int hb = (b[128 + 32 * hf + l] >> (2 * qq)) & 3;
-            return h2f(*(const u16*)(b + 208)) * (float)(i8)b[192 + j / 16] * (float)((lo | (hb << 4)) - 32);
+            return q6k_d(row, k / 256, i / 256) * (float)(i8)b[192 + j / 16] * (float)((lo | (hb << 4)) - 32);
         }
         default: return 0.0f;
     }
 }
 
-// The 32 values of group `g` of a row (values 32g .. 32g+31) dequantized, each block's scales decoded
-// once for the group: the prefill path expands whole weight matrices with it. Same results as
-// dequant_value, value by value.
-__device__ __forceinline__ void dequant_group(int type, const u8* row, u32 g, float* v) {
+// The 32 values of group `g` of a row of `k` values (values 32g .. 32g+31) dequantized, each block's
+// scales decoded once for the group: the prefill path expands whole weight matrices with it. Same
+// results as dequant_value, value by value.
+__device__ __forceinline__ void dequant_group(int type, const u8* row, u32 g, u32 k, float* v) {
     switch (type) {
         case T_Q4_0: case T_Q4_1: {
             const bool mn = type == T_Q4_1;
@@ -413,9 +441,9 @@ __device__ __forceinline__ void dequant_group(int type, const u8* row, u32 g, fl
             return;
         }
         case T_Q6_K: {
-            const u8* b = row + (g / 8) * 210;
+            const u8* b = q6k_body(row, g / 8);
             const u32 r = (g % 8) * 32, hf = r / 128, qq = (r % 128) / 32;
-            const float d = h2f(*(const u16*)(b + 208));
+            const float d = q6k_d(row, k / 256, g / 8);
             const float s0 = d * (float)(i8)b[192 + r / 16], s1 = d * (float)(i8)b[192 + r / 16 + 1];
 #pragma unroll
             for (int l = 0; l < 32; l++) {
@@ -428,7 +456,7 @@ __device__ __forceinline__ void dequant_group(int type, const u8* row, u32 g, fl
         }
         default: {
 #pragma unroll
-            for (int j = 0; j < 32; j++) v[j] = dequant_value(type, row, g * 32 + j);
+            for (int j = 0; j < 32; j++) v[j] = dequant_value(type, row, g * 32 + j, k);
         }
     }
 }

@@ -2,6 +2,7 @@
 //! quantized once (by their producer where it can, else by `quantize_act`) and reused by every product
 //! of them until another kernel runs, one launch per product, or per group of products of one input.
 
+use super::q6k::device_row_bytes;
 use super::{
     grid, shape_err, u32_arg, GpuBackend, GpuTensor, GpuWeight, Scratch, BLAS_MIN_ROWS,
     MAX_ROWS_PER_PASS, MMVW_THREADS, MMV_THREADS,
@@ -260,7 +261,7 @@ impl<R: Runtime> GpuBackend<R> {
         }
         let mut s = self.lock_scratch();
         let (qp, dp) = self.quantized_act(&mut s, xp, rows, k)?;
-        let row_bytes = u32_arg("matmul", w.ty.bytes_for(k).unwrap_or(0))?;
+        let row_bytes = u32_arg("matmul", device_row_bytes(w.ty, k).unwrap_or(0))?;
         // A tiled weight takes the tensor cores whatever the switches say: only they read its layout.
         if self.mma_kernels && (w.tiled || self.matvec.mma_for(w.ty, false)) {
             if w.ty != GgmlType::Q4_K {
@@ -418,7 +419,7 @@ impl<R: Runtime> GpuBackend<R> {
         Ok(MatvecPart {
             w: self.ptr(&w.data),
             out: self.ptr(&out.buf),
-            row_bytes: u32_arg("matmul", w.ty.bytes_for(k).unwrap_or(0))?,
+            row_bytes: u32_arg("matmul", device_row_bytes(w.ty, k).unwrap_or(0))?,
             n_units: u32_arg("matmul", k / per_unit)?,
             n_out: u32_arg("matmul", w.rows)?,
             ty: w.ty as u32,

@@ -35,6 +35,7 @@ pub struct GpuWeight<R: Runtime> {
     pub ty: GgmlType,
     pub rows: usize,
     pub cols: usize,
+    /// GGUF's bytes; Q6_K in the device layout (backend/q6k.rs) and tiled weights in theirs.
     data: DevBuf<R, u8>,
     /// Vectors (norm weights, biases, gate constants) dequantized once: they are read on every token.
     dense: Option<DevBuf<R, f32>>,
@@ -151,11 +152,13 @@ macro_rules! launch {
 mod attention_blas;
 mod matvec;
 mod norm;
+mod q6k;
 mod recurrent;
 mod sampling;
 mod tiles;
 use matvec::{mmv_kernel, Matvec};
 use norm::NormArgs;
+use q6k::device_row_bytes;
 use recurrent::split_widths;
 
 impl<R: Runtime> Default for Scratch<R> {
@@ -251,6 +254,8 @@ impl<R: Runtime> GpuBackend<R> {
         };
         let data = if tiled {
             self.upload_tiled(src.ty, &[bytes], src.rows)?
+        } else if src.ty == GgmlType::Q6_K {
+            self.upload_q6_k(&[bytes], src.cols)?
         } else {
             self.upload(bytes)?
         };
@@ -287,7 +292,7 @@ impl<R: Runtime> GpuBackend<R> {
                 w.ty as i32,
                 u32_arg("matmul", n_out)?,
                 u32_arg("matmul", k)?,
-                u32_arg("matmul", w.ty.bytes_for(k).unwrap_or(0))?,
+                u32_arg("matmul", device_row_bytes(w.ty, k).unwrap_or(0))?,
             );
             if !k.is_multiple_of(32) {
                 return Err(shape_err(
@@ -681,9 +686,11 @@ impl<R: Runtime> Backend for GpuBackend<R> {
         // (tiled as a whole: tiles never cross a 16-row group).
         let total: usize = parts.iter().map(|p| p.bytes.as_slice().len()).sum();
         let tiled = self.tiles && tiles::tileable(ty, rows);
+        let slices: Vec<&[u8]> = parts.iter().map(|p| p.bytes.as_slice()).collect();
         let data = if tiled {
-            let slices: Vec<&[u8]> = parts.iter().map(|p| p.bytes.as_slice()).collect();
             self.upload_tiled(ty, &slices, rows)?
+        } else if ty == GgmlType::Q6_K {
+            self.upload_q6_k(&slices, cols)?
         } else {
             let mut data = self.alloc_zeros::<u8>(total)?;
             let mut at = 0;
@@ -808,7 +815,7 @@ impl<R: Runtime> Backend for GpuBackend<R> {
             return Ok(());
         }
         let ids = self.upload(tokens)?;
-        let row_bytes = u32_arg("embed", table.ty.bytes_for(dim).unwrap_or(0))?;
+        let row_bytes = u32_arg("embed", device_row_bytes(table.ty, dim).unwrap_or(0))?;
         let (ty, n_rows, n_tok, dim32) = (
             table.ty as i32,
             u32_arg("embed", table.rows)?,
