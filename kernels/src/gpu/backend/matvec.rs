@@ -51,7 +51,8 @@ pub(super) enum Matvec {
     /// (`mmqg_*`; default; `KILN_MMQ_GROUP=0` keeps `mmvg_*`). The groups took a 4-token verify pass
     /// from 1.35× a step to 1.29× on an H200, the step unchanged (bench/README.md, session 11).
     /// `singles`: single Q5_K and Q6_K products on the tensor cores too (`KILN_MMQ_SINGLES=1`; off:
-    /// the Q6_K kernel's 16-bit loads made a 27B step 8% slower; tiled Q5_K weights take them anyway).
+    /// a 27B step 9% slower on an H200 with them, bench/README.md session 20; tiled Q5_K weights take
+    /// them anyway).
     Mma {
         pairs_from: usize,
         warps: Option<u32>,
