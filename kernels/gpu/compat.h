@@ -136,21 +136,6 @@ __device__ __forceinline__ int load_int_b2(const u8* p) {
 
 __device__ __forceinline__ int load_int_b4(const u8* p) { return *(const int*)p; }
 
-// N consecutive 32-bit words from a 2-byte aligned address with N + 1 aligned 4-byte loads (half the
-// load instructions of 16-bit loads): each word is the aligned pair around it shifted by 0 or 16 bits,
-// without a branch, so lanes of a warp at different alignments stay together. Reads up to 4 bytes past
-// the last word, so callers use it only where the block continues (say so at the call).
-template <int N>
-__device__ __forceinline__ void load_ints_b2(const u8* p, int* out) {
-    const u32 shift = 8 * (u32)((u64)p & 3);
-    const u32* a = (const u32*)(p - ((u64)p & 3));
-    u32 w[N + 1];
-#pragma unroll
-    for (int i = 0; i <= N; i++) w[i] = a[i];
-#pragma unroll
-    for (int i = 0; i < N; i++) out[i] = (int)(u32)((((u64)w[i + 1] << 32) | w[i]) >> shift);
-}
-
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
 __device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
