@@ -684,18 +684,17 @@ impl<R: Runtime> Backend for GpuBackend<R> {
         }
         // Rows are stored one after another, so the parts' bytes concatenated are the stacked matrix
         // (tiled as a whole: tiles never cross a 16-row group).
-        let total: usize = parts.iter().map(|p| p.bytes.as_slice().len()).sum();
-        let tiled = self.tiles && tiles::tileable(ty, rows);
         let slices: Vec<&[u8]> = parts.iter().map(|p| p.bytes.as_slice()).collect();
+        let tiled = self.tiles && tiles::tileable(ty, rows);
         let data = if tiled {
             self.upload_tiled(ty, &slices, rows)?
         } else if ty == GgmlType::Q6_K {
             self.upload_q6_k(&slices, cols)?
         } else {
+            let total = slices.iter().map(|b| b.len()).sum();
             let mut data = self.alloc_zeros::<u8>(total)?;
             let mut at = 0;
-            for p in &parts {
-                let b = p.bytes.as_slice();
+            for b in &slices {
                 data.write(&self.rt, at, b)?;
                 at += b.len();
             }

@@ -6,7 +6,7 @@
 //! multiple of 16 bytes: every body starts 16-byte aligned and a run comes in two 16-byte loads. The
 //! bytes are GGUF's, moved; the arithmetic reading them is unchanged.
 
-use super::GpuBackend;
+use super::{shape_err, GpuBackend};
 use crate::backend::Result;
 use crate::gpu::runtime::{DevBuf, Runtime};
 use crate::quant::GgmlType;
@@ -30,10 +30,9 @@ pub(super) fn device_row_bytes(ty: GgmlType, cols: usize) -> Option<usize> {
     })
 }
 
-/// Whole rows of Q6_K `cols` values (`src`, GGUF's bytes) into `dst`, in the device layout.
-fn pack_rows(src: &[u8], cols: usize, dst: &mut [u8]) {
-    let nb = cols / BLOCK_VALUES;
-    let to = device_row_bytes(GgmlType::Q6_K, cols).unwrap_or(0);
+/// Whole rows of `nb` Q6_K super-blocks (`src`, GGUF's bytes) into `dst`, rows of `to` bytes in the
+/// device layout.
+fn pack_rows(src: &[u8], nb: usize, to: usize, dst: &mut [u8]) {
     for (s, d) in src
         .chunks_exact(nb * BLOCK_BYTES)
         .zip(dst.chunks_exact_mut(to))
@@ -53,10 +52,16 @@ impl<R: Runtime> GpuBackend<R> {
     /// lengths checked by the caller) in device memory, in the device layout: packed on the host a few
     /// rows at a time, so no copy of a whole matrix (the 27B's LM head is 1 GB) is ever held.
     pub(super) fn upload_q6_k(&self, parts: &[&[u8]], cols: usize) -> Result<DevBuf<R, u8>> {
-        let (from, to) = (
-            GgmlType::Q6_K.bytes_for(cols).unwrap_or(BLOCK_BYTES),
-            device_row_bytes(GgmlType::Q6_K, cols).unwrap_or(BLOCK_BYTES),
-        );
+        let (Some(from), Some(to)) = (
+            GgmlType::Q6_K.bytes_for(cols),
+            device_row_bytes(GgmlType::Q6_K, cols),
+        ) else {
+            return Err(shape_err(
+                "load_weight",
+                format!("Q6_K rows of {cols} values are not whole super-blocks"),
+            ));
+        };
+        let nb = cols / BLOCK_VALUES;
         let rows: usize = parts.iter().map(|p| p.len() / from).sum();
         let mut data = self.alloc_zeros::<u8>(rows * to)?;
         let per_chunk = (STAGING_BYTES / to).max(1);
@@ -65,7 +70,7 @@ impl<R: Runtime> GpuBackend<R> {
         for p in parts {
             for chunk in p.chunks(per_chunk * from) {
                 let n = chunk.len() / from;
-                pack_rows(chunk, cols, &mut packed[..n * to]);
+                pack_rows(chunk, nb, to, &mut packed[..n * to]);
                 data.write(&self.rt, at, &packed[..n * to])?;
                 at += n * to;
             }
@@ -98,7 +103,7 @@ mod tests {
         let to = device_row_bytes(GgmlType::Q6_K, cols).unwrap();
         assert_eq!(to, 640); // 630 bytes of blocks and 10 of zeros
         let mut dst = vec![0xAAu8; 2 * to];
-        pack_rows(&src, cols, &mut dst);
+        pack_rows(&src, nb, to, &mut dst);
         for r in 0..2 {
             let row = &dst[r * to..(r + 1) * to];
             for b in 0..nb {
